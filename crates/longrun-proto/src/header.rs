@@ -1,0 +1,73 @@
+//! Header names and media types of longrun/1.
+
+/// The SSE resume cursor (WHATWG spelling; header names are case-insensitive on the wire).
+pub const LAST_EVENT_ID: &str = "last-event-id";
+/// The run's current state, on `HEAD` and `GET` replies.
+pub const LONGRUN_STATE: &str = "longrun-state";
+/// The id of the run's newest event, on `HEAD` and `GET` replies.
+pub const LONGRUN_LAST_EVENT_ID: &str = "longrun-last-event-id";
+
+/// Query parameter names accepted for the cursor; the first is canonical, the second is
+/// what the seed implementation used.
+pub const CURSOR_QUERY: [&str; 2] = ["last_event_id", "last-event-id"];
+/// Query parameter: how long a long poll may be held, in seconds.
+pub const WAIT_QUERY: &str = "wait";
+
+pub const JSON: &str = "application/json";
+pub const PROBLEM_JSON: &str = "application/problem+json";
+pub const EVENT_STREAM: &str = "text/event-stream";
+
+/// Does an `Accept` header value list `text/event-stream`? Media ranges are split on commas
+/// and their parameters (including `q`) are ignored, as the protocol says.
+pub fn accepts_event_stream(accept: &str) -> bool {
+    accept.split(',').any(|range| {
+        let media = range.split(';').next().unwrap_or("").trim();
+        media.eq_ignore_ascii_case(EVENT_STREAM)
+    })
+}
+
+/// Is a `Content-Type` value acceptable for a submit body? `application/json` with any
+/// parameters (e.g. `charset=utf-8`); the caller treats a missing header as acceptable.
+pub fn is_json_content_type(content_type: &str) -> bool {
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    media.eq_ignore_ascii_case(JSON)
+}
+
+/// Parse a cursor as the protocol defines it: ASCII digits only, fitting in a `u64`.
+pub fn parse_cursor(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_lists_event_stream_with_parameters_and_case() {
+        assert!(accepts_event_stream("text/event-stream"));
+        assert!(accepts_event_stream("application/json, Text/Event-Stream;q=0.5"));
+        assert!(!accepts_event_stream("application/json"));
+        assert!(!accepts_event_stream("text/event-streams"));
+        assert!(!accepts_event_stream("*/*"));
+    }
+
+    #[test]
+    fn json_content_type_allows_parameters_only() {
+        assert!(is_json_content_type("application/json"));
+        assert!(is_json_content_type("Application/JSON; charset=UTF-8"));
+        assert!(!is_json_content_type("text/plain"));
+        assert!(!is_json_content_type("application/jsonx"));
+    }
+
+    #[test]
+    fn cursors_are_plain_decimal_u64() {
+        assert_eq!(parse_cursor("0"), Some(0));
+        assert_eq!(parse_cursor("18446744073709551615"), Some(u64::MAX));
+        for bad in ["", "-1", "+1", " 1", "1.0", "abc", "18446744073709551616"] {
+            assert_eq!(parse_cursor(bad), None, "{bad:?}");
+        }
+    }
+}

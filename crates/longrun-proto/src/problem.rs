@@ -1,0 +1,196 @@
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Every problem a longrun/1 server reports. The `type` member of a problem is
+/// `urn:longrun:problem:<slug>`, stable across versions, so clients map problems by type and
+/// never by parsing `detail`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ProblemKind {
+    /// 400: the body is not JSON.
+    InvalidJson,
+    /// 400: the body is JSON but not an object.
+    ArgsNotObject,
+    /// 400: the cursor is not a non-negative integer.
+    InvalidCursor,
+    /// 400: `wait` is not a non-negative number of seconds.
+    InvalidWait,
+    /// 404: no route has this path.
+    NotFound,
+    /// 404: no object of this name.
+    UnknownObject,
+    /// 404: no run of this id under this object.
+    RunNotFound,
+    /// 405: the route exists, the method does not.
+    MethodNotAllowed,
+    /// 409: cancel on a run that already ended in success or error.
+    RunEnded,
+    /// 410: the run existed but its retention has passed.
+    RunGone,
+    /// 413: the body is larger than the server's limit.
+    BodyTooLarge,
+    /// 415: the body is not `application/json`.
+    UnsupportedMediaType,
+    /// 422: the object rejected the arguments.
+    InvalidArguments,
+    /// 503: the server holds as many active runs as it may.
+    TooManyRuns,
+    /// 503: the server is shutting down.
+    ShuttingDown,
+}
+
+impl ProblemKind {
+    pub const ALL: [ProblemKind; 15] = [
+        ProblemKind::InvalidJson,
+        ProblemKind::ArgsNotObject,
+        ProblemKind::InvalidCursor,
+        ProblemKind::InvalidWait,
+        ProblemKind::NotFound,
+        ProblemKind::UnknownObject,
+        ProblemKind::RunNotFound,
+        ProblemKind::MethodNotAllowed,
+        ProblemKind::RunEnded,
+        ProblemKind::RunGone,
+        ProblemKind::BodyTooLarge,
+        ProblemKind::UnsupportedMediaType,
+        ProblemKind::InvalidArguments,
+        ProblemKind::TooManyRuns,
+        ProblemKind::ShuttingDown,
+    ];
+
+    pub fn slug(self) -> &'static str {
+        match self {
+            ProblemKind::InvalidJson => "invalid-json",
+            ProblemKind::ArgsNotObject => "args-not-object",
+            ProblemKind::InvalidCursor => "invalid-cursor",
+            ProblemKind::InvalidWait => "invalid-wait",
+            ProblemKind::NotFound => "not-found",
+            ProblemKind::UnknownObject => "unknown-object",
+            ProblemKind::RunNotFound => "run-not-found",
+            ProblemKind::MethodNotAllowed => "method-not-allowed",
+            ProblemKind::RunEnded => "run-ended",
+            ProblemKind::RunGone => "run-gone",
+            ProblemKind::BodyTooLarge => "body-too-large",
+            ProblemKind::UnsupportedMediaType => "unsupported-media-type",
+            ProblemKind::InvalidArguments => "invalid-arguments",
+            ProblemKind::TooManyRuns => "too-many-runs",
+            ProblemKind::ShuttingDown => "shutting-down",
+        }
+    }
+
+    pub fn status(self) -> u16 {
+        match self {
+            ProblemKind::InvalidJson
+            | ProblemKind::ArgsNotObject
+            | ProblemKind::InvalidCursor
+            | ProblemKind::InvalidWait => 400,
+            ProblemKind::NotFound | ProblemKind::UnknownObject | ProblemKind::RunNotFound => 404,
+            ProblemKind::MethodNotAllowed => 405,
+            ProblemKind::RunEnded => 409,
+            ProblemKind::RunGone => 410,
+            ProblemKind::BodyTooLarge => 413,
+            ProblemKind::UnsupportedMediaType => 415,
+            ProblemKind::InvalidArguments => 422,
+            ProblemKind::TooManyRuns | ProblemKind::ShuttingDown => 503,
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            ProblemKind::InvalidJson => "The request body is not valid JSON",
+            ProblemKind::ArgsNotObject => "The arguments must be a JSON object",
+            ProblemKind::InvalidCursor => "The cursor is not a non-negative integer",
+            ProblemKind::InvalidWait => "The wait parameter is not a non-negative number",
+            ProblemKind::NotFound => "No such route",
+            ProblemKind::UnknownObject => "No such object",
+            ProblemKind::RunNotFound => "No such run",
+            ProblemKind::MethodNotAllowed => "Method not allowed",
+            ProblemKind::RunEnded => "The run has already ended",
+            ProblemKind::RunGone => "The run is gone",
+            ProblemKind::BodyTooLarge => "The request body is too large",
+            ProblemKind::UnsupportedMediaType => "The request body must be application/json",
+            ProblemKind::InvalidArguments => "The object rejected the arguments",
+            ProblemKind::TooManyRuns => "The server holds too many active runs",
+            ProblemKind::ShuttingDown => "The server is shutting down",
+        }
+    }
+
+    pub fn type_uri(self) -> String {
+        format!("{}{}", Problem::TYPE_PREFIX, self.slug())
+    }
+
+    pub fn from_type_uri(uri: &str) -> Option<ProblemKind> {
+        let slug = uri.strip_prefix(Problem::TYPE_PREFIX)?;
+        ProblemKind::ALL.into_iter().find(|k| k.slug() == slug)
+    }
+}
+
+/// An RFC 9457 problem details object, as served with `application/problem+json`.
+/// Extension members (e.g. `state` on a 409) are kept in `extensions`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Problem {
+    #[serde(rename = "type", default = "about_blank")]
+    pub type_uri: String,
+    #[serde(default)]
+    pub title: String,
+    #[serde(default)]
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(flatten)]
+    pub extensions: Map<String, Value>,
+}
+
+fn about_blank() -> String {
+    "about:blank".to_owned()
+}
+
+impl Problem {
+    pub const TYPE_PREFIX: &'static str = "urn:longrun:problem:";
+
+    pub fn new(kind: ProblemKind, detail: impl Into<String>) -> Self {
+        Problem {
+            type_uri: kind.type_uri(),
+            title: kind.title().to_owned(),
+            status: kind.status(),
+            detail: Some(detail.into()),
+            extensions: Map::new(),
+        }
+    }
+
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.extensions.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// The kind, when the type is one this version knows.
+    pub fn kind(&self) -> Option<ProblemKind> {
+        ProblemKind::from_type_uri(&self.type_uri)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_round_trip_and_are_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for k in ProblemKind::ALL {
+            assert!(seen.insert(k.slug()));
+            assert_eq!(ProblemKind::from_type_uri(&k.type_uri()), Some(k));
+            assert!((400..600).contains(&k.status()));
+        }
+    }
+
+    #[test]
+    fn problem_json_has_rfc9457_members_and_extensions() {
+        let p = Problem::new(ProblemKind::RunEnded, "run x ended").with("state", "success");
+        let v = serde_json::to_value(&p).unwrap();
+        assert_eq!(v["type"], "urn:longrun:problem:run-ended");
+        assert_eq!(v["status"], 409);
+        assert_eq!(v["state"], "success");
+        let back: Problem = serde_json::from_value(v).unwrap();
+        assert_eq!(back.kind(), Some(ProblemKind::RunEnded));
+    }
+}

@@ -1,0 +1,57 @@
+use serde_json::Value;
+
+/// The progress convention: a `running` event whose value is an object may carry
+/// `"progress"` (a number in 0..=1) and `"message"` (a string). SDKs and the CLI render these;
+/// anything else in the value is the handler's own business.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    /// Fraction done, clamped to 0..=1; `None` when the event only carries a message.
+    pub fraction: Option<f64>,
+    pub message: Option<String>,
+}
+
+impl Progress {
+    /// Read the convention out of an event value; `None` when the value carries neither field.
+    pub fn from_value(value: &Value) -> Option<Progress> {
+        let obj = value.as_object()?;
+        let fraction = obj
+            .get("progress")
+            .and_then(Value::as_f64)
+            .filter(|f| f.is_finite())
+            .map(|f| f.clamp(0.0, 1.0));
+        let message = obj.get("message").and_then(Value::as_str).map(str::to_owned);
+        (fraction.is_some() || message.is_some()).then_some(Progress { fraction, message })
+    }
+
+    /// Build a value that follows the convention.
+    pub fn to_value(fraction: Option<f64>, message: Option<&str>) -> Value {
+        let mut obj = serde_json::Map::new();
+        if let Some(f) = fraction {
+            obj.insert("progress".into(), f.clamp(0.0, 1.0).into());
+        }
+        if let Some(m) = message {
+            obj.insert("message".into(), m.into());
+        }
+        Value::Object(obj)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reads_progress_and_message() {
+        let p = Progress::from_value(&json!({"progress": 0.5, "message": "half", "i": 1})).unwrap();
+        assert_eq!(p.fraction, Some(0.5));
+        assert_eq!(p.message.as_deref(), Some("half"));
+        assert_eq!(
+            Progress::from_value(&json!({"progress": 7})).unwrap().fraction,
+            Some(1.0)
+        );
+        assert_eq!(Progress::from_value(&json!({"other": 1})), None);
+        assert_eq!(Progress::from_value(&json!("text")), None);
+        assert_eq!(Progress::from_value(&json!({"progress": "x"})), None);
+    }
+}

@@ -1,0 +1,58 @@
+//! Server-Sent Events as longrun/1 uses them: the encoder the server writes with, and the
+//! decoder clients read with (`decode`, checked against the vectors in `spec/sse/`).
+//!
+//! A longrun event is one SSE message: `id: N`, `event: <state>`, `data: <value as one-line
+//! JSON>`, blank line. JSON never contains a raw newline, so `data` is always one line.
+
+use bytes::Bytes;
+
+use crate::{Event, State};
+
+mod decode;
+pub use decode::*;
+
+/// The comment sent while a stream is idle, so proxies and clients see the connection alive.
+pub const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
+
+/// The reconnection hint sent first on every stream.
+pub fn retry_frame(retry_ms: u64) -> Bytes {
+    Bytes::from(format!("retry: {retry_ms}\n\n"))
+}
+
+/// Encode one event as an SSE message.
+pub fn encode_event(event: &Event) -> Bytes {
+    let data = serde_json::to_string(&event.value).expect("a serde_json::Value always serializes");
+    Bytes::from(format!(
+        "id: {}\nevent: {}\ndata: {}\n\n",
+        event.id, event.state, data
+    ))
+}
+
+/// Turn a decoded SSE message back into a longrun event. `None` when the message is not one
+/// (no numeric id, an unknown event name, or data that is not JSON).
+pub fn to_event(msg: &SseMessage) -> Option<Event> {
+    let id = crate::header::parse_cursor(&msg.id)?;
+    let state = State::parse(&msg.event)?;
+    let value = serde_json::from_str(&msg.data).ok()?;
+    Some(Event { id, state, value })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn frames_are_exact() {
+        let ev = Event {
+            id: 3,
+            state: State::Running,
+            value: json!({"message": "line\nbreak", "progress": 0.5}),
+        };
+        assert_eq!(
+            &encode_event(&ev)[..],
+            b"id: 3\nevent: running\ndata: {\"message\":\"line\\nbreak\",\"progress\":0.5}\n\n"
+        );
+        assert_eq!(&retry_frame(1000)[..], b"retry: 1000\n\n");
+    }
+}
