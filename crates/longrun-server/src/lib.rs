@@ -1,0 +1,151 @@
+//! The longrun/1 reference server as a library.
+//!
+//! [`Server`] holds the objects (handlers) and the runs; [`app`] turns it into an axum
+//! `Router`; [`serve`] runs that router on a listener until a shutdown future completes, then
+//! cancels the active runs (reason `shutdown`) and lets open streams end cleanly.
+//!
+//! ```no_run
+//! # async fn example() -> std::io::Result<()> {
+//! use longrun_server::{Config, Server};
+//! let server = Server::builder().config(Config::default()).demo().build();
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! longrun_server::serve(listener, server, async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
+
+mod config;
+mod demo;
+pub mod exec;
+mod follow;
+mod handler;
+mod http;
+mod registry;
+mod run;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use config::Config;
+pub use handler::{Handler, HandlerResult, ObjectOptions, RunContext, RunError};
+pub use http::app;
+
+use handler::Object;
+use longrun_proto::ObjectName;
+use registry::Registry;
+
+/// A server: its configuration, its objects and its runs. Cheap to clone (shared inside).
+#[derive(Clone)]
+pub struct Server {
+    pub(crate) config: Arc<Config>,
+    pub(crate) objects: Arc<BTreeMap<String, Object>>,
+    pub(crate) registry: Arc<Registry>,
+}
+
+impl Server {
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The registered object names, sorted.
+    pub fn object_names(&self) -> impl Iterator<Item = &str> {
+        self.objects.keys().map(String::as_str)
+    }
+
+    /// Cancel every active run (reason `shutdown`) and wait until all have ended. New
+    /// submits are refused from the moment this is called. `serve` calls it on shutdown.
+    pub async fn shutdown(&self) {
+        self.registry.shutdown().await
+    }
+}
+
+#[derive(Default)]
+pub struct ServerBuilder {
+    config: Config,
+    objects: BTreeMap<String, Object>,
+}
+
+impl ServerBuilder {
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Register an object. Panics if `name` is not a valid object name (see
+    /// [`ObjectName::is_valid`]); names that come from user input should be checked first.
+    pub fn object(self, name: &str, handler: impl Handler) -> Self {
+        self.object_with(name, ObjectOptions::default(), handler)
+    }
+
+    pub fn object_with(
+        mut self,
+        name: &str,
+        options: ObjectOptions,
+        handler: impl Handler,
+    ) -> Self {
+        if let Err(e) = ObjectName::new(name) {
+            panic!("{e}");
+        }
+        self.objects.insert(
+            name.to_owned(),
+            Object {
+                handler: Arc::new(handler),
+                options,
+            },
+        );
+        self
+    }
+
+    /// Add the demo objects (`echo`, `count`, `sleep`, `fail`, `emit`, `ephemeral`) that the
+    /// conformance scenarios and the README use.
+    pub fn demo(self) -> Self {
+        demo::register(self)
+    }
+
+    pub fn build(self) -> Server {
+        Server {
+            config: Arc::new(self.config),
+            objects: Arc::new(self.objects),
+            registry: Arc::new(Registry::new()),
+        }
+    }
+}
+
+/// Serve `server` on `listener` until `shutdown` completes; then stop accepting, cancel the
+/// active runs with reason `shutdown` (each has the grace period to stop), let open streams
+/// deliver their terminal event, and return once every connection is closed.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    server: Server,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let janitor = tokio::spawn(janitor(server.clone()));
+    let router = app(server.clone());
+    let draining = server.clone();
+    let result = axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: canceling active runs");
+            // Runs end (so their streams end) while axum stops accepting and drains.
+            tokio::spawn(async move { draining.shutdown().await });
+        })
+        .await;
+    server.shutdown().await;
+    janitor.abort();
+    result
+}
+
+/// Drops expired runs and tombstones while the server is idle (every access also sweeps).
+async fn janitor(server: Server) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        server.registry.sweep(&server.config);
+    }
+}

@@ -1,0 +1,49 @@
+use std::time::Duration;
+
+/// Limits and timings of a server. Every field has the protocol's default (see
+/// `spec/PROTOCOL.md`); `longrun serve` fills them from flags, env and its config file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Largest submit body accepted, in bytes (413 beyond).
+    pub body_limit: usize,
+    /// How long a terminal run stays readable before it is dropped (then 410).
+    pub retention: Duration,
+    /// How many terminal runs are kept at most; the one due to expire soonest goes first.
+    pub max_retained: usize,
+    /// How many runs may be active (not terminal) at once (503 beyond), so memory stays bounded.
+    pub max_active_runs: usize,
+    /// How many events one run may hold; a handler that emits more gets its run ended as `error`.
+    pub max_events_per_run: u64,
+    /// How long a dropped run answers 410 before it is forgotten (then 404).
+    pub tombstone_ttl: Duration,
+    /// How many tombstones are kept at most, oldest dropped first.
+    pub max_tombstones: usize,
+    /// Idle time after which an SSE stream gets a keep-alive comment.
+    pub keep_alive: Duration,
+    /// The `retry:` hint sent first on every SSE stream.
+    pub retry: Duration,
+    /// How long a canceled handler may take to stop before it is dropped (or its process killed).
+    pub grace: Duration,
+    /// Long poll: default and maximum hold time.
+    pub poll_wait_default: Duration,
+    pub poll_wait_max: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            body_limit: 1024 * 1024,
+            retention: Duration::from_secs(3600),
+            max_retained: 10_000,
+            max_active_runs: 10_000,
+            max_events_per_run: 1_000_000,
+            tombstone_ttl: Duration::from_secs(24 * 3600),
+            max_tombstones: 100_000,
+            keep_alive: Duration::from_secs(15),
+            retry: Duration::from_millis(1000),
+            grace: Duration::from_secs(5),
+            poll_wait_default: Duration::from_secs(20),
+            poll_wait_max: Duration::from_secs(60),
+        }
+    }
+}

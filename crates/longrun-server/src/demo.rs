@@ -1,0 +1,201 @@
+//! Deterministic demo objects, used by the conformance scenarios and the README.
+//! Their exact behaviour is part of `spec/PROTOCOL.md` ("Demo objects").
+
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+
+use crate::handler::{Handler, HandlerResult, ObjectOptions, RunContext, RunError};
+use crate::ServerBuilder;
+
+pub(crate) fn register(builder: ServerBuilder) -> ServerBuilder {
+    builder
+        .object("echo", |args: Value, _ctx: RunContext| async move { Ok(args) })
+        .object("count", Typed::new(count))
+        .object("sleep", Typed::new(sleep))
+        .object("fail", Typed::new(fail))
+        .object("emit", Typed::new(emit))
+        .object_with(
+            "ephemeral",
+            ObjectOptions {
+                retention: Some(Duration::ZERO),
+                ..Default::default()
+            },
+            |_args: Value, ctx: RunContext| async move {
+                ctx.followed().await;
+                Ok(json!({}))
+            },
+        )
+}
+
+/// Arguments of a demo object: parsed (unknown fields rejected) and range-checked at submit
+/// time, so a bad call is a 422 rather than a failed run.
+trait Args: DeserializeOwned + Send + 'static {
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+struct Typed<A, F> {
+    run: F,
+    _args: PhantomData<fn() -> A>,
+}
+
+impl<A, F> Typed<A, F> {
+    fn new(run: F) -> Self {
+        Typed {
+            run,
+            _args: PhantomData,
+        }
+    }
+}
+
+fn parse<A: Args>(args: &Map<String, Value>) -> Result<A, String> {
+    let parsed: A =
+        serde_json::from_value(Value::Object(args.clone())).map_err(|e| e.to_string())?;
+    parsed.check()?;
+    Ok(parsed)
+}
+
+impl<A, F, Fut> Handler for Typed<A, F>
+where
+    A: Args,
+    F: Fn(A, RunContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = HandlerResult> + Send + 'static,
+{
+    fn validate(&self, args: &Map<String, Value>) -> Result<(), String> {
+        parse::<A>(args).map(drop)
+    }
+
+    fn start(&self, args: Value, ctx: RunContext) -> BoxFuture<'static, HandlerResult> {
+        let parsed = match args {
+            Value::Object(map) => parse::<A>(&map),
+            _ => Err("arguments must be an object".to_owned()),
+        };
+        match parsed {
+            Ok(a) => Box::pin((self.run)(a, ctx)),
+            Err(e) => Box::pin(async move { Err(RunError::new(e)) }),
+        }
+    }
+}
+
+/// Yield to the runtime every so often, so a handler emitting a million events in a loop
+/// does not hold a worker thread.
+async fn breathe(i: u64) {
+    if i % 512 == 0 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CountArgs {
+    #[serde(default = "three")]
+    n: u64,
+    #[serde(default)]
+    interval_ms: u64,
+}
+
+fn three() -> u64 {
+    3
+}
+
+impl Args for CountArgs {
+    fn check(&self) -> Result<(), String> {
+        if self.n > 1_000_000 {
+            return Err(format!("n must be at most 1000000, got {}", self.n));
+        }
+        if self.interval_ms > 60_000 {
+            return Err(format!("interval_ms must be at most 60000, got {}", self.interval_ms));
+        }
+        Ok(())
+    }
+}
+
+async fn count(args: CountArgs, ctx: RunContext) -> HandlerResult {
+    let n = args.n;
+    for i in 1..=n {
+        if args.interval_ms > 0 {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(args.interval_ms)) => {}
+                _ = ctx.cancelled() => return Ok(Value::Null),
+            }
+        } else {
+            breathe(i).await;
+        }
+        let value = json!({"i": i, "n": n, "progress": i as f64 / n as f64, "message": format!("{i}/{n}")});
+        if !ctx.emit(value) {
+            return Ok(Value::Null); // stopping: the server writes the terminal event
+        }
+    }
+    Ok(json!({ "n": n }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SleepArgs {
+    #[serde(default = "one_second")]
+    ms: u64,
+}
+
+fn one_second() -> u64 {
+    1000
+}
+
+impl Args for SleepArgs {
+    fn check(&self) -> Result<(), String> {
+        if self.ms > 3_600_000 {
+            return Err(format!("ms must be at most 3600000, got {}", self.ms));
+        }
+        Ok(())
+    }
+}
+
+async fn sleep(args: SleepArgs, ctx: RunContext) -> HandlerResult {
+    tokio::select! {
+        _ = tokio::time::sleep(Duration::from_millis(args.ms)) => Ok(json!({ "slept_ms": args.ms })),
+        _ = ctx.cancelled() => Ok(Value::Null),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FailArgs {
+    #[serde(default = "failed")]
+    message: String,
+}
+
+fn failed() -> String {
+    "failed".to_owned()
+}
+
+impl Args for FailArgs {}
+
+async fn fail(args: FailArgs, _ctx: RunContext) -> HandlerResult {
+    Err(RunError::new(args.message))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmitArgs {
+    #[serde(default)]
+    events: Vec<Value>,
+    #[serde(default)]
+    result: Value,
+}
+
+impl Args for EmitArgs {}
+
+async fn emit(args: EmitArgs, ctx: RunContext) -> HandlerResult {
+    for (i, value) in args.events.into_iter().enumerate() {
+        breathe(i as u64 + 1).await;
+        if !ctx.emit(value) {
+            return Ok(Value::Null);
+        }
+    }
+    Ok(args.result)
+}

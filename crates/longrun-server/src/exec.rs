@@ -1,0 +1,266 @@
+//! Exec objects: a program as an object. The convention (stdin/env in, stdout lines as
+//! events, `LONGRUN_RESULT` file as the result, exit status as success/error, process-group
+//! signals for cancel) is specified in `spec/PROTOCOL.md`, "Exec objects".
+//!
+//! The program is started directly, never through a shell unless `shell = true` was asked
+//! for, and the run's arguments only ever travel as data (stdin, env), never as argv.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+
+use crate::handler::{Handler, HandlerResult, ObjectOptions, RunContext, RunError};
+
+/// Longest stdout line turned into an event; longer lines are dropped with a warning.
+const MAX_LINE: usize = 1024 * 1024;
+/// How much of stderr an `error` event carries.
+const STDERR_TAIL: usize = 4096;
+
+/// How to run a program as an object: `[exec.NAME]` in the config file, or
+/// `--exec NAME='program arg…'` on the command line.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecSpec {
+    /// The program and its fixed arguments: an array, or a string split by POSIX shell-word
+    /// rules (quotes, backslashes) without any shell running.
+    pub command: Command_,
+    /// Run `command` (a string) with `sh -c`. Off unless asked for.
+    #[serde(default)]
+    pub shell: bool,
+    pub cwd: Option<PathBuf>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Cancel a run still going after this long (reason `deadline`).
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Keep this object's ended runs for this long (at most the server's retention).
+    #[serde(default, with = "humantime_serde")]
+    pub retention: Option<Duration>,
+}
+
+/// A command as written by the user.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Command_ {
+    Line(String),
+    Argv(Vec<String>),
+}
+
+impl ExecSpec {
+    /// A spec from the `--exec` flag's command string.
+    pub fn from_command_line(command: &str) -> Result<Self, String> {
+        let spec = ExecSpec {
+            command: Command_::Line(command.to_owned()),
+            shell: false,
+            cwd: None,
+            env: BTreeMap::new(),
+            timeout: None,
+            retention: None,
+        };
+        spec.argv()?;
+        Ok(spec)
+    }
+
+    /// The argv to execute. For `shell = true`, `sh -c <command>`.
+    pub fn argv(&self) -> Result<Vec<String>, String> {
+        let argv = match (&self.command, self.shell) {
+            (Command_::Line(line), true) => vec!["sh".into(), "-c".into(), line.clone()],
+            (Command_::Argv(_), true) => {
+                return Err("shell = true needs the command as one string".into());
+            }
+            (Command_::Line(line), false) => shell_words::split(line)
+                .map_err(|e| format!("cannot split command {line:?}: {e}"))?,
+            (Command_::Argv(argv), false) => argv.clone(),
+        };
+        if argv.is_empty() || argv[0].is_empty() {
+            return Err("the command is empty".into());
+        }
+        Ok(argv)
+    }
+
+    pub fn options(&self) -> ObjectOptions {
+        ObjectOptions {
+            timeout: self.timeout,
+            retention: self.retention,
+        }
+    }
+
+    /// The handler that runs this program.
+    pub fn handler(&self) -> Result<ExecHandler, String> {
+        Ok(ExecHandler {
+            argv: Arc::new(self.argv()?),
+            cwd: self.cwd.clone(),
+            env: Arc::new(self.env.clone()),
+        })
+    }
+}
+
+pub struct ExecHandler {
+    argv: Arc<Vec<String>>,
+    cwd: Option<PathBuf>,
+    env: Arc<BTreeMap<String, String>>,
+}
+
+impl Handler for ExecHandler {
+    fn start(&self, args: Value, ctx: RunContext) -> BoxFuture<'static, HandlerResult> {
+        let argv = self.argv.clone();
+        let cwd = self.cwd.clone();
+        let env = self.env.clone();
+        Box::pin(async move { run_program(&argv, cwd, &env, args, ctx).await })
+    }
+}
+
+/// Kills the program's whole process group when dropped: this is what happens when a
+/// canceled run outlives the grace period and the server drops its handler.
+struct GroupGuard(Option<Pid>);
+
+impl GroupGuard {
+    fn signal(&self, signal: Signal) {
+        if let Some(pgid) = self.0 {
+            // ESRCH (nobody left in the group) is the normal case after an exit.
+            let _ = killpg(pgid, signal);
+        }
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.signal(Signal::SIGKILL);
+    }
+}
+
+async fn run_program(
+    argv: &[String],
+    cwd: Option<PathBuf>,
+    env: &BTreeMap<String, String>,
+    args: Value,
+    ctx: RunContext,
+) -> HandlerResult {
+    let result_dir = tempfile::tempdir()
+        .map_err(|e| RunError::new(format!("cannot create a result file: {e}")))?;
+    let result_path = result_dir.path().join("result");
+    tokio::fs::write(&result_path, b"")
+        .await
+        .map_err(|e| RunError::new(format!("cannot create a result file: {e}")))?;
+    let args_json = args.to_string();
+
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .envs(env)
+        .env("LONGRUN_ARGS", &args_json)
+        .env("LONGRUN_RUN_ID", ctx.id().to_string())
+        .env("LONGRUN_OBJECT", ctx.object())
+        .env("LONGRUN_RESULT", &result_path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group, so cancel reaches the children a script starts too.
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| RunError::new(format!("cannot start {:?}: {e}", argv[0])))?;
+    let group = GroupGuard(child.id().map(|pid| Pid::from_raw(pid as i32)));
+
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    tokio::spawn(async move {
+        // A program that never reads stdin closes it: a broken pipe here is fine.
+        let _ = stdin.write_all(format!("{args_json}\n").as_bytes()).await;
+    });
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let stderr_tail = tokio::spawn(async move {
+        let mut tail = Vec::new();
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = stderr.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            tail.extend_from_slice(&buf[..n]);
+            if tail.len() > 2 * STDERR_TAIL {
+                tail.drain(..tail.len() - STDERR_TAIL);
+            }
+        }
+        let start = tail.len().saturating_sub(STDERR_TAIL);
+        String::from_utf8_lossy(&tail[start..]).into_owned()
+    });
+    let mut lines = FramedRead::new(
+        child.stdout.take().expect("stdout is piped"),
+        LinesCodec::new_with_max_length(MAX_LINE),
+    );
+
+    let mut status = None;
+    let mut stdout_open = true;
+    let mut terminated = false;
+    while status.is_none() || stdout_open {
+        tokio::select! {
+            line = lines.next(), if stdout_open => match line {
+                Some(Ok(line)) => emit_line(&ctx, &line),
+                Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
+                    tracing::warn!(run = %ctx.id(), "dropped a stdout line longer than {MAX_LINE} bytes");
+                }
+                Some(Err(LinesCodecError::Io(e))) => {
+                    tracing::warn!(run = %ctx.id(), "reading stdout failed: {e}");
+                    stdout_open = false;
+                }
+                None => stdout_open = false,
+            },
+            exit = child.wait(), if status.is_none() => {
+                status = Some(exit.map_err(|e| RunError::new(format!("waiting for the program failed: {e}")))?);
+                // The run is over when the program is; whatever it left running in its
+                // group would keep stdout open forever.
+                group.signal(Signal::SIGKILL);
+            }
+            _ = ctx.cancelled(), if !terminated => {
+                terminated = true;
+                group.signal(Signal::SIGTERM);
+            }
+        }
+    }
+    let stderr = stderr_tail.await.unwrap_or_default();
+    let status = status.expect("loop ends after exit");
+    if ctx.is_cancelled() {
+        return Ok(Value::Null); // the server writes `canceled`
+    }
+    if status.success() {
+        let raw = tokio::fs::read(&result_path).await.unwrap_or_default();
+        return Ok(parse_output(&String::from_utf8_lossy(&raw)).unwrap_or(Value::Null));
+    }
+    use std::os::unix::process::ExitStatusExt;
+    let err = match (status.code(), status.signal()) {
+        (Some(code), _) => RunError::new(format!("exited with status {code}")).with("exit_code", code),
+        (None, Some(sig)) => RunError::new(format!("killed by signal {sig}")).with("signal", sig),
+        (None, None) => RunError::new("ended without an exit status"),
+    };
+    Err(err.with("stderr", stderr))
+}
+
+/// A line or result file: JSON if it parses, else the text (trailing newline trimmed);
+/// `None` when empty.
+fn parse_output(text: &str) -> Option<Value> {
+    let trimmed = text.trim_end_matches(['\n', '\r']);
+    if trimmed.trim().is_empty() {
+        return None;
+    }
+    Some(serde_json::from_str(trimmed).unwrap_or_else(|_| Value::String(trimmed.to_owned())))
+}
+
+fn emit_line(ctx: &RunContext, line: &str) {
+    if let Some(value) = parse_output(line) {
+        ctx.emit(value);
+    }
+}

@@ -1,0 +1,197 @@
+//! `GET /{object}/{id}`: follow a run by SSE or by long polling, from a cursor.
+//!
+//! Both transports read the run's shared log at their own cursor and wait on a `watch`
+//! receiver for appends, so a follower costs a cursor and a receiver: no copy of the history,
+//! no queue. A slow SSE reader is slowed by TCP backpressure, never buffered for.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::Stream;
+use longrun_proto::header as h;
+use longrun_proto::{ProblemKind, sse};
+use tokio::sync::watch;
+
+use crate::Server;
+use crate::http::{lookup, problem, status_headers, wants_event_stream};
+use crate::run::Run;
+
+/// How much one SSE write carries at most when a follower is behind.
+const SSE_BATCH_BYTES: usize = 64 * 1024;
+/// How many events one long-poll reply carries at most.
+pub const POLL_BATCH_EVENTS: usize = 10_000;
+
+pub(crate) async fn follow(
+    State(server): State<Server>,
+    Path((object, id)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let run = match lookup(&server, &object, &id) {
+        Ok(run) => run,
+        Err(res) => return res,
+    };
+    let query: Vec<(String, String)> = form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes())
+        .into_owned()
+        .collect();
+    let cursor = match cursor(&headers, &query) {
+        Ok(c) => c,
+        Err(res) => return res,
+    };
+    // The first event a follower has not seen yet.
+    let next = cursor.map_or(0, |c| c.saturating_add(1));
+    run.attach_follower();
+    if wants_event_stream(&headers) {
+        follow_sse(&server, run, next)
+    } else {
+        let wait = match wait(&server, &query) {
+            Ok(w) => w,
+            Err(res) => return res,
+        };
+        follow_poll(run, next, wait).await
+    }
+}
+
+/// The cursor: the `Last-Event-ID` header if present and non-empty, else the query.
+fn cursor(headers: &HeaderMap, query: &[(String, String)]) -> Result<Option<u64>, Response> {
+    let from_header = headers
+        .get(h::LAST_EVENT_ID)
+        .map(|v| v.to_str().unwrap_or("\u{fffd}").trim())
+        .filter(|v| !v.is_empty());
+    let raw = from_header.or_else(|| {
+        h::CURSOR_QUERY
+            .iter()
+            .find_map(|name| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()))
+    });
+    match raw {
+        None => Ok(None),
+        Some(raw) => h::parse_cursor(raw).map(Some).ok_or_else(|| {
+            problem(
+                ProblemKind::InvalidCursor,
+                format!("{raw:?} is not an event id; use the id of the last event you saw (0, 1, 2, …)"),
+            )
+        }),
+    }
+}
+
+/// The long-poll hold time: `wait` seconds, clamped to the maximum.
+fn wait(server: &Server, query: &[(String, String)]) -> Result<Duration, Response> {
+    let Some((_, raw)) = query.iter().find(|(k, _)| k == h::WAIT_QUERY) else {
+        return Ok(server.config.poll_wait_default);
+    };
+    raw.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(|s| Duration::from_secs_f64(s.min(server.config.poll_wait_max.as_secs_f64())))
+        .ok_or_else(|| {
+            problem(
+                ProblemKind::InvalidWait,
+                format!("wait={raw:?} is not a non-negative number of seconds"),
+            )
+        })
+}
+
+fn follow_sse(server: &Server, run: Arc<Run>, next: u64) -> Response {
+    let (state, last) = run.status();
+    if state.is_terminal() && next > last {
+        // WHATWG: 204 tells an EventSource to stop reconnecting.
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    let retry = sse::retry_frame(server.config.retry.as_millis() as u64);
+    let body = Body::from_stream(sse_stream(run.clone(), next, retry, server.config.keep_alive));
+    let mut res = Response::new(body);
+    let hs = res.headers_mut();
+    hs.insert(header::CONTENT_TYPE, HeaderValue::from_static(h::EVENT_STREAM));
+    hs.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Ask nginx-like proxies not to buffer the stream.
+    hs.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    status_headers(&run, hs);
+    res
+}
+
+struct SseFollower {
+    run: Arc<Run>,
+    appended: watch::Receiver<usize>,
+    next: u64,
+    retry: Option<Bytes>,
+    keep_alive: Duration,
+    done: bool,
+}
+
+fn sse_stream(
+    run: Arc<Run>,
+    next: u64,
+    retry: Bytes,
+    keep_alive: Duration,
+) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
+    // Subscribe before the first read: an append between the read and the wait then shows up
+    // as a change, so no event is ever missed.
+    let follower = SseFollower {
+        appended: run.subscribe(),
+        run,
+        next,
+        retry: Some(retry),
+        keep_alive,
+        done: false,
+    };
+    futures::stream::unfold(follower, |mut f| async move {
+        if f.done {
+            return None;
+        }
+        if let Some(retry) = f.retry.take() {
+            return Some((Ok(retry), f));
+        }
+        loop {
+            let batch = f.run.read_sse(f.next, SSE_BATCH_BYTES);
+            if batch.count > 0 {
+                f.next = batch.next;
+                f.done = batch.finished;
+                return Some((Ok(batch.bytes), f));
+            }
+            if batch.finished {
+                return None;
+            }
+            tokio::select! {
+                changed = f.appended.changed() => {
+                    if changed.is_err() {
+                        return None; // the run is gone; cannot happen while we hold it
+                    }
+                }
+                _ = tokio::time::sleep(f.keep_alive) => {
+                    return Some((Ok(Bytes::from_static(sse::KEEP_ALIVE)), f));
+                }
+            }
+        }
+    })
+}
+
+async fn follow_poll(run: Arc<Run>, next: u64, wait: Duration) -> Response {
+    let mut appended = run.subscribe();
+    let deadline = tokio::time::Instant::now() + wait;
+    let batch = loop {
+        let batch = run.read_json(next, POLL_BATCH_EVENTS);
+        if batch.count > 0 || batch.finished {
+            break batch;
+        }
+        tokio::select! {
+            changed = appended.changed() => {
+                if changed.is_err() {
+                    break batch;
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => break run.read_json(next, POLL_BATCH_EVENTS),
+        }
+    };
+    let mut res = (StatusCode::OK, batch.bytes).into_response();
+    let hs = res.headers_mut();
+    hs.insert(header::CONTENT_TYPE, HeaderValue::from_static(h::JSON));
+    hs.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    status_headers(&run, hs);
+    res
+}

@@ -1,0 +1,154 @@
+//! The API for registering objects: an async handler receives the run's arguments and a
+//! [`RunContext`] (progress emitter + cancellation), and returns the run's result.
+//!
+//! ```no_run
+//! use longrun_server::{RunContext, RunError, Server};
+//! use serde_json::{json, Value};
+//!
+//! let server = Server::builder()
+//!     .object("resize", |args: Value, ctx: RunContext| async move {
+//!         for i in 1..=10 {
+//!             if ctx.is_cancelled() {
+//!                 break; // the server appends `canceled` for us
+//!             }
+//!             ctx.progress(i as f64 / 10.0, format!("step {i}"));
+//!         }
+//!         Ok::<_, RunError>(json!({"done": args}))
+//!     })
+//!     .build();
+//! ```
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use longrun_proto::{Progress, RunId};
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::run::Run;
+
+/// What a handler gets besides its arguments: a way to report events and to learn that the
+/// run should stop.
+#[derive(Clone)]
+pub struct RunContext {
+    pub(crate) run: Arc<Run>,
+}
+
+impl RunContext {
+    pub fn id(&self) -> RunId {
+        self.run.id
+    }
+
+    pub fn object(&self) -> &str {
+        &self.run.object
+    }
+
+    /// Append a `running` event. Returns false when the event was dropped because the run is
+    /// stopping (canceled, or over the event limit): a handler may use that to stop early.
+    pub fn emit(&self, value: impl Into<Value>) -> bool {
+        self.run.emit(value.into())
+    }
+
+    /// Append a `running` event following the progress convention.
+    pub fn progress(&self, fraction: f64, message: impl AsRef<str>) -> bool {
+        self.emit(Progress::to_value(Some(fraction), Some(message.as_ref())))
+    }
+
+    /// True once the run was asked to stop (DELETE, deadline, shutdown or event limit).
+    pub fn is_cancelled(&self) -> bool {
+        self.run.cancel.is_cancelled()
+    }
+
+    /// Completes when the run is asked to stop. The handler then has the server's grace
+    /// period to return before it is dropped.
+    pub async fn cancelled(&self) {
+        self.run.cancel.cancelled().await
+    }
+
+    /// The token itself, to hand to code that takes a `CancellationToken`.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.run.cancel.clone()
+    }
+
+    /// Completes once at least one client follows this run.
+    pub async fn followed(&self) {
+        self.run.followed().await
+    }
+}
+
+/// A run's failure: becomes the value of its `error` event, `{"message": …, …details}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunError {
+    pub message: String,
+    pub details: Map<String, Value>,
+}
+
+impl RunError {
+    pub fn new(message: impl Into<String>) -> Self {
+        RunError {
+            message: message.into(),
+            details: Map::new(),
+        }
+    }
+
+    /// Add a member to the error value (e.g. an exit code).
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.details.insert(key.to_owned(), value.into());
+        self
+    }
+
+    pub fn to_value(&self) -> Value {
+        let mut obj = self.details.clone();
+        obj.insert("message".into(), self.message.clone().into());
+        Value::Object(obj)
+    }
+}
+
+/// Any error converts, so a handler can use `?`; its `Display` becomes the message.
+impl<E: std::error::Error> From<E> for RunError {
+    fn from(e: E) -> Self {
+        RunError::new(e.to_string())
+    }
+}
+
+pub type HandlerResult = Result<Value, RunError>;
+
+/// An object's behaviour. Closures `Fn(Value, RunContext) -> impl Future<Output = Result<Value,
+/// RunError>>` implement it; implement it by hand to validate arguments at submit time.
+pub trait Handler: Send + Sync + 'static {
+    /// Check the arguments before the run is created; an `Err` is answered with 422 and its
+    /// text as the problem's detail. `args` is always a JSON object.
+    fn validate(&self, _args: &Map<String, Value>) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Start the run. The returned future runs on the server's runtime.
+    fn start(&self, args: Value, ctx: RunContext) -> BoxFuture<'static, HandlerResult>;
+}
+
+impl<F, Fut> Handler for F
+where
+    F: Fn(Value, RunContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = HandlerResult> + Send + 'static,
+{
+    fn start(&self, args: Value, ctx: RunContext) -> BoxFuture<'static, HandlerResult> {
+        Box::pin(self(args, ctx))
+    }
+}
+
+/// Per-object settings.
+#[derive(Debug, Clone, Default)]
+pub struct ObjectOptions {
+    /// A run still going after this long is canceled with reason `deadline`.
+    pub timeout: Option<Duration>,
+    /// Keep this object's terminal runs for this long instead of the server's retention
+    /// (never longer).
+    pub retention: Option<Duration>,
+}
+
+pub(crate) struct Object {
+    pub handler: Arc<dyn Handler>,
+    pub options: ObjectOptions,
+}

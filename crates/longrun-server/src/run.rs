@@ -1,0 +1,255 @@
+//! One run: its append-only event log, shared by every follower, and its cancellation.
+//!
+//! The log keeps each event pre-encoded twice (an SSE frame and a JSON object) so that a
+//! thousand followers of one run cost a thousand cursors, not a thousand copies of the
+//! history: a follower locks the log just long enough to clone a few `Bytes` handles.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use bytes::{Bytes, BytesMut};
+use longrun_proto::{CancelReason, Event, RunId, State, sse};
+use serde_json::Value;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+/// Why a run is being stopped before its handler finished on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    Cancel(CancelReason),
+    /// The handler emitted more events than the server allows per run.
+    Overflow,
+}
+
+pub(crate) struct Run {
+    pub id: RunId,
+    pub object: String,
+    log: Mutex<Log>,
+    /// Bumped (to the log length) on every append; followers wait on their own receiver,
+    /// which remembers what they have seen, so no wake-up is ever lost and no queue grows.
+    appended: watch::Sender<usize>,
+    /// Fired once a stop is requested; handlers observe it through `RunContext`.
+    pub cancel: CancellationToken,
+    followers: AtomicUsize,
+    followed: Notify,
+    max_events: u64,
+}
+
+struct Entry {
+    sse: Bytes,
+    json: Bytes,
+}
+
+struct Log {
+    entries: Vec<Entry>,
+    state: State,
+    /// Set by the first stop request; decides the terminal event when the handler ends.
+    stop: Option<Stop>,
+}
+
+/// What a read of the log found after a cursor.
+pub(crate) struct Batch {
+    pub bytes: Bytes,
+    pub count: usize,
+    /// The id after the last event in `bytes`.
+    pub next: u64,
+    /// `bytes` ends with the terminal event, or the run ended and nothing is after the cursor.
+    pub finished: bool,
+}
+
+/// Outcome of a cancel request.
+pub(crate) enum CancelOutcome {
+    /// The run is (now) being canceled; the state as of now.
+    Accepted(State),
+    /// The run already ended in success or error.
+    Ended(State),
+}
+
+impl Run {
+    pub fn new(id: RunId, object: String, max_events: u64) -> Self {
+        let run = Run {
+            id,
+            object,
+            log: Mutex::new(Log {
+                entries: Vec::new(),
+                state: State::Queued,
+                stop: None,
+            }),
+            appended: watch::Sender::new(0),
+            cancel: CancellationToken::new(),
+            followers: AtomicUsize::new(0),
+            followed: Notify::new(),
+            max_events: max_events.max(2),
+        };
+        run.lock().push(&Event::queued());
+        run
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Log> {
+        // A poisoned lock means a panic while appending, which only happens on allocation
+        // failure; the log itself is still consistent (push is the last step), so go on.
+        self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<usize> {
+        self.appended.subscribe()
+    }
+
+    /// State and id of the newest event.
+    pub fn status(&self) -> (State, u64) {
+        let log = self.lock();
+        (log.state, log.entries.len() as u64 - 1)
+    }
+
+    /// Append a `running` event from the handler. Returns false when it was dropped: the run
+    /// is stopping (cancel requested, or it hit the event limit) or already ended.
+    pub fn emit(&self, value: Value) -> bool {
+        let mut log = self.lock();
+        if log.state.is_terminal() || log.stop.is_some() {
+            return false;
+        }
+        // Keep one slot for the terminal event.
+        if log.entries.len() as u64 >= self.max_events - 1 {
+            log.stop = Some(Stop::Overflow);
+            drop(log);
+            self.cancel.cancel();
+            return false;
+        }
+        let id = log.entries.len() as u64;
+        log.push(&Event {
+            id,
+            state: State::Running,
+            value,
+        });
+        let len = log.entries.len();
+        drop(log);
+        self.appended.send_replace(len);
+        true
+    }
+
+    /// Append the terminal event once the handler is done (or dropped). A stop request wins
+    /// over the handler's own result, so a 202 to DELETE always ends in `canceled`.
+    /// Does nothing if the run already ended.
+    pub fn finish(&self, result: Result<Value, Value>) {
+        let mut log = self.lock();
+        if log.state.is_terminal() {
+            return;
+        }
+        let (state, value) = match (log.stop, result) {
+            (Some(Stop::Cancel(reason)), _) => (State::Canceled, reason.to_value()),
+            (Some(Stop::Overflow), _) => (
+                State::Error,
+                serde_json::json!({
+                    "message": format!("run exceeded the limit of {} events", self.max_events)
+                }),
+            ),
+            (None, Ok(v)) => (State::Success, v),
+            (None, Err(e)) => (State::Error, e),
+        };
+        let id = log.entries.len() as u64;
+        log.push(&Event { id, state, value });
+        let len = log.entries.len();
+        drop(log);
+        self.appended.send_replace(len);
+        // Nobody needs the token any more; firing it lets helpers of the handler stop.
+        self.cancel.cancel();
+    }
+
+    /// Ask the run to stop. The first reason wins; a run already canceled answers `Accepted`
+    /// again so DELETE is idempotent.
+    pub fn request_cancel(&self, reason: CancelReason) -> CancelOutcome {
+        let mut log = self.lock();
+        match log.state {
+            State::Success | State::Error => return CancelOutcome::Ended(log.state),
+            State::Canceled => return CancelOutcome::Accepted(log.state),
+            State::Queued | State::Running => {}
+        }
+        if log.stop.is_none() {
+            log.stop = Some(Stop::Cancel(reason));
+        }
+        let state = log.state;
+        drop(log);
+        self.cancel.cancel();
+        CancelOutcome::Accepted(state)
+    }
+
+    /// Events after `after` (all when `None`) as concatenated SSE frames, up to about
+    /// `max_bytes` (always at least one event when there is one).
+    pub fn read_sse(&self, next: u64, max_bytes: usize) -> Batch {
+        self.read(next, usize::MAX, max_bytes, |e| &e.sse, None)
+    }
+
+    /// Events from id `next` on as a JSON array, at most `max_events` of them.
+    pub fn read_json(&self, next: u64, max_events: usize) -> Batch {
+        self.read(next, max_events, usize::MAX, |e| &e.json, Some((b'[', b',', b']')))
+    }
+
+    fn read(
+        &self,
+        next: u64,
+        max_events: usize,
+        max_bytes: usize,
+        pick: impl Fn(&Entry) -> &Bytes,
+        array: Option<(u8, u8, u8)>,
+    ) -> Batch {
+        let log = self.lock();
+        let total = log.entries.len() as u64;
+        let start = next.min(total) as usize;
+        let mut end = start;
+        let mut size = 0;
+        while end < log.entries.len() && end - start < max_events && (end == start || size < max_bytes) {
+            size += pick(&log.entries[end]).len() + 1;
+            end += 1;
+        }
+        let terminal = log.state.is_terminal();
+        let mut buf = BytesMut::with_capacity(size + 2);
+        if let Some((open, _, _)) = array {
+            buf.extend_from_slice(&[open]);
+        }
+        for (i, e) in log.entries[start..end].iter().enumerate() {
+            if let (Some((_, sep, _)), true) = (array, i > 0) {
+                buf.extend_from_slice(&[sep]);
+            }
+            buf.extend_from_slice(pick(e));
+        }
+        drop(log);
+        if let Some((_, _, close)) = array {
+            buf.extend_from_slice(&[close]);
+        }
+        Batch {
+            bytes: buf.freeze(),
+            count: end - start,
+            next: end as u64,
+            finished: terminal && end as u64 == total,
+        }
+    }
+
+    /// A follower attached (for handlers that wait for one, like the demo `ephemeral`).
+    pub fn attach_follower(&self) {
+        self.followers.fetch_add(1, Ordering::SeqCst);
+        self.followed.notify_waiters();
+    }
+
+    pub async fn followed(&self) {
+        loop {
+            let notified = self.followed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.followers.load(Ordering::SeqCst) > 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Log {
+    fn push(&mut self, event: &Event) {
+        let json = serde_json::to_vec(event).expect("a serde_json::Value always serializes");
+        self.entries.push(Entry {
+            sse: sse::encode_event(event),
+            json: Bytes::from(json),
+        });
+        self.state = event.state;
+    }
+}
