@@ -1,1 +1,77 @@
-fn main() {}
+//! `cargo xtask <command>`: the project's build and test entry points (the cargo-xtask
+//! pattern: plain Rust, no dependencies, each command in its own module).
+//!
+//! - `cargo xtask test`  — every suite the repository has; this is what CI runs.
+//! - `cargo xtask bench` — the benchmarks, printed side by side with their peers.
+
+mod bench;
+mod test;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => test::run(&args[1..]),
+        Some("bench") => bench::run(&args[1..]),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask test [--quick]   run every suite (what CI runs)\n       \
+                 cargo xtask bench           run the benchmarks"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_path_buf()
+}
+
+/// Run a command from the workspace root, echoing it first; fail with its name.
+fn step(step: &str, cmd: &mut Command) -> Result<(), String> {
+    eprintln!("\n==> {step}: {cmd:?}");
+    let status = cmd
+        .current_dir(root())
+        .status()
+        .map_err(|e| format!("{step}: cannot start {:?}: {e}", cmd.get_program()))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{step} failed ({status})"))
+    }
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// Is a rustup target installed? Install it if not (CI starts from a bare toolchain).
+fn ensure_target(target: &str) -> Result<(), String> {
+    let out = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map_err(|e| format!("rustup is needed to add the {target} target: {e}"))?;
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == target)
+    {
+        return Ok(());
+    }
+    step(
+        "add target",
+        Command::new("rustup").args(["target", "add", target]),
+    )
+}

@@ -6,7 +6,11 @@ mod serve;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "longrun", version, about = "Long-running calls over plain HTTP")]
+#[command(
+    name = "longrun",
+    version,
+    about = "Long-running calls over plain HTTP"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -15,8 +15,10 @@ use longrun_server::{Config, Server};
 use serde::Deserialize;
 
 #[derive(Args, Debug)]
-#[command(after_help = "Durations are written like 500ms, 15s, 10m, 1h. Sizes like 1048576, 512KiB, 1MiB.\n\
-Logs go to stderr; set LONGRUN_LOG (e.g. debug, longrun_server=trace) to change the level.")]
+#[command(
+    after_help = "Durations are written like 500ms, 15s, 10m, 1h. Sizes like 1048576, 512KiB, 1MiB.\n\
+Logs go to stderr; set LONGRUN_LOG (e.g. debug, longrun_server=trace) to change the level."
+)]
 pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port; the chosen address is printed).
     #[arg(long, env = "LONGRUN_LISTEN")]
@@ -101,7 +103,10 @@ fn settings(args: ServeArgs) -> Result<Settings, String> {
             .or(file.body_limit)
             .map_or(d.body_limit, |b| b.as_u64() as usize),
         retention: args.retention.or(file.retention).unwrap_or(d.retention),
-        max_retained: args.max_retained.or(file.max_retained).unwrap_or(d.max_retained),
+        max_retained: args
+            .max_retained
+            .or(file.max_retained)
+            .unwrap_or(d.max_retained),
         max_active_runs: args
             .max_active_runs
             .or(file.max_active_runs)
@@ -123,7 +128,8 @@ fn settings(args: ServeArgs) -> Result<Settings, String> {
         let (name, command) = flag
             .split_once('=')
             .ok_or_else(|| format!("--exec {flag:?}: write it as NAME='program arg…'"))?;
-        let spec = ExecSpec::from_command_line(command).map_err(|e| format!("--exec {name}: {e}"))?;
+        let spec =
+            ExecSpec::from_command_line(command).map_err(|e| format!("--exec {name}: {e}"))?;
         exec.insert(name.to_owned(), spec);
     }
     let demo = !args.no_demo && file.demo.unwrap_or(true);
@@ -145,7 +151,9 @@ fn build_server(s: &Settings) -> Result<Server, String> {
     }
     for (name, spec) in &s.exec {
         ObjectName::new(name.as_str()).map_err(|e| format!("exec object: {e}"))?;
-        let handler = spec.handler().map_err(|e| format!("exec object {name}: {e}"))?;
+        let handler = spec
+            .handler()
+            .map_err(|e| format!("exec object {name}: {e}"))?;
         builder = builder.object_with(name, spec.options(), handler);
     }
     Ok(builder.build())
@@ -186,7 +194,12 @@ pub fn main(args: ServeArgs) -> ExitCode {
 async fn run(settings: Settings, server: Server) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", settings.listen)))?;
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot listen on {}: {e}", settings.listen),
+            )
+        })?;
     let addr = listener.local_addr()?;
     let objects: Vec<&str> = server.object_names().collect();
     tracing::info!(objects = ?objects, "serving longrun/1");

@@ -48,7 +48,9 @@ mod tests {
     #[test]
     fn accept_lists_event_stream_with_parameters_and_case() {
         assert!(accepts_event_stream("text/event-stream"));
-        assert!(accepts_event_stream("application/json, Text/Event-Stream;q=0.5"));
+        assert!(accepts_event_stream(
+            "application/json, Text/Event-Stream;q=0.5"
+        ));
         assert!(!accepts_event_stream("application/json"));
         assert!(!accepts_event_stream("text/event-streams"));
         assert!(!accepts_event_stream("*/*"));

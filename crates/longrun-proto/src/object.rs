@@ -76,7 +76,16 @@ mod tests {
         for ok in ["echo", "a", "A.b-c_d", "0", &"x".repeat(64)] {
             assert!(ObjectName::is_valid(ok), "{ok}");
         }
-        for bad in ["", "_health", "-a", ".a", "a/b", "a b", "é", &"x".repeat(65)] {
+        for bad in [
+            "",
+            "_health",
+            "-a",
+            ".a",
+            "a/b",
+            "a b",
+            "é",
+            &"x".repeat(65),
+        ] {
             assert!(!ObjectName::is_valid(bad), "{bad}");
         }
     }

@@ -19,7 +19,10 @@ impl Progress {
             .and_then(Value::as_f64)
             .filter(|f| f.is_finite())
             .map(|f| f.clamp(0.0, 1.0));
-        let message = obj.get("message").and_then(Value::as_str).map(str::to_owned);
+        let message = obj
+            .get("message")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         (fraction.is_some() || message.is_some()).then_some(Progress { fraction, message })
     }
 
@@ -47,7 +50,9 @@ mod tests {
         assert_eq!(p.fraction, Some(0.5));
         assert_eq!(p.message.as_deref(), Some("half"));
         assert_eq!(
-            Progress::from_value(&json!({"progress": 7})).unwrap().fraction,
+            Progress::from_value(&json!({"progress": 7}))
+                .unwrap()
+                .fraction,
             Some(1.0)
         );
         assert_eq!(Progress::from_value(&json!({"other": 1})), None);

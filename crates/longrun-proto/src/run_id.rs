@@ -13,7 +13,11 @@ pub struct RunIdError(String);
 
 impl fmt::Display for RunIdError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?} is not a run id (expected a hyphenated UUID)", self.0)
+        write!(
+            f,
+            "{:?} is not a run id (expected a hyphenated UUID)",
+            self.0
+        )
     }
 }
 
@@ -36,7 +40,9 @@ impl RunId {
         if s.len() != 36 {
             return Err(RunIdError(s.to_owned()));
         }
-        Uuid::try_parse(s).map(Self).map_err(|_| RunIdError(s.to_owned()))
+        Uuid::try_parse(s)
+            .map(Self)
+            .map_err(|_| RunIdError(s.to_owned()))
     }
 }
 

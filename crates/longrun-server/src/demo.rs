@@ -9,12 +9,15 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
-use crate::handler::{Handler, HandlerResult, ObjectOptions, RunContext, RunError};
 use crate::ServerBuilder;
+use crate::handler::{Handler, HandlerResult, ObjectOptions, RunContext, RunError};
 
 pub(crate) fn register(builder: ServerBuilder) -> ServerBuilder {
     builder
-        .object("echo", |args: Value, _ctx: RunContext| async move { Ok(args) })
+        .object(
+            "echo",
+            |args: Value, _ctx: RunContext| async move { Ok(args) },
+        )
         .object("count", Typed::new(count))
         .object("sleep", Typed::new(sleep))
         .object("fail", Typed::new(fail))
@@ -91,6 +94,9 @@ async fn breathe(i: u64) {
     }
 }
 
+/// Largest `n` for `count`: a run of that size stays well inside the default event limit.
+const MAX_COUNT: u64 = 100_000;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CountArgs {
@@ -106,11 +112,14 @@ fn three() -> u64 {
 
 impl Args for CountArgs {
     fn check(&self) -> Result<(), String> {
-        if self.n > 1_000_000 {
-            return Err(format!("n must be at most 1000000, got {}", self.n));
+        if self.n > MAX_COUNT {
+            return Err(format!("n must be at most {MAX_COUNT}, got {}", self.n));
         }
         if self.interval_ms > 60_000 {
-            return Err(format!("interval_ms must be at most 60000, got {}", self.interval_ms));
+            return Err(format!(
+                "interval_ms must be at most 60000, got {}",
+                self.interval_ms
+            ));
         }
         Ok(())
     }
@@ -127,7 +136,8 @@ async fn count(args: CountArgs, ctx: RunContext) -> HandlerResult {
         } else {
             breathe(i).await;
         }
-        let value = json!({"i": i, "n": n, "progress": i as f64 / n as f64, "message": format!("{i}/{n}")});
+        let value =
+            json!({"i": i, "n": n, "progress": i as f64 / n as f64, "message": format!("{i}/{n}")});
         if !ctx.emit(value) {
             return Ok(Value::Null); // stopping: the server writes the terminal event
         }

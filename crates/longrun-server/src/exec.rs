@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
-use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead};
 
 use crate::handler::{Handler, HandlerResult, ObjectOptions, RunContext, RunError};
 
@@ -27,6 +27,9 @@ use crate::handler::{Handler, HandlerResult, ObjectOptions, RunContext, RunError
 const MAX_LINE: usize = 1024 * 1024;
 /// How much of stderr an `error` event carries.
 const STDERR_TAIL: usize = 4096;
+/// Largest `LONGRUN_ARGS`: Linux caps one environment string at 128 KiB, and the body limit
+/// allows more; bigger arguments still arrive on stdin.
+const MAX_ARGS_ENV: usize = 64 * 1024;
 
 /// How to run a program as an object: `[exec.NAME]` in the config file, or
 /// `--exec NAME='program arg…'` on the command line.
@@ -159,7 +162,6 @@ async fn run_program(
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .envs(env)
-        .env("LONGRUN_ARGS", &args_json)
         .env("LONGRUN_RUN_ID", ctx.id().to_string())
         .env("LONGRUN_OBJECT", ctx.object())
         .env("LONGRUN_RESULT", &result_path)
@@ -169,6 +171,9 @@ async fn run_program(
         // Its own process group, so cancel reaches the children a script starts too.
         .process_group(0)
         .kill_on_drop(true);
+    if args_json.len() <= MAX_ARGS_ENV {
+        cmd.env("LONGRUN_ARGS", &args_json);
+    }
     if let Some(dir) = cwd {
         cmd.current_dir(dir);
     }
@@ -198,9 +203,11 @@ async fn run_program(
         let start = tail.len().saturating_sub(STDERR_TAIL);
         String::from_utf8_lossy(&tail[start..]).into_owned()
     });
+    // Split on bytes, not UTF-8 lines: a line with invalid UTF-8 becomes U+FFFD (lossy), it
+    // must not stop the reading of stdout.
     let mut lines = FramedRead::new(
         child.stdout.take().expect("stdout is piped"),
-        LinesCodec::new_with_max_length(MAX_LINE),
+        AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), Vec::new(), MAX_LINE),
     );
 
     let mut status = None;
@@ -209,11 +216,11 @@ async fn run_program(
     while status.is_none() || stdout_open {
         tokio::select! {
             line = lines.next(), if stdout_open => match line {
-                Some(Ok(line)) => emit_line(&ctx, &line),
-                Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
+                Some(Ok(line)) => emit_line(&ctx, &String::from_utf8_lossy(&line)),
+                Some(Err(AnyDelimiterCodecError::MaxChunkLengthExceeded)) => {
                     tracing::warn!(run = %ctx.id(), "dropped a stdout line longer than {MAX_LINE} bytes");
                 }
-                Some(Err(LinesCodecError::Io(e))) => {
+                Some(Err(AnyDelimiterCodecError::Io(e))) => {
                     tracing::warn!(run = %ctx.id(), "reading stdout failed: {e}");
                     stdout_open = false;
                 }
@@ -242,7 +249,9 @@ async fn run_program(
     }
     use std::os::unix::process::ExitStatusExt;
     let err = match (status.code(), status.signal()) {
-        (Some(code), _) => RunError::new(format!("exited with status {code}")).with("exit_code", code),
+        (Some(code), _) => {
+            RunError::new(format!("exited with status {code}")).with("exit_code", code)
+        }
         (None, Some(sig)) => RunError::new(format!("killed by signal {sig}")).with("signal", sig),
         (None, None) => RunError::new("ended without an exit status"),
     };

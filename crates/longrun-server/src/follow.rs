@@ -37,23 +37,25 @@ pub(crate) async fn follow(
         Ok(run) => run,
         Err(res) => return res,
     };
-    let query: Vec<(String, String)> = form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes())
-        .into_owned()
-        .collect();
+    let query: Vec<(String, String)> =
+        form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
     let cursor = match cursor(&headers, &query) {
         Ok(c) => c,
         Err(res) => return res,
     };
     // The first event a follower has not seen yet.
     let next = cursor.map_or(0, |c| c.saturating_add(1));
-    run.attach_follower();
     if wants_event_stream(&headers) {
+        run.attach_follower();
         follow_sse(&server, run, next)
     } else {
         let wait = match wait(&server, &query) {
             Ok(w) => w,
             Err(res) => return res,
         };
+        run.attach_follower();
         follow_poll(run, next, wait).await
     }
 }
@@ -65,16 +67,21 @@ fn cursor(headers: &HeaderMap, query: &[(String, String)]) -> Result<Option<u64>
         .map(|v| v.to_str().unwrap_or("\u{fffd}").trim())
         .filter(|v| !v.is_empty());
     let raw = from_header.or_else(|| {
-        h::CURSOR_QUERY
-            .iter()
-            .find_map(|name| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()))
+        h::CURSOR_QUERY.iter().find_map(|name| {
+            query
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        })
     });
     match raw {
         None => Ok(None),
         Some(raw) => h::parse_cursor(raw).map(Some).ok_or_else(|| {
             problem(
                 ProblemKind::InvalidCursor,
-                format!("{raw:?} is not an event id; use the id of the last event you saw (0, 1, 2, …)"),
+                format!(
+                    "{raw:?} is not an event id; use the id of the last event you saw (0, 1, 2, …)"
+                ),
             )
         }),
     }
@@ -104,10 +111,18 @@ fn follow_sse(server: &Server, run: Arc<Run>, next: u64) -> Response {
         return StatusCode::NO_CONTENT.into_response();
     }
     let retry = sse::retry_frame(server.config.retry.as_millis() as u64);
-    let body = Body::from_stream(sse_stream(run.clone(), next, retry, server.config.keep_alive));
+    let body = Body::from_stream(sse_stream(
+        run.clone(),
+        next,
+        retry,
+        server.config.keep_alive,
+    ));
     let mut res = Response::new(body);
     let hs = res.headers_mut();
-    hs.insert(header::CONTENT_TYPE, HeaderValue::from_static(h::EVENT_STREAM));
+    hs.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(h::EVENT_STREAM),
+    );
     hs.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Ask nginx-like proxies not to buffer the stream.
     hs.insert("x-accel-buffering", HeaderValue::from_static("no"));

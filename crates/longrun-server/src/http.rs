@@ -44,7 +44,10 @@ pub(crate) fn problem_response(p: Problem) -> Response {
     let body = serde_json::to_vec(&p).expect("a problem always serializes");
     (
         status,
-        [(header::CONTENT_TYPE, HeaderValue::from_static(h::PROBLEM_JSON))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(h::PROBLEM_JSON),
+        )],
         body,
     )
         .into_response()
@@ -149,13 +152,13 @@ async fn submit(
     if let Err(detail) = obj.handler.validate(map) {
         return problem(ProblemKind::InvalidArguments, detail);
     }
-    let run = match server
-        .registry
-        .submit(&server.config, &object, obj, args)
-    {
+    let run = match server.registry.submit(&server.config, &object, obj, args) {
         Ok(run) => run,
         Err(SubmitError::ShuttingDown) => {
-            return problem(ProblemKind::ShuttingDown, "the server no longer accepts runs");
+            return problem(
+                ProblemKind::ShuttingDown,
+                "the server no longer accepts runs",
+            );
         }
         Err(SubmitError::TooManyRuns) => {
             let mut res = problem(
@@ -229,7 +232,17 @@ pub(crate) fn wants_event_stream(headers: &HeaderMap) -> bool {
 }
 
 /// Find a run or answer 404/410.
-pub(crate) fn lookup(server: &Server, object: &str, id: &str) -> Result<std::sync::Arc<Run>, Response> {
+pub(crate) fn lookup(
+    server: &Server,
+    object: &str,
+    id: &str,
+) -> Result<std::sync::Arc<Run>, Response> {
+    if !server.objects.contains_key(object) {
+        return Err(problem(
+            ProblemKind::UnknownObject,
+            format!("no object is named {object:?}"),
+        ));
+    }
     match server.registry.lookup(&server.config, object, id) {
         Lookup::Found(run) => Ok(run),
         Lookup::NotFound => Err(problem(
@@ -273,9 +286,10 @@ async fn cancel(
         Err(res) => return res,
     };
     match run.request_cancel(longrun_proto::CancelReason::Client) {
-        CancelOutcome::Accepted(state) => {
-            json_response(StatusCode::ACCEPTED, &Submitted::new(&object, run.id, state))
-        }
+        CancelOutcome::Accepted(state) => json_response(
+            StatusCode::ACCEPTED,
+            &Submitted::new(&object, run.id, state),
+        ),
         CancelOutcome::Ended(state) => problem_response(
             Problem::new(
                 ProblemKind::RunEnded,

@@ -171,7 +171,8 @@ impl Inner {
             self.ended.pop_first();
             if let Some(run) = self.runs.remove(&id) {
                 self.tombstones.insert(id, run.object.clone());
-                self.tombstone_order.push_back((now + config.tombstone_ttl, id));
+                self.tombstone_order
+                    .push_back((now + config.tombstone_ttl, id));
             }
         }
         while let Some(&(due, id)) = self.tombstone_order.front() {

@@ -181,7 +181,13 @@ impl Run {
 
     /// Events from id `next` on as a JSON array, at most `max_events` of them.
     pub fn read_json(&self, next: u64, max_events: usize) -> Batch {
-        self.read(next, max_events, usize::MAX, |e| &e.json, Some((b'[', b',', b']')))
+        self.read(
+            next,
+            max_events,
+            usize::MAX,
+            |e| &e.json,
+            Some((b'[', b',', b']')),
+        )
     }
 
     fn read(
@@ -197,7 +203,10 @@ impl Run {
         let start = next.min(total) as usize;
         let mut end = start;
         let mut size = 0;
-        while end < log.entries.len() && end - start < max_events && (end == start || size < max_bytes) {
+        while end < log.entries.len()
+            && end - start < max_events
+            && (end == start || size < max_bytes)
+        {
             size += pick(&log.entries[end]).len() + 1;
             end += 1;
         }

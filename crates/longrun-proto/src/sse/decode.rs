@@ -229,7 +229,9 @@ where
 {
     let mut decoder = Decoder::new();
     stream.flat_map(move |chunk| match chunk {
-        Ok(bytes) => Either::Left(stream::iter(decoder.feed(bytes.as_ref()).into_iter().map(Ok))),
+        Ok(bytes) => Either::Left(stream::iter(
+            decoder.feed(bytes.as_ref()).into_iter().map(Ok),
+        )),
         Err(err) => Either::Right(stream::once(future::ready(Err(err)))),
     })
 }

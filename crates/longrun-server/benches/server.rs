@@ -1,0 +1,352 @@
+//! `cargo xtask bench`: the reference server measured against a peer in the same run.
+//!
+//! The servers run as child processes of this binary (re-executed with `--serve-longrun` or
+//! `--serve-bare`) so their memory can be read from /proc; this process is the load
+//! generator. Both share the machine's cores, the same way for every figure and its peer, so
+//! read the ratios rather than the absolute numbers.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::IntoResponse;
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+const SUBMIT_CONCURRENCY: usize = 32;
+const SUBMIT_SECONDS: f64 = 3.0;
+const FOLLOWERS: usize = 1000;
+const FANOUT_EVENTS: u64 = 1000;
+const LATENCY_SAMPLES: usize = 2000;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--serve-longrun") {
+        return serve(true);
+    }
+    if args.iter().any(|a| a == "--serve-bare") {
+        return serve(false);
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(bench());
+}
+
+// ---------------------------------------------------------------- servers (child processes)
+
+fn serve(longrun: bool) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("{}", listener.local_addr().unwrap());
+        if longrun {
+            let server = longrun_server::Server::builder().demo().build();
+            longrun_server::serve(listener, server, std::future::pending())
+                .await
+                .unwrap();
+        } else {
+            axum::serve(listener, bare_router()).await.unwrap();
+        }
+    });
+}
+
+/// The peer for submits: a bare axum POST handler doing the same visible work (parse the JSON
+/// body, make a v4 id, answer 201 with Location and the same JSON) and nothing else.
+fn bare_router() -> axum::Router {
+    async fn submit(
+        axum::extract::Path(object): axum::extract::Path<String>,
+        body: axum::body::Bytes,
+    ) -> axum::response::Response {
+        let _args: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let id = uuid::Uuid::new_v4();
+        let url = format!("/{object}/{id}");
+        let body = serde_json::to_vec(
+            &json!({"id": id.to_string(), "object": object, "state": "queued", "url": url}),
+        )
+        .unwrap();
+        (
+            StatusCode::CREATED,
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                ),
+                (header::LOCATION, HeaderValue::from_str(&url).unwrap()),
+            ],
+            body,
+        )
+            .into_response()
+    }
+    axum::Router::new().route("/{object}", axum::routing::post(submit))
+}
+
+struct ChildServer {
+    child: Child,
+    base: String,
+}
+
+impl ChildServer {
+    fn start(flag: &str) -> Self {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .arg(flag)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        ChildServer {
+            base: format!("http://{}", line.trim()),
+            child,
+        }
+    }
+
+    /// Resident set size of the server process, in KiB.
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ------------------------------------------------------------------------- measurements
+
+async fn bench() {
+    println!(
+        "longrun server benchmark — release build, loopback; servers and load generator share {} cores",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!();
+
+    let longrun = ChildServer::start("--serve-longrun");
+    let bare = ChildServer::start("--serve-bare");
+
+    // Submit throughput, each server in turn, same load.
+    let ours = submit_rate(&longrun.base).await;
+    let peer = submit_rate(&bare.base).await;
+    println!(
+        "submit            longrun echo {:>9.0} req/s   bare axum POST {:>9.0} req/s   ratio {:.2}x  (goal >= 0.6x)",
+        ours,
+        peer,
+        ours / peer
+    );
+    drop(bare);
+
+    // Fan-out: one run, many SSE followers.
+    let (events, secs) = fan_out(&longrun.base, 0).await;
+    println!(
+        "fan-out replay    {FOLLOWERS} SSE followers of one ended count run, {events} events delivered in {secs:.2} s = {:>10.0} events/s",
+        events as f64 / secs
+    );
+    let (events, secs) = fan_out(&longrun.base, 1).await;
+    println!(
+        "fan-out live      {FOLLOWERS} SSE followers of one live count run (1 ms apart), {events} events in {secs:.2} s = {:>10.0} events/s",
+        events as f64 / secs
+    );
+
+    let per_follower = idle_follower_rss(&longrun).await;
+    println!(
+        "idle followers    RSS growth {:.1} KiB per idle SSE follower over {FOLLOWERS} followers  (goal <= 8 KiB)",
+        per_follower
+    );
+
+    let (p50, p99) = first_event_latency(&longrun.base).await;
+    println!(
+        "latency           submit -> first handler event over SSE: p50 {:.0} us, p99 {:.0} us  (goal p99 < 2000 us)",
+        p50, p99
+    );
+}
+
+async fn submit_rate(base: &str) -> f64 {
+    let client = reqwest::Client::new();
+    let url = format!("{base}/echo");
+    let run_for = |secs: f64| {
+        let client = client.clone();
+        let url = url.clone();
+        async move {
+            let done = Arc::new(AtomicU64::new(0));
+            let until = Instant::now() + Duration::from_secs_f64(secs);
+            let workers: Vec<_> = (0..SUBMIT_CONCURRENCY)
+                .map(|_| {
+                    let (client, url, done) = (client.clone(), url.clone(), done.clone());
+                    tokio::spawn(async move {
+                        while Instant::now() < until {
+                            let res = client
+                                .post(&url)
+                                .header("content-type", "application/json")
+                                .body(r#"{"a":1}"#)
+                                .send()
+                                .await
+                                .unwrap();
+                            assert_eq!(res.status(), 201);
+                            res.bytes().await.unwrap();
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                    })
+                })
+                .collect();
+            let start = Instant::now();
+            for w in workers {
+                w.await.unwrap();
+            }
+            done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+        }
+    };
+    run_for(0.5).await; // warm-up: connections, allocator
+    run_for(SUBMIT_SECONDS).await
+}
+
+async fn submit(base: &str, object: &str, args: Value) -> String {
+    let res = reqwest::Client::new()
+        .post(format!("{base}/{object}"))
+        .json(&args)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let body: Value = res.json().await.unwrap();
+    format!("{base}{}", body["url"].as_str().unwrap())
+}
+
+/// Count SSE events (frames with an `id:` line) in a chunk.
+fn count_events(chunk: &[u8], at_line_start: &mut bool) -> u64 {
+    let mut n = 0;
+    for (i, &b) in chunk.iter().enumerate() {
+        if *at_line_start && b == b'i' && chunk.get(i + 1) == Some(&b'd') {
+            n += 1;
+        }
+        *at_line_start = b == b'\n';
+    }
+    n
+}
+
+async fn fan_out(base: &str, interval_ms: u64) -> (u64, f64) {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let run = submit(
+        base,
+        "count",
+        json!({"n": FANOUT_EVENTS, "interval_ms": interval_ms}),
+    )
+    .await;
+    let start = Instant::now();
+    let followers: Vec<_> = (0..FOLLOWERS)
+        .map(|_| {
+            let (client, run) = (client.clone(), run.clone());
+            tokio::spawn(async move {
+                let res = client
+                    .get(&run)
+                    .header("accept", "text/event-stream")
+                    .send()
+                    .await
+                    .unwrap();
+                let mut body = res.bytes_stream();
+                let (mut n, mut at_start) = (0, true);
+                while let Some(chunk) = body.next().await {
+                    n += count_events(&chunk.unwrap(), &mut at_start);
+                }
+                assert_eq!(n, FANOUT_EVENTS + 2, "every follower sees every event");
+                n
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for f in followers {
+        total += f.await.unwrap();
+    }
+    (total, start.elapsed().as_secs_f64())
+}
+
+async fn idle_follower_rss(server: &ChildServer) -> f64 {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let run = submit(&server.base, "sleep", json!({"ms": 3_600_000})).await;
+    // Open `count` followers and return once each has received the queued event.
+    let attach = |count: usize| {
+        let (client, run) = (client.clone(), run.clone());
+        async move {
+            let mut held = Vec::new();
+            let mut pending = Vec::new();
+            for _ in 0..count {
+                let (client, run) = (client.clone(), run.clone());
+                pending.push(tokio::spawn(async move {
+                    let res = client
+                        .get(&run)
+                        .header("accept", "text/event-stream")
+                        .send()
+                        .await
+                        .unwrap();
+                    let mut body = res.bytes_stream();
+                    let mut seen = Vec::new();
+                    while !seen.windows(12).any(|w| w == b"data: null\n\n") {
+                        seen.extend_from_slice(&body.next().await.unwrap().unwrap());
+                    }
+                    body
+                }));
+            }
+            for p in pending {
+                held.push(p.await.unwrap());
+            }
+            held
+        }
+    };
+    let warm = attach(50).await;
+    let before = server.rss_kib();
+    let held = attach(FOLLOWERS).await;
+    let after = server.rss_kib();
+    drop((warm, held));
+    reqwest::Client::new().delete(&run).send().await.unwrap();
+    after.saturating_sub(before) as f64 / FOLLOWERS as f64
+}
+
+async fn first_event_latency(base: &str) -> (f64, f64) {
+    let client = reqwest::Client::new();
+    let mut samples = Vec::with_capacity(LATENCY_SAMPLES);
+    for i in 0..LATENCY_SAMPLES + 200 {
+        let start = Instant::now();
+        let res = client
+            .post(format!("{base}/echo"))
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        let location = res.headers()["location"].to_str().unwrap().to_owned();
+        res.bytes().await.unwrap();
+        let res = client
+            .get(format!("{base}{location}"))
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap();
+        let mut body = res.bytes_stream();
+        let mut seen = Vec::new();
+        while !seen.windows(6).any(|w| w == b"id: 1\n") {
+            seen.extend_from_slice(&body.next().await.unwrap().unwrap());
+        }
+        if i >= 200 {
+            samples.push(start.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
+    (pct(0.50), pct(0.99))
+}

@@ -1,0 +1,275 @@
+//! `spec/openapi.yaml` against the server: the served JSON copy is current, and real
+//! responses of every documented operation have a documented status, content type and a
+//! body that validates against the documented schema.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use common::{RawResponse, TestServer, request};
+use serde_json::{Value, json};
+
+fn spec_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../spec")
+}
+
+fn openapi() -> Value {
+    let yaml = std::fs::read_to_string(spec_dir().join("openapi.yaml")).unwrap();
+    serde_yaml::from_str(&yaml).expect("spec/openapi.yaml parses")
+}
+
+/// `GET /_openapi.json` serves `spec/openapi.json`, generated from the YAML. When they
+/// drift, this test rewrites the JSON and fails, so `cargo test` is the regeneration step.
+#[test]
+fn served_openapi_json_is_generated_from_the_yaml() {
+    let path = spec_dir().join("openapi.json");
+    let want = serde_json::to_string_pretty(&openapi()).unwrap() + "\n";
+    let have = std::fs::read_to_string(&path).unwrap_or_default();
+    if have != want {
+        std::fs::write(&path, &want).unwrap();
+        panic!(
+            "spec/openapi.json was out of date with spec/openapi.yaml; it has been regenerated: rebuild and commit it"
+        );
+    }
+}
+
+struct Doc {
+    root: Value,
+}
+
+impl Doc {
+    fn resolve<'a>(&'a self, mut v: &'a Value) -> &'a Value {
+        while let Some(r) = v.get("$ref").and_then(Value::as_str) {
+            v = self
+                .root
+                .pointer(r.trim_start_matches('#'))
+                .unwrap_or_else(|| panic!("dangling $ref {r}"));
+        }
+        v
+    }
+
+    /// The documented response for an operation and status; 404 `not-found` and 405 apply to
+    /// every path and live in `components.responses`.
+    fn response(&self, template: &str, method: &str, status: u16) -> Option<&Value> {
+        let documented = self.root["paths"][template]
+            .get(method)
+            .and_then(|op| op["responses"].get(status.to_string()));
+        if let Some(r) = documented {
+            return Some(self.resolve(r));
+        }
+        match status {
+            404 => self.root["components"]["responses"].get("NotFound"),
+            405 => self.root["components"]["responses"].get("MethodNotAllowed"),
+            _ => None,
+        }
+        .map(|r| self.resolve(r))
+    }
+
+    /// Validate `body` against a schema of this document (refs resolve inside it).
+    fn validate(&self, schema: &Value, body: &Value) -> Result<(), String> {
+        let mut full = self.root.clone();
+        let obj = full.as_object_mut().unwrap();
+        obj.insert(
+            "$schema".into(),
+            json!("https://json-schema.org/draft/2020-12/schema"),
+        );
+        for (k, v) in schema.as_object().unwrap() {
+            obj.insert(k.clone(), v.clone());
+        }
+        let validator = jsonschema::validator_for(&full).map_err(|e| e.to_string())?;
+        let errors: Vec<String> = validator
+            .iter_errors(body)
+            .map(|e| format!("{e} at {}", e.instance_path()))
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    fn check(&self, template: &str, method: &str, res: &RawResponse) {
+        let what = format!("{} {template} → {}", method.to_uppercase(), res.status);
+        let documented = self
+            .response(template, method, res.status)
+            .unwrap_or_else(|| panic!("{what}: status not documented"));
+        let content = documented.get("content").and_then(Value::as_object);
+        let Some(content) = content.filter(|c| !c.is_empty()) else {
+            assert!(
+                res.body.is_empty(),
+                "{what}: documented without a body, got {:?}",
+                res.text()
+            );
+            return;
+        };
+        let ct = res
+            .header("content-type")
+            .unwrap_or_else(|| panic!("{what}: no content type"));
+        let media = ct.split(';').next().unwrap().trim();
+        let entry = content
+            .get(media)
+            .unwrap_or_else(|| panic!("{what}: content type {ct} not documented"));
+        if media.ends_with("json") {
+            let schema = entry
+                .get("schema")
+                .unwrap_or_else(|| panic!("{what}: no schema"));
+            if let Err(e) = self.validate(schema, &res.json()) {
+                panic!(
+                    "{what}: body {} does not match the documented schema: {e}",
+                    res.text()
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn responses_match_the_documented_operations() {
+    let doc = Doc { root: openapi() };
+    let t = TestServer::demo().await;
+    let run = t.submit("count", json!({"n": 2})).await;
+    t.events(&run).await;
+    let sleeping = t.submit("sleep", json!({"ms": 3_600_000})).await;
+    // `ephemeral` ends once followed and is dropped at once: one held poll sees its end.
+    let gone = t.submit("ephemeral", json!({})).await;
+    let last = t
+        .raw(&request("GET", &gone, &[("Last-Event-ID", "0")], ""))
+        .await;
+    assert_eq!(last.json()[0]["state"], "success");
+    let unknown = "/echo/00000000-0000-4000-8000-000000000000";
+    let sse = [("Accept", "text/event-stream")];
+    let cases: Vec<(&str, &str, String, &[(&str, &str)], &str, u16)> = vec![
+        ("post", "/{object}", "/echo".into(), &[], r#"{"a":1}"#, 201),
+        ("post", "/{object}/", "/echo/".into(), &[], "", 201),
+        ("post", "/{object}", "/echo".into(), &sse, "{}", 303),
+        ("post", "/{object}", "/echo".into(), &[], "{", 400),
+        ("post", "/{object}", "/echo".into(), &[], "[]", 400),
+        ("post", "/{object}", "/nope".into(), &[], "{}", 404),
+        (
+            "post",
+            "/{object}",
+            "/echo".into(),
+            &[("Content-Type", "text/plain")],
+            "{}",
+            415,
+        ),
+        (
+            "post",
+            "/{object}",
+            "/echo".into(),
+            &[],
+            &*Box::leak("x".repeat(1_100_000).into_boxed_str()),
+            413,
+        ),
+        (
+            "post",
+            "/{object}",
+            "/count".into(),
+            &[],
+            r#"{"n":true}"#,
+            422,
+        ),
+        ("get", "/{object}/{id}", run.clone(), &[], "", 200),
+        ("get", "/{object}/{id}", run.clone(), &sse, "", 200),
+        (
+            "get",
+            "/{object}/{id}",
+            run.clone(),
+            &[("Accept", "text/event-stream"), ("Last-Event-ID", "3")],
+            "",
+            204,
+        ),
+        (
+            "get",
+            "/{object}/{id}",
+            format!("{run}?last_event_id=x"),
+            &[],
+            "",
+            400,
+        ),
+        (
+            "get",
+            "/{object}/{id}",
+            format!("{sleeping}?wait=0"),
+            &[],
+            "",
+            200,
+        ),
+        ("get", "/{object}/{id}", unknown.into(), &[], "", 404),
+        ("get", "/{object}/{id}", gone.clone(), &[], "", 410),
+        ("get", "/{object}", "/echo".into(), &[], "", 405),
+        ("head", "/{object}/{id}", run.clone(), &[], "", 200),
+        ("head", "/{object}/{id}", unknown.into(), &[], "", 404),
+        ("head", "/{object}/{id}", gone.clone(), &[], "", 410),
+        ("delete", "/{object}/{id}", run.clone(), &[], "", 409),
+        ("delete", "/{object}/{id}", sleeping.clone(), &[], "", 202),
+        ("delete", "/{object}/{id}", unknown.into(), &[], "", 404),
+        ("delete", "/{object}/{id}", gone.clone(), &[], "", 410),
+        ("get", "/_health", "/_health".into(), &[], "", 200),
+        ("head", "/_health", "/_health".into(), &[], "", 200),
+        (
+            "get",
+            "/_openapi.json",
+            "/_openapi.json".into(),
+            &[],
+            "",
+            200,
+        ),
+        (
+            "head",
+            "/_openapi.json",
+            "/_openapi.json".into(),
+            &[],
+            "",
+            200,
+        ),
+        (
+            "get",
+            "/_health",
+            "/_nothing/here/at/all".into(),
+            &[],
+            "",
+            404,
+        ),
+    ];
+    let mut exercised = BTreeSet::new();
+    for (method, template, path, headers, body, status) in cases {
+        let res = t
+            .raw(&request(&method.to_uppercase(), &path, headers, body))
+            .await;
+        assert_eq!(res.status, status, "{method} {path}: {}", res.text());
+        doc.check(template, method, &res);
+        if res.status != 405 {
+            exercised.insert((template.to_owned(), method.to_owned()));
+        }
+    }
+    // Every documented operation was exercised above.
+    for (template, ops) in doc.root["paths"].as_object().unwrap() {
+        for method in ops
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|m| *m != "parameters")
+        {
+            assert!(
+                exercised.contains(&(template.clone(), method.clone())),
+                "{method} {template} is documented but not exercised here"
+            );
+        }
+    }
+}
+
+/// The schema check above can fail: a body that breaks the documented shape is rejected.
+#[test]
+fn the_schema_check_rejects_wrong_bodies() {
+    let doc = Doc { root: openapi() };
+    let created = doc.response("/{object}", "post", 201).unwrap();
+    let schema = &created["content"]["application/json"]["schema"];
+    let ok = json!({"id": "0f8fad5b-d9cb-469f-a165-70867728950e", "object": "echo", "state": "queued", "url": "/echo/0f8fad5b-d9cb-469f-a165-70867728950e"});
+    assert!(doc.validate(schema, &ok).is_ok());
+    assert!(doc.validate(schema, &json!({"id": 1})).is_err());
+    let problem = doc.response("/{object}/{id}", "get", 400).unwrap();
+    let schema = &problem["content"]["application/problem+json"]["schema"];
+    assert!(doc.validate(schema, &json!({"type": "x"})).is_err());
+}
