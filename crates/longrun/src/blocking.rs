@@ -1,0 +1,157 @@
+//! A blocking client with the same verbs, for callers without an async runtime (Python's
+//! sync API, the C ABI). It owns a small tokio runtime and drives the async client on it,
+//! as mini-redis's blocking client does.
+//!
+//! Every method may be called from any thread, at the same time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::{
+    CancelOutcome, ClientBuilder, Error, Event, EventStream, FollowOptions, Result, Run, RunStatus,
+};
+
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: crate::Client,
+    rt: Arc<tokio::runtime::Runtime>,
+}
+
+impl Client {
+    pub fn new(base_url: &str) -> Result<Client> {
+        Self::from_builder(ClientBuilder::new(base_url))
+    }
+
+    pub fn from_builder(builder: ClientBuilder) -> Result<Client> {
+        // One worker thread drives the I/O, so `block_on` from any number of caller threads
+        // works and a blocked caller never stops another's connections.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("longrun-client")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Transport {
+                message: format!("cannot start the client runtime: {e}"),
+            })?;
+        let _guard = rt.enter();
+        Ok(Client {
+            inner: builder.build()?,
+            rt: Arc::new(rt),
+        })
+    }
+
+    /// The async client underneath (sharing connections with this one).
+    pub fn as_async(&self) -> &crate::Client {
+        &self.inner
+    }
+
+    pub fn run(&self, object: &str, id: &str) -> Result<Run> {
+        self.inner.run(object, id)
+    }
+
+    pub fn submit(&self, object: &str, args: impl Serialize) -> Result<Run> {
+        self.rt.block_on(self.inner.submit(object, args))
+    }
+
+    pub fn follow(&self, run: &Run) -> Events {
+        self.follow_with(run, FollowOptions::default())
+    }
+
+    pub fn follow_from(&self, run: &Run, cursor: u64) -> Events {
+        self.follow_with(
+            run,
+            FollowOptions {
+                since: Some(cursor),
+                ..Default::default()
+            },
+        )
+    }
+
+    pub fn follow_with(&self, run: &Run, options: FollowOptions) -> Events {
+        let _guard = self.rt.enter();
+        Events {
+            stream: self.inner.follow_with(run, options),
+            rt: self.rt.clone(),
+        }
+    }
+
+    pub fn cancel(&self, run: &Run) -> Result<CancelOutcome> {
+        self.rt.block_on(self.inner.cancel(run))
+    }
+
+    pub fn status(&self, run: &Run) -> Result<RunStatus> {
+        self.rt.block_on(self.inner.status(run))
+    }
+
+    pub fn exists(&self, run: &Run) -> Result<bool> {
+        self.rt.block_on(self.inner.exists(run))
+    }
+
+    pub fn wait(&self, run: &Run, timeout: Option<Duration>) -> Result<Value> {
+        self.rt.block_on(self.inner.wait(run, timeout))
+    }
+
+    pub fn wait_or_cancel(&self, run: &Run, timeout: Duration) -> Result<Value> {
+        self.rt.block_on(self.inner.wait_or_cancel(run, timeout))
+    }
+}
+
+/// The events of a follow, as a blocking iterator. Ends after the terminal event; an `Err`
+/// item is final.
+pub struct Events {
+    stream: EventStream,
+    rt: Arc<tokio::runtime::Runtime>,
+}
+
+impl Iterator for Events {
+    type Item = Result<Event>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.rt.block_on(self.stream.next())
+    }
+}
+
+/// What [`Events::next_timeout`] found.
+#[derive(Debug)]
+pub enum Next<T> {
+    Item(T),
+    /// The follow is over.
+    End,
+    /// Nothing within the time given; the follow goes on and the next call picks up there.
+    Pending,
+}
+
+impl Events {
+    /// Wait at most `timeout` for the next event. Nothing is lost when the time runs out, so
+    /// a caller can wait in slices and check its own interruption (Ctrl-C, a Go context)
+    /// between them.
+    pub fn next_timeout(&mut self, timeout: Duration) -> Next<Result<Event>> {
+        let next = self
+            .rt
+            .block_on(crate::rt::timeout(timeout, self.stream.next()));
+        match next {
+            Some(Some(item)) => Next::Item(item),
+            Some(None) => Next::End,
+            None => Next::Pending,
+        }
+    }
+
+    /// Like [`EventStream::next_batch`], waiting at most `timeout` for the first event.
+    pub fn next_batch_timeout(
+        &mut self,
+        max: usize,
+        timeout: Duration,
+    ) -> Next<Result<Vec<Event>>> {
+        let batch = self
+            .rt
+            .block_on(crate::rt::timeout(timeout, self.stream.next_batch(max)));
+        match batch {
+            Some(Ok(events)) if events.is_empty() => Next::End,
+            Some(result) => Next::Item(result),
+            None => Next::Pending,
+        }
+    }
+}

@@ -1,0 +1,462 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use longrun_proto::header as h;
+use longrun_proto::{ObjectName, Problem, State, Submitted};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde::Serialize;
+use serde_json::Value;
+use url::Url;
+
+use crate::follow::{EventStream, FollowOptions};
+use crate::{Error, Result, Run, rt};
+
+/// How a follow reads events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// Server-Sent Events; falls back to long polling by itself when the server's answer is
+    /// not an event stream, or when nothing arrives on it in time (e.g. a buffering proxy).
+    #[default]
+    Sse,
+    /// Long polling only.
+    Poll,
+}
+
+/// How a follow reconnects after a dropped connection or a 5xx. Delays start at the server's
+/// `retry:` hint (or `initial_delay` before one is known), double per consecutive failure up
+/// to `max_delay`, and are jittered (each is drawn between half and all of its value).
+#[derive(Debug, Clone)]
+pub struct Reconnect {
+    /// Consecutive failed attempts allowed before the follow gives up with the last error.
+    /// Any event received resets the count.
+    pub max_attempts: u32,
+    pub initial_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Reconnect {
+            max_attempts: 10,
+            initial_delay: Duration::from_millis(1000),
+            max_delay: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Reconnect {
+    /// Never reconnect: the first failure ends the follow.
+    pub fn never() -> Self {
+        Reconnect {
+            max_attempts: 0,
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    base_url: String,
+    headers: Vec<(String, String)>,
+    token: Option<String>,
+    timeout: Duration,
+    reconnect: Reconnect,
+    pub(crate) transport: Transport,
+    user_agent: String,
+    poll_wait: Duration,
+    idle_timeout: Duration,
+    sse_fallback_after: Duration,
+}
+
+impl ClientBuilder {
+    pub fn new(base_url: impl Into<String>) -> Self {
+        ClientBuilder {
+            base_url: base_url.into(),
+            headers: Vec::new(),
+            token: None,
+            timeout: Duration::from_secs(30),
+            reconnect: Reconnect::default(),
+            transport: Transport::default(),
+            user_agent: concat!("longrun-rust/", env!("CARGO_PKG_VERSION")).to_owned(),
+            poll_wait: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(45),
+            sse_fallback_after: Duration::from_secs(10),
+        }
+    }
+
+    /// A header sent with every request.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Send `Authorization: Bearer <token>` with every request.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Time limit of one request (submit, cancel, exists; connecting for a follow). Default 30 s.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn reconnect(mut self, reconnect: Reconnect) -> Self {
+        self.reconnect = reconnect;
+        self
+    }
+
+    /// The transport follows use unless told otherwise. Default: SSE.
+    pub fn transport(mut self, transport: Transport) -> Self {
+        self.transport = transport;
+        self
+    }
+
+    pub fn user_agent(mut self, user_agent: impl Into<String>) -> Self {
+        self.user_agent = user_agent.into();
+        self
+    }
+
+    /// How long the server may hold one long poll (`wait`). Default 20 s.
+    pub fn poll_wait(mut self, wait: Duration) -> Self {
+        self.poll_wait = wait;
+        self
+    }
+
+    /// A follow connection on which nothing (not even a keep-alive) arrives for this long is
+    /// dropped and resumed. Default 45 s, three keep-alive periods of the reference server.
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = idle;
+        self
+    }
+
+    /// An SSE connection that delivers nothing this long after opening is taken for a
+    /// buffering proxy and the follow switches to long polling. Default 10 s.
+    pub fn sse_fallback_after(mut self, after: Duration) -> Self {
+        self.sse_fallback_after = after;
+        self
+    }
+
+    pub fn build(self) -> Result<Client> {
+        let base = parse_base(&self.base_url)?;
+        let mut headers = HeaderMap::new();
+        for (name, value) in &self.headers {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| Error::invalid(format!("{name:?} is not a header name")))?;
+            let value = HeaderValue::from_str(value)
+                .map_err(|_| Error::invalid(format!("the value of header {name} is not valid")))?;
+            headers.append(name, value);
+        }
+        if let Some(token) = &self.token {
+            let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| Error::invalid("the token has characters a header cannot carry"))?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        let builder = reqwest::Client::builder().default_headers(headers);
+        #[cfg(not(target_arch = "wasm32"))]
+        let builder = builder
+            .user_agent(self.user_agent.clone())
+            .connect_timeout(self.timeout)
+            // Redirects are the protocol's business (303 after submit), handled explicitly.
+            .redirect(reqwest::redirect::Policy::none());
+        let http = builder
+            .build()
+            .map_err(|e| Error::invalid(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                http,
+                base,
+                config: self,
+            }),
+        })
+    }
+}
+
+pub(crate) fn parse_url(url: &str) -> Result<Url> {
+    let parsed = Url::parse(url).map_err(|e| {
+        Error::invalid(format!(
+            "{url:?} is not a URL ({e}); write it like http://127.0.0.1:8080"
+        ))
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(Error::invalid(format!(
+            "{url:?}: only http and https URLs are supported"
+        )));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(Error::invalid(format!("{url:?} has no host")));
+    }
+    Ok(parsed)
+}
+
+/// A base URL always ends with `/`, so joining `object/id` keeps any path prefix.
+pub(crate) fn parse_base(url: &str) -> Result<Url> {
+    let mut base = parse_url(url)?;
+    if base.query().is_some() || base.fragment().is_some() {
+        return Err(Error::invalid(format!(
+            "{url:?}: a base URL cannot have a query or fragment"
+        )));
+    }
+    if !base.path().ends_with('/') {
+        let path = format!("{}/", base.path());
+        base.set_path(&path);
+    }
+    Ok(base)
+}
+
+pub(crate) struct Inner {
+    pub http: reqwest::Client,
+    pub base: Url,
+    pub config: ClientBuilder,
+}
+
+impl Inner {
+    pub fn reconnect(&self) -> &Reconnect {
+        &self.config.reconnect
+    }
+    pub fn timeout(&self) -> Duration {
+        self.config.timeout
+    }
+    pub fn poll_wait(&self) -> Duration {
+        self.config.poll_wait
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        self.config.idle_timeout
+    }
+    pub fn sse_fallback_after(&self) -> Duration {
+        self.config.sse_fallback_after
+    }
+
+    /// Send a request within the request timeout.
+    pub async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        what: &str,
+    ) -> Result<reqwest::Response> {
+        self.send_within(req, self.timeout(), what).await
+    }
+
+    pub async fn send_within(
+        &self,
+        req: reqwest::RequestBuilder,
+        limit: Duration,
+        what: &str,
+    ) -> Result<reqwest::Response> {
+        match rt::timeout(limit, req.send()).await {
+            Some(Ok(res)) => Ok(res),
+            Some(Err(e)) => Err(Error::transport(&e)),
+            None => Err(Error::Timeout {
+                after: limit,
+                what: what.to_owned(),
+            }),
+        }
+    }
+}
+
+/// Read an error answer into an [`Error`], keeping the problem details when there are some.
+pub(crate) async fn error_from(res: reqwest::Response, what: &str) -> Error {
+    let status = res.status().as_u16();
+    let problem = res
+        .bytes()
+        .await
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Problem>(&b).ok());
+    Error::from_status(status, problem, what)
+}
+
+/// What a HEAD reports about a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunStatus {
+    pub state: State,
+    /// The id of the run's newest event.
+    pub last_event_id: u64,
+}
+
+/// The answer to a cancel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The run is being canceled (or already was): it will end `canceled`.
+    Accepted,
+    /// The run had already ended in this state (`success` or `error`); nothing was changed.
+    AlreadyEnded(State),
+}
+
+/// A longrun/1 client. Cheap to clone; clones share connections.
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base_url", &self.inner.base.as_str())
+            .finish()
+    }
+}
+
+impl Client {
+    /// A client with default settings for the server at `base_url` (e.g. `http://127.0.0.1:8080`).
+    pub fn new(base_url: &str) -> Result<Client> {
+        ClientBuilder::new(base_url).build()
+    }
+
+    pub fn builder(base_url: impl Into<String>) -> ClientBuilder {
+        ClientBuilder::new(base_url)
+    }
+
+    pub fn base_url(&self) -> &Url {
+        &self.inner.base
+    }
+
+    /// A handle on an existing run of this server.
+    pub fn run(&self, object: &str, id: &str) -> Result<Run> {
+        Run::at(&self.inner.base, object, id)
+    }
+
+    /// Start a run of `object` with `args` (anything that serializes to a JSON object).
+    pub async fn submit(&self, object: &str, args: impl Serialize) -> Result<Run> {
+        let name = ObjectName::new(object).map_err(|e| Error::invalid(e.to_string()))?;
+        let args = serde_json::to_value(args)
+            .map_err(|e| Error::invalid(format!("the arguments do not serialize to JSON: {e}")))?;
+        if !args.is_object() {
+            return Err(Error::invalid(format!(
+                "the arguments must be a JSON object, not {args}"
+            )));
+        }
+        let url = self
+            .inner
+            .base
+            .join(name.as_str())
+            .map_err(|e| Error::invalid(e.to_string()))?;
+        let req = self
+            .inner
+            .http
+            .post(url)
+            .header(reqwest::header::ACCEPT, h::JSON)
+            .json(&args);
+        let what = format!("object {object:?}");
+        let res = self
+            .inner
+            .send(req, &format!("submitting to {object}"))
+            .await?;
+        if res.status().as_u16() != 201 {
+            return Err(error_from(res, &what).await);
+        }
+        let body = res.bytes().await.map_err(|e| Error::transport(&e))?;
+        let submitted: Submitted = serde_json::from_slice(&body)
+            .map_err(|e| Error::Protocol(format!("the submit answer is not a run: {e}")))?;
+        Run::at(
+            &self.inner.base,
+            &submitted.object,
+            &submitted.id.to_string(),
+        )
+    }
+
+    /// Follow a run from its first event: an ordered, gap-free, duplicate-free stream that ends
+    /// after the terminal event, reconnecting (from the last id seen) as needed.
+    pub fn follow(&self, run: &Run) -> EventStream {
+        self.follow_with(run, FollowOptions::default())
+    }
+
+    /// Follow a run from after `cursor` (the id of the last event already seen).
+    pub fn follow_from(&self, run: &Run, cursor: u64) -> EventStream {
+        self.follow_with(
+            run,
+            FollowOptions {
+                since: Some(cursor),
+                ..Default::default()
+            },
+        )
+    }
+
+    pub fn follow_with(&self, run: &Run, options: FollowOptions) -> EventStream {
+        crate::follow::follow(self.inner.clone(), run.clone(), options)
+    }
+
+    /// Ask the server to cancel a run.
+    pub async fn cancel(&self, run: &Run) -> Result<CancelOutcome> {
+        let req = self.inner.http.delete(run.url().clone());
+        let res = self.inner.send(req, "canceling").await?;
+        match res.status().as_u16() {
+            202 => Ok(CancelOutcome::Accepted),
+            409 => {
+                let err = error_from(res, run.url().as_str()).await;
+                let state = err
+                    .problem()
+                    .and_then(|p| p.extensions.get("state"))
+                    .and_then(Value::as_str)
+                    .and_then(State::parse)
+                    .filter(|s| s.is_terminal())
+                    .ok_or_else(|| {
+                        Error::Protocol("409 without the run's terminal state".into())
+                    })?;
+                Ok(CancelOutcome::AlreadyEnded(state))
+            }
+            _ => Err(error_from(res, run.url().as_str()).await),
+        }
+    }
+
+    /// The run's state and newest event id. A run that does not exist is a `NotFound` error.
+    pub async fn status(&self, run: &Run) -> Result<RunStatus> {
+        let req = self.inner.http.head(run.url().clone());
+        let res = self.inner.send(req, "checking the run").await?;
+        if res.status().as_u16() != 200 {
+            return Err(error_from(res, run.url().as_str()).await);
+        }
+        let header = |name: &str| {
+            res.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+                .ok_or_else(|| Error::Protocol(format!("HEAD answered without {name}")))
+        };
+        let state = State::parse(&header(h::LONGRUN_STATE)?)
+            .ok_or_else(|| Error::Protocol("HEAD answered an unknown state".into()))?;
+        let last_event_id = h::parse_cursor(&header(h::LONGRUN_LAST_EVENT_ID)?)
+            .ok_or_else(|| Error::Protocol("HEAD answered a bad last event id".into()))?;
+        Ok(RunStatus {
+            state,
+            last_event_id,
+        })
+    }
+
+    /// Does the run exist? `false` for 404; a run whose retention passed is a `Gone` error.
+    pub async fn exists(&self, run: &Run) -> Result<bool> {
+        match self.status(run).await {
+            Ok(_) => Ok(true),
+            Err(Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Follow the run to its end and return its `success` value. `error` and `canceled` ends
+    /// are `RunFailed` and `Canceled` errors carrying the event's value. With a `timeout`, a
+    /// `Timeout` error once it passes — the run itself goes on (see [`Client::wait_or_cancel`]).
+    pub async fn wait(&self, run: &Run, timeout: Option<Duration>) -> Result<Value> {
+        let follow = crate::follow::last_event(self.follow(run));
+        let last = match timeout {
+            None => follow.await?,
+            Some(limit) => rt::timeout(limit, follow)
+                .await
+                .ok_or_else(|| Error::Timeout {
+                    after: limit,
+                    what: "waiting for the run to end".into(),
+                })??,
+        };
+        crate::follow::outcome(last)
+    }
+
+    /// Like [`Client::wait`], but cancel the run if the timeout passes.
+    pub async fn wait_or_cancel(&self, run: &Run, timeout: Duration) -> Result<Value> {
+        match self.wait(run, Some(timeout)).await {
+            Err(e @ Error::Timeout { .. }) => {
+                self.cancel(run).await?;
+                Err(e)
+            }
+            other => other,
+        }
+    }
+}

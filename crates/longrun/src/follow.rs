@@ -1,0 +1,343 @@
+//! Following a run: one logical stream of events over as many HTTP connections as it takes.
+//!
+//! The cursor (the id of the last event handed out) is the whole resume state. Every
+//! connection asks for events after it; anything at or below it is a duplicate and skipped;
+//! anything beyond the next id is a gap, which longrun/1 forbids, so it is a protocol error.
+//! Hence exactly once, in order, whatever the network does.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::{FutureExt, Stream, StreamExt};
+use longrun_proto::header as h;
+use longrun_proto::sse::{Decoder, SseItem, to_event};
+use longrun_proto::{Event, State};
+use serde_json::Value;
+
+use crate::client::{Inner, Transport, error_from};
+use crate::{Error, Result, Run, rt};
+
+/// Options of one follow.
+#[derive(Debug, Clone, Default)]
+pub struct FollowOptions {
+    /// The id of the last event already seen; the follow starts after it. `None`: from event 0.
+    pub since: Option<u64>,
+    /// Override the client's transport for this follow.
+    pub transport: Option<Transport>,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+type BoxedEvents = Pin<Box<dyn Stream<Item = Result<Event>> + Send>>;
+#[cfg(target_arch = "wasm32")]
+type BoxedEvents = Pin<Box<dyn Stream<Item = Result<Event>>>>;
+
+/// The events of a run, in order, each once, ending after the terminal event. An `Err` item
+/// is final: the stream ends after it.
+pub struct EventStream {
+    inner: BoxedEvents,
+}
+
+impl Stream for EventStream {
+    type Item = Result<Event>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+impl EventStream {
+    /// Wait for the next event, then take every further event that is already available, up
+    /// to `max` in all. Empty only at the end of the stream. Bindings use this to cross their
+    /// language boundary once per batch rather than once per event.
+    pub async fn next_batch(&mut self, max: usize) -> Result<Vec<Event>> {
+        let mut batch = Vec::new();
+        match self.next().await {
+            None => return Ok(batch),
+            Some(item) => batch.push(item?),
+        }
+        while batch.len() < max.max(1) {
+            match self.next().now_or_never() {
+                Some(Some(Ok(ev))) => batch.push(ev),
+                // An error is final: hand over the events first, report it on the next call.
+                Some(Some(Err(e))) => {
+                    self.inner = Box::pin(futures::stream::once(async move { Err(e) }));
+                    break;
+                }
+                Some(None) | None => break,
+            }
+        }
+        Ok(batch)
+    }
+}
+
+/// Where the next connection starts, and how the last one went.
+struct Cursor {
+    last: Option<u64>,
+}
+
+enum Accept {
+    Yield(Event),
+    Duplicate,
+}
+
+impl Cursor {
+    fn next_id(&self) -> u64 {
+        self.last.map_or(0, |c| c + 1)
+    }
+
+    fn accept(&mut self, ev: Event) -> Result<Accept> {
+        let expected = self.next_id();
+        if ev.id < expected {
+            return Ok(Accept::Duplicate);
+        }
+        if ev.id > expected {
+            return Err(Error::Protocol(format!(
+                "events must be dense: expected id {expected}, got {}",
+                ev.id
+            )));
+        }
+        self.last = Some(ev.id);
+        Ok(Accept::Yield(ev))
+    }
+}
+
+/// One SSE connection's answer.
+enum SseOpen {
+    Stream(reqwest::Response),
+    /// 204: nothing after the cursor, and the run has ended.
+    Ended,
+    /// A 200 that is not an event stream: something in between does not do SSE.
+    NotSse,
+}
+
+async fn open_sse(inner: &Inner, run: &Run, cursor: &Cursor) -> Result<SseOpen> {
+    let mut req = inner
+        .http
+        .get(run.url().clone())
+        .header(reqwest::header::ACCEPT, h::EVENT_STREAM);
+    if let Some(last) = cursor.last {
+        req = req.header(h::LAST_EVENT_ID, last.to_string());
+    }
+    // Headers must come within the fallback time too: a proxy that buffers may hold them.
+    let limit = inner.timeout().min(inner.sse_fallback_after());
+    let res = match inner
+        .send_within(req, limit, "opening the event stream")
+        .await
+    {
+        Err(Error::Timeout { .. }) => return Ok(SseOpen::NotSse),
+        other => other?,
+    };
+    match res.status().as_u16() {
+        200 => {
+            let is_sse = res
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|ct| ct.trim_start().starts_with(h::EVENT_STREAM));
+            Ok(if is_sse {
+                SseOpen::Stream(res)
+            } else {
+                SseOpen::NotSse
+            })
+        }
+        204 => Ok(SseOpen::Ended),
+        _ => Err(error_from(res, run.url().as_str()).await),
+    }
+}
+
+async fn poll_once(inner: &Inner, run: &Run, cursor: &Cursor) -> Result<Vec<Event>> {
+    let wait = inner.poll_wait();
+    let mut req = inner
+        .http
+        .get(run.url().clone())
+        .header(reqwest::header::ACCEPT, h::JSON)
+        .query(&[(h::WAIT_QUERY, format!("{}", wait.as_secs_f64()))]);
+    if let Some(last) = cursor.last {
+        req = req.header(h::LAST_EVENT_ID, last.to_string());
+    }
+    let res = inner
+        .send_within(req, wait + inner.timeout(), "long polling")
+        .await?;
+    if res.status().as_u16() != 200 {
+        return Err(error_from(res, run.url().as_str()).await);
+    }
+    let body = res.bytes().await.map_err(|e| Error::transport(&e))?;
+    serde_json::from_slice(&body)
+        .map_err(|e| Error::Protocol(format!("a long-poll answer is not an event list: {e}")))
+}
+
+/// The delay before reconnect attempt `failures` (1-based): exponential from `base`, capped,
+/// with jitter so a crowd of followers does not come back in one wave.
+fn backoff(base: Duration, max: Duration, failures: u32) -> Duration {
+    let exp = base.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    let d = exp.min(max);
+    d.mul_f64(0.5 + fastrand::f64() * 0.5)
+}
+
+pub(crate) fn follow(inner: Arc<Inner>, run: Run, options: FollowOptions) -> EventStream {
+    let stream = async_stream::stream! {
+        let mut cursor = Cursor { last: options.since };
+        let mut transport = options.transport.unwrap_or(inner.config.transport);
+        let mut retry = inner.reconnect().initial_delay;
+        let mut failures = 0u32;
+        'follow: loop {
+            // One connection; `failure` says why it ended without the terminal event.
+            let failure: Error = match transport {
+                Transport::Sse => match open_sse(&inner, &run, &cursor).await {
+                    Ok(SseOpen::Ended) => return,
+                    Ok(SseOpen::NotSse) => {
+                        transport = Transport::Poll;
+                        continue;
+                    }
+                    Err(e) if !e.is_retryable() => {
+                        yield Err(e);
+                        return;
+                    }
+                    Err(e) => e,
+                    Ok(SseOpen::Stream(res)) => {
+                        let mut bytes = res.bytes_stream();
+                        let mut decoder = Decoder::new();
+                        let mut heard = false;
+                        'conn: loop {
+                            // Before anything arrives, silence means a buffering proxy.
+                            let limit = if heard { inner.idle_timeout() } else { inner.sse_fallback_after() };
+                            let chunk = match rt::timeout(limit, bytes.next()).await {
+                                None if !heard => {
+                                    // Not a failure of the server: resume by long polling.
+                                    transport = Transport::Poll;
+                                    continue 'follow;
+                                }
+                                None => break 'conn Error::Transport { message: format!("nothing arrived for {limit:?}") },
+                                Some(None) => break 'conn Error::Transport { message: "the event stream ended before the run did".into() },
+                                Some(Some(Err(e))) => break 'conn Error::transport(&e),
+                                Some(Some(Ok(chunk))) => chunk,
+                            };
+                            heard = true;
+                            for item in decoder.feed(&chunk) {
+                                match item {
+                                    SseItem::Retry(ms) => retry = Duration::from_millis(ms),
+                                    SseItem::Message(msg) => {
+                                        let Some(ev) = to_event(&msg) else {
+                                            yield Err(Error::Protocol(format!("not a longrun event: {msg:?}")));
+                                            return;
+                                        };
+                                        match cursor.accept(ev) {
+                                            Err(e) => {
+                                                yield Err(e);
+                                                return;
+                                            }
+                                            Ok(Accept::Duplicate) => {}
+                                            Ok(Accept::Yield(ev)) => {
+                                                failures = 0;
+                                                let done = ev.state.is_terminal();
+                                                yield Ok(ev);
+                                                if done {
+                                                    return;
+                                                }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                },
+                Transport::Poll => match poll_once(&inner, &run, &cursor).await {
+                    Err(e) if !e.is_retryable() => {
+                        yield Err(e);
+                        return;
+                    }
+                    Err(e) => e,
+                    Ok(events) => {
+                        for ev in events {
+                            match cursor.accept(ev) {
+                                Err(e) => {
+                                    yield Err(e);
+                                    return;
+                                }
+                                Ok(Accept::Duplicate) => {}
+                                Ok(Accept::Yield(ev)) => {
+                                    failures = 0;
+                                    let done = ev.state.is_terminal();
+                                    yield Ok(ev);
+                                    if done {
+                                        return;
+                                    }
+                                }
+                            }
+                        }
+                        // The server held the poll; ask again at once.
+                        continue;
+                    }
+                },
+            };
+            failures += 1;
+            let policy = inner.reconnect();
+            if failures > policy.max_attempts {
+                yield Err(failure);
+                return;
+            }
+            rt::sleep(backoff(retry, policy.max_delay, failures)).await;
+        }
+    };
+    EventStream {
+        inner: Box::pin(stream),
+    }
+}
+
+/// Drain a follow and return its terminal event.
+pub(crate) async fn last_event(mut events: EventStream) -> Result<Event> {
+    let mut last = None;
+    while let Some(ev) = events.next().await {
+        last = Some(ev?);
+    }
+    last.filter(|ev| ev.state.is_terminal())
+        .ok_or_else(|| Error::Protocol("the follow ended without a terminal event".into()))
+}
+
+/// A terminal event as the result of a wait.
+pub(crate) fn outcome(ev: Event) -> Result<Value> {
+    match ev.state {
+        State::Success => Ok(ev.value),
+        State::Error => Err(Error::RunFailed { value: ev.value }),
+        State::Canceled => Err(Error::Canceled { value: ev.value }),
+        State::Queued | State::Running => Err(Error::Protocol("not a terminal event".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(id: u64) -> Event {
+        Event {
+            id,
+            state: State::Running,
+            value: Value::Null,
+        }
+    }
+
+    #[test]
+    fn the_cursor_skips_duplicates_and_refuses_gaps() {
+        let mut c = Cursor { last: None };
+        assert!(matches!(c.accept(ev(0)), Ok(Accept::Yield(_))));
+        assert!(matches!(c.accept(ev(0)), Ok(Accept::Duplicate)));
+        assert!(matches!(c.accept(ev(1)), Ok(Accept::Yield(_))));
+        assert!(c.accept(ev(3)).is_err());
+        let mut c = Cursor { last: Some(5) };
+        assert!(matches!(c.accept(ev(5)), Ok(Accept::Duplicate)));
+        assert!(matches!(c.accept(ev(6)), Ok(Accept::Yield(_))));
+    }
+
+    #[test]
+    fn backoff_grows_caps_and_jitters() {
+        let base = Duration::from_millis(100);
+        let max = Duration::from_secs(1);
+        for failures in 1..40 {
+            let d = backoff(base, max, failures);
+            let full = base.saturating_mul(1 << (failures - 1).min(16)).min(max);
+            assert!(d >= full / 2 && d <= full, "{failures}: {d:?}");
+        }
+    }
+}

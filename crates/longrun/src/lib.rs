@@ -1,0 +1,34 @@
+//! The longrun/1 client: submit long-running calls over HTTP, follow their events (SSE or
+//! long polling) with automatic resume, cancel them, check them, wait for their result.
+//!
+//! Every SDK of the project (Python, JavaScript, Go) wraps this crate, so every client-side
+//! decision lives here: how a follow resumes, what a timeout means, what each failure is
+//! called ([`ErrorKind`]).
+//!
+//! ```no_run
+//! # async fn example() -> longrun::Result<()> {
+//! use futures::StreamExt;
+//! let client = longrun::Client::new("http://127.0.0.1:8080")?;
+//! let run = client.submit("count", serde_json::json!({"n": 3})).await?;
+//! let mut events = client.follow(&run);
+//! while let Some(event) = events.next().await {
+//!     let event = event?;
+//!     println!("{} {} {}", event.id, event.state, event.value);
+//! }
+//! let value = client.wait(&run, None).await?; // the success value, or a typed error
+//! # Ok(()) }
+//! ```
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod blocking;
+mod client;
+mod error;
+mod follow;
+mod rt;
+mod run;
+
+pub use client::{CancelOutcome, Client, ClientBuilder, Reconnect, RunStatus, Transport};
+pub use error::{Error, ErrorKind, Result};
+pub use follow::{EventStream, FollowOptions};
+pub use longrun_proto::{Event, Progress, RunId, State};
+pub use run::Run;
