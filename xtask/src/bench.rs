@@ -1,12 +1,23 @@
-//! `cargo xtask bench`: builds the benchmark in release mode and runs it. The benchmark
-//! itself (crates/longrun-server/benches/server.rs) starts the servers it compares as child
-//! processes and drives them from the same run, so every figure has its peer beside it.
+//! `cargo xtask bench [server|client]`: builds the benchmarks in release mode and runs them.
+//! Each starts what it compares as child processes and drives them from the same run, so every
+//! figure has its peer beside it. Later issues add the language SDKs' benchmarks here.
 
 use crate::cargo;
 
+const SUITES: [(&str, &str, &str); 2] = [
+    ("server", "longrun-server", "server"),
+    ("client", "longrun", "client"),
+];
+
 pub fn run(args: &[String]) -> Result<(), String> {
-    let mut cmd = cargo();
-    cmd.args(["bench", "-p", "longrun-server", "--bench", "server", "--"]);
-    cmd.args(args);
-    crate::step("server benchmark", &mut cmd)
+    for (name, package, bench) in SUITES {
+        if !args.is_empty() && !args.iter().any(|a| a == name) {
+            continue;
+        }
+        crate::step(
+            &format!("{name} benchmark"),
+            cargo().args(["bench", "-p", package, "--bench", bench]),
+        )?;
+    }
+    Ok(())
 }

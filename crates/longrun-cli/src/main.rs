@@ -1,6 +1,9 @@
 //! `longrun`: the command-line face of the project. `longrun serve` runs the reference
-//! server; the client subcommands arrive with the Rust client.
+//! server; `submit`, `follow`, `wait`, `cancel` and `exists` talk to a server through the
+//! `longrun` client crate, which owns every protocol decision (resume, retries, timeouts).
 
+mod args;
+mod client;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -9,9 +12,12 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "longrun",
     version,
-    about = "Long-running calls over plain HTTP"
+    about = "Long-running calls over plain HTTP",
+    after_help = client::EXIT_CODES
 )]
 struct Cli {
+    #[command(flatten)]
+    global: client::Global,
     #[command(subcommand)]
     command: Command,
 }
@@ -20,11 +26,14 @@ struct Cli {
 enum Command {
     /// Run the longrun/1 reference server.
     Serve(serve::ServeArgs),
+    #[command(flatten)]
+    Client(client::Command),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve::main(args),
+        Command::Client(command) => client::main(cli.global, command),
     }
 }

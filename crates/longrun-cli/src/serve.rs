@@ -130,7 +130,11 @@ fn settings(args: ServeArgs) -> Result<Settings, String> {
             .ok_or_else(|| format!("--exec {flag:?}: write it as NAME='program arg…'"))?;
         let spec =
             ExecSpec::from_command_line(command).map_err(|e| format!("--exec {name}: {e}"))?;
-        exec.insert(name.to_owned(), spec);
+        if exec.insert(name.to_owned(), spec).is_some() {
+            return Err(format!(
+                "--exec {name}: defined twice (flags and config file)"
+            ));
+        }
     }
     let demo = !args.no_demo && file.demo.unwrap_or(true);
     Ok(Settings {
@@ -146,11 +150,20 @@ fn settings(args: ServeArgs) -> Result<Settings, String> {
 
 fn build_server(s: &Settings) -> Result<Server, String> {
     let mut builder = Server::builder().config(s.config.clone());
+    let mut demo_names = Vec::new();
     if s.demo {
         builder = builder.demo();
+        let demo = Server::builder().demo().build();
+        demo_names.extend(demo.object_names().map(str::to_owned));
     }
     for (name, spec) in &s.exec {
         ObjectName::new(name.as_str()).map_err(|e| format!("exec object: {e}"))?;
+        // Registering it would silently replace the demo object.
+        if demo_names.contains(name) {
+            return Err(format!(
+                "exec object {name}: a demo object has this name; rename it or use --no-demo"
+            ));
+        }
         let handler = spec
             .handler()
             .map_err(|e| format!("exec object {name}: {e}"))?;
@@ -203,16 +216,23 @@ async fn run(settings: Settings, server: Server) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     let objects: Vec<&str> = server.object_names().collect();
     tracing::info!(objects = ?objects, "serving longrun/1");
+    // The handlers go in before the address is printed: whoever reads it may send SIGTERM at
+    // once, and without a handler that signal would kill the process instead of draining it.
+    let shutdown = shutdown_signal()?;
     // On stdout, one line, so scripts and tests can learn the port when --listen used port 0.
     println!("longrun listening on http://{addr}");
-    longrun_server::serve(listener, server, shutdown_signal()).await
+    longrun_server::serve(listener, server, shutdown).await
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGINT and SIGTERM handlers now; the future completes on the first signal.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
-use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead};
+use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder, FramedRead};
 
 use crate::handler::{Handler, HandlerResult, ObjectOptions, RunContext, RunError};
 
@@ -207,7 +207,11 @@ async fn run_program(
     // must not stop the reading of stdout.
     let mut lines = FramedRead::new(
         child.stdout.take().expect("stdout is piped"),
-        AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), Vec::new(), MAX_LINE),
+        StdoutLines(AnyDelimiterCodec::new_with_max_length(
+            b"\n".to_vec(),
+            Vec::new(),
+            MAX_LINE,
+        )),
     );
 
     let mut status = None;
@@ -216,11 +220,11 @@ async fn run_program(
     while status.is_none() || stdout_open {
         tokio::select! {
             line = lines.next(), if stdout_open => match line {
-                Some(Ok(line)) => emit_line(&ctx, &String::from_utf8_lossy(&line)),
-                Some(Err(AnyDelimiterCodecError::MaxChunkLengthExceeded)) => {
+                Some(Ok(Some(line))) => emit_line(&ctx, &String::from_utf8_lossy(&line)),
+                Some(Ok(None)) => {
                     tracing::warn!(run = %ctx.id(), "dropped a stdout line longer than {MAX_LINE} bytes");
                 }
-                Some(Err(AnyDelimiterCodecError::Io(e))) => {
+                Some(Err(e)) => {
                     tracing::warn!(run = %ctx.id(), "reading stdout failed: {e}");
                     stdout_open = false;
                 }
@@ -258,10 +262,11 @@ async fn run_program(
     Err(err.with("stderr", stderr))
 }
 
-/// A line or result file: JSON if it parses, else the text (trailing newline trimmed);
-/// `None` when empty.
+/// A line or result file: JSON if it parses, else the text (one trailing newline trimmed,
+/// `\n` or `\r\n`); `None` when empty.
 fn parse_output(text: &str) -> Option<Value> {
-    let trimmed = text.trim_end_matches(['\n', '\r']);
+    let trimmed = text.strip_suffix('\n').unwrap_or(text);
+    let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
     if trimmed.trim().is_empty() {
         return None;
     }
@@ -271,5 +276,35 @@ fn parse_output(text: &str) -> Option<Value> {
 fn emit_line(ctx: &RunContext, line: &str) {
     if let Some(value) = parse_output(line) {
         ctx.emit(value);
+    }
+}
+
+/// stdout split into lines, an over-long line coming out as `None` instead of as an error:
+/// `FramedRead` ends its stream after any decoder error, which would leave the rest of stdout
+/// unread (and the program blocked on a full pipe).
+struct StdoutLines(AnyDelimiterCodec);
+
+impl StdoutLines {
+    fn lift(
+        line: Result<Option<bytes::Bytes>, AnyDelimiterCodecError>,
+    ) -> std::io::Result<Option<Option<bytes::Bytes>>> {
+        match line {
+            Ok(line) => Ok(line.map(Some)),
+            Err(AnyDelimiterCodecError::MaxChunkLengthExceeded) => Ok(Some(None)),
+            Err(AnyDelimiterCodecError::Io(e)) => Err(e),
+        }
+    }
+}
+
+impl Decoder for StdoutLines {
+    type Item = Option<bytes::Bytes>;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, buf: &mut bytes::BytesMut) -> std::io::Result<Option<Self::Item>> {
+        Self::lift(self.0.decode(buf))
+    }
+
+    fn decode_eof(&mut self, buf: &mut bytes::BytesMut) -> std::io::Result<Option<Self::Item>> {
+        Self::lift(self.0.decode_eof(buf))
     }
 }

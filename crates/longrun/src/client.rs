@@ -238,6 +238,23 @@ impl Inner {
         self.send_within(req, self.timeout(), what).await
     }
 
+    /// Run one whole exchange — sending a request and reading its answer — within the request
+    /// timeout. `send` alone stops at the head: a server that sends a head and then stalls
+    /// its body must not hang the call.
+    pub async fn exchange<T>(
+        &self,
+        what: &str,
+        exchange: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let limit = self.timeout();
+        rt::timeout(limit, exchange).await.unwrap_or_else(|| {
+            Err(Error::Timeout {
+                after: limit,
+                what: what.to_owned(),
+            })
+        })
+    }
+
     pub async fn send_within(
         &self,
         req: reqwest::RequestBuilder,
@@ -338,14 +355,17 @@ impl Client {
             .header(reqwest::header::ACCEPT, h::JSON)
             .json(&args);
         let what = format!("object {object:?}");
-        let res = self
+        let doing = format!("submitting to {object}");
+        let body = self
             .inner
-            .send(req, &format!("submitting to {object}"))
+            .exchange(&doing, async {
+                let res = self.inner.send(req, &doing).await?;
+                if res.status().as_u16() != 201 {
+                    return Err(error_from(res, &what).await);
+                }
+                res.bytes().await.map_err(|e| Error::transport(&e))
+            })
             .await?;
-        if res.status().as_u16() != 201 {
-            return Err(error_from(res, &what).await);
-        }
-        let body = res.bytes().await.map_err(|e| Error::transport(&e))?;
         let submitted: Submitted = serde_json::from_slice(&body)
             .map_err(|e| Error::Protocol(format!("the submit answer is not a run: {e}")))?;
         Run::at(
@@ -379,6 +399,16 @@ impl Client {
     /// Ask the server to cancel a run.
     pub async fn cancel(&self, run: &Run) -> Result<CancelOutcome> {
         let req = self.inner.http.delete(run.url().clone());
+        self.inner
+            .exchange("canceling", self.cancel_exchange(run, req))
+            .await
+    }
+
+    async fn cancel_exchange(
+        &self,
+        run: &Run,
+        req: reqwest::RequestBuilder,
+    ) -> Result<CancelOutcome> {
         let res = self.inner.send(req, "canceling").await?;
         match res.status().as_u16() {
             202 => Ok(CancelOutcome::Accepted),

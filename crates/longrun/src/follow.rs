@@ -146,7 +146,8 @@ async fn open_sse(inner: &Inner, run: &Run, cursor: &Cursor) -> Result<SseOpen> 
     }
 }
 
-async fn poll_once(inner: &Inner, run: &Run, cursor: &Cursor) -> Result<Vec<Event>> {
+/// One long poll: the events after the cursor, and whether the run has ended (`Longrun-State`).
+async fn poll_once(inner: &Inner, run: &Run, cursor: &Cursor) -> Result<(Vec<Event>, bool)> {
     let wait = inner.poll_wait();
     let mut req = inner
         .http
@@ -162,9 +163,16 @@ async fn poll_once(inner: &Inner, run: &Run, cursor: &Cursor) -> Result<Vec<Even
     if res.status().as_u16() != 200 {
         return Err(error_from(res, run.url().as_str()).await);
     }
+    let ended = res
+        .headers()
+        .get(h::LONGRUN_STATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(State::parse)
+        .is_some_and(State::is_terminal);
     let body = res.bytes().await.map_err(|e| Error::transport(&e))?;
-    serde_json::from_slice(&body)
-        .map_err(|e| Error::Protocol(format!("a long-poll answer is not an event list: {e}")))
+    let events = serde_json::from_slice(&body)
+        .map_err(|e| Error::Protocol(format!("a long-poll answer is not an event list: {e}")))?;
+    Ok((events, ended))
 }
 
 /// The delay before reconnect attempt `failures` (1-based): exponential from `base`, capped,
@@ -249,7 +257,9 @@ pub(crate) fn follow(inner: Arc<Inner>, run: Run, options: FollowOptions) -> Eve
                         return;
                     }
                     Err(e) => e,
-                    Ok(events) => {
+                    // `[]` from an ended run: the cursor is at or past its terminal event.
+                    Ok((events, true)) if events.is_empty() => return,
+                    Ok((events, _)) => {
                         for ev in events {
                             match cursor.accept(ev) {
                                 Err(e) => {

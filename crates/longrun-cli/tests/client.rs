@@ -1,0 +1,551 @@
+//! The client subcommands as a user runs them: the real `longrun` binary as a child process,
+//! talking to an in-process server with the demo objects on an ephemeral loopback port. Each
+//! test asserts what the user sees: stdout, stderr and the exit code. Tests wait for what the
+//! child prints, never for time.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
+use std::sync::OnceLock;
+
+use serde_json::{Value, json};
+
+/// A run id no server has.
+const UNKNOWN_ID: &str = "0f8fad5b-d9cb-469f-a165-70867728950e";
+
+/// The base URL of one server shared by every test of this binary; it lives as long as the
+/// test process (each test works on runs of its own).
+fn server() -> &'static str {
+    static BASE: OnceLock<String> = OnceLock::new();
+    BASE.get_or_init(|| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            runtime.block_on(async {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let server = longrun_server::Server::builder().demo().build();
+                longrun_server::serve(listener, server, std::future::pending()).await
+            })
+        });
+        base
+    })
+}
+
+/// `longrun ARGS` against the shared server (by LONGRUN_SERVER), with no other `LONGRUN_*`
+/// variable from the environment and stdin closed (so: not a terminal).
+fn longrun(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_longrun"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("LONGRUN_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("LONGRUN_SERVER", server())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+#[derive(Debug)]
+struct Ran {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Ran {
+    fn of(output: std::process::Output) -> Ran {
+        Ran {
+            code: output
+                .status
+                .code()
+                .expect("the CLI exits, it is not killed"),
+            stdout: String::from_utf8(output.stdout).unwrap(),
+            stderr: String::from_utf8(output.stderr).unwrap(),
+        }
+    }
+
+    #[track_caller]
+    fn expect(self, code: i32) -> Ran {
+        assert_eq!(self.code, code, "{self:#?}");
+        self
+    }
+
+    /// stdout as JSON.
+    #[track_caller]
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("{e}: {self:#?}"))
+    }
+
+    /// stdout as `ID STATE VALUE` lines.
+    #[track_caller]
+    fn events(&self) -> Vec<(u64, String, Value)> {
+        self.stdout
+            .lines()
+            .map(|line| {
+                let mut parts = line.splitn(3, ' ');
+                let (Some(id), Some(state), Some(value)) =
+                    (parts.next(), parts.next(), parts.next())
+                else {
+                    panic!("not an event line: {line:?}");
+                };
+                (
+                    id.parse().unwrap(),
+                    state.to_owned(),
+                    serde_json::from_str(value).unwrap(),
+                )
+            })
+            .collect()
+    }
+}
+
+fn run(args: &[&str]) -> Ran {
+    Ran::of(longrun(args).output().unwrap())
+}
+
+/// `longrun submit ARGS`; the run URL it printed.
+fn submit(args: &[&str]) -> String {
+    let ran = run(&[&["submit"], args].concat()).expect(0);
+    assert_eq!(ran.stderr, "");
+    ran.stdout.trim_end().to_owned()
+}
+
+/// The states of `ID STATE VALUE` lines.
+fn states(events: &[(u64, String, Value)]) -> Vec<&str> {
+    events.iter().map(|(_, state, _)| state.as_str()).collect()
+}
+
+/// A loopback URL where nothing listens.
+fn dead_server() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", listener.local_addr().unwrap())
+}
+
+/// A `longrun` child the test talks to while it runs.
+struct Running {
+    child: Child,
+    stdout: BufReader<ChildStdout>,
+    stderr: BufReader<ChildStderr>,
+    /// What the test has read so far, so the final [`Ran`] holds all of it.
+    seen: Ran,
+}
+
+impl Running {
+    fn spawn(args: &[&str]) -> Running {
+        let mut child = longrun(args).spawn().unwrap();
+        Running {
+            stdout: BufReader::new(child.stdout.take().unwrap()),
+            stderr: BufReader::new(child.stderr.take().unwrap()),
+            child,
+            seen: Ran {
+                code: 0,
+                stdout: String::new(),
+                stderr: String::new(),
+            },
+        }
+    }
+
+    /// Wait for the child's next line on stdout.
+    fn stdout_line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        self.seen.stdout.push_str(&line);
+        line
+    }
+
+    /// Wait for the `longrun: run URL` line on stderr (printed once Ctrl-C is handled).
+    fn run_url(&mut self) -> String {
+        let mut line = String::new();
+        self.stderr.read_line(&mut line).unwrap();
+        self.seen.stderr.push_str(&line);
+        line.trim_end()
+            .strip_prefix("longrun: run ")
+            .unwrap_or_else(|| panic!("no run line but {line:?}"))
+            .to_owned()
+    }
+
+    /// Send SIGINT, as Ctrl-C does, to the child only.
+    fn interrupt(&self) {
+        let status = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Wait for the child to exit; everything it printed, and its exit code.
+    fn finish(mut self) -> Ran {
+        self.stdout.read_to_string(&mut self.seen.stdout).unwrap();
+        self.stderr.read_to_string(&mut self.seen.stderr).unwrap();
+        let status = self.child.wait().unwrap();
+        self.seen.code = status.code().expect("the CLI exits, it is not killed");
+        self.seen
+    }
+}
+
+#[test]
+fn help_lists_the_subcommands_and_the_exit_codes() {
+    let help = run(&["--help"]).expect(0).stdout;
+    for command in ["serve", "submit", "follow", "wait", "cancel", "exists"] {
+        assert!(
+            help.contains(&format!("\n  {command} ")),
+            "{command}: {help}"
+        );
+    }
+    let help = run(&["submit", "--help"]).expect(0).stdout;
+    assert!(help.contains("key:=json"), "{help}");
+    assert!(help.contains("Exit codes:"), "{help}");
+    for code in ["0", "1", "2", "3", "4", "5", "6", "130"] {
+        assert!(
+            help.contains(&format!("\n  {code} ")),
+            "exit code {code}: {help}"
+        );
+    }
+}
+
+#[test]
+fn submit_prints_the_run_url() {
+    let url = submit(&["echo"]);
+    let id = url
+        .strip_prefix(&format!("{}/echo/", server()))
+        .unwrap_or_else(|| panic!("not a run URL of the server: {url}"));
+    assert_eq!(id.len(), 36, "{url}");
+    assert_eq!(run(&["wait", &url]).expect(0).json(), json!({}));
+
+    let ran = run(&["--json", "submit", "echo"]).expect(0);
+    let submitted = ran.json();
+    assert_eq!(submitted["object"], "echo");
+    let url = submitted["url"].as_str().unwrap();
+    assert!(
+        url.ends_with(submitted["id"].as_str().unwrap()),
+        "{submitted}"
+    );
+    assert_eq!(run(&["wait", url]).expect(0).json(), json!({}));
+}
+
+#[test]
+fn submit_takes_items_of_every_form() {
+    let ran = run(&[
+        "submit",
+        "echo",
+        "name=Ada",
+        "digits=42",
+        "empty=",
+        "n:=3",
+        "xs:=[1,2]",
+        "o:={\"a\":null}",
+        "flag:=true",
+        "quoted:=\"text\"",
+        "--wait",
+    ])
+    .expect(0);
+    assert_eq!(
+        ran.json(),
+        json!({"name": "Ada", "digits": "42", "empty": "", "n": 3, "xs": [1, 2],
+               "o": {"a": null}, "flag": true, "quoted": "text"})
+    );
+    assert!(
+        ran.stderr
+            .starts_with(&format!("longrun: run {}/echo/", server())),
+        "{ran:#?}"
+    );
+}
+
+#[test]
+fn items_override_the_members_of_args() {
+    let ran = run(&[
+        "submit",
+        "echo",
+        "--args",
+        r#"{"n": 1, "keep": true}"#,
+        "n:=2",
+        "--wait",
+    ])
+    .expect(0);
+    assert_eq!(ran.json(), json!({"n": 2, "keep": true}));
+}
+
+#[test]
+fn args_come_from_a_file_or_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("args.json");
+    std::fs::write(&path, r#"{"from": "file", "n": [1]}"#).unwrap();
+    let at_path = format!("@{}", path.display());
+    let ran = run(&["submit", "echo", "--args", &at_path, "--wait"]).expect(0);
+    assert_eq!(ran.json(), json!({"from": "file", "n": [1]}));
+
+    let mut child = longrun(&["submit", "echo", "--args", "@-", "extra=1", "--wait"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(br#"{"from": "stdin"}"#)
+        .unwrap();
+    let ran = Ran::of(child.wait_with_output().unwrap()).expect(0);
+    assert_eq!(ran.json(), json!({"from": "stdin", "extra": "1"}));
+}
+
+#[test]
+fn bad_arguments_are_usage_errors() {
+    let ran = run(&["submit", "echo", "n:=abc"]).expect(2);
+    assert_eq!(ran.stdout, "");
+    assert!(ran.stderr.contains("n:=abc"), "{ran:#?}");
+    assert!(ran.stderr.contains("not JSON"), "{ran:#?}");
+
+    let ran = run(&["submit", "echo", "novalue"]).expect(2);
+    assert!(ran.stderr.contains("key=value"), "{ran:#?}");
+
+    let ran = run(&["submit", "echo", "--args", "[1]"]).expect(2);
+    assert!(ran.stderr.contains("must be a JSON object"), "{ran:#?}");
+
+    let ran = run(&["submit", "echo", "--args", "@/nonexistent/args.json"]).expect(2);
+    assert!(ran.stderr.contains("cannot read the file"), "{ran:#?}");
+
+    let ran = run(&["submit", "echo", "n:=1", "n:=2"]).expect(2);
+    assert!(ran.stderr.contains("n is given twice"), "{ran:#?}");
+
+    // The server refuses them (422): still the caller's to fix.
+    let ran = run(&["submit", "count", "n:=-1"]).expect(2);
+    assert_eq!(ran.stdout, "");
+    assert!(
+        ran.stderr.contains("check the arguments count takes"),
+        "{ran:#?}"
+    );
+
+    let ran = run(&["wait", "not-a-url"]).expect(2);
+    assert!(ran.stderr.contains("http://HOST/OBJECT/ID"), "{ran:#?}");
+
+    run(&["submit", "echo", "--follow", "--wait"]).expect(2);
+    run(&["submit", "echo", "--cancel-on-interrupt"]).expect(2);
+}
+
+#[test]
+fn submit_follow_prints_one_line_per_event() {
+    let ran = run(&["submit", "count", "n:=2", "--follow"]).expect(0);
+    let events = ran.events();
+    assert_eq!(states(&events), ["queued", "running", "running", "success"]);
+    assert_eq!(events.iter().map(|e| e.0).collect::<Vec<_>>(), [0, 1, 2, 3]);
+    assert_eq!(events[0].2, Value::Null);
+    assert_eq!(
+        events[1].2,
+        json!({"i": 1, "n": 2, "progress": 0.5, "message": "1/2"})
+    );
+    assert_eq!(events[3].2, json!({"n": 2}));
+    assert!(ran.stderr.starts_with("longrun: run "), "{ran:#?}");
+}
+
+#[test]
+fn submit_follow_json_prints_one_event_object_per_line() {
+    let ran = run(&["--json", "submit", "count", "n:=2", "--follow"]).expect(0);
+    let lines: Vec<Value> = ran
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4, "{ran:#?}");
+    assert_eq!(lines[0], json!({"id": 0, "state": "queued", "value": null}));
+    assert_eq!(
+        lines[3],
+        json!({"id": 3, "state": "success", "value": {"n": 2}})
+    );
+}
+
+#[test]
+fn follow_resumes_from_a_cursor() {
+    let url = submit(&["count", "n:=3"]);
+    let ran = run(&["follow", &url, "--from", "2"]).expect(0);
+    let events = ran.events();
+    assert_eq!(
+        events.iter().map(|e| e.0).collect::<Vec<_>>(),
+        [3, 4],
+        "{ran:#?}"
+    );
+    assert_eq!(states(&events), ["running", "success"]);
+
+    // A bare path is resolved against the server; long polling gives the same events.
+    let path = url.strip_prefix(server()).unwrap();
+    let ran = run(&["follow", path, "--from", "0", "--transport", "poll"]).expect(0);
+    assert_eq!(
+        states(&ran.events()),
+        ["running", "running", "running", "success"]
+    );
+
+    // Nothing after the terminal event: no lines, and the exit code is still the outcome.
+    let ran = run(&["follow", &url, "--from", "4"]).expect(0);
+    assert_eq!(ran.stdout, "");
+    let failed = submit(&["fail"]);
+    run(&["wait", &failed]).expect(1);
+    run(&["follow", &failed, "--from", "1"]).expect(1);
+}
+
+#[test]
+fn wait_prints_only_the_value() {
+    let url = submit(&["count", "n:=2"]);
+    let ran = run(&["wait", &url]).expect(0);
+    assert_eq!(ran.stdout, "{\"n\":2}\n");
+    assert_eq!(ran.stderr, "");
+}
+
+#[test]
+fn a_failed_run_exits_1_with_its_message() {
+    let url = submit(&["fail", "message=disk full"]);
+    let ran = run(&["wait", &url]).expect(1);
+    assert_eq!(ran.stdout, "");
+    assert!(ran.stderr.contains("run failed: disk full"), "{ran:#?}");
+
+    let ran = run(&["follow", &url]).expect(1);
+    let events = ran.events();
+    assert_eq!(states(&events), ["queued", "error"]);
+    assert_eq!(events[1].2, json!({"message": "disk full"}));
+    assert!(ran.stderr.contains("run failed: disk full"), "{ran:#?}");
+}
+
+#[test]
+fn cancel_then_wait_exits_3() {
+    let url = submit(&["sleep", "ms:=3600000"]);
+    let ran = run(&["cancel", &url]).expect(0);
+    assert_eq!(ran.stdout, format!("canceling {url}\n"));
+    let ran = run(&["wait", &url]).expect(3);
+    assert!(ran.stderr.contains("canceled"), "{ran:#?}");
+    assert_eq!(run(&["exists", &url]).expect(0).stdout, "canceled\n");
+
+    // Cancelling a run that already succeeded changes nothing, and says so.
+    let done = submit(&["echo"]);
+    run(&["wait", &done]).expect(0);
+    let ran = run(&["cancel", &done]).expect(0);
+    assert_eq!(
+        ran.stdout,
+        format!("already ended (success), nothing to cancel: {done}\n")
+    );
+    let ran = run(&["--json", "cancel", &done]).expect(0);
+    assert_eq!(
+        ran.json(),
+        json!({"url": done, "outcome": "already_ended", "state": "success"})
+    );
+}
+
+#[test]
+fn exists_exits_0_or_1() {
+    let url = submit(&["echo"]);
+    run(&["wait", &url]).expect(0);
+    assert_eq!(run(&["exists", &url]).expect(0).stdout, "success\n");
+    assert_eq!(
+        run(&["--json", "exists", &url]).expect(0).json(),
+        json!({"exists": true, "state": "success", "last_event_id": 1})
+    );
+
+    let unknown = format!("{}/echo/{UNKNOWN_ID}", server());
+    let ran = run(&["exists", &unknown]).expect(1);
+    assert_eq!(
+        (ran.stdout.as_str(), ran.stderr.as_str()),
+        ("not found\n", "")
+    );
+    assert_eq!(
+        run(&["--json", "exists", &unknown]).expect(1).json(),
+        json!({"exists": false, "gone": false})
+    );
+}
+
+#[test]
+fn wait_timeout_exits_4_and_the_run_goes_on() {
+    let url = submit(&["sleep", "ms:=3600000"]);
+    let ran = run(&["wait", &url, "--timeout", "100ms"]).expect(4);
+    assert_eq!(ran.stdout, "");
+    assert!(ran.stderr.contains("timed out"), "{ran:#?}");
+    assert!(
+        ran.stderr.contains(&format!("longrun cancel {url}")),
+        "{ran:#?}"
+    );
+    // Still going: queued, as `sleep` emits nothing until it ends.
+    assert_eq!(run(&["exists", &url]).expect(0).stdout, "queued\n");
+
+    let ran = run(&["wait", &url, "--timeout", "100ms", "--cancel-on-timeout"]).expect(4);
+    assert!(ran.stderr.contains("canceled it"), "{ran:#?}");
+    run(&["wait", &url]).expect(3);
+}
+
+#[test]
+fn a_dead_server_exits_5() {
+    let dead = dead_server();
+    let ran = run(&["--server", &dead, "submit", "echo"]).expect(5);
+    assert_eq!(ran.stdout, "");
+    assert!(ran.stderr.contains("connection failed"), "{ran:#?}");
+    assert!(ran.stderr.contains(&dead), "{ran:#?}");
+    assert!(ran.stderr.contains("--server"), "{ran:#?}");
+
+    let ran = run(&["exists", &format!("{dead}/echo/{UNKNOWN_ID}")]).expect(5);
+    assert!(ran.stderr.contains("connection failed"), "{ran:#?}");
+}
+
+#[test]
+fn an_unknown_run_or_object_exits_6() {
+    let unknown = format!("{}/echo/{UNKNOWN_ID}", server());
+    for command in ["wait", "follow", "cancel"] {
+        let ran = run(&[command, &unknown]).expect(6);
+        assert_eq!(ran.stdout, "", "{command}");
+        assert!(ran.stderr.contains("not found"), "{command}: {ran:#?}");
+        assert!(
+            ran.stderr.contains("check the run URL"),
+            "{command}: {ran:#?}"
+        );
+    }
+    let ran = run(&["submit", "nosuchobject"]).expect(6);
+    assert!(ran.stderr.contains("check the object name"), "{ran:#?}");
+}
+
+#[test]
+fn cancel_on_interrupt_cancels_the_run() {
+    let mut child = Running::spawn(&[
+        "submit",
+        "sleep",
+        "ms:=3600000",
+        "--follow",
+        "--cancel-on-interrupt",
+    ]);
+    let url = child.run_url();
+    assert_eq!(child.stdout_line(), "0 queued null\n");
+    child.interrupt();
+    let ran = child.finish().expect(130);
+    assert_eq!(ran.stdout, "0 queued null\n");
+    assert!(ran.stderr.contains("canceled the run"), "{ran:#?}");
+    run(&["wait", &url]).expect(3);
+}
+
+#[test]
+fn cancel_on_interrupt_while_waiting() {
+    let mut child = Running::spawn(&[
+        "submit",
+        "sleep",
+        "ms:=3600000",
+        "--wait",
+        "--cancel-on-interrupt",
+    ]);
+    let url = child.run_url();
+    child.interrupt();
+    let ran = child.finish().expect(130);
+    assert_eq!(ran.stdout, "");
+    assert!(ran.stderr.contains("canceled the run"), "{ran:#?}");
+    run(&["wait", &url]).expect(3);
+}
+
+#[test]
+fn interrupt_without_a_terminal_leaves_the_run_going() {
+    let url = submit(&["sleep", "ms:=3600000"]);
+    let mut child = Running::spawn(&["follow", &url]);
+    assert_eq!(child.stdout_line(), "0 queued null\n");
+    child.interrupt();
+    let ran = child.finish().expect(130);
+    assert!(ran.stderr.contains("the run goes on"), "{ran:#?}");
+    assert!(
+        ran.stderr.contains(&format!("longrun cancel {url}")),
+        "{ran:#?}"
+    );
+    assert_eq!(run(&["exists", &url]).expect(0).stdout, "queued\n");
+    run(&["cancel", &url]).expect(0);
+}

@@ -1,0 +1,411 @@
+//! `longrun serve` as a user runs it: the real binary on an ephemeral loopback port, set up by
+//! flags, environment variables and a config file, stopped with SIGTERM. The tests learn the
+//! port from the line the server prints on stdout and wait for events, never for time.
+
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+
+use longrun_proto::sse::{Decoder, SseItem, to_event};
+use longrun_proto::{Event, State};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::{Child, ChildStdout, Command};
+use tokio::task::JoinHandle;
+
+/// `longrun serve ARGS` with only the given `LONGRUN_*` variables set.
+fn serve_command(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_longrun"));
+    cmd.arg("serve");
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("LONGRUN_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Read stderr to the end in the background (so the server never blocks on a full pipe).
+fn collect(mut child_stderr: tokio::process::ChildStderr) -> JoinHandle<String> {
+    tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = child_stderr.read_to_string(&mut text).await;
+        text
+    })
+}
+
+/// A running `longrun serve`.
+struct Serve {
+    child: Child,
+    base: String,
+    _stdout: BufReader<ChildStdout>,
+    stderr: JoinHandle<String>,
+    http: reqwest::Client,
+}
+
+impl Serve {
+    async fn start(args: &[&str], env: &[(&str, &str)]) -> Serve {
+        let mut child = serve_command(&[&["--listen", "127.0.0.1:0"], args].concat(), env)
+            .spawn()
+            .unwrap();
+        let stderr = collect(child.stderr.take().unwrap());
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).await.unwrap();
+        let Some(base) = line.trim_end().strip_prefix("longrun listening on ") else {
+            let status = child.wait().await.unwrap();
+            panic!(
+                "no address line but {line:?}; {status}; stderr:\n{}",
+                stderr.await.unwrap()
+            );
+        };
+        Serve {
+            base: base.to_owned(),
+            child,
+            _stdout: stdout,
+            stderr,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn post(&self, object: &str, args: Value) -> reqwest::Response {
+        self.http
+            .post(self.url(&format!("/{object}")))
+            .json(&args)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Submit and return the run's path.
+    async fn submit(&self, object: &str, args: Value) -> String {
+        let res = self.post(object, args).await;
+        assert_eq!(res.status(), 201, "submit {object}");
+        let body: Value = res.json().await.unwrap();
+        body["url"].as_str().unwrap().to_owned()
+    }
+
+    /// Long-poll a run to its end and return every event.
+    async fn events(&self, path: &str) -> Vec<Event> {
+        let mut all: Vec<Event> = Vec::new();
+        loop {
+            let mut req = self.http.get(self.url(path)).query(&[("wait", "60")]);
+            if let Some(last) = all.last() {
+                req = req.header("last-event-id", last.id.to_string());
+            }
+            all.extend(
+                req.send()
+                    .await
+                    .unwrap()
+                    .json::<Vec<Event>>()
+                    .await
+                    .unwrap(),
+            );
+            if all.last().is_some_and(|e| e.state.is_terminal()) {
+                return all;
+            }
+        }
+    }
+
+    /// Open an SSE stream on a run.
+    async fn stream(&self, path: &str) -> reqwest::Response {
+        let res = self
+            .http
+            .get(self.url(path))
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        res
+    }
+
+    /// Send SIGTERM (through `kill`, as an operator would) and wait for the exit.
+    async fn terminate(mut self) -> (ExitStatus, String) {
+        sigterm(&self.child);
+        let status = self.child.wait().await.unwrap();
+        (status, self.stderr.await.unwrap())
+    }
+}
+
+fn sigterm(child: &Child) {
+    let pid = child.id().expect("the server is running").to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+}
+
+/// The `retry:` hint and the events of a whole SSE response.
+fn decode_sse(body: &str) -> (Vec<u64>, Vec<Event>) {
+    let (mut retries, mut events) = (Vec::new(), Vec::new());
+    for item in Decoder::new().feed(body.as_bytes()) {
+        match item {
+            SseItem::Retry(ms) => retries.push(ms),
+            SseItem::Message(msg) => events.push(to_event(&msg).unwrap()),
+        }
+    }
+    (retries, events)
+}
+
+/// The `retry` hint a server sends, read from the stream of a finished `probe` run.
+async fn retry_hint(serve: &Serve, probe: &str) -> u64 {
+    let path = serve.submit(probe, json!({})).await;
+    serve.events(&path).await;
+    let body = serve.stream(&path).await.text().await.unwrap();
+    let (retries, events) = decode_sse(&body);
+    assert!(events.last().unwrap().state.is_terminal(), "{body}");
+    assert_eq!(retries.len(), 1, "{body}");
+    retries[0]
+}
+
+/// Run `longrun serve` with settings it must refuse; returns its exit code and stderr.
+async fn refused(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let mut child = serve_command(&[&["--listen", "127.0.0.1:0"], args].concat(), env)
+        .spawn()
+        .unwrap();
+    let stderr = collect(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    stdout.read_line(&mut line).await.unwrap();
+    if !line.is_empty() {
+        child.kill().await.unwrap();
+        panic!("it started instead of refusing {args:?} {env:?}: {line}");
+    }
+    let status = child.wait().await.unwrap();
+    (status.code().expect("an exit code"), stderr.await.unwrap())
+}
+
+fn write_config(dir: &Path, text: &str) -> String {
+    let path = dir.join("longrun.toml");
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+fn running(events: &[Event]) -> Vec<&Value> {
+    events
+        .iter()
+        .filter(|e| e.state == State::Running)
+        .map(|e| &e.value)
+        .collect()
+}
+
+const GREET_CONFIG: &str = r#"
+[exec.greet]
+command = ["sh", "-c", "printf 'hello from %s' \"$LONGRUN_OBJECT\" > \"$LONGRUN_RESULT\""]
+timeout = "10m"
+"#;
+
+#[tokio::test]
+async fn exec_objects_from_the_flag_and_from_the_config_file_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), GREET_CONFIG);
+    // `tr` reads the arguments from stdin and writes them back, upper-cased, as one line.
+    let serve = Serve::start(&["--config", &config, "--exec", "shout=tr a-z A-Z"], &[]).await;
+
+    let events = serve
+        .events(&serve.submit("shout", json!({"word": "hi"})).await)
+        .await;
+    assert_eq!(running(&events), vec![&json!({"WORD": "HI"})], "{events:?}");
+    assert_eq!(events.last().unwrap().state, State::Success);
+
+    let events = serve.events(&serve.submit("greet", json!({})).await).await;
+    let last = events.last().unwrap();
+    assert_eq!(
+        (last.state, &last.value),
+        (State::Success, &json!("hello from greet"))
+    );
+
+    let (status, stderr) = serve.terminate().await;
+    assert!(status.success(), "{status}; stderr:\n{stderr}");
+}
+
+#[tokio::test]
+async fn environment_variables_stand_in_for_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), GREET_CONFIG);
+    let serve = Serve::start(
+        &[],
+        &[
+            ("LONGRUN_RETRY", "1234ms"),
+            ("LONGRUN_CONFIG", &config),
+            ("LONGRUN_NO_DEMO", "true"),
+        ],
+    )
+    .await;
+    assert_eq!(retry_hint(&serve, "greet").await, 1234);
+    let res = serve.post("echo", json!({})).await;
+    assert_eq!(res.status(), 404);
+    let problem: Value = res.json().await.unwrap();
+    assert_eq!(problem["type"], "urn:longrun:problem:unknown-object");
+    serve.terminate().await;
+}
+
+#[tokio::test]
+async fn flags_override_environment_variables_which_override_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "retry = \"3s\"\n");
+    let env = [("LONGRUN_RETRY", "1234ms")];
+    let cases = [
+        (vec!["--config", &config], &env[..0], 3000),
+        (vec!["--config", &config], &env[..], 1234),
+        (vec!["--config", &config, "--retry", "2s"], &env[..], 2000),
+    ];
+    for (args, env, expected) in cases {
+        let serve = Serve::start(&args, env).await;
+        assert_eq!(
+            retry_hint(&serve, "echo").await,
+            expected,
+            "{args:?} {env:?}"
+        );
+        serve.terminate().await;
+    }
+}
+
+#[tokio::test]
+async fn no_demo_removes_the_demo_objects() {
+    let with_demo = Serve::start(&[], &[]).await;
+    assert_eq!(with_demo.post("echo", json!({})).await.status(), 201);
+    with_demo.terminate().await;
+
+    let serve = Serve::start(&["--no-demo"], &[]).await;
+    for object in ["echo", "count", "sleep", "fail", "emit", "ephemeral"] {
+        let res = serve.post(object, json!({})).await;
+        assert_eq!(res.status(), 404, "{object}");
+        let problem: Value = res.json().await.unwrap();
+        assert_eq!(
+            problem["type"], "urn:longrun:problem:unknown-object",
+            "{object}"
+        );
+    }
+    let health = serve.http.get(serve.url("/_health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    serve.terminate().await;
+}
+
+#[tokio::test]
+async fn bad_settings_exit_with_code_2_and_say_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let unknown_key = write_config(dir.path(), "retention = \"1h\"\nnonsense = 1\n");
+    let dir2 = tempfile::tempdir().unwrap();
+    let bad_name = write_config(dir2.path(), "[exec.\"bad name\"]\ncommand = \"true\"\n");
+    let dir3 = tempfile::tempdir().unwrap();
+    let twice = write_config(dir3.path(), "[exec.tool]\ncommand = \"true\"\n");
+    let cases = vec![
+        (
+            vec!["--grace", "soon"],
+            vec![],
+            "invalid value 'soon' for '--grace",
+        ),
+        (
+            vec![],
+            vec![("LONGRUN_MAX_ACTIVE_RUNS", "many")],
+            "invalid value 'many'",
+        ),
+        (
+            vec!["--keep-alive", "0s"],
+            vec![],
+            "--keep-alive must be longer than 0s",
+        ),
+        (
+            vec!["--config", "/nonexistent/longrun.toml"],
+            vec![],
+            "cannot read config file /nonexistent/longrun.toml",
+        ),
+        (
+            vec!["--config", &unknown_key],
+            vec![],
+            "unknown field `nonsense`",
+        ),
+        (
+            vec!["--config", &bad_name],
+            vec![],
+            "\"bad name\" is not an object name",
+        ),
+        (
+            vec!["--exec", "bad name=true"],
+            vec![],
+            "\"bad name\" is not an object name",
+        ),
+        (vec!["--exec", "tool"], vec![], "write it as NAME="),
+        (
+            vec!["--exec", "tool=echo 'unterminated"],
+            vec![],
+            "cannot split command",
+        ),
+        (vec!["--exec", "tool="], vec![], "the command is empty"),
+        // A name defined twice is an error, a demo object's name included.
+        (
+            vec!["--exec", "echo=true"],
+            vec![],
+            "exec object echo: a demo object has this name",
+        ),
+        (
+            vec!["--exec", "tool=true", "--exec", "tool=false"],
+            vec![],
+            "--exec tool: defined twice",
+        ),
+        (
+            vec!["--config", &twice, "--exec", "tool=false"],
+            vec![],
+            "--exec tool: defined twice",
+        ),
+    ];
+    for (args, env, message) in cases {
+        let (code, stderr) = refused(&args, &env).await;
+        assert_eq!(code, 2, "{args:?} {env:?}: {stderr}");
+        assert!(
+            stderr.contains(message),
+            "{args:?} {env:?}: {message:?} not in:\n{stderr}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn sigterm_ends_followed_runs_with_reason_shutdown_and_exits_0() {
+    let serve = Serve::start(&["--grace", "10m"], &[]).await;
+    let path = serve.submit("sleep", json!({"ms": 3_600_000})).await;
+    // The stream's headers arrived: the server follows this run for us from here on.
+    let stream = serve.stream(&path).await;
+
+    let (status, stderr) = serve.terminate().await;
+    let body = stream.text().await.expect("the stream ends cleanly");
+    let (retries, events) = decode_sse(&body);
+    assert_eq!(retries, vec![1000]);
+    assert_eq!(
+        events,
+        vec![
+            Event {
+                id: 0,
+                state: State::Queued,
+                value: Value::Null
+            },
+            Event {
+                id: 1,
+                state: State::Canceled,
+                value: json!({"reason": "shutdown"})
+            },
+        ],
+        "{body}"
+    );
+    assert!(status.success(), "{status}; stderr:\n{stderr}");
+}
+
+#[tokio::test]
+async fn sigterm_right_after_the_address_line_still_shuts_down_cleanly() {
+    // The signal handler must be in place before the address is printed: whoever reads the
+    // address may stop the server at once.
+    let serve = Serve::start(&[], &[]).await;
+    let (status, stderr) = serve.terminate().await;
+    assert!(status.success(), "{status}; stderr:\n{stderr}");
+}

@@ -1,0 +1,18 @@
+//! What the client's test suites share: the reference server with its demo objects and default
+//! settings, in-process on an ephemeral loopback port.
+
+/// Start the demo server on the current tokio runtime and return its base URL
+/// (`http://127.0.0.1:PORT`). It serves until the runtime shuts down, i.e. until the test ends.
+pub async fn demo_server() -> String {
+    let server = longrun_server::Server::builder().demo().build();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port for the test server");
+    let addr = listener.local_addr().expect("the test server's address");
+    tokio::spawn(longrun_server::serve(
+        listener,
+        server,
+        std::future::pending(),
+    ));
+    format!("http://{addr}")
+}
