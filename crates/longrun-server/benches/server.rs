@@ -37,6 +37,11 @@ fn main() {
 // ---------------------------------------------------------------- servers (child processes)
 
 fn serve(longrun: bool) {
+    // Exit when the benchmark is gone, however it ended: its end closes our stdin.
+    std::thread::spawn(|| {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        std::process::exit(0);
+    });
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -91,6 +96,7 @@ impl ChildServer {
     fn start(flag: &str) -> Self {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .arg(flag)
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -19,7 +19,7 @@ use longrun_proto::{ProblemKind, sse};
 use tokio::sync::watch;
 
 use crate::Server;
-use crate::http::{lookup, problem, status_headers, wants_event_stream};
+use crate::http::{lookup, problem, put_status_headers, status_headers, wants_event_stream};
 use crate::run::Run;
 
 /// How much one SSE write carries at most when a follower is behind.
@@ -207,6 +207,6 @@ async fn follow_poll(run: Arc<Run>, next: u64, wait: Duration) -> Response {
     let hs = res.headers_mut();
     hs.insert(header::CONTENT_TYPE, HeaderValue::from_static(h::JSON));
     hs.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    status_headers(&run, hs);
+    put_status_headers(batch.state, batch.last, hs);
     res
 }

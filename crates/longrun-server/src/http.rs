@@ -123,10 +123,10 @@ async fn submit(
     body: Body,
 ) -> Response {
     let Some(obj) = server.objects.get(&object) else {
-        return problem(
+        return unread_body(problem(
             ProblemKind::UnknownObject,
             format!("no object is named {object:?}"),
-        );
+        ));
     };
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         if !ct.to_str().is_ok_and(h::is_json_content_type) {
@@ -136,12 +136,12 @@ async fn submit(
             );
             res.headers_mut()
                 .insert("accept-post", HeaderValue::from_static(h::JSON));
-            return res;
+            return unread_body(res);
         }
     }
     let args = match read_args(&server, &headers, body).await {
         Ok(args) => args,
-        Err(res) => return res,
+        Err(res) => return unread_body(res),
     };
     let Value::Object(map) = &args else {
         return problem(
@@ -184,6 +184,15 @@ async fn submit(
         header::LOCATION,
         HeaderValue::from_str(&submitted.url).expect("object names and ids are header-safe"),
     );
+    res
+}
+
+/// An error answered before the request body was read to its end: the connection cannot
+/// carry another request (its next bytes are the rest of this body), so say that it closes
+/// rather than let a pooling client reuse a dead connection.
+fn unread_body(mut res: Response) -> Response {
+    res.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
     res
 }
 
@@ -259,6 +268,10 @@ pub(crate) fn lookup(
 /// `Longrun-State` and `Longrun-Last-Event-Id` as of now.
 pub(crate) fn status_headers(run: &Run, headers: &mut HeaderMap) {
     let (state, last) = run.status();
+    put_status_headers(state, last, headers);
+}
+
+pub(crate) fn put_status_headers(state: RunState, last: u64, headers: &mut HeaderMap) {
     headers.insert(h::LONGRUN_STATE, HeaderValue::from_static(state.as_str()));
     headers.insert(h::LONGRUN_LAST_EVENT_ID, HeaderValue::from(last));
 }

@@ -55,6 +55,10 @@ pub(crate) struct Batch {
     pub next: u64,
     /// `bytes` ends with the terminal event, or the run ended and nothing is after the cursor.
     pub finished: bool,
+    /// The run's state and newest event id in the same instant as the read, so that headers
+    /// describing the run never claim more than the body holds.
+    pub state: State,
+    pub last: u64,
 }
 
 /// Outcome of a cancel request.
@@ -210,7 +214,8 @@ impl Run {
             size += pick(&log.entries[end]).len() + 1;
             end += 1;
         }
-        let terminal = log.state.is_terminal();
+        let state = log.state;
+        let terminal = state.is_terminal();
         let mut buf = BytesMut::with_capacity(size + 2);
         if let Some((open, _, _)) = array {
             buf.extend_from_slice(&[open]);
@@ -230,6 +235,8 @@ impl Run {
             count: end - start,
             next: end as u64,
             finished: terminal && end as u64 == total,
+            state,
+            last: total - 1,
         }
     }
 

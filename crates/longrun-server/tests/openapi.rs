@@ -124,6 +124,15 @@ impl Doc {
     }
 }
 
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    String,
+    &'a [(&'a str, &'a str)],
+    &'a str,
+    u16,
+);
+
 #[tokio::test]
 async fn responses_match_the_documented_operations() {
     let doc = Doc { root: openapi() };
@@ -139,7 +148,8 @@ async fn responses_match_the_documented_operations() {
     assert_eq!(last.json()[0]["state"], "success");
     let unknown = "/echo/00000000-0000-4000-8000-000000000000";
     let sse = [("Accept", "text/event-stream")];
-    let cases: Vec<(&str, &str, String, &[(&str, &str)], &str, u16)> = vec![
+    // (method, documented path, request path, headers, body, expected status)
+    let cases: Vec<Case> = vec![
         ("post", "/{object}", "/echo".into(), &[], r#"{"a":1}"#, 201),
         ("post", "/{object}/", "/echo/".into(), &[], "", 201),
         ("post", "/{object}", "/echo".into(), &sse, "{}", 303),

@@ -157,10 +157,7 @@ async fn sse_stream_is_live_sends_keep_alives_and_ends_after_the_terminal_event(
     stream.read_to_end(&mut rest).await.unwrap();
     seen.extend_from_slice(&rest);
     let text = String::from_utf8_lossy(&seen);
-    assert!(
-        text.contains("id: 1\r\n") == false,
-        "CRLF never appears in frames"
-    );
+    assert!(!text.contains("id: 1\r\n"), "CRLF never appears in frames");
     assert!(
         text.contains("id: 1\nevent: canceled\ndata: {\"reason\":\"client\"}\n\n"),
         "{text}"

@@ -15,6 +15,7 @@ const ROUNDS: usize = 3;
 
 fn main() {
     if std::env::args().any(|a| a == "--serve") {
+        exit_with_parent();
         let rt = tokio::runtime::Runtime::new().unwrap();
         return rt.block_on(async {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -25,13 +26,16 @@ fn main() {
                 .unwrap();
         });
     }
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .arg("--serve")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = ServerProcess(
+        Command::new(std::env::current_exe().unwrap())
+            .arg("--serve")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut addr = String::new();
-    BufReader::new(child.stdout.take().unwrap())
+    BufReader::new(child.0.stdout.take().unwrap())
         .read_line(&mut addr)
         .unwrap();
     let base = format!("http://{}", addr.trim());
@@ -40,12 +44,16 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(bench(&base));
-    kill(child);
 }
 
-fn kill(mut child: Child) {
-    let _ = child.kill();
-    let _ = child.wait();
+/// Kills the server child when the benchmark ends, also by a panic.
+struct ServerProcess(Child);
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 async fn bench(base: &str) {
@@ -117,7 +125,9 @@ async fn drain_ours(client: &Client, run: &longrun::Run, transport: Transport) -
         std::hint::black_box(ev.unwrap());
         n += 1;
     }
-    assert_eq!(n, EVENTS + 2, "{transport:?}");
+    // Every run here is a `count`: queued, n running, success.
+    let expected = client.status(run).await.unwrap().last_event_id + 1;
+    assert_eq!(n, expected, "{transport:?}");
     n
 }
 
@@ -164,4 +174,13 @@ where
     let before = status_kib("VmRSS:");
     f().await;
     status_kib("VmHWM:").saturating_sub(before)
+}
+
+/// The server child exits when its stdin closes, i.e. when the benchmark is gone however it
+/// ended (even killed), so no server outlives a run.
+fn exit_with_parent() {
+    std::thread::spawn(|| {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        std::process::exit(0);
+    });
 }

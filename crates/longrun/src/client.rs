@@ -393,11 +393,28 @@ impl Client {
     }
 
     pub fn follow_with(&self, run: &Run, options: FollowOptions) -> EventStream {
+        if let Err(e) = self.same_server(run) {
+            return EventStream::failed(e);
+        }
         crate::follow::follow(self.inner.clone(), run.clone(), options)
+    }
+
+    /// A client sends its token and headers to its own server only: a run rebuilt from a URL
+    /// that names another server (perhaps from untrusted input) is refused, not contacted.
+    fn same_server(&self, run: &Run) -> Result<()> {
+        if run.url().origin() == self.inner.base.origin() {
+            Ok(())
+        } else {
+            Err(Error::invalid(format!(
+                "run {run} is on another server than this client ({}); make a Client for that server",
+                self.inner.base
+            )))
+        }
     }
 
     /// Ask the server to cancel a run.
     pub async fn cancel(&self, run: &Run) -> Result<CancelOutcome> {
+        self.same_server(run)?;
         let req = self.inner.http.delete(run.url().clone());
         self.inner
             .exchange("canceling", self.cancel_exchange(run, req))
@@ -431,6 +448,7 @@ impl Client {
 
     /// The run's state and newest event id. A run that does not exist is a `NotFound` error.
     pub async fn status(&self, run: &Run) -> Result<RunStatus> {
+        self.same_server(run)?;
         let req = self.inner.http.head(run.url().clone());
         let res = self.inner.send(req, "checking the run").await?;
         if res.status().as_u16() != 200 {

@@ -47,6 +47,13 @@ impl Stream for EventStream {
 }
 
 impl EventStream {
+    /// A stream that only reports `error`.
+    pub(crate) fn failed(error: Error) -> Self {
+        EventStream {
+            inner: Box::pin(futures::stream::once(async move { Err(error) })),
+        }
+    }
+
     /// Wait for the next event, then take every further event that is already available, up
     /// to `max` in all. Empty only at the end of the stream. Bindings use this to cross their
     /// language boundary once per batch rather than once per event.
@@ -61,7 +68,7 @@ impl EventStream {
                 Some(Some(Ok(ev))) => batch.push(ev),
                 // An error is final: hand over the events first, report it on the next call.
                 Some(Some(Err(e))) => {
-                    self.inner = Box::pin(futures::stream::once(async move { Err(e) }));
+                    *self = EventStream::failed(e);
                     break;
                 }
                 Some(None) | None => break,
@@ -157,19 +164,32 @@ async fn poll_once(inner: &Inner, run: &Run, cursor: &Cursor) -> Result<(Vec<Eve
     if let Some(last) = cursor.last {
         req = req.header(h::LAST_EVENT_ID, last.to_string());
     }
-    let res = inner
-        .send_within(req, wait + inner.timeout(), "long polling")
-        .await?;
+    // A poll that gets no (complete) answer in time is a connection problem like any other:
+    // retried from the cursor, never the end of the follow.
+    let stalled = |limit: Duration| Error::Transport {
+        message: format!("a long poll got no complete answer within {limit:?}"),
+    };
+    let limit = wait + inner.timeout();
+    let res = match inner.send_within(req, limit, "long polling").await {
+        Err(Error::Timeout { .. }) => return Err(stalled(limit)),
+        other => other?,
+    };
     if res.status().as_u16() != 200 {
         return Err(error_from(res, run.url().as_str()).await);
     }
-    let ended = res
-        .headers()
-        .get(h::LONGRUN_STATE)
-        .and_then(|v| v.to_str().ok())
+    let header = |name: &str| res.headers().get(name).and_then(|v| v.to_str().ok());
+    // Nothing more will come when the run has ended and its newest event is at or before the
+    // cursor; both headers are taken in one instant by the server.
+    let ended = header(h::LONGRUN_STATE)
         .and_then(State::parse)
-        .is_some_and(State::is_terminal);
-    let body = res.bytes().await.map_err(|e| Error::transport(&e))?;
+        .is_some_and(State::is_terminal)
+        && header(h::LONGRUN_LAST_EVENT_ID)
+            .and_then(h::parse_cursor)
+            .is_none_or(|last| cursor.last.is_some_and(|c| last <= c));
+    let body = match rt::timeout(inner.timeout(), res.bytes()).await {
+        Some(body) => body.map_err(|e| Error::transport(&e))?,
+        None => return Err(stalled(inner.timeout())),
+    };
     let events = serde_json::from_slice(&body)
         .map_err(|e| Error::Protocol(format!("a long-poll answer is not an event list: {e}")))?;
     Ok((events, ended))

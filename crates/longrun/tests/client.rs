@@ -429,11 +429,13 @@ async fn the_request_timeout_ends_calls_to_a_server_that_never_answers() {
         client.cancel(&run).await.unwrap_err().kind(),
         ErrorKind::Timeout
     );
+    // A follow treats a silent server like a dropped connection (retried from the cursor), so
+    // once its reconnect budget is spent it ends with a transport error, never hangs.
     for transport in TRANSPORTS {
         let err = collect(client.follow_with(&run, with(transport)))
             .await
             .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Timeout, "{transport:?}: {err}");
+        assert_eq!(err.kind(), ErrorKind::Transport, "{transport:?}: {err}");
     }
 }
 
@@ -958,4 +960,30 @@ fn the_blocking_client_serves_several_threads_at_once() {
         let err = waiter.join().unwrap().unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Canceled, "{err}");
     });
+}
+
+/// A client sends its token to its own server only: a run URL naming another server is
+/// refused before anything is sent.
+#[tokio::test]
+async fn runs_on_another_server_are_refused_not_contacted() {
+    let client = longrun::Client::builder("http://127.0.0.1:9")
+        .token("secret")
+        .build()
+        .unwrap();
+    let elsewhere = longrun::Run::from_url(
+        "http://198.51.100.7:8080/count/0f8fad5b-d9cb-469f-a165-70867728950e",
+    )
+    .unwrap();
+    let err = client.status(&elsewhere).await.unwrap_err();
+    assert_eq!(err.kind(), longrun::ErrorKind::InvalidArgument, "{err}");
+    assert!(err.to_string().contains("another server"), "{err}");
+    let err = client.cancel(&elsewhere).await.unwrap_err();
+    assert_eq!(err.kind(), longrun::ErrorKind::InvalidArgument);
+    let mut events = client.follow(&elsewhere);
+    let first = futures::StreamExt::next(&mut events)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(first.kind(), longrun::ErrorKind::InvalidArgument);
+    assert!(futures::StreamExt::next(&mut events).await.is_none());
 }
