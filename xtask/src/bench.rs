@@ -1,4 +1,4 @@
-//! `cargo xtask bench [server|client]`: builds the benchmarks in release mode and runs them.
+//! `cargo xtask bench [server|client|js|python|go]`: builds the benchmarks in release mode and runs them.
 //! Each starts what it compares as child processes and drives them from the same run, so every
 //! figure has its peer beside it. Later issues add the language SDKs' benchmarks here.
 
@@ -18,6 +18,15 @@ pub fn run(args: &[String]) -> Result<(), String> {
             &format!("{name} benchmark"),
             cargo().args(["bench", "-p", package, "--bench", bench]),
         )?;
+    }
+    if args.is_empty() || args.iter().any(|a| a == "js") {
+        crate::js::bench()?;
+    }
+    if args.is_empty() || args.iter().any(|a| a == "python") {
+        crate::python::bench()?;
+    }
+    if args.is_empty() || args.iter().any(|a| a == "go") {
+        crate::go::bench()?;
     }
     Ok(())
 }

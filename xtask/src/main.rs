@@ -5,6 +5,9 @@
 //! - `cargo xtask bench` — the benchmarks, printed side by side with their peers.
 
 mod bench;
+mod go;
+mod js;
+mod python;
 mod test;
 
 use std::path::{Path, PathBuf};
@@ -15,10 +18,16 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
+        Some("go") => go::run(&args[1..]),
+        Some("js") => js::run(&args[1..]),
+        Some("python") => python::run(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask test [--quick]   run every suite (what CI runs)\n       \
-                 cargo xtask bench           run the benchmarks"
+                 cargo xtask bench           run the benchmarks\n       \
+                 cargo xtask go [--release] | test | bench   build the C library the Go module links (into go/lib), or its suite or benchmark alone\n       \
+                 cargo xtask js build [--release] | test   the JS package: build its native halves, or its suites\n       \
+                 cargo xtask python test | bench   the Python SDK's suite or benchmark alone"
             );
             return ExitCode::from(2);
         }

@@ -41,6 +41,18 @@ fn run_all(quick: bool) -> Result<(), String> {
         cargo().args(["test", "--workspace"]),
         &mut totals,
     )?;
+    // The JavaScript SDK: napi and wasm builds, tsc, node --test (Node, wasm-in-Node, Chromium).
+    let (passed, failed) = crate::js::test()?;
+    totals.passed += passed;
+    totals.failed += failed;
+    // The Python SDK: its wheel in a venv, pytest (conformance, behaviour, mypy), other CPythons.
+    let (passed, failed) = crate::python::test()?;
+    totals.passed += passed;
+    totals.failed += failed;
+    // The Go SDK: the C ABI's static library, then go vet and go test -race in go/.
+    let (passed, failed) = crate::go::test()?;
+    totals.passed += passed;
+    totals.failed += failed;
     // One plain closing line over every suite, since the last runner's own summary may be a
     // binary without tests (a doc-test run, say).
     println!("tests: {} passed, {} failed", totals.passed, totals.failed);

@@ -47,6 +47,15 @@ pub struct ServeArgs {
     /// How long a canceled run may take to stop; also the shutdown grace [default: 5s].
     #[arg(long, env = "LONGRUN_GRACE", value_parser = humantime::parse_duration)]
     grace: Option<Duration>,
+    /// Let browser pages from this origin call the server (CORS), e.g. http://localhost:3000;
+    /// `*` allows any origin (repeatable; env: comma-separated).
+    #[arg(
+        long = "cors-origin",
+        value_name = "ORIGIN",
+        env = "LONGRUN_CORS_ORIGIN",
+        value_delimiter = ','
+    )]
+    cors_origin: Vec<String>,
     /// TOML config file; flags and env variables override it.
     #[arg(long, env = "LONGRUN_CONFIG")]
     config: Option<PathBuf>,
@@ -76,6 +85,8 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde")]
     grace: Option<Duration>,
     demo: Option<bool>,
+    #[serde(default)]
+    cors_origins: Vec<String>,
     #[serde(default)]
     exec: BTreeMap<String, ExecSpec>,
 }
@@ -118,6 +129,11 @@ fn settings(args: ServeArgs) -> Result<Settings, String> {
         keep_alive: args.keep_alive.or(file.keep_alive).unwrap_or(d.keep_alive),
         retry: args.retry.or(file.retry).unwrap_or(d.retry),
         grace: args.grace.or(file.grace).unwrap_or(d.grace),
+        cors_origins: if args.cors_origin.is_empty() {
+            file.cors_origins
+        } else {
+            args.cors_origin
+        },
         ..d
     };
     if config.keep_alive.is_zero() {

@@ -27,6 +27,9 @@ pub struct Config {
     /// Long poll: default and maximum hold time.
     pub poll_wait_default: Duration,
     pub poll_wait_max: Duration,
+    /// Origins whose browser pages may call this server (CORS); `*` allows any. Empty: no
+    /// CORS headers at all, so browsers keep cross-origin pages out.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for Config {
@@ -44,6 +47,7 @@ impl Default for Config {
             grace: Duration::from_secs(5),
             poll_wait_default: Duration::from_secs(20),
             poll_wait_max: Duration::from_secs(60),
+            cors_origins: Vec::new(),
         }
     }
 }

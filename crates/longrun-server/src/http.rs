@@ -3,7 +3,7 @@
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -12,6 +12,7 @@ use http_body_util::BodyExt;
 use longrun_proto::header as h;
 use longrun_proto::{Problem, ProblemKind, State as RunState, Submitted};
 use serde_json::Value;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::Server;
 use crate::registry::{Lookup, SubmitError};
@@ -20,7 +21,8 @@ use crate::run::{CancelOutcome, Run};
 /// The router of a server: the protocol's routes, `/_health`, `/_openapi.json`, and
 /// problem+json for everything that does not match.
 pub fn app(server: Server) -> Router {
-    Router::new()
+    let cors = cors(&server.config.cors_origins);
+    let router = Router::new()
         .route("/_health", get(health))
         .route("/_openapi.json", get(openapi))
         .route("/{object}", post(submit))
@@ -31,7 +33,47 @@ pub fn app(server: Server) -> Router {
         )
         .fallback(|| async { problem(ProblemKind::NotFound, "no route has this path") })
         .layer(middleware::from_fn(bare_errors_to_problems))
-        .with_state(server)
+        .with_state(server);
+    // Outermost, so it answers preflights before routing (which knows no OPTIONS).
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// CORS for browser callers from `origins` (`*`: any): the methods and request headers a
+/// client sends, and the response headers it must read (`Location`, `Longrun-*`).
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow_origin = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok()),
+        )
+    };
+    let name = |n: &'static str| header::HeaderName::from_static(n);
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow_origin)
+            .allow_methods([Method::GET, Method::HEAD, Method::POST, Method::DELETE])
+            .allow_headers([
+                name(h::LAST_EVENT_ID),
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::ACCEPT,
+            ])
+            .expose_headers([
+                header::LOCATION,
+                name(h::LONGRUN_STATE),
+                name(h::LONGRUN_LAST_EVENT_ID),
+            ])
+            .max_age(std::time::Duration::from_secs(3600)),
+    )
 }
 
 /// Build a problem+json response.

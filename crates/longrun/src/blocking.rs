@@ -98,6 +98,43 @@ impl Client {
     pub fn wait_or_cancel(&self, run: &Run, timeout: Duration) -> Result<Value> {
         self.rt.block_on(self.inner.wait_or_cancel(run, timeout))
     }
+
+    /// [`Client::wait`] as a handle that is driven in slices ([`Waiting::next_timeout`]), so
+    /// a caller can check its own interruption (Ctrl-C, a Go context) between them.
+    pub fn waiting(&self, run: &Run, timeout: Option<Duration>) -> Waiting {
+        let client = self.inner.clone();
+        let run = run.clone();
+        Waiting {
+            wait: Some(Box::pin(async move { client.wait(&run, timeout).await })),
+            rt: self.rt.clone(),
+        }
+    }
+}
+
+type BoxedWait = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value>> + Send>>;
+
+/// A wait in progress; see [`Client::waiting`]. Dropping it stops waiting (the run goes on).
+pub struct Waiting {
+    wait: Option<BoxedWait>,
+    rt: Arc<tokio::runtime::Runtime>,
+}
+
+impl Waiting {
+    /// Wait at most `slice` more for the outcome: `Next::Item` with it, `Next::Pending`
+    /// (nothing lost; call again), or `Next::End` once the outcome was handed out. The wait's
+    /// own timeout counts from the first call.
+    pub fn next_timeout(&mut self, slice: Duration) -> Next<Result<Value>> {
+        let Some(wait) = self.wait.as_mut() else {
+            return Next::End;
+        };
+        match self.rt.block_on(crate::rt::timeout(slice, wait.as_mut())) {
+            Some(outcome) => {
+                self.wait = None;
+                Next::Item(outcome)
+            }
+            None => Next::Pending,
+        }
+    }
 }
 
 /// The events of a follow, as a blocking iterator. Ends after the terminal event; an `Err`

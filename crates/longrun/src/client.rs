@@ -484,7 +484,18 @@ impl Client {
     /// are `RunFailed` and `Canceled` errors carrying the event's value. With a `timeout`, a
     /// `Timeout` error once it passes — the run itself goes on (see [`Client::wait_or_cancel`]).
     pub async fn wait(&self, run: &Run, timeout: Option<Duration>) -> Result<Value> {
-        let follow = crate::follow::last_event(self.follow(run));
+        self.wait_with(run, timeout, |_| {}).await
+    }
+
+    /// [`Client::wait`], showing each event to `on_event` as it arrives (e.g. to draw
+    /// progress from it, [`crate::Progress::from_value`]).
+    pub async fn wait_with(
+        &self,
+        run: &Run,
+        timeout: Option<Duration>,
+        on_event: impl FnMut(&crate::Event),
+    ) -> Result<Value> {
+        let follow = crate::follow::last_event(self.follow(run), on_event);
         let last = match timeout {
             None => follow.await?,
             Some(limit) => rt::timeout(limit, follow)

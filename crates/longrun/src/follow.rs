@@ -317,10 +317,15 @@ pub(crate) fn follow(inner: Arc<Inner>, run: Run, options: FollowOptions) -> Eve
 }
 
 /// Drain a follow and return its terminal event.
-pub(crate) async fn last_event(mut events: EventStream) -> Result<Event> {
+pub(crate) async fn last_event(
+    mut events: EventStream,
+    mut on_event: impl FnMut(&Event),
+) -> Result<Event> {
     let mut last = None;
     while let Some(ev) = events.next().await {
-        last = Some(ev?);
+        let ev = ev?;
+        on_event(&ev);
+        last = Some(ev);
     }
     last.filter(|ev| ev.state.is_terminal())
         .ok_or_else(|| Error::Protocol("the follow ended without a terminal event".into()))

@@ -1,0 +1,252 @@
+//! The Node.js half of the `longrun` npm package: `longrun::Client` behind napi-rs, async
+//! calls on napi's tokio runtime. It translates and never decides: values cross as JSON text
+//! (`shared.rs`), errors as JSON in the message of a rejected promise, and `js/src/core.js`
+//! turns both into the public API.
+
+// napi-derive's generated glue is `unsafe` (it is the FFI edge); our own code has none.
+#![allow(unsafe_code)]
+
+#[path = "../../shared.rs"]
+mod shared;
+
+use std::sync::{Arc, Mutex};
+
+use futures::FutureExt;
+use futures::channel::oneshot;
+use futures::future::{Either, Shared, select};
+use longrun::{EventStream, FollowOptions, Run};
+use napi::Status;
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi_derive::napi;
+
+type Result<T> = napi::Result<T>;
+
+// A follow allocates per event (the core's `serde_json::Value`s); mimalloc makes that cheap.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn fail(e: &longrun::Error) -> napi::Error {
+    napi::Error::new(Status::GenericFailure, shared::error_json(e))
+}
+
+fn aborted() -> napi::Error {
+    napi::Error::new(Status::GenericFailure, shared::ABORTED.to_owned())
+}
+
+fn run(url: &str) -> Result<Run> {
+    Run::from_url(url).map_err(|e| fail(&e))
+}
+
+/// Fires once: `abort()` drops the sender, every clone of the receiver completes.
+struct Abort {
+    trigger: Mutex<Option<oneshot::Sender<()>>>,
+    fired: Shared<oneshot::Receiver<()>>,
+}
+
+impl Abort {
+    fn new() -> Arc<Abort> {
+        let (tx, rx) = oneshot::channel();
+        Arc::new(Abort {
+            trigger: Mutex::new(Some(tx)),
+            fired: rx.shared(),
+        })
+    }
+
+    fn abort(&self) {
+        self.trigger
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+    }
+
+    /// `f`, unless `abort()` comes first.
+    async fn guard<T>(&self, f: impl Future<Output = longrun::Result<T>>) -> Result<T> {
+        let f = std::pin::pin!(f);
+        match select(f, self.fired.clone()).await {
+            Either::Left((out, _)) => out.map_err(|e| fail(&e)),
+            Either::Right(_) => Err(aborted()),
+        }
+    }
+}
+
+/// The run at `url` (`Run::from_url`), as run JSON.
+#[napi]
+pub fn run_from_url(url: String) -> Result<String> {
+    Ok(shared::run_json(&run(&url)?))
+}
+
+#[napi]
+pub struct NativeClient {
+    inner: longrun::Client,
+}
+
+#[napi]
+impl NativeClient {
+    /// `options`: the JSON of the JS constructor's options.
+    #[napi(constructor)]
+    pub fn new(url: String, options: String) -> Result<Self> {
+        let inner = shared::client(&url, &options).map_err(|e| fail(&e))?;
+        Ok(NativeClient { inner })
+    }
+
+    #[napi]
+    pub fn base_url(&self) -> String {
+        self.inner.base_url().to_string()
+    }
+
+    /// The run `object`/`id` of this client's server, as run JSON.
+    #[napi]
+    pub fn run(&self, object: String, id: String) -> Result<String> {
+        let run = self.inner.run(&object, &id).map_err(|e| fail(&e))?;
+        Ok(shared::run_json(&run))
+    }
+
+    #[napi]
+    pub async fn submit(&self, object: String, args: Option<String>) -> Result<String> {
+        let args = shared::args(args.as_deref()).map_err(|e| fail(&e))?;
+        let run = self
+            .inner
+            .submit(&object, args)
+            .await
+            .map_err(|e| fail(&e))?;
+        Ok(shared::run_json(&run))
+    }
+
+    #[napi]
+    pub async fn status(&self, run_url: String) -> Result<String> {
+        let s = self
+            .inner
+            .status(&run(&run_url)?)
+            .await
+            .map_err(|e| fail(&e))?;
+        Ok(shared::status_json(&s))
+    }
+
+    #[napi]
+    pub async fn exists(&self, run_url: String) -> Result<bool> {
+        self.inner
+            .exists(&run(&run_url)?)
+            .await
+            .map_err(|e| fail(&e))
+    }
+
+    #[napi]
+    pub async fn cancel(&self, run_url: String) -> Result<String> {
+        let o = self
+            .inner
+            .cancel(&run(&run_url)?)
+            .await
+            .map_err(|e| fail(&e))?;
+        Ok(shared::cancel_json(&o))
+    }
+
+    /// A follow from after `since` (none: from event 0); read it with `nextBatch`.
+    #[napi]
+    pub fn follow(
+        &self,
+        run_url: String,
+        since: Option<f64>,
+        transport: Option<String>,
+        progress: Option<bool>,
+    ) -> Result<NativeFollow> {
+        let options = FollowOptions {
+            since: since.map(|s| s as u64),
+            transport: shared::transport(transport.as_deref()).map_err(|e| fail(&e))?,
+        };
+        let stream = self.inner.follow_with(&run(&run_url)?, options);
+        Ok(NativeFollow {
+            stream: Arc::new(futures::lock::Mutex::new(Some(stream))),
+            abort: Abort::new(),
+            progress: progress.unwrap_or(false),
+        })
+    }
+
+    /// A wait for the run's outcome; start it with `NativeWait.wait`.
+    #[napi]
+    pub fn waiter(&self, run_url: String, timeout_ms: Option<f64>) -> Result<NativeWait> {
+        Ok(NativeWait {
+            client: self.inner.clone(),
+            run: run(&run_url)?,
+            timeout: timeout_ms
+                .map(shared::millis)
+                .transpose()
+                .map_err(|e| fail(&e))?,
+            abort: Abort::new(),
+        })
+    }
+}
+
+#[napi]
+pub struct NativeFollow {
+    stream: Arc<futures::lock::Mutex<Option<EventStream>>>,
+    abort: Arc<Abort>,
+    /// Add each event's progress (the JS side has an `onProgress`).
+    progress: bool,
+}
+
+#[napi]
+impl NativeFollow {
+    /// The next events (JSON array, at most `max`), waiting for at least one; `[]` at the end.
+    #[napi]
+    pub async fn next_batch(&self, max: u32) -> Result<String> {
+        let (stream, abort, progress) = (self.stream.clone(), self.abort.clone(), self.progress);
+        let mut guard = stream.lock().await;
+        let Some(events) = guard.as_mut() else {
+            return Ok("[]".into());
+        };
+        // Ended, failed or closed: the connection goes now, not when this object is collected.
+        let batch = abort.guard(events.next_batch(max as usize)).await;
+        if batch.as_ref().is_ok_and(Vec::is_empty) || batch.is_err() {
+            *guard = None;
+        }
+        let batch = batch?;
+        Ok(shared::batch_json(&batch, progress))
+    }
+
+    /// Stop the follow now: a pending `nextBatch` rejects with `Aborted`, the connection closes.
+    #[napi]
+    pub fn close(&self) {
+        self.abort.abort();
+        if let Some(mut guard) = self.stream.try_lock() {
+            *guard = None;
+        }
+    }
+}
+
+#[napi]
+pub struct NativeWait {
+    client: longrun::Client,
+    run: Run,
+    timeout: Option<std::time::Duration>,
+    abort: Arc<Abort>,
+}
+
+#[napi]
+impl NativeWait {
+    /// The run's success value (JSON); `on_progress` gets the progress JSON of each event that
+    /// has some.
+    #[napi]
+    pub async fn wait(
+        &self,
+        on_progress: Option<ThreadsafeFunction<String, (), String, Status, false>>,
+    ) -> Result<String> {
+        let (client, run, abort) = (self.client.clone(), self.run.clone(), self.abort.clone());
+        let on_event = move |ev: &longrun::Event| {
+            if let (Some(f), Some(p)) = (&on_progress, longrun::Progress::from_value(&ev.value)) {
+                f.call(
+                    shared::progress_json(p),
+                    ThreadsafeFunctionCallMode::NonBlocking,
+                );
+            }
+        };
+        let value = abort
+            .guard(client.wait_with(&run, self.timeout, on_event))
+            .await?;
+        Ok(value.to_string())
+    }
+
+    #[napi]
+    pub fn abort(&self) {
+        self.abort.abort();
+    }
+}

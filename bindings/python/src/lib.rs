@@ -1,0 +1,741 @@
+//! `longrun._native`: the Python binding of the client core. It translates and never decides:
+//! every verb is one call of `longrun::blocking::Client` (sync) or `longrun::Client` (asyncio),
+//! values cross as plain Python objects, and an error crosses as the exception its
+//! `ErrorKind` names in the one table of `longrun/_errors.py`.
+//!
+//! What it adds is only what Python needs around a wait: the GIL is released while Rust
+//! waits, and a blocking wait runs in short slices with `check_signals` between them, so
+//! Ctrl-C interrupts it.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use longrun::blocking::{self, Next};
+use longrun::{CancelOutcome, ClientBuilder, FollowOptions, Reconnect, State, Transport};
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use serde_json::Value;
+
+/// How long a blocking call waits before it looks for a pending signal (Ctrl-C).
+const SLICE: Duration = Duration::from_millis(50);
+
+// ---------------------------------------------------------------------------------------------
+// Errors: one function, the table itself is `longrun._errors.KINDS`.
+
+fn invalid(message: impl Into<String>) -> longrun::Error {
+    longrun::Error::InvalidArgument {
+        message: message.into(),
+        status: None,
+        problem: None,
+    }
+}
+
+/// The Python exception for a client error: `longrun._errors.from_native` picks the class by
+/// the kind's name and sets `status`, `problem` and `value`.
+fn to_py_err(py: Python<'_>, e: longrun::Error) -> PyErr {
+    static FROM_NATIVE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let build = || -> PyResult<PyErr> {
+        let from_native = FROM_NATIVE.get_or_try_init(py, || {
+            py.import("longrun._errors")?
+                .getattr("from_native")
+                .map(Bound::unbind)
+        })?;
+        let problem = match e.problem() {
+            Some(p) => json_to_py(py, &serde_json::to_value(p).unwrap_or(Value::Null))?,
+            None => py.None().into_bound(py),
+        };
+        let value = match e.value() {
+            Some(v) => json_to_py(py, v)?,
+            None => py.None().into_bound(py),
+        };
+        let exc = from_native.bind(py).call1((
+            e.kind().as_str(),
+            e.to_string(),
+            e.status(),
+            problem,
+            value,
+        ))?;
+        Ok(PyErr::from_value(exc))
+    };
+    build().unwrap_or_else(|err| err)
+}
+
+trait OrRaise<T> {
+    fn or_raise(self, py: Python<'_>) -> PyResult<T>;
+}
+
+impl<T> OrRaise<T> for longrun::Result<T> {
+    fn or_raise(self, py: Python<'_>) -> PyResult<T> {
+        self.map_err(|e| to_py_err(py, e))
+    }
+}
+
+/// A raise from code that runs without the GIL (an asyncio future on the tokio runtime).
+fn raise_detached<T>(r: longrun::Result<T>) -> PyResult<T> {
+    r.map_err(|e| Python::attach(|py| to_py_err(py, e)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// JSON values <-> Python objects.
+
+fn json_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match v {
+        Value::Null => py.None().into_bound(py),
+        Value::Bool(b) => PyBool::new(py, *b).to_owned().into_any(),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                i.into_pyobject(py)?.into_any()
+            } else if let Some(u) = n.as_u64() {
+                u.into_pyobject(py)?.into_any()
+            } else {
+                PyFloat::new(py, n.as_f64().unwrap_or(f64::NAN)).into_any()
+            }
+        }
+        Value::String(s) => PyString::new(py, s).into_any(),
+        Value::Array(items) => {
+            let list = PyList::empty(py);
+            for item in items {
+                list.append(json_to_py(py, item)?)?;
+            }
+            list.into_any()
+        }
+        Value::Object(map) => {
+            let dict = PyDict::new(py);
+            for (k, item) in map {
+                dict.set_item(k, json_to_py(py, item)?)?;
+            }
+            dict.into_any()
+        }
+    })
+}
+
+fn py_to_json(obj: &Bound<'_, PyAny>) -> longrun::Result<Value> {
+    if obj.is_none() {
+        return Ok(Value::Null);
+    }
+    // bool before int: a Python bool is an int.
+    if let Ok(b) = obj.cast::<PyBool>() {
+        return Ok(Value::Bool(b.is_true()));
+    }
+    if obj.cast::<PyInt>().is_ok() {
+        if let Ok(i) = obj.extract::<i64>() {
+            return Ok(i.into());
+        }
+        if let Ok(u) = obj.extract::<u64>() {
+            return Ok(u.into());
+        }
+        return Err(invalid(format!("{obj} does not fit a JSON number")));
+    }
+    if let Ok(f) = obj.cast::<PyFloat>() {
+        return serde_json::Number::from_f64(f.value())
+            .map(Value::Number)
+            .ok_or_else(|| invalid(format!("{obj} is not a JSON number")));
+    }
+    if let Ok(s) = obj.cast::<PyString>() {
+        return Ok(Value::String(
+            s.extract::<String>().map_err(|e| invalid(e.to_string()))?,
+        ));
+    }
+    if let Ok(d) = obj.cast::<PyDict>() {
+        let mut map = serde_json::Map::new();
+        for (k, v) in d.iter() {
+            let key = k
+                .cast::<PyString>()
+                .map_err(|_| invalid(format!("JSON object keys are strings, not {k}")))?
+                .extract::<String>()
+                .map_err(|e| invalid(e.to_string()))?;
+            map.insert(key, py_to_json(&v)?);
+        }
+        return Ok(Value::Object(map));
+    }
+    if let Ok(l) = obj.cast::<PyList>() {
+        return l.iter().map(|v| py_to_json(&v)).collect();
+    }
+    if let Ok(t) = obj.cast::<PyTuple>() {
+        return t.iter().map(|v| py_to_json(&v)).collect();
+    }
+    let type_name = obj
+        .get_type()
+        .name()
+        .map_or_else(|_| "?".to_owned(), |n| n.to_string());
+    Err(invalid(format!(
+        "a value of type {type_name} cannot be sent as JSON"
+    )))
+}
+
+/// A JSON value handed to Python (the result of an awaitable).
+struct Json(Value);
+
+impl<'py> IntoPyObject<'py> for Json {
+    type Target = PyAny;
+    type Output = Bound<'py, PyAny>;
+    type Error = PyErr;
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Self::Output> {
+        json_to_py(py, &self.0)
+    }
+}
+
+fn seconds(name: &str, s: Option<f64>) -> longrun::Result<Option<Duration>> {
+    s.map(|s| {
+        Duration::try_from_secs_f64(s).map_err(|_| {
+            invalid(format!(
+                "{name} must be a non-negative number of seconds, not {s}"
+            ))
+        })
+    })
+    .transpose()
+}
+
+fn transport(name: Option<&str>) -> longrun::Result<Option<Transport>> {
+    match name {
+        None => Ok(None),
+        Some("sse") => Ok(Some(Transport::Sse)),
+        Some("poll") => Ok(Some(Transport::Poll)),
+        Some(other) => Err(invalid(format!(
+            "transport must be \"sse\" or \"poll\", not {other:?}"
+        ))),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plain data: Run, Event, Progress.
+
+/// A handle on a run: object, id and URL (the portable resume token).
+#[pyclass(frozen, module = "longrun._native")]
+#[derive(Clone)]
+struct Run {
+    inner: longrun::Run,
+}
+
+#[pymethods]
+impl Run {
+    #[new]
+    fn new(py: Python<'_>, base_url: &str, object: &str, id: &str) -> PyResult<Self> {
+        let inner = longrun::Run::new(base_url, object, id).or_raise(py)?;
+        Ok(Run { inner })
+    }
+
+    #[staticmethod]
+    fn from_url(py: Python<'_>, url: &str) -> PyResult<Self> {
+        let inner = longrun::Run::from_url(url).or_raise(py)?;
+        Ok(Run { inner })
+    }
+
+    #[getter]
+    fn object(&self) -> &str {
+        self.inner.object()
+    }
+
+    #[getter]
+    fn id(&self) -> String {
+        self.inner.id().to_string()
+    }
+
+    #[getter]
+    fn url(&self) -> &str {
+        self.inner.url().as_str()
+    }
+
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        other
+            .cast::<Run>()
+            .is_ok_and(|o| o.get().inner == self.inner)
+    }
+
+    fn __hash__(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.inner.hash(&mut h);
+        h.finish()
+    }
+
+    fn __str__(&self) -> &str {
+        self.inner.url().as_str()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Run(object={:?}, id='{}', url={:?})",
+            self.inner.object(),
+            self.inner.id(),
+            self.inner.url().as_str()
+        )
+    }
+}
+
+/// The progress convention read out of a `running` event's value.
+#[pyclass(frozen, get_all, module = "longrun._native")]
+struct Progress {
+    /// Fraction done in 0..=1, or None when the event only carries a message.
+    fraction: Option<f64>,
+    message: Option<String>,
+}
+
+#[pymethods]
+impl Progress {
+    fn __repr__(&self) -> String {
+        format!(
+            "Progress(fraction={}, message={})",
+            self.fraction.map_or("None".into(), |f| f.to_string()),
+            self.message
+                .as_ref()
+                .map_or("None".into(), |m| format!("{m:?}"))
+        )
+    }
+}
+
+/// One event of a run: its id (the cursor), state and value. The value becomes a Python object
+/// when first read (then kept): draining a follow does not pay for values nobody reads.
+#[pyclass(frozen, module = "longrun._native")]
+struct Event {
+    #[pyo3(get)]
+    id: u64,
+    state: State,
+    json: Value,
+    value: PyOnceLock<Py<PyAny>>,
+}
+
+impl Event {
+    fn new(ev: longrun::Event) -> Self {
+        Event {
+            id: ev.id,
+            state: ev.state,
+            json: ev.value,
+            value: PyOnceLock::new(),
+        }
+    }
+}
+
+#[pymethods]
+impl Event {
+    #[getter]
+    fn state(&self) -> &'static str {
+        self.state.as_str()
+    }
+
+    #[getter]
+    fn value<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let value = self
+            .value
+            .get_or_try_init(py, || json_to_py(py, &self.json).map(Bound::unbind))?;
+        Ok(value.bind(py).clone())
+    }
+
+    /// True for `success`, `error` and `canceled`: nothing follows this event.
+    #[getter]
+    fn terminal(&self) -> bool {
+        self.state.is_terminal()
+    }
+
+    /// The progress convention of a `running` event, or None.
+    #[getter]
+    fn progress(&self) -> Option<Progress> {
+        if self.state != State::Running {
+            return None;
+        }
+        longrun::Progress::from_value(&self.json).map(|p| Progress {
+            fraction: p.fraction,
+            message: p.message,
+        })
+    }
+
+    fn __eq__(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let Ok(other) = other.cast::<Event>() else {
+            return Ok(false);
+        };
+        let other = other.get();
+        Ok(other.id == self.id
+            && other.state == self.state
+            && other.value(py)?.eq(self.value(py)?)?)
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(format!(
+            "Event(id={}, state='{}', value={})",
+            self.id,
+            self.state.as_str(),
+            self.value(py)?.repr()?
+        ))
+    }
+}
+
+/// A batch of events, turned into Python objects once the GIL is at hand.
+struct Batch(Vec<longrun::Event>);
+
+impl<'py> IntoPyObject<'py> for Batch {
+    type Target = PyList;
+    type Output = Bound<'py, PyList>;
+    type Error = PyErr;
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Self::Output> {
+        let list = PyList::empty(py);
+        for ev in self.0 {
+            list.append(Event::new(ev))?;
+        }
+        Ok(list)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients.
+
+#[allow(clippy::too_many_arguments)]
+fn builder(
+    base_url: &str,
+    token: Option<String>,
+    timeout: Option<f64>,
+    headers: Option<Vec<(String, String)>>,
+    transport_name: Option<&str>,
+    reconnect: (Option<u32>, Option<f64>, Option<f64>),
+    poll_wait: Option<f64>,
+    user_agent: Option<String>,
+) -> longrun::Result<ClientBuilder> {
+    let mut b = ClientBuilder::new(base_url);
+    if let Some(token) = token {
+        b = b.token(token);
+    }
+    if let Some(t) = seconds("timeout", timeout)? {
+        b = b.timeout(t);
+    }
+    for (name, value) in headers.unwrap_or_default() {
+        b = b.header(name, value);
+    }
+    if let Some(t) = transport(transport_name)? {
+        b = b.transport(t);
+    }
+    let (attempts, delay, max_delay) = reconnect;
+    if attempts.is_some() || delay.is_some() || max_delay.is_some() {
+        let default = Reconnect::default();
+        b = b.reconnect(Reconnect {
+            max_attempts: attempts.unwrap_or(default.max_attempts),
+            initial_delay: seconds("reconnect_delay", delay)?.unwrap_or(default.initial_delay),
+            max_delay: seconds("reconnect_max_delay", max_delay)?.unwrap_or(default.max_delay),
+        });
+    }
+    if let Some(w) = seconds("poll_wait", poll_wait)? {
+        b = b.poll_wait(w);
+    }
+    if let Some(ua) = user_agent {
+        b = b.user_agent(ua);
+    }
+    Ok(b)
+}
+
+fn cancel_outcome(outcome: CancelOutcome) -> (&'static str, Option<&'static str>) {
+    match outcome {
+        CancelOutcome::Accepted => ("accepted", None),
+        CancelOutcome::AlreadyEnded(state) => ("ended", Some(state.as_str())),
+    }
+}
+
+fn follow_options(
+    since: Option<u64>,
+    transport_name: Option<&str>,
+) -> longrun::Result<FollowOptions> {
+    Ok(FollowOptions {
+        since,
+        transport: transport(transport_name)?,
+    })
+}
+
+/// The blocking client (`longrun::blocking::Client`).
+#[pyclass(frozen, module = "longrun._native")]
+struct Client {
+    inner: blocking::Client,
+}
+
+#[pymethods]
+impl Client {
+    #[new]
+    #[pyo3(signature = (base_url, *, token=None, timeout=None, headers=None, transport=None, reconnect_attempts=None, reconnect_delay=None, reconnect_max_delay=None, poll_wait=None, user_agent=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        base_url: &str,
+        token: Option<String>,
+        timeout: Option<f64>,
+        headers: Option<Vec<(String, String)>>,
+        transport: Option<&str>,
+        reconnect_attempts: Option<u32>,
+        reconnect_delay: Option<f64>,
+        reconnect_max_delay: Option<f64>,
+        poll_wait: Option<f64>,
+        user_agent: Option<String>,
+    ) -> PyResult<Self> {
+        let b = builder(
+            base_url,
+            token,
+            timeout,
+            headers,
+            transport,
+            (reconnect_attempts, reconnect_delay, reconnect_max_delay),
+            poll_wait,
+            user_agent,
+        )
+        .or_raise(py)?;
+        let inner = blocking::Client::from_builder(b).or_raise(py)?;
+        Ok(Client { inner })
+    }
+
+    #[getter]
+    fn base_url(&self) -> &str {
+        self.inner.as_async().base_url().as_str()
+    }
+
+    fn run(&self, py: Python<'_>, object: &str, id: &str) -> PyResult<Run> {
+        let inner = self.inner.run(object, id).or_raise(py)?;
+        Ok(Run { inner })
+    }
+
+    #[pyo3(signature = (object, args=None))]
+    fn submit(
+        &self,
+        py: Python<'_>,
+        object: &str,
+        args: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Run> {
+        let args = match args {
+            Some(a) => py_to_json(a).or_raise(py)?,
+            None => Value::Object(Default::default()),
+        };
+        let inner = py.detach(|| self.inner.submit(object, args)).or_raise(py)?;
+        Ok(Run { inner })
+    }
+
+    #[pyo3(signature = (run, since=None, transport=None))]
+    fn follow(
+        &self,
+        py: Python<'_>,
+        run: &Run,
+        since: Option<u64>,
+        transport: Option<&str>,
+    ) -> PyResult<Events> {
+        let options = follow_options(since, transport).or_raise(py)?;
+        Ok(Events {
+            inner: Mutex::new(self.inner.follow_with(&run.inner, options)),
+        })
+    }
+
+    /// `("accepted", None)` or `("ended", state)`.
+    fn cancel(&self, py: Python<'_>, run: &Run) -> PyResult<(&'static str, Option<&'static str>)> {
+        let outcome = py.detach(|| self.inner.cancel(&run.inner)).or_raise(py)?;
+        Ok(cancel_outcome(outcome))
+    }
+
+    /// `(state, last_event_id)`.
+    fn status(&self, py: Python<'_>, run: &Run) -> PyResult<(&'static str, u64)> {
+        let s = py.detach(|| self.inner.status(&run.inner)).or_raise(py)?;
+        Ok((s.state.as_str(), s.last_event_id))
+    }
+
+    fn exists(&self, py: Python<'_>, run: &Run) -> PyResult<bool> {
+        py.detach(|| self.inner.exists(&run.inner)).or_raise(py)
+    }
+
+    /// The run's `success` value; waits in slices, so a signal handler's exception
+    /// (KeyboardInterrupt) stops the wait (the run goes on).
+    #[pyo3(signature = (run, timeout=None))]
+    fn wait<'py>(
+        &self,
+        py: Python<'py>,
+        run: &Run,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let timeout = seconds("timeout", timeout).or_raise(py)?;
+        let mut waiting = self.inner.waiting(&run.inner, timeout);
+        loop {
+            match py.detach(|| waiting.next_timeout(SLICE)) {
+                Next::Item(outcome) => return json_to_py(py, &outcome.or_raise(py)?),
+                Next::Pending => py.check_signals()?,
+                Next::End => return Err(PyRuntimeError::new_err("the wait was already over")),
+            }
+        }
+    }
+}
+
+/// A blocking follow. `next_batch` waits for at least one event (in slices, checking for
+/// signals) and returns every event already there, up to `max`; `[]` at the end.
+#[pyclass(frozen, module = "longrun._native")]
+struct Events {
+    inner: Mutex<blocking::Events>,
+}
+
+#[pymethods]
+impl Events {
+    #[pyo3(signature = (max=1024))]
+    fn next_batch(&self, py: Python<'_>, max: usize) -> PyResult<Batch> {
+        // try_lock: a second thread waiting here would hold the GIL the first one needs.
+        let mut guard = self.inner.try_lock().map_err(|_| {
+            PyRuntimeError::new_err(
+                "this follow is being read by another thread (or a call panicked)",
+            )
+        })?;
+        let events: &mut blocking::Events = &mut guard;
+        loop {
+            match py.detach(|| events.next_batch_timeout(max, SLICE)) {
+                Next::Item(batch) => return Ok(Batch(batch.or_raise(py)?)),
+                Next::End => return Ok(Batch(Vec::new())),
+                Next::Pending => py.check_signals()?,
+            }
+        }
+    }
+}
+
+/// The asyncio client (`longrun::Client` on the tokio runtime of pyo3-async-runtimes).
+#[pyclass(frozen, module = "longrun._native")]
+struct AsyncClient {
+    inner: longrun::Client,
+}
+
+#[pymethods]
+impl AsyncClient {
+    #[new]
+    #[pyo3(signature = (base_url, *, token=None, timeout=None, headers=None, transport=None, reconnect_attempts=None, reconnect_delay=None, reconnect_max_delay=None, poll_wait=None, user_agent=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        base_url: &str,
+        token: Option<String>,
+        timeout: Option<f64>,
+        headers: Option<Vec<(String, String)>>,
+        transport: Option<&str>,
+        reconnect_attempts: Option<u32>,
+        reconnect_delay: Option<f64>,
+        reconnect_max_delay: Option<f64>,
+        poll_wait: Option<f64>,
+        user_agent: Option<String>,
+    ) -> PyResult<Self> {
+        let b = builder(
+            base_url,
+            token,
+            timeout,
+            headers,
+            transport,
+            (reconnect_attempts, reconnect_delay, reconnect_max_delay),
+            poll_wait,
+            user_agent,
+        )
+        .or_raise(py)?;
+        let inner = b.build().or_raise(py)?;
+        Ok(AsyncClient { inner })
+    }
+
+    #[getter]
+    fn base_url(&self) -> &str {
+        self.inner.base_url().as_str()
+    }
+
+    fn run(&self, py: Python<'_>, object: &str, id: &str) -> PyResult<Run> {
+        let inner = self.inner.run(object, id).or_raise(py)?;
+        Ok(Run { inner })
+    }
+
+    #[pyo3(signature = (object, args=None))]
+    fn submit<'py>(
+        &self,
+        py: Python<'py>,
+        object: String,
+        args: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let args = match args {
+            Some(a) => py_to_json(a).or_raise(py)?,
+            None => Value::Object(Default::default()),
+        };
+        let client = self.inner.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let inner = raise_detached(client.submit(&object, args).await)?;
+            Ok(Run { inner })
+        })
+    }
+
+    #[pyo3(signature = (run, since=None, transport=None))]
+    fn follow(
+        &self,
+        py: Python<'_>,
+        run: &Run,
+        since: Option<u64>,
+        transport: Option<&str>,
+    ) -> PyResult<AsyncEvents> {
+        let options = follow_options(since, transport).or_raise(py)?;
+        Ok(AsyncEvents {
+            inner: Arc::new(tokio::sync::Mutex::new(
+                self.inner.follow_with(&run.inner, options),
+            )),
+        })
+    }
+
+    fn cancel<'py>(&self, py: Python<'py>, run: &Run) -> PyResult<Bound<'py, PyAny>> {
+        let (client, run) = (self.inner.clone(), run.inner.clone());
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            Ok(cancel_outcome(raise_detached(client.cancel(&run).await)?))
+        })
+    }
+
+    fn status<'py>(&self, py: Python<'py>, run: &Run) -> PyResult<Bound<'py, PyAny>> {
+        let (client, run) = (self.inner.clone(), run.inner.clone());
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let s = raise_detached(client.status(&run).await)?;
+            Ok((s.state.as_str(), s.last_event_id))
+        })
+    }
+
+    fn exists<'py>(&self, py: Python<'py>, run: &Run) -> PyResult<Bound<'py, PyAny>> {
+        let (client, run) = (self.inner.clone(), run.inner.clone());
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            raise_detached(client.exists(&run).await)
+        })
+    }
+
+    #[pyo3(signature = (run, timeout=None))]
+    fn wait<'py>(
+        &self,
+        py: Python<'py>,
+        run: &Run,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let timeout = seconds("timeout", timeout).or_raise(py)?;
+        let (client, run) = (self.inner.clone(), run.inner.clone());
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            Ok(Json(raise_detached(client.wait(&run, timeout).await)?))
+        })
+    }
+}
+
+/// An asyncio follow. `next_batch` is awaitable; cancelling it loses nothing (the stream's
+/// `next_batch` is cancel-safe), and dropping this object ends the follow.
+#[pyclass(frozen, module = "longrun._native")]
+struct AsyncEvents {
+    inner: Arc<tokio::sync::Mutex<longrun::EventStream>>,
+}
+
+#[pymethods]
+impl AsyncEvents {
+    #[pyo3(signature = (max=1024))]
+    fn next_batch<'py>(&self, py: Python<'py>, max: usize) -> PyResult<Bound<'py, PyAny>> {
+        let events = self.inner.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let mut events = events.lock().await;
+            Ok(Batch(raise_detached(events.next_batch(max).await)?))
+        })
+    }
+}
+
+/// The names of `longrun::ErrorKind`, for the test that `longrun._errors` maps every one.
+#[pyfunction]
+fn error_kinds() -> Vec<&'static str> {
+    longrun::ErrorKind::ALL.iter().map(|k| k.as_str()).collect()
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Run>()?;
+    m.add_class::<Event>()?;
+    m.add_class::<Progress>()?;
+    m.add_class::<Client>()?;
+    m.add_class::<Events>()?;
+    m.add_class::<AsyncClient>()?;
+    m.add_class::<AsyncEvents>()?;
+    m.add_function(wrap_pyfunction!(error_kinds, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,221 @@
+//! The browser half of the `longrun` npm package: `longrun::Client` behind wasm-bindgen, HTTP
+//! through reqwest's fetch backend. It translates and never decides: values cross as JSON text
+//! (`shared.rs`, the same as the napi addon), errors as JSON in the message of a rejected
+//! promise, and `js/src/core.js` turns both into the public API.
+
+#[path = "../../shared.rs"]
+mod shared;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use futures::FutureExt;
+use futures::channel::oneshot;
+use futures::future::{Either, Shared, select};
+use js_sys::{Function, Promise};
+use longrun::{EventStream, FollowOptions, Run};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::future_to_promise;
+
+fn fail(e: &longrun::Error) -> JsValue {
+    js_sys::Error::new(&shared::error_json(e)).into()
+}
+
+fn run(url: &str) -> Result<Run, JsValue> {
+    Run::from_url(url).map_err(|e| fail(&e))
+}
+
+/// Fires once: `abort()` drops the sender, every clone of the receiver completes.
+struct Abort {
+    trigger: RefCell<Option<oneshot::Sender<()>>>,
+    fired: Shared<oneshot::Receiver<()>>,
+}
+
+impl Abort {
+    fn new() -> Rc<Abort> {
+        let (tx, rx) = oneshot::channel();
+        Rc::new(Abort {
+            trigger: RefCell::new(Some(tx)),
+            fired: rx.shared(),
+        })
+    }
+
+    fn abort(&self) {
+        self.trigger.borrow_mut().take();
+    }
+
+    async fn guard<T>(&self, f: impl Future<Output = longrun::Result<T>>) -> Result<T, JsValue> {
+        let f = std::pin::pin!(f);
+        match select(f, self.fired.clone()).await {
+            Either::Left((out, _)) => out.map_err(|e| fail(&e)),
+            Either::Right(_) => Err(js_sys::Error::new(shared::ABORTED).into()),
+        }
+    }
+}
+
+/// The run at `url` (`Run::from_url`), as run JSON.
+#[wasm_bindgen(js_name = runFromUrl)]
+pub fn run_from_url(url: &str) -> Result<String, JsValue> {
+    Ok(shared::run_json(&run(url)?))
+}
+
+#[wasm_bindgen]
+pub struct NativeClient {
+    inner: longrun::Client,
+}
+
+#[wasm_bindgen]
+impl NativeClient {
+    #[wasm_bindgen(constructor)]
+    pub fn new(url: &str, options: &str) -> Result<NativeClient, JsValue> {
+        let inner = shared::client(url, options).map_err(|e| fail(&e))?;
+        Ok(NativeClient { inner })
+    }
+
+    #[wasm_bindgen(js_name = baseUrl)]
+    pub fn base_url(&self) -> String {
+        self.inner.base_url().to_string()
+    }
+
+    pub fn run(&self, object: &str, id: &str) -> Result<String, JsValue> {
+        let run = self.inner.run(object, id).map_err(|e| fail(&e))?;
+        Ok(shared::run_json(&run))
+    }
+
+    pub fn submit(&self, object: String, args: Option<String>) -> Promise {
+        let client = self.inner.clone();
+        future_to_promise(async move {
+            let args = shared::args(args.as_deref()).map_err(|e| fail(&e))?;
+            let run = client.submit(&object, args).await.map_err(|e| fail(&e))?;
+            Ok(shared::run_json(&run).into())
+        })
+    }
+
+    pub fn status(&self, run_url: String) -> Promise {
+        let client = self.inner.clone();
+        future_to_promise(async move {
+            let s = client.status(&run(&run_url)?).await.map_err(|e| fail(&e))?;
+            Ok(shared::status_json(&s).into())
+        })
+    }
+
+    pub fn exists(&self, run_url: String) -> Promise {
+        let client = self.inner.clone();
+        future_to_promise(async move {
+            let e = client.exists(&run(&run_url)?).await.map_err(|e| fail(&e))?;
+            Ok(e.into())
+        })
+    }
+
+    pub fn cancel(&self, run_url: String) -> Promise {
+        let client = self.inner.clone();
+        future_to_promise(async move {
+            let o = client.cancel(&run(&run_url)?).await.map_err(|e| fail(&e))?;
+            Ok(shared::cancel_json(&o).into())
+        })
+    }
+
+    pub fn follow(
+        &self,
+        run_url: &str,
+        since: Option<f64>,
+        transport: Option<String>,
+        progress: Option<bool>,
+    ) -> Result<NativeFollow, JsValue> {
+        let options = FollowOptions {
+            since: since.map(|s| s as u64),
+            transport: shared::transport(transport.as_deref()).map_err(|e| fail(&e))?,
+        };
+        let stream = self.inner.follow_with(&run(run_url)?, options);
+        Ok(NativeFollow {
+            stream: Rc::new(futures::lock::Mutex::new(Some(stream))),
+            abort: Abort::new(),
+            progress: progress.unwrap_or(false),
+        })
+    }
+
+    pub fn waiter(&self, run_url: &str, timeout_ms: Option<f64>) -> Result<NativeWait, JsValue> {
+        Ok(NativeWait {
+            client: self.inner.clone(),
+            run: run(run_url)?,
+            timeout: timeout_ms
+                .map(shared::millis)
+                .transpose()
+                .map_err(|e| fail(&e))?,
+            abort: Abort::new(),
+        })
+    }
+}
+
+#[wasm_bindgen]
+pub struct NativeFollow {
+    stream: Rc<futures::lock::Mutex<Option<EventStream>>>,
+    abort: Rc<Abort>,
+    /// Add each event's progress (the JS side has an `onProgress`).
+    progress: bool,
+}
+
+#[wasm_bindgen]
+impl NativeFollow {
+    #[wasm_bindgen(js_name = nextBatch)]
+    pub fn next_batch(&self, max: u32) -> Promise {
+        let (stream, abort, progress) = (self.stream.clone(), self.abort.clone(), self.progress);
+        future_to_promise(async move {
+            let mut guard = stream.lock().await;
+            let Some(events) = guard.as_mut() else {
+                return Ok("[]".into());
+            };
+            // Ended, failed or closed: the connection goes now, not when this object is collected.
+            let batch = abort.guard(events.next_batch(max as usize)).await;
+            if batch.as_ref().is_ok_and(Vec::is_empty) || batch.is_err() {
+                *guard = None;
+            }
+            let batch = batch?;
+            Ok(shared::batch_json(&batch, progress).into())
+        })
+    }
+
+    pub fn close(&self) {
+        self.abort.abort();
+        if let Some(mut guard) = self.stream.try_lock() {
+            *guard = None;
+        }
+    }
+}
+
+#[wasm_bindgen]
+pub struct NativeWait {
+    client: longrun::Client,
+    run: Run,
+    timeout: Option<std::time::Duration>,
+    abort: Rc<Abort>,
+}
+
+#[wasm_bindgen]
+impl NativeWait {
+    pub fn wait(&self, on_progress: Option<Function>) -> Promise {
+        let (client, run, abort, timeout) = (
+            self.client.clone(),
+            self.run.clone(),
+            self.abort.clone(),
+            self.timeout,
+        );
+        future_to_promise(async move {
+            let on_event = move |ev: &longrun::Event| {
+                if let (Some(f), Some(p)) = (&on_progress, longrun::Progress::from_value(&ev.value))
+                {
+                    let json = JsValue::from(shared::progress_json(p));
+                    let _ = f.call1(&JsValue::NULL, &json);
+                }
+            };
+            let value = abort
+                .guard(client.wait_with(&run, timeout, on_event))
+                .await?;
+            Ok(value.to_string().into())
+        })
+    }
+
+    pub fn abort(&self) {
+        self.abort.abort();
+    }
+}

@@ -1,0 +1,417 @@
+// Package longrun is the Go client of longrun/1: submit long-running calls over HTTP, follow
+// their events (Server-Sent Events or long polling) with automatic resume, cancel them, check
+// them, wait for their result.
+//
+// It wraps the project's Rust client core through its C ABI (bindings/c) with cgo, so it
+// resumes, reconnects, times out and names errors exactly as every other longrun SDK does.
+// Every call takes a context.Context; cancelling it stops a blocked call promptly.
+//
+//	c, err := longrun.NewClient("http://127.0.0.1:8080", longrun.WithToken(tok))
+//	defer c.Close()
+//	run, err := c.Submit(ctx, "count", map[string]any{"n": 3})
+//	for ev, err := range c.Follow(ctx, run) { … }
+//	v, err := c.Wait(ctx, run) // json.RawMessage; *RunFailedError, ErrCanceled, …
+package longrun
+
+// #include "longrun.h"
+import "C"
+
+import (
+	"context"
+	"encoding/json"
+	"iter"
+	"sync"
+	"time"
+	"unsafe"
+)
+
+// State is a run's state, as in its events.
+type State string
+
+const (
+	StateQueued   State = "queued"
+	StateRunning  State = "running"
+	StateSuccess  State = "success"
+	StateError    State = "error"
+	StateCanceled State = "canceled"
+)
+
+// Terminal reports whether the state ends a run.
+func (s State) Terminal() bool {
+	return s == StateSuccess || s == StateError || s == StateCanceled
+}
+
+// Event is one event of a run. IDs are dense from 0; a follow delivers each once, in order.
+type Event struct {
+	ID    uint64
+	State State
+	// Value is the event's JSON value (null for queued).
+	Value json.RawMessage
+}
+
+// Run is a handle on a run: its object, id and absolute URL. The URL is the portable resume
+// token: RunFromURL rebuilds the Run in another process (or language).
+type Run struct {
+	Object string
+	ID     string
+	URL    string
+}
+
+// RunFromURL rebuilds a run from its URL, e.g. http://host:8080/count/0f8fad5b-….
+func RunFromURL(url string) (Run, error) {
+	r, err := cRun(Run{URL: url})
+	if err != nil {
+		return Run{}, err
+	}
+	return goRun(r), nil
+}
+
+// RunStatus is what the server reports about a run (HEAD).
+type RunStatus struct {
+	State State
+	// LastEventID is the id of the run's newest event.
+	LastEventID uint64
+}
+
+// CancelOutcome is the answer to a cancel.
+type CancelOutcome struct {
+	// AlreadyEnded is false when the run is being canceled (or already was): it will end
+	// canceled. True when it had already ended in State (success or error); nothing changed.
+	AlreadyEnded bool
+	State        State
+}
+
+// Transport is how a follow reads events.
+type Transport int
+
+const (
+	// TransportDefault is the client's transport (WithTransport; SSE unless set).
+	TransportDefault Transport = iota
+	// TransportSSE is Server-Sent Events (falling back to long polling by itself when needed).
+	TransportSSE
+	// TransportPoll is long polling only.
+	TransportPoll
+)
+
+// Reconnect is how a follow reconnects after a dropped connection or a 5xx (see WithReconnect).
+type Reconnect struct {
+	// MaxAttempts is the number of consecutive failed attempts allowed; 0 never reconnects.
+	MaxAttempts  uint32
+	InitialDelay time.Duration
+	MaxDelay     time.Duration
+}
+
+// options is the JSON the C ABI takes (longrun_client_new); unset members keep the core's
+// defaults.
+type options struct {
+	Token              *string     `json:"token,omitempty"`
+	Headers            [][2]string `json:"headers,omitempty"`
+	TimeoutMs          *int64      `json:"timeout_ms,omitempty"`
+	Transport          *string     `json:"transport,omitempty"`
+	UserAgent          *string     `json:"user_agent,omitempty"`
+	PollWaitMs         *int64      `json:"poll_wait_ms,omitempty"`
+	IdleTimeoutMs      *int64      `json:"idle_timeout_ms,omitempty"`
+	SSEFallbackAfterMs *int64      `json:"sse_fallback_after_ms,omitempty"`
+	Reconnect          *reconnect  `json:"reconnect,omitempty"`
+}
+
+type reconnect struct {
+	MaxAttempts    uint32 `json:"max_attempts"`
+	InitialDelayMs int64  `json:"initial_delay_ms"`
+	MaxDelayMs     int64  `json:"max_delay_ms"`
+}
+
+// Option sets up a Client.
+type Option func(*options)
+
+func ms(d time.Duration) *int64 { v := d.Milliseconds(); return &v }
+
+// WithToken sends `Authorization: Bearer <token>` with every request.
+func WithToken(token string) Option { return func(o *options) { o.Token = &token } }
+
+// WithHeader sends a header with every request.
+func WithHeader(name, value string) Option {
+	return func(o *options) { o.Headers = append(o.Headers, [2]string{name, value}) }
+}
+
+// WithTimeout limits one request (submit, cancel, exists; connecting for a follow). Default
+// 30 s. It does not limit Wait or Follow as a whole: use the context for that.
+func WithTimeout(d time.Duration) Option { return func(o *options) { o.TimeoutMs = ms(d) } }
+
+// WithTransport sets the transport follows use unless told otherwise. Default: SSE.
+func WithTransport(t Transport) Option {
+	return func(o *options) {
+		var name string
+		switch t {
+		case TransportSSE:
+			name = "sse"
+		case TransportPoll:
+			name = "poll"
+		default:
+			o.Transport = nil
+			return
+		}
+		o.Transport = &name
+	}
+}
+
+// WithUserAgent sets the User-Agent header.
+func WithUserAgent(ua string) Option { return func(o *options) { o.UserAgent = &ua } }
+
+// WithPollWait sets how long the server may hold one long poll. Default 20 s.
+func WithPollWait(d time.Duration) Option { return func(o *options) { o.PollWaitMs = ms(d) } }
+
+// WithIdleTimeout drops and resumes a follow connection on which nothing arrives this long.
+// Default 45 s.
+func WithIdleTimeout(d time.Duration) Option {
+	return func(o *options) { o.IdleTimeoutMs = ms(d) }
+}
+
+// WithSSEFallbackAfter switches a follow to long polling when an SSE connection delivers
+// nothing this long after opening (a buffering proxy). Default 10 s.
+func WithSSEFallbackAfter(d time.Duration) Option {
+	return func(o *options) { o.SSEFallbackAfterMs = ms(d) }
+}
+
+// WithReconnect sets how follows reconnect. Default: 10 attempts, from 1 s up to 30 s.
+func WithReconnect(r Reconnect) Option {
+	return func(o *options) {
+		o.Reconnect = &reconnect{r.MaxAttempts, r.InitialDelay.Milliseconds(), r.MaxDelay.Milliseconds()}
+	}
+}
+
+// Client is a longrun/1 client for one server. It is safe for use by many goroutines at once;
+// Close it when done.
+type Client struct {
+	mu     sync.RWMutex // held (read) during calls; Close takes it to free the handle
+	handle *C.longrun_client
+}
+
+var errClosed = &Error{Kind: KindInvalidArgument, Message: "invalid argument: the client is closed"}
+
+// NewClient makes a client for the server at url (e.g. http://127.0.0.1:8080).
+func NewClient(url string, opts ...Option) (*Client, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	config, err := json.Marshal(o)
+	if err != nil {
+		return nil, &Error{Kind: KindInvalidArgument, Message: "invalid argument: " + err.Error()}
+	}
+	up, un := cstr(url)
+	cp, cn := cbytes(config)
+	var h *C.longrun_client
+	var cerr *C.longrun_error
+	if code := C.longrun_client_new(up, un, cp, cn, &h, &cerr); code != C.LONGRUN_CODE_OK {
+		return nil, failure(context.Background(), code, cerr)
+	}
+	return &Client{handle: h}, nil
+}
+
+// Close releases the client, after the calls in progress on it have returned. Follows
+// already started go on. Calls after Close fail with ErrInvalidArgument.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	C.longrun_client_free(c.handle)
+	c.handle = nil
+	return nil
+}
+
+// call runs one blocking C call on a run with the client handle held and ctx wired to an
+// interrupt.
+func (c *Client) call(ctx context.Context, run *Run, f func(h *C.longrun_client, r *C.longrun_run, intr *C.longrun_interrupt, cerr **C.longrun_error) C.longrun_code) error {
+	if err := ctx.Err(); err != nil {
+		return contextError(ctx)
+	}
+	var r *C.longrun_run
+	if run != nil {
+		var err error
+		if r, err = cRun(*run); err != nil {
+			return err
+		}
+		defer C.longrun_run_free(r)
+	}
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.handle == nil {
+		return errClosed
+	}
+	intr, release := interruptible(ctx)
+	defer release()
+	var cerr *C.longrun_error
+	if code := f(c.handle, r, intr, &cerr); code != C.LONGRUN_CODE_OK {
+		return failure(ctx, code, cerr)
+	}
+	return nil
+}
+
+// Run is a handle on an existing run of this client's server.
+func (c *Client) Run(object, id string) (Run, error) {
+	var run Run
+	err := c.call(context.Background(), nil, func(h *C.longrun_client, _ *C.longrun_run, _ *C.longrun_interrupt, cerr **C.longrun_error) C.longrun_code {
+		op, on := cstr(object)
+		ip, in := cstr(id)
+		var r *C.longrun_run
+		code := C.longrun_client_run(h, op, on, ip, in, &r, cerr)
+		if code == C.LONGRUN_CODE_OK {
+			run = goRun(r)
+		}
+		return code
+	})
+	return run, err
+}
+
+// Submit starts a run of object with args: anything that encodes (encoding/json) to a JSON
+// object, or nil for none.
+func (c *Client) Submit(ctx context.Context, object string, args any) (Run, error) {
+	var body []byte
+	if args != nil {
+		var err error
+		if body, err = json.Marshal(args); err != nil {
+			return Run{}, &Error{Kind: KindInvalidArgument, Message: "invalid argument: the arguments do not encode to JSON: " + err.Error()}
+		}
+	}
+	var run Run
+	err := c.call(ctx, nil, func(h *C.longrun_client, _ *C.longrun_run, intr *C.longrun_interrupt, cerr **C.longrun_error) C.longrun_code {
+		op, on := cstr(object)
+		ap, an := cbytes(body)
+		var r *C.longrun_run
+		code := C.longrun_client_submit(h, op, on, ap, an, intr, &r, cerr)
+		if code == C.LONGRUN_CODE_OK {
+			run = goRun(r)
+		}
+		return code
+	})
+	return run, err
+}
+
+// Cancel asks the server to cancel the run. A run that had already ended (success or error)
+// is not an error: the outcome says so.
+func (c *Client) Cancel(ctx context.Context, run Run) (CancelOutcome, error) {
+	var out C.longrun_cancel_outcome
+	err := c.call(ctx, &run, func(h *C.longrun_client, r *C.longrun_run, intr *C.longrun_interrupt, cerr **C.longrun_error) C.longrun_code {
+		return C.longrun_client_cancel(h, r, intr, &out, cerr)
+	})
+	if err != nil {
+		return CancelOutcome{}, err
+	}
+	return CancelOutcome{AlreadyEnded: bool(out.already_ended), State: goState(out.state)}, nil
+}
+
+// Status reports the run's state and newest event id; a run that does not exist is
+// ErrNotFound.
+func (c *Client) Status(ctx context.Context, run Run) (RunStatus, error) {
+	var out C.longrun_run_status
+	err := c.call(ctx, &run, func(h *C.longrun_client, r *C.longrun_run, intr *C.longrun_interrupt, cerr **C.longrun_error) C.longrun_code {
+		return C.longrun_client_status(h, r, intr, &out, cerr)
+	})
+	if err != nil {
+		return RunStatus{}, err
+	}
+	return RunStatus{State: goState(out.state), LastEventID: uint64(out.last_event_id)}, nil
+}
+
+// Exists reports whether the run exists; a run whose retention has passed is ErrGone.
+func (c *Client) Exists(ctx context.Context, run Run) (bool, error) {
+	var out C.bool
+	err := c.call(ctx, &run, func(h *C.longrun_client, r *C.longrun_run, intr *C.longrun_interrupt, cerr **C.longrun_error) C.longrun_code {
+		return C.longrun_client_exists(h, r, intr, &out, cerr)
+	})
+	return bool(out), err
+}
+
+// Wait follows the run to its end and returns its success value. A run that ended with an
+// error is a *RunFailedError (ErrRunFailed) carrying the event's value; a canceled run is an
+// *Error matching ErrCanceled. When ctx's deadline passes, the error matches ErrTimeout (and
+// context.DeadlineExceeded); the run itself goes on.
+func (c *Client) Wait(ctx context.Context, run Run) (json.RawMessage, error) {
+	var value json.RawMessage
+	err := c.call(ctx, &run, func(h *C.longrun_client, r *C.longrun_run, intr *C.longrun_interrupt, cerr **C.longrun_error) C.longrun_code {
+		var buf C.longrun_buf
+		code := C.longrun_client_wait(h, r, -1, intr, &buf, cerr)
+		if code == C.LONGRUN_CODE_OK {
+			value = C.GoBytes(unsafe.Pointer(buf.ptr), C.int(buf.len))
+			C.longrun_buf_free(&buf)
+		}
+		return code
+	})
+	return value, err
+}
+
+// FollowOption tunes one follow.
+type FollowOption func(*followOptions)
+
+type followOptions struct {
+	since     int64
+	transport Transport
+}
+
+// Since starts the follow after the event with this id (the cursor: the last id already seen).
+func Since(cursor uint64) FollowOption {
+	return func(o *followOptions) { o.since = int64(cursor) }
+}
+
+// Via overrides the client's transport for this follow.
+func Via(t Transport) FollowOption { return func(o *followOptions) { o.transport = t } }
+
+// batchMax is how many events at most cross from Rust to Go in one call.
+const batchMax = 1024
+
+// Follow yields the run's events from the first, in order, each once, until the terminal
+// event; it reconnects and resumes by itself. An error is yielded once, as the last item.
+// Cancelling ctx stops it promptly (yielding the context's error). Stopping the loop early
+// closes the follow.
+func (c *Client) Follow(ctx context.Context, run Run, opts ...FollowOption) iter.Seq2[Event, error] {
+	o := followOptions{since: -1}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return func(yield func(Event, error) bool) {
+		events, err := c.follow(ctx, run, o)
+		if err != nil {
+			yield(Event{}, err)
+			return
+		}
+		defer C.longrun_events_free(events)
+		intr, release := interruptible(ctx)
+		defer release()
+		var batch C.longrun_batch
+		defer C.longrun_batch_free(&batch)
+		for {
+			var cerr *C.longrun_error
+			if code := C.longrun_events_next(events, batchMax, -1, intr, &batch, &cerr); code != C.LONGRUN_CODE_OK {
+				yield(Event{}, failure(ctx, code, cerr))
+				return
+			}
+			if batch.next != C.LONGRUN_NEXT_EVENTS {
+				return // the end (no timeout was given, so never pending)
+			}
+			// One copy of every value in the batch; each event's Value is a slice of it.
+			values := C.GoBytes(unsafe.Pointer(batch.values), C.int(batch.values_len))
+			for _, ev := range unsafe.Slice(batch.events, batch.len) {
+				end := ev.value_offset + ev.value_len
+				e := Event{ID: uint64(ev.id), State: goState(ev.state), Value: values[ev.value_offset:end:end]}
+				if !yield(e, nil) {
+					return
+				}
+			}
+			C.longrun_batch_free(&batch)
+		}
+	}
+}
+
+// FollowFrom follows the run from after the event with id cursor (the last one already
+// seen): FollowFrom(ctx, run, n) is Follow(ctx, run, Since(n)).
+func (c *Client) FollowFrom(ctx context.Context, run Run, cursor uint64, opts ...FollowOption) iter.Seq2[Event, error] {
+	return c.Follow(ctx, run, append([]FollowOption{Since(cursor)}, opts...)...)
+}
+
+func (c *Client) follow(ctx context.Context, run Run, o followOptions) (*C.longrun_events, error) {
+	var events *C.longrun_events
+	err := c.call(ctx, &run, func(h *C.longrun_client, r *C.longrun_run, _ *C.longrun_interrupt, cerr **C.longrun_error) C.longrun_code {
+		return C.longrun_client_follow(h, r, C.int64_t(o.since), C.int32_t(o.transport), &events, cerr)
+	})
+	return events, err
+}

@@ -1,0 +1,203 @@
+// The public API, written once over either native build: the napi addon (Node) or the
+// wasm-bindgen module (browsers, bundlers). A native build exposes `NativeClient`,
+// `runFromUrl`; values cross as JSON text and errors as JSON in an Error's message
+// (`bindings/shared.rs`). Nothing here knows the protocol: this file decodes, maps errors
+// by the table in errors.js, and wires AbortSignal to the native abort.
+
+import { LongrunError, toError } from "./errors.js";
+
+export * from "./errors.js";
+
+const BATCH = 512;
+
+/** The failure a native call rejected or threw with, as a LongrunError (or "Aborted"). */
+function decode(e) {
+  const message = typeof e === "string" ? e : e?.message;
+  if (typeof message === "string" && message.startsWith('{"kind"')) {
+    const info = JSON.parse(message);
+    return info.kind === "Aborted" ? ABORTED : toError(info);
+  }
+  return e;
+}
+
+const ABORTED = Symbol("aborted");
+
+function abortReason(signal) {
+  return signal?.reason ?? new DOMException("This operation was aborted", "AbortError");
+}
+
+async function call(f) {
+  try {
+    return await f();
+  } catch (e) {
+    throw decode(e);
+  }
+}
+
+function callSync(f) {
+  try {
+    return f();
+  } catch (e) {
+    throw decode(e);
+  }
+}
+
+function runUrl(run) {
+  if (typeof run === "string") return run;
+  if (run && typeof run.url === "string") return run.url;
+  throw new TypeError("expected a Run or a run URL");
+}
+
+/**
+ * `settle`: resolves once callbacks the native side queued before its answer have run (the
+ * napi addon delivers `onProgress` calls as event-loop tasks); none when calls are direct.
+ */
+export function makeApi(native, { settle } = {}) {
+  /** A handle on a run: its object, id and absolute URL (the portable resume token). */
+  class Run {
+    constructor(object, id, url) {
+      this.object = object;
+      this.id = id;
+      this.url = url;
+      Object.freeze(this);
+    }
+
+    /** Rebuild a run from its URL, e.g. `http://host:8080/count/0f8fad5b-…`. */
+    static fromUrl(url) {
+      return toRun(callSync(() => native.runFromUrl(String(url))));
+    }
+
+    toString() {
+      return this.url;
+    }
+
+    toJSON() {
+      return { object: this.object, id: this.id, url: this.url };
+    }
+  }
+
+  function toRun(json) {
+    const r = JSON.parse(json);
+    return new Run(r.object, r.id, r.url);
+  }
+
+  /** A longrun/1 client for one server. */
+  class Client {
+    #native;
+
+    constructor(url, options = {}) {
+      this.#native = callSync(() => new native.NativeClient(String(url), JSON.stringify(options ?? {})));
+    }
+
+    /** The server's base URL (always ending in `/`). */
+    get baseUrl() {
+      return this.#native.baseUrl();
+    }
+
+    /** A handle on run `object`/`id` of this client's server. */
+    run(object, id) {
+      return toRun(callSync(() => this.#native.run(object, id)));
+    }
+
+    /** Start a run of `object` with `args` (a JSON object; none: `{}`). */
+    async submit(object, args) {
+      const json = args === undefined ? undefined : JSON.stringify(args);
+      return toRun(await call(() => this.#native.submit(object, json)));
+    }
+
+    /** The run's state and newest event id; NotFoundError when it does not exist. */
+    async status(run) {
+      return JSON.parse(await call(() => this.#native.status(runUrl(run))));
+    }
+
+    /** Does the run exist? (GoneError once its retention has passed.) */
+    async exists(run) {
+      return call(() => this.#native.exists(runUrl(run)));
+    }
+
+    /** Ask the server to cancel the run: `{outcome: "accepted"}` or `{outcome: "ended", state}`. */
+    async cancel(run) {
+      return JSON.parse(await call(() => this.#native.cancel(runUrl(run))));
+    }
+
+    /**
+     * The run's events, in order, each once, to the terminal event, resuming across
+     * disconnects. Breaking out of the loop, or aborting `signal`, closes the connection.
+     */
+    follow(run, options = {}) {
+      const { since, transport, signal, onProgress, cancelOnAbort = false } = options;
+      const url = runUrl(run);
+      const stream = callSync(() =>
+        this.#native.follow(url, since ?? undefined, transport ?? undefined, Boolean(onProgress)),
+      );
+      const client = this;
+      const next = () => {
+        const batch = call(() => stream.nextBatch(BATCH));
+        // Read ahead: the native side fetches and decodes the next batch while this one is
+        // handed out. A batch nobody awaits (the loop ended) rejects quietly on close.
+        batch.catch(() => {});
+        return batch;
+      };
+      return (async function* events() {
+        const onAbort = () => stream.close();
+        signal?.addEventListener("abort", onAbort, { once: true });
+        try {
+          if (signal?.aborted) throw ABORTED;
+          let pending = next();
+          for (;;) {
+            const text = await pending;
+            if (signal?.aborted) throw ABORTED;
+            const batch = JSON.parse(text);
+            if (batch.length === 0) return;
+            pending = next();
+            for (const ev of batch) {
+              if (onProgress && ev.progress) onProgress(ev.progress, ev);
+              yield ev;
+              if (signal?.aborted) throw ABORTED;
+            }
+          }
+        } catch (e) {
+          if (e === ABORTED) {
+            if (cancelOnAbort) await client.cancel(url).catch(() => {});
+            throw abortReason(signal);
+          }
+          throw e;
+        } finally {
+          signal?.removeEventListener("abort", onAbort);
+          stream.close();
+        }
+      })();
+    }
+
+    /**
+     * The run's `success` value. RunFailedError / RunCanceledError for the other ends,
+     * TimeoutError after `timeoutMs` (the run goes on unless you cancel it).
+     */
+    async wait(run, options = {}) {
+      const { timeoutMs, signal, onProgress, cancelOnAbort = false } = options;
+      const url = runUrl(run);
+      if (signal?.aborted) throw abortReason(signal);
+      const waiter = callSync(() => this.#native.waiter(url, timeoutMs ?? undefined));
+      const onAbort = () => waiter.abort();
+      signal?.addEventListener("abort", onAbort, { once: true });
+      const progress = onProgress ? (json) => onProgress(JSON.parse(json)) : undefined;
+      try {
+        const value = JSON.parse(await call(() => waiter.wait(progress)));
+        if (progress && settle) await settle();
+        return value;
+      } catch (e) {
+        if (e === ABORTED) {
+          if (cancelOnAbort) await this.cancel(url).catch(() => {});
+          throw abortReason(signal);
+        }
+        throw e;
+      } finally {
+        signal?.removeEventListener("abort", onAbort);
+      }
+    }
+  }
+
+  return { Client, Run };
+}
+
+export { LongrunError };

@@ -1,0 +1,122 @@
+// Types of the `longrun` package: the same API from the napi build (Node) and the wasm build
+// (browsers, bundlers, `longrun/wasm`).
+
+export type State = "queued" | "running" | "success" | "error" | "canceled";
+export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+export type Transport = "sse" | "poll";
+
+/** The progress convention (spec §17): from an event value with `progress` and/or `message`. */
+export interface Progress {
+  /** Done so far, 0..1, when the value says. */
+  fraction: number | null;
+  message: string | null;
+}
+
+/** One event of a run's log. Ids are dense from 0; the last event is terminal. */
+export interface RunEvent {
+  id: number;
+  state: State;
+  value: Json;
+  /** With `onProgress` on the follow: present when the value follows the progress convention. */
+  progress?: Progress;
+}
+
+export interface ClientOptions {
+  /** Sent as `Authorization: Bearer <token>`. */
+  token?: string;
+  /** Time limit of one request, in ms (default 30000). */
+  timeoutMs?: number;
+  /** Headers sent with every request. */
+  headers?: Record<string, string>;
+  /** Default transport of follows (default "sse", falling back to polling by itself). */
+  transport?: Transport;
+  pollWaitMs?: number;
+  idleTimeoutMs?: number;
+  sseFallbackAfterMs?: number;
+  reconnect?: { maxAttempts?: number; initialDelayMs?: number; maxDelayMs?: number };
+}
+
+export interface FollowOptions {
+  /** The id of the last event already seen; the follow starts after it. */
+  since?: number;
+  transport?: Transport;
+  /** Aborting stops the follow at once: the loop throws `signal.reason`. */
+  signal?: AbortSignal;
+  /** With `signal`: also cancel the run on abort. */
+  cancelOnAbort?: boolean;
+  onProgress?: (progress: Progress, event: RunEvent) => void;
+}
+
+export interface WaitOptions {
+  /** Give up after this many ms with a TimeoutError; the run goes on. */
+  timeoutMs?: number;
+  signal?: AbortSignal;
+  cancelOnAbort?: boolean;
+  onProgress?: (progress: Progress) => void;
+}
+
+export interface RunStatus {
+  state: State;
+  lastEventId: number;
+}
+
+export type CancelOutcome =
+  | { outcome: "accepted" }
+  | { outcome: "ended"; state: "success" | "error" };
+
+export type RunLike = Run | string;
+
+export declare class Run {
+  readonly object: string;
+  readonly id: string;
+  readonly url: string;
+  static fromUrl(url: string): Run;
+  toString(): string;
+  toJSON(): { object: string; id: string; url: string };
+}
+
+export declare class Client {
+  constructor(url: string, options?: ClientOptions);
+  readonly baseUrl: string;
+  run(object: string, id: string): Run;
+  submit(object: string, args?: { [key: string]: Json | undefined }): Promise<Run>;
+  status(run: RunLike): Promise<RunStatus>;
+  exists(run: RunLike): Promise<boolean>;
+  cancel(run: RunLike): Promise<CancelOutcome>;
+  follow(run: RunLike, options?: FollowOptions): AsyncGenerator<RunEvent, void, undefined>;
+  wait(run: RunLike, options?: WaitOptions): Promise<Json>;
+}
+
+export type ErrorKind =
+  | "NotFound"
+  | "Gone"
+  | "Canceled"
+  | "RunFailed"
+  | "Timeout"
+  | "Protocol"
+  | "Transport"
+  | "InvalidArgument"
+  | "Server";
+
+export declare class LongrunError extends Error {
+  readonly kind: ErrorKind;
+  readonly status?: number;
+  readonly problem?: { type: string; title: string; status: number; detail?: string; [key: string]: unknown };
+}
+export declare class NotFoundError extends LongrunError {}
+export declare class GoneError extends LongrunError {}
+export declare class RunFailedError extends LongrunError {
+  readonly value: Json;
+}
+export declare class RunCanceledError extends LongrunError {
+  readonly value: Json;
+}
+export declare class TimeoutError extends LongrunError {}
+export declare class ProtocolError extends LongrunError {}
+export declare class TransportError extends LongrunError {}
+export declare class InvalidArgumentError extends LongrunError {}
+export declare class ServerError extends LongrunError {}
+
+export declare const errorClasses: Readonly<Record<ErrorKind, typeof LongrunError>>;
+/** Which native build this module wraps. */
+export declare const build: "napi" | "wasm";

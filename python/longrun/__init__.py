@@ -1,0 +1,402 @@
+"""longrun: long-running calls over plain HTTP (the longrun/1 protocol).
+
+Submit a run, follow its events live (SSE or long polling) with automatic resume, cancel it,
+check it, wait for its result — in plain Python (``Client``) or asyncio (``AsyncClient``).
+Everything about the protocol lives in the Rust core this package wraps; this layer only makes
+the API Pythonic::
+
+    import longrun
+    with longrun.Client("http://127.0.0.1:8080") as client:
+        run = client.submit("count", {"n": 3})
+        for event in client.follow(run):
+            print(event.id, event.state, event.value)
+        print(client.wait(run, timeout=60))
+"""
+
+from __future__ import annotations
+
+import builtins
+
+from typing import (
+    Any,
+    AsyncIterator,
+    Callable,
+    Iterator,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
+
+from . import _native
+from ._errors import (
+    KINDS,
+    Canceled,
+    Error,
+    Gone,
+    InvalidArgument,
+    NotFound,
+    Protocol,
+    RunCanceled,
+    RunFailed,
+    Server,
+    Timeout,
+    Transport,
+)
+from ._native import Event, Progress
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncClient",
+    "CancelOutcome",
+    "Canceled",
+    "Client",
+    "Error",
+    "Event",
+    "Gone",
+    "InvalidArgument",
+    "KINDS",
+    "NotFound",
+    "Progress",
+    "Protocol",
+    "Run",
+    "RunCanceled",
+    "RunFailed",
+    "RunStatus",
+    "Server",
+    "Timeout",
+    "Transport",
+]
+
+#: How many events cross from Rust in one call when they are already there.
+_BATCH = 1024
+
+OnProgress = Callable[[Progress], None]
+Headers = Union[Mapping[str, str], Sequence[Tuple[str, str]]]
+
+
+class RunStatus(NamedTuple):
+    """What ``status`` reports: the run's state and the id of its newest event."""
+
+    state: str
+    last_event_id: int
+
+
+class CancelOutcome(NamedTuple):
+    """The answer to ``cancel``: ``outcome`` is ``"accepted"`` (the run will end
+    ``canceled``) or ``"ended"`` (it had already ended in ``state``, nothing changed)."""
+
+    outcome: str
+    state: Optional[str]
+
+    @property
+    def accepted(self) -> bool:
+        return self.outcome == "accepted"
+
+
+class Run:
+    """A handle on a run: ``object``, ``id`` and ``url``. The URL is the portable resume token:
+    ``Run.from_url(url)`` rebuilds the handle in another process (or language)."""
+
+    __slots__ = ("_run", "_client")
+
+    def __init__(self, base_url: str, object: str, id: str) -> None:
+        self._run = _native.Run(base_url, object, id)
+        self._client: Union[Client, AsyncClient, None] = None
+
+    @classmethod
+    def _wrap(cls, run: _native.Run, client: Union[Client, AsyncClient, None]) -> Run:
+        self = cls.__new__(cls)
+        self._run = run
+        self._client = client
+        return self
+
+    @classmethod
+    def from_url(cls, url: str) -> Run:
+        """The run at ``url`` (e.g. ``http://host:8080/count/0f8fad5b-…``)."""
+        return cls._wrap(_native.Run.from_url(url), None)
+
+    @property
+    def object(self) -> str:
+        return self._run.object
+
+    @property
+    def id(self) -> str:
+        return self._run.id
+
+    @property
+    def url(self) -> str:
+        return self._run.url
+
+    def events(
+        self, since: Optional[int] = None, transport: Optional[str] = None
+    ) -> Iterator[Event]:
+        """Follow this run with the (sync) client that made the handle."""
+        client = self._client
+        if not isinstance(client, Client):
+            raise InvalidArgument(
+                "this Run has no sync client; use client.follow(run) "
+                "(or client.run(...) to get a handle bound to it)"
+            )
+        return client.follow(self, since=since, transport=transport)
+
+    def __eq__(self, other: builtins.object) -> bool:
+        return isinstance(other, Run) and self._run == other._run
+
+    def __hash__(self) -> int:
+        return hash(self._run)
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __repr__(self) -> str:
+        return repr(self._run)
+
+
+def _headers(headers: Optional[Headers]) -> Optional[list[Tuple[str, str]]]:
+    if headers is None:
+        return None
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return [(str(k), str(v)) for k, v in items]
+
+
+def _report(batch: list[Event], on_progress: OnProgress) -> None:
+    for event in batch:
+        progress = event.progress
+        if progress is not None:
+            on_progress(progress)
+
+
+class Client:
+    """A blocking longrun/1 client. Every option left as None keeps the core's default
+    (``timeout``: 30 s per request; ``transport``: ``"sse"``, falling back to ``"poll"`` by
+    itself; ``poll_wait``: 20 s; ``reconnect_attempts``: 10, ``reconnect_delay``: 1 s
+    before the server sends its own hint, ``reconnect_max_delay``: 30 s). The GIL is released while the
+    client waits on the network; Ctrl-C interrupts a blocking ``follow`` or ``wait``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: Optional[str] = None,
+        timeout: Optional[float] = None,
+        headers: Optional[Headers] = None,
+        transport: Optional[str] = None,
+        reconnect_attempts: Optional[int] = None,
+        reconnect_delay: Optional[float] = None,
+        reconnect_max_delay: Optional[float] = None,
+        poll_wait: Optional[float] = None,
+        user_agent: Optional[str] = None,
+    ) -> None:
+        self._native: Optional[_native.Client] = _native.Client(
+            base_url,
+            token=token,
+            timeout=timeout,
+            headers=_headers(headers),
+            transport=transport,
+            reconnect_attempts=reconnect_attempts,
+            reconnect_delay=reconnect_delay,
+            reconnect_max_delay=reconnect_max_delay,
+            poll_wait=poll_wait,
+            user_agent=user_agent,
+        )
+        self._base_url = self._native.base_url
+
+    @property
+    def _n(self) -> _native.Client:
+        if self._native is None:
+            raise InvalidArgument("the client is closed")
+        return self._native
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    def close(self) -> None:
+        """Drop the client's connections and runtime. Runs go on."""
+        self._native = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"longrun.Client({self._base_url!r})"
+
+    def run(self, object: str, id: str) -> Run:
+        """A handle on an existing run of this server."""
+        return Run._wrap(self._n.run(object, id), self)
+
+    def submit(self, object: str, args: Optional[Mapping[str, Any]] = None) -> Run:
+        """Start a run of ``object`` with ``args`` (a JSON object)."""
+        return Run._wrap(self._n.submit(object, args), self)
+
+    def follow(
+        self,
+        run: Run,
+        since: Optional[int] = None,
+        transport: Optional[str] = None,
+        *,
+        on_progress: Optional[OnProgress] = None,
+        cancel_on_interrupt: bool = False,
+    ) -> Iterator[Event]:
+        """The run's events after ``since`` (from event 0 without it), in order and each once,
+        ending after the terminal event; the follow resumes by itself after disconnects.
+        ``transport``: ``"sse"`` or ``"poll"``. ``on_progress`` is called with the progress
+        of each ``running`` event that reports some. With ``cancel_on_interrupt``, Ctrl-C
+        also cancels the run before ``KeyboardInterrupt`` propagates."""
+        events = self._n.follow(run._run, since, transport)
+        return self._iterate(run, events, on_progress, cancel_on_interrupt)
+
+    def _iterate(
+        self,
+        run: Run,
+        events: _native.Events,
+        on_progress: Optional[OnProgress],
+        cancel_on_interrupt: bool,
+    ) -> Iterator[Event]:
+        while True:
+            try:
+                batch = events.next_batch(_BATCH)
+            except KeyboardInterrupt:
+                if cancel_on_interrupt:
+                    self.cancel(run)
+                raise
+            if not batch:
+                return
+            if on_progress is not None:
+                _report(batch, on_progress)
+            yield from batch
+
+    def cancel(self, run: Run) -> CancelOutcome:
+        """Ask the server to cancel the run."""
+        outcome, state = self._n.cancel(run._run)
+        return CancelOutcome(outcome, state)
+
+    def status(self, run: Run) -> RunStatus:
+        """The run's state and newest event id; ``NotFound`` if there is no such run."""
+        state, last = self._n.status(run._run)
+        return RunStatus(state, last)
+
+    def exists(self, run: Run) -> bool:
+        """Does the run exist? ``Gone`` if its retention has passed."""
+        return self._n.exists(run._run)
+
+    def wait(
+        self,
+        run: Run,
+        timeout: Optional[float] = None,
+        *,
+        cancel_on_interrupt: bool = False,
+    ) -> Any:
+        """The run's ``success`` value. Raises ``RunFailed`` or ``Canceled`` (with the event's
+        ``value``), or ``Timeout`` after ``timeout`` seconds — the run goes on then."""
+        try:
+            return self._n.wait(run._run, timeout)
+        except KeyboardInterrupt:
+            if cancel_on_interrupt:
+                self.cancel(run)
+            raise
+
+
+class AsyncClient:
+    """The asyncio client: the same verbs as ``Client``, awaitable; ``follow`` is an async
+    iterator. Cancelling the task that awaits stops the follow or wait promptly."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: Optional[str] = None,
+        timeout: Optional[float] = None,
+        headers: Optional[Headers] = None,
+        transport: Optional[str] = None,
+        reconnect_attempts: Optional[int] = None,
+        reconnect_delay: Optional[float] = None,
+        reconnect_max_delay: Optional[float] = None,
+        poll_wait: Optional[float] = None,
+        user_agent: Optional[str] = None,
+    ) -> None:
+        self._native: Optional[_native.AsyncClient] = _native.AsyncClient(
+            base_url,
+            token=token,
+            timeout=timeout,
+            headers=_headers(headers),
+            transport=transport,
+            reconnect_attempts=reconnect_attempts,
+            reconnect_delay=reconnect_delay,
+            reconnect_max_delay=reconnect_max_delay,
+            poll_wait=poll_wait,
+            user_agent=user_agent,
+        )
+        self._base_url = self._native.base_url
+
+    @property
+    def _n(self) -> _native.AsyncClient:
+        if self._native is None:
+            raise InvalidArgument("the client is closed")
+        return self._native
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    async def close(self) -> None:
+        self._native = None
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"longrun.AsyncClient({self._base_url!r})"
+
+    def run(self, object: str, id: str) -> Run:
+        return Run._wrap(self._n.run(object, id), self)
+
+    async def submit(self, object: str, args: Optional[Mapping[str, Any]] = None) -> Run:
+        return Run._wrap(await self._n.submit(object, args), self)
+
+    def follow(
+        self,
+        run: Run,
+        since: Optional[int] = None,
+        transport: Optional[str] = None,
+        *,
+        on_progress: Optional[OnProgress] = None,
+    ) -> AsyncIterator[Event]:
+        """``async for event in client.follow(run): ...`` — see ``Client.follow``."""
+        return self._iterate(self._n.follow(run._run, since, transport), on_progress)
+
+    async def _iterate(
+        self, events: _native.AsyncEvents, on_progress: Optional[OnProgress]
+    ) -> AsyncIterator[Event]:
+        while True:
+            batch = await events.next_batch(_BATCH)
+            if not batch:
+                return
+            if on_progress is not None:
+                _report(batch, on_progress)
+            for event in batch:
+                yield event
+
+    async def cancel(self, run: Run) -> CancelOutcome:
+        outcome, state = await self._n.cancel(run._run)
+        return CancelOutcome(outcome, state)
+
+    async def status(self, run: Run) -> RunStatus:
+        state, last = await self._n.status(run._run)
+        return RunStatus(state, last)
+
+    async def exists(self, run: Run) -> bool:
+        return await self._n.exists(run._run)
+
+    async def wait(self, run: Run, timeout: Optional[float] = None) -> Any:
+        return await self._n.wait(run._run, timeout)

@@ -1,0 +1,74 @@
+"""Starts the reference server (`longrun serve`) for the session. The binary is $LONGRUN_BIN,
+or target/debug/longrun of this repository (built with cargo when missing)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Iterator, List
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _binary() -> str:
+    env = os.environ.get("LONGRUN_BIN")
+    if env:
+        return env
+    path = ROOT / "target" / "debug" / "longrun"
+    if not path.exists():
+        subprocess.run(["cargo", "build", "-p", "longrun-cli"], cwd=ROOT, check=True)
+    return str(path)
+
+
+class Server:
+    """A `longrun serve` process on a free loopback port."""
+
+    def __init__(self, *flags: str) -> None:
+        self.proc = subprocess.Popen(
+            [_binary(), "serve", "--listen", "127.0.0.1:0", *flags],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith("longrun listening on "):
+                self.url = line.split()[-1].strip()
+                break
+        else:
+            raise RuntimeError(f"the server exited ({self.proc.wait()}) before listening")
+        # Keep reading stdout so the server never blocks on a full pipe.
+        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[Server]:
+    s = Server()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def url(server: Server) -> str:
+    return server.url
+
+
+@pytest.fixture(scope="session")
+def fast_server() -> Iterator[Server]:
+    """A server whose SSE retry hint is short, for tests that reconnect many times."""
+    s = Server("--retry", "20ms")
+    yield s
+    s.stop()
+
+
+def pytest_report_header(config: pytest.Config) -> List[str]:
+    return [f"python {sys.version.split()[0]}, longrun binary {_binary()}"]

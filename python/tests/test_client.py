@@ -1,0 +1,411 @@
+"""Behaviour of the Python SDK beyond the conformance scenarios: resume through a proxy that
+cuts connections, cancel, wait timeouts, the exception tree, the GIL, Ctrl-C, asyncio task
+cancellation, progress, and the typed API."""
+
+from __future__ import annotations
+
+import asyncio
+import faulthandler
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator, List
+
+import pytest
+
+import longrun
+from longrun import _native
+
+from conftest import Server
+
+# A test that hangs (a GIL that is never released, a Ctrl-C that is never seen) must fail,
+# not block the suite.
+faulthandler.dump_traceback_later(300, exit=True)
+
+SLEEP_FOREVER = {"ms": 3600000}
+
+
+class CuttingProxy:
+    """A TCP proxy that closes every other connection after `cut_after` bytes from the
+    server, mid-event or mid-body."""
+
+    def __init__(self, upstream: str, cut_after: int) -> None:
+        host, port = upstream.rsplit("//", 1)[1].rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.cut_after = cut_after
+        self.connections = 0
+        self.cuts = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = "http://127.0.0.1:%d" % self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            cut = self.connections % 2 == 1
+            server = socket.create_connection(self.upstream)
+            threading.Thread(target=self._pipe, args=(client, server, None), daemon=True).start()
+            threading.Thread(
+                target=self._pipe, args=(server, client, self.cut_after if cut else None), daemon=True
+            ).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, budget: Any) -> None:
+        try:
+            while True:
+                data = src.recv(65536 if budget is None else min(65536, budget))
+                if not data:
+                    break
+                dst.sendall(data)
+                if budget is not None:
+                    budget -= len(data)
+                    if budget <= 0:
+                        self.cuts += 1
+                        break
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture
+def client(url: str) -> Iterator[longrun.Client]:
+    with longrun.Client(url) as c:
+        yield c
+
+
+# --- resume -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", ["sse", "poll"])
+def test_follow_resumes_exactly_once_through_a_connection_cutting_proxy(
+    fast_server: Server, transport: str
+) -> None:
+    proxy = CuttingProxy(fast_server.url, cut_after=1500)
+    n = 300
+    try:
+        with longrun.Client(proxy.url, reconnect_delay=0.02, reconnect_max_delay=0.05) as c:
+            run = c.submit("count", {"n": n})
+            events = list(c.follow(run, transport=transport))
+            async def follow_async() -> List[longrun.Event]:
+                async with longrun.AsyncClient(proxy.url, reconnect_delay=0.02) as ac:
+                    return [e async for e in ac.follow(run, transport=transport)]
+            async_events = asyncio.run(follow_async())
+    finally:
+        proxy.close()
+    assert proxy.cuts >= 2, "the proxy never cut a connection"
+    for got in (events, async_events):
+        assert [e.id for e in got] == list(range(n + 2))
+        assert [e.state for e in got] == ["queued"] + ["running"] * n + ["success"]
+        assert [e.value["i"] for e in got[1:-1]] == list(range(1, n + 1))
+        assert got[-1].value == {"n": n}
+
+
+def test_follow_from_a_run_url_resumes_after_the_cursor(client: longrun.Client) -> None:
+    run = client.submit("count", {"n": 5})
+    first = [e for e in client.follow(run) if e.id <= 2]
+    again = longrun.Run.from_url(run.url)
+    assert again == run and hash(again) == hash(run)
+    rest = list(client.follow(again, since=first[-1].id, transport="poll"))
+    assert [e.id for e in first + rest] == list(range(7))
+    assert list(client.follow(again, since=6)) == []
+
+
+# --- cancel and wait ----------------------------------------------------------------------
+
+
+def test_cancel_ends_the_run_canceled_and_is_typed_once_ended(client: longrun.Client) -> None:
+    run = client.submit("sleep", SLEEP_FOREVER)
+    assert client.cancel(run) == longrun.CancelOutcome("accepted", None)
+    with pytest.raises(longrun.Canceled) as info:
+        client.wait(run)
+    assert info.value.value == {"reason": "client"}
+    assert isinstance(info.value, longrun.RunCanceled)
+    assert client.status(run) == longrun.RunStatus("canceled", 1)
+    done = client.submit("echo", {"a": 1})
+    assert client.wait(done) == {"a": 1}
+    outcome = client.cancel(done)
+    assert (outcome.outcome, outcome.state, outcome.accepted) == ("ended", "success", False)
+
+
+def test_wait_timeout_raises_and_the_run_goes_on(client: longrun.Client) -> None:
+    run = client.submit("sleep", SLEEP_FOREVER)
+    with pytest.raises(longrun.Timeout) as info:
+        client.wait(run, timeout=0.2)
+    assert isinstance(info.value, TimeoutError)
+    assert client.status(run).state == "queued"
+    client.cancel(run)
+
+
+def test_async_wait_timeout_and_cancel(url: str) -> None:
+    async def main() -> None:
+        async with longrun.AsyncClient(url) as c:
+            run = await c.submit("sleep", SLEEP_FOREVER)
+            with pytest.raises(longrun.Timeout):
+                await c.wait(run, timeout=0.2)
+            assert await c.exists(run)
+            assert (await c.cancel(run)).accepted
+            with pytest.raises(longrun.Canceled):
+                await c.wait(run)
+
+    asyncio.run(main())
+
+
+# --- errors -------------------------------------------------------------------------------
+
+
+def test_every_error_kind_of_the_core_has_one_exception_under_longrun_error() -> None:
+    kinds = _native.error_kinds()
+    assert sorted(longrun.KINDS) == sorted(kinds)
+    for kind, cls in longrun.KINDS.items():
+        assert issubclass(cls, longrun.Error) and cls is not longrun.Error
+        assert cls.kind == kind and cls.__name__ == kind
+        assert getattr(longrun, kind) is cls
+    assert issubclass(longrun.Timeout, TimeoutError)
+    assert issubclass(longrun.InvalidArgument, ValueError)
+    assert issubclass(longrun.Transport, ConnectionError)
+
+
+def test_errors_carry_status_problem_and_value(client: longrun.Client, url: str) -> None:
+    with pytest.raises(longrun.NotFound) as nf:
+        client.submit("nope", {})
+    assert nf.value.status == 404
+    assert nf.value.problem is not None
+    assert nf.value.problem["type"] == "urn:longrun:problem:unknown-object"
+    assert nf.value.value is None
+    failed = client.submit("fail", {"message": "boom"})
+    with pytest.raises(longrun.RunFailed) as rf:
+        client.wait(failed)
+    assert rf.value.value == {"message": "boom"} and rf.value.status is None
+    assert "boom" in str(rf.value)
+    with pytest.raises(longrun.InvalidArgument):
+        client.submit("echo", {"x": object()})
+    with pytest.raises(longrun.InvalidArgument):
+        client.submit("echo", {"x": float("nan")})
+    with pytest.raises(longrun.InvalidArgument):
+        longrun.Run.from_url("http://h/count/not-an-id")
+    with pytest.raises(longrun.InvalidArgument):
+        longrun.Client("not a url")
+    with pytest.raises(longrun.InvalidArgument):
+        list(client.follow(failed, transport="carrier-pigeon"))
+    other = longrun.Run("http://elsewhere.invalid:1", "echo", failed.id)
+    with pytest.raises(longrun.InvalidArgument):
+        client.exists(other)
+    # A closed port: the connection fails, after no retries.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = "http://127.0.0.1:%d" % s.getsockname()[1]
+    with longrun.Client(dead, reconnect_attempts=0) as d:
+        with pytest.raises(longrun.Transport):
+            d.submit("echo", {})
+
+
+def test_values_round_trip_through_json(client: longrun.Client) -> None:
+    args = {"s": "héllo ✓", "i": -(2**53 - 1), "big": 2**63, "f": 1.5, "b": True, "n": None,
+            "l": [1, "2", [3.0]], "t": (1, 2), "d": {"x": {"y": False}}}
+    value = client.wait(client.submit("echo", args))
+    assert value == {**args, "t": [1, 2]}
+    assert value["b"] is True and isinstance(value["i"], int) and isinstance(value["f"], float)
+
+
+# --- GIL, Ctrl-C, asyncio cancellation ----------------------------------------------------
+
+
+def test_other_threads_run_while_follow_and_wait_block(client: longrun.Client, url: str) -> None:
+    """The follow below only ends because another Python thread counts and then cancels the
+    run: with the GIL held while Rust waits, that thread would never run."""
+    for verb in ("follow", "wait"):
+        run = client.submit("sleep", SLEEP_FOREVER)
+        started = threading.Event()
+        counted = [0]
+
+        def count_then_cancel() -> None:
+            started.wait()
+            while counted[0] < 200_000:
+                counted[0] += 1
+            with longrun.Client(url) as other:
+                other.cancel(run)
+
+        thread = threading.Thread(target=count_then_cancel)
+        thread.start()
+        if verb == "follow":
+            events = client.follow(run)
+            assert next(events).state == "queued"
+            started.set()
+            assert [e.state for e in events] == ["canceled"]
+        else:
+            started.set()
+            with pytest.raises(longrun.Canceled):
+                client.wait(run)
+        thread.join()
+        assert counted[0] == 200_000
+
+
+def _interrupt_soon(after: threading.Event) -> None:
+    def fire() -> None:
+        after.wait()
+        time.sleep(0.2)  # let the main thread enter the blocking call; earlier still interrupts
+        signal.raise_signal(signal.SIGINT)
+
+    threading.Thread(target=fire, daemon=True).start()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT from a thread")
+@pytest.mark.parametrize("cancel_on_interrupt", [False, True])
+def test_ctrl_c_interrupts_a_blocking_follow(client: longrun.Client, cancel_on_interrupt: bool) -> None:
+    run = client.submit("sleep", SLEEP_FOREVER)
+    events = client.follow(run, cancel_on_interrupt=cancel_on_interrupt)
+    assert next(events).state == "queued"
+    ready = threading.Event()
+    _interrupt_soon(ready)
+    ready.set()
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        next(events)
+    print(f"follow interrupted {time.monotonic() - start - 0.2:.3f} s after SIGINT")
+    if not cancel_on_interrupt:
+        assert client.status(run).state == "queued"  # stopping a follow is not a cancel
+        client.cancel(run)
+    with pytest.raises(longrun.Canceled):
+        client.wait(run)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT from a thread")
+@pytest.mark.parametrize("cancel_on_interrupt", [False, True])
+def test_ctrl_c_interrupts_a_blocking_wait(client: longrun.Client, cancel_on_interrupt: bool) -> None:
+    run = client.submit("sleep", SLEEP_FOREVER)
+    ready = threading.Event()
+    _interrupt_soon(ready)
+    ready.set()
+    with pytest.raises(KeyboardInterrupt):
+        client.wait(run, cancel_on_interrupt=cancel_on_interrupt)
+    if not cancel_on_interrupt:
+        assert client.status(run).state == "queued"
+        client.cancel(run)
+    with pytest.raises(longrun.Canceled):
+        client.wait(run)
+
+
+def test_ctrl_c_in_a_script_exits_with_keyboard_interrupt(url: str, tmp_path: Path) -> None:
+    """The same through a real process and a real SIGINT, as a user at a terminal sends it."""
+    script = (
+        "import longrun, sys\n"
+        "c = longrun.Client(sys.argv[1])\n"
+        "run = c.submit('sleep', {'ms': 3600000})\n"
+        "events = c.follow(run, cancel_on_interrupt=True)\n"
+        "next(events)\n"
+        "print(run.url, flush=True)\n"
+        "for e in events: pass\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, url], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    assert proc.stdout is not None
+    run_url = proc.stdout.readline().strip()
+    time.sleep(0.5)  # let it enter the follow; a signal before that would not cancel
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err, err
+    with longrun.Client(url) as c:
+        with pytest.raises(longrun.Canceled):
+            c.wait(longrun.Run.from_url(run_url), timeout=30)
+
+
+def test_cancelling_the_asyncio_task_stops_the_follow(url: str) -> None:
+    async def main() -> None:
+        async with longrun.AsyncClient(url) as c:
+            run = await c.submit("sleep", SLEEP_FOREVER)
+            got_first = asyncio.Event()
+
+            async def follow() -> None:
+                async for event in c.follow(run):
+                    got_first.set()
+
+            async def wait() -> None:
+                await c.wait(run)
+
+            for body in (follow, wait):
+                task = asyncio.ensure_future(body())
+                if body is follow:
+                    await got_first.wait()
+                else:
+                    await asyncio.sleep(0.05)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await asyncio.wait_for(task, 10)
+            assert (await c.status(run)).state == "queued"  # stopping a follow is not a cancel
+            await c.cancel(run)
+
+    asyncio.run(main())
+
+
+# --- progress -----------------------------------------------------------------------------
+
+
+def test_on_progress_and_the_tqdm_helper(client: longrun.Client, url: str) -> None:
+    seen: List[Any] = []
+    run = client.submit("count", {"n": 4})
+    events = list(client.follow(run, on_progress=lambda p: seen.append((p.fraction, p.message))))
+    assert seen == [(0.25, "1/4"), (0.5, "2/4"), (0.75, "3/4"), (1.0, "4/4")]
+    assert events[1].progress is not None and events[0].progress is None
+    emit = client.submit("emit", {"events": [{"message": "only text"}, {"progress": 7}, "x"]})
+    got = [e.progress for e in client.follow(emit)]
+    assert [(p.fraction, p.message) if p else None for p in got] == [
+        None, (None, "only text"), (1.0, None), None, None]
+
+    pytest.importorskip("tqdm")
+    from longrun.progress import atqdm_events, tqdm_events
+
+    out = io.StringIO()
+    ids = [e.id for e in tqdm_events(client.follow(run), file=out)]
+    assert ids == list(range(6)) and "4/4" in out.getvalue() and "100%" in out.getvalue()
+
+    async def main() -> List[int]:
+        async with longrun.AsyncClient(url) as ac:
+            return [e.id async for e in atqdm_events(ac.follow(run), file=io.StringIO())]
+
+    assert asyncio.run(main()) == list(range(6))
+
+
+def test_run_events_and_context_managers(client: longrun.Client) -> None:
+    run = client.submit("count", {"n": 1})
+    assert [e.state for e in run.events()] == ["queued", "running", "success"]
+    assert [e.id for e in run.events(since=1)] == [2]
+    with pytest.raises(longrun.InvalidArgument):
+        longrun.Run.from_url(run.url).events()
+    c = longrun.Client(client.base_url)
+    with c:
+        assert c.exists(run)
+    with pytest.raises(longrun.InvalidArgument):
+        c.exists(run)
+
+
+# --- types --------------------------------------------------------------------------------
+
+
+def test_the_typed_example_passes_mypy_strict(tmp_path: Path) -> None:
+    mypy = shutil.which("mypy", path=os.path.dirname(sys.executable)) or shutil.which("mypy")
+    if mypy is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("mypy is not installed")
+        pytest.skip("mypy is not installed")
+    example = Path(__file__).with_name("typed_example.py")
+    out = subprocess.run([mypy, "--strict", "--no-incremental", str(example)],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
