@@ -5,33 +5,12 @@
 use std::time::Duration;
 
 use longrun::{
-    CancelOutcome, ClientBuilder, Error, Event, Progress, Reconnect, Run, RunStatus, Transport,
+    CancelOutcome, ClientBuilder, ClientOptions, Error, Event, Progress, Run, RunStatus, Transport,
 };
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::{Value, json};
 
-/// The client options as the JS `Client` constructor takes them (camelCase, all optional).
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
-pub struct Options {
-    token: Option<String>,
-    timeout_ms: Option<f64>,
-    headers: Option<Map<String, Value>>,
-    transport: Option<String>,
-    poll_wait_ms: Option<f64>,
-    idle_timeout_ms: Option<f64>,
-    sse_fallback_after_ms: Option<f64>,
-    reconnect: Option<ReconnectOptions>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
-struct ReconnectOptions {
-    max_attempts: Option<u32>,
-    initial_delay_ms: Option<f64>,
-    max_delay_ms: Option<f64>,
-}
-
+/// A JS duration in milliseconds (a number, possibly fractional).
 pub fn millis(ms: f64) -> Result<Duration, Error> {
     Duration::try_from_secs_f64(ms / 1000.0)
         .map_err(|_| invalid(format!("{ms} is not a duration in milliseconds")))
@@ -45,68 +24,16 @@ fn invalid(message: String) -> Error {
     }
 }
 
-/// A client for `url` with the options JSON of the JS constructor.
+/// A client for `url` with the options JSON of the JS constructor (the core's `ClientOptions`,
+/// whose camelCase spellings are the JS ones).
 pub fn client(url: &str, options: &str) -> Result<longrun::Client, Error> {
-    let o: Options = if options.is_empty() {
-        Options::default()
-    } else {
-        serde_json::from_str(options).map_err(|e| invalid(format!("client options: {e}")))?
-    };
-    let mut b =
+    let builder =
         ClientBuilder::new(url).user_agent(concat!("longrun-js/", env!("CARGO_PKG_VERSION")));
-    if let Some(t) = o.token {
-        b = b.token(t);
-    }
-    if let Some(ms) = o.timeout_ms {
-        b = b.timeout(millis(ms)?);
-    }
-    for (name, value) in o.headers.unwrap_or_default() {
-        let value = match value {
-            Value::String(s) => s,
-            other => other.to_string(),
-        };
-        b = b.header(name, value);
-    }
-    if let Some(t) = transport(o.transport.as_deref())? {
-        b = b.transport(t);
-    }
-    if let Some(ms) = o.poll_wait_ms {
-        b = b.poll_wait(millis(ms)?);
-    }
-    if let Some(ms) = o.idle_timeout_ms {
-        b = b.idle_timeout(millis(ms)?);
-    }
-    if let Some(ms) = o.sse_fallback_after_ms {
-        b = b.sse_fallback_after(millis(ms)?);
-    }
-    if let Some(r) = o.reconnect {
-        let d = Reconnect::default();
-        b = b.reconnect(Reconnect {
-            max_attempts: r.max_attempts.unwrap_or(d.max_attempts),
-            initial_delay: r
-                .initial_delay_ms
-                .map(millis)
-                .transpose()?
-                .unwrap_or(d.initial_delay),
-            max_delay: r
-                .max_delay_ms
-                .map(millis)
-                .transpose()?
-                .unwrap_or(d.max_delay),
-        });
-    }
-    b.build()
+    ClientOptions::from_json(options)?.apply(builder)?.build()
 }
 
 pub fn transport(name: Option<&str>) -> Result<Option<Transport>, Error> {
-    match name {
-        None => Ok(None),
-        Some("sse") => Ok(Some(Transport::Sse)),
-        Some("poll") => Ok(Some(Transport::Poll)),
-        Some(other) => Err(invalid(format!(
-            "transport {other:?}: use \"sse\" or \"poll\""
-        ))),
-    }
+    name.map(str::parse).transpose()
 }
 
 /// The submit arguments: JSON text of an object; none is `{}`.

@@ -37,7 +37,6 @@ use std::time::Duration;
 
 use futures::future::{Either, select};
 use longrun::{ErrorKind, EventStream, FollowOptions, State};
-use serde::Deserialize;
 use tokio::runtime::Runtime;
 use tokio::sync::Notify;
 
@@ -601,81 +600,6 @@ pub struct longrun_client {
     client: longrun::Client,
 }
 
-/// The options of `longrun_client_new`, as a JSON object; every member is optional.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct Options {
-    token: Option<String>,
-    #[serde(default)]
-    headers: Vec<(String, String)>,
-    timeout_ms: Option<u64>,
-    transport: Option<String>,
-    user_agent: Option<String>,
-    poll_wait_ms: Option<u64>,
-    idle_timeout_ms: Option<u64>,
-    sse_fallback_after_ms: Option<u64>,
-    reconnect: Option<ReconnectOptions>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReconnectOptions {
-    max_attempts: Option<u32>,
-    initial_delay_ms: Option<u64>,
-    max_delay_ms: Option<u64>,
-}
-
-fn builder(url: &str, options: Options) -> Result<longrun::ClientBuilder> {
-    let ms = Duration::from_millis;
-    let mut b = longrun::ClientBuilder::new(url);
-    for (name, value) in options.headers {
-        b = b.header(name, value);
-    }
-    if let Some(token) = options.token {
-        b = b.token(token);
-    }
-    if let Some(t) = options.timeout_ms {
-        b = b.timeout(ms(t));
-    }
-    if let Some(t) = options.transport {
-        b = b.transport(match t.as_str() {
-            "sse" => longrun::Transport::Sse,
-            "poll" => longrun::Transport::Poll,
-            other => {
-                return Err(invalid(format!(
-                    "transport {other:?}: expected \"sse\" or \"poll\""
-                )));
-            }
-        });
-    }
-    if let Some(ua) = options.user_agent {
-        b = b.user_agent(ua);
-    }
-    if let Some(t) = options.poll_wait_ms {
-        b = b.poll_wait(ms(t));
-    }
-    if let Some(t) = options.idle_timeout_ms {
-        b = b.idle_timeout(ms(t));
-    }
-    if let Some(t) = options.sse_fallback_after_ms {
-        b = b.sse_fallback_after(ms(t));
-    }
-    if let Some(r) = options.reconnect {
-        let mut policy = longrun::Reconnect::default();
-        if let Some(n) = r.max_attempts {
-            policy.max_attempts = n;
-        }
-        if let Some(t) = r.initial_delay_ms {
-            policy.initial_delay = ms(t);
-        }
-        if let Some(t) = r.max_delay_ms {
-            policy.max_delay = ms(t);
-        }
-        b = b.reconnect(policy);
-    }
-    Ok(b)
-}
-
 /// Make a client for the server at `url` (e.g. `http://127.0.0.1:8080`).
 ///
 /// `options` is NULL (`options_len` 0) or a JSON object with any of: `token` (string: sends
@@ -702,13 +626,9 @@ pub unsafe extern "C" fn longrun_client_new(
             let url = str_arg(url, url_len, "url")?;
             let options = str_arg(options, options_len, "options")?;
             let client = out(client, "client")?;
-            let options: Options = if options.trim().is_empty() {
-                Options::default()
-            } else {
-                serde_json::from_str(options)
-                    .map_err(|e| invalid(format!("the client options are not valid: {e}")))?
-            };
-            let builder = builder(url, options)?;
+            // The options are the core's `ClientOptions`: defaults and names live there once.
+            let builder = longrun::ClientOptions::from_json(options)?
+                .apply(longrun::ClientBuilder::new(url))?;
             // One worker thread drives the I/O, so any number of caller threads can block on
             // calls at once (as `longrun::blocking::Client` does).
             let rt = tokio::runtime::Builder::new_multi_thread()

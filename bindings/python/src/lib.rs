@@ -189,14 +189,7 @@ fn seconds(name: &str, s: Option<f64>) -> longrun::Result<Option<Duration>> {
 }
 
 fn transport(name: Option<&str>) -> longrun::Result<Option<Transport>> {
-    match name {
-        None => Ok(None),
-        Some("sse") => Ok(Some(Transport::Sse)),
-        Some("poll") => Ok(Some(Transport::Poll)),
-        Some(other) => Err(invalid(format!(
-            "transport must be \"sse\" or \"poll\", not {other:?}"
-        ))),
-    }
+    name.map(str::parse).transpose()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -22,6 +22,150 @@ pub enum Transport {
     Poll,
 }
 
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Sse => "sse",
+            Transport::Poll => "poll",
+        }
+    }
+}
+
+/// The names every binding accepts: `"sse"` and `"poll"`.
+impl std::str::FromStr for Transport {
+    type Err = Error;
+    fn from_str(name: &str) -> Result<Self> {
+        match name {
+            "sse" => Ok(Transport::Sse),
+            "poll" => Ok(Transport::Poll),
+            other => Err(Error::invalid(format!(
+                "transport {other:?}: use \"sse\" or \"poll\""
+            ))),
+        }
+    }
+}
+
+/// Client settings as data, for bindings that receive them as JSON (the C ABI, JavaScript):
+/// every member optional, unset members keep the core's defaults. Names are snake_case, with
+/// the camelCase spelling JavaScript uses accepted too; durations are in milliseconds.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientOptions {
+    pub token: Option<String>,
+    /// An object of names to values, or an array of `[name, value]` pairs.
+    pub headers: Option<HeaderList>,
+    #[serde(alias = "timeoutMs")]
+    pub timeout_ms: Option<f64>,
+    pub transport: Option<String>,
+    #[serde(alias = "userAgent")]
+    pub user_agent: Option<String>,
+    #[serde(alias = "pollWaitMs")]
+    pub poll_wait_ms: Option<f64>,
+    #[serde(alias = "idleTimeoutMs")]
+    pub idle_timeout_ms: Option<f64>,
+    #[serde(alias = "sseFallbackAfterMs")]
+    pub sse_fallback_after_ms: Option<f64>,
+    pub reconnect: Option<ReconnectOptions>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(untagged)]
+pub enum HeaderList {
+    Pairs(Vec<(String, String)>),
+    Map(serde_json::Map<String, Value>),
+}
+
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReconnectOptions {
+    #[serde(alias = "maxAttempts")]
+    pub max_attempts: Option<u32>,
+    #[serde(alias = "initialDelayMs")]
+    pub initial_delay_ms: Option<f64>,
+    #[serde(alias = "maxDelayMs")]
+    pub max_delay_ms: Option<f64>,
+}
+
+fn millis(name: &str, ms: Option<f64>) -> Result<Option<Duration>> {
+    ms.map(|ms| {
+        Duration::try_from_secs_f64(ms / 1000.0).map_err(|_| {
+            Error::invalid(format!(
+                "{name} must be a non-negative number of milliseconds, not {ms}"
+            ))
+        })
+    })
+    .transpose()
+}
+
+impl ClientOptions {
+    /// Parse options JSON; empty text means no options.
+    pub fn from_json(json: &str) -> Result<Self> {
+        if json.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        let bad = |e: serde_json::Error| Error::invalid(format!("client options: {e}"));
+        // Parse to a value first: serde would also read a struct from a JSON array.
+        match serde_json::from_str::<Value>(json).map_err(bad)? {
+            obj @ Value::Object(_) => serde_json::from_value(obj).map_err(bad),
+            other => Err(Error::invalid(format!(
+                "client options must be a JSON object, not {other}"
+            ))),
+        }
+    }
+
+    /// Set what these options set on `builder`, leaving the rest as it was.
+    pub fn apply(self, mut b: ClientBuilder) -> Result<ClientBuilder> {
+        match self.headers {
+            Some(HeaderList::Pairs(pairs)) => {
+                for (name, value) in pairs {
+                    b = b.header(name, value);
+                }
+            }
+            Some(HeaderList::Map(map)) => {
+                for (name, value) in map {
+                    let value = match value {
+                        Value::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    b = b.header(name, value);
+                }
+            }
+            None => {}
+        }
+        if let Some(token) = self.token {
+            b = b.token(token);
+        }
+        if let Some(t) = millis("timeout_ms", self.timeout_ms)? {
+            b = b.timeout(t);
+        }
+        if let Some(t) = self.transport {
+            b = b.transport(t.parse()?);
+        }
+        if let Some(ua) = self.user_agent {
+            b = b.user_agent(ua);
+        }
+        if let Some(t) = millis("poll_wait_ms", self.poll_wait_ms)? {
+            b = b.poll_wait(t);
+        }
+        if let Some(t) = millis("idle_timeout_ms", self.idle_timeout_ms)? {
+            b = b.idle_timeout(t);
+        }
+        if let Some(t) = millis("sse_fallback_after_ms", self.sse_fallback_after_ms)? {
+            b = b.sse_fallback_after(t);
+        }
+        if let Some(r) = self.reconnect {
+            let d = Reconnect::default();
+            b = b.reconnect(Reconnect {
+                max_attempts: r.max_attempts.unwrap_or(d.max_attempts),
+                initial_delay: millis("initial_delay_ms", r.initial_delay_ms)?
+                    .unwrap_or(d.initial_delay),
+                max_delay: millis("max_delay_ms", r.max_delay_ms)?.unwrap_or(d.max_delay),
+            });
+        }
+        Ok(b)
+    }
+}
+
 /// How a follow reconnects after a dropped connection or a 5xx. Delays start at the server's
 /// `retry:` hint (or `initial_delay` before one is known), double per consecutive failure up
 /// to `max_delay`, and are jittered (each is drawn between half and all of its value).
@@ -517,5 +661,53 @@ impl Client {
             }
             other => other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_read_both_spellings_and_keep_unset_defaults() {
+        for json in [
+            r#"{"timeout_ms": 250, "transport": "poll", "headers": [["x-a", "1"]], "reconnect": {"max_attempts": 2}}"#,
+            r#"{"timeoutMs": 250, "transport": "poll", "headers": {"x-a": "1"}, "reconnect": {"maxAttempts": 2}}"#,
+        ] {
+            let b = ClientOptions::from_json(json)
+                .unwrap()
+                .apply(ClientBuilder::new("http://h"))
+                .unwrap();
+            assert_eq!(b.timeout, Duration::from_millis(250), "{json}");
+            assert_eq!(b.transport, Transport::Poll);
+            assert_eq!(b.headers, vec![("x-a".to_owned(), "1".to_owned())]);
+            assert_eq!(b.reconnect.max_attempts, 2);
+            assert_eq!(b.reconnect.max_delay, Reconnect::default().max_delay);
+            assert_eq!(b.poll_wait, ClientBuilder::new("h").poll_wait);
+        }
+        assert!(ClientOptions::from_json("").is_ok());
+    }
+
+    #[test]
+    fn bad_options_are_invalid_arguments() {
+        for json in [
+            r#"{"transport": "websocket"}"#,
+            r#"{"timeout_ms": -1}"#,
+            r#"{"bogus": 1}"#,
+            r#"{"reconnect": {"bogus": 1}}"#,
+            r#"[1]"#,
+            r#"[]"#,
+            r#""sse""#,
+        ] {
+            let err = ClientOptions::from_json(json)
+                .and_then(|o| o.apply(ClientBuilder::new("http://h")))
+                .unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument, "{json}");
+        }
+        assert_eq!("sse".parse::<Transport>().unwrap(), Transport::Sse);
+        assert_eq!(
+            Transport::Poll.as_str().parse::<Transport>().unwrap(),
+            Transport::Poll
+        );
     }
 }

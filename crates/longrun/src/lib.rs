@@ -27,7 +27,10 @@ mod follow;
 mod rt;
 mod run;
 
-pub use client::{CancelOutcome, Client, ClientBuilder, Reconnect, RunStatus, Transport};
+pub use client::{
+    CancelOutcome, Client, ClientBuilder, ClientOptions, HeaderList, Reconnect, ReconnectOptions,
+    RunStatus, Transport,
+};
 pub use error::{Error, ErrorKind, Result};
 pub use follow::{EventStream, FollowOptions};
 pub use longrun_proto::{Event, Progress, RunId, State};
