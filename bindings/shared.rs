@@ -5,9 +5,11 @@
 use std::time::Duration;
 
 use longrun::{
-    CancelOutcome, ClientBuilder, ClientOptions, Error, Event, Progress, Run, RunStatus, Transport,
+    CancelOutcome, ClientBuilder, ClientOptions, Error, Progress, RawEvent, Run, RunStatus,
+    Transport,
 };
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 /// A JS duration in milliseconds (a number, possibly fractional).
@@ -67,7 +69,8 @@ pub fn cancel_json(o: &CancelOutcome) -> String {
 struct EventOut<'a> {
     id: u64,
     state: &'static str,
-    value: &'a Value,
+    /// Written out verbatim: the value is never parsed on this side of the boundary.
+    value: &'a RawValue,
     #[serde(skip_serializing_if = "Option::is_none")]
     progress: Option<ProgressOut>,
 }
@@ -92,9 +95,9 @@ pub fn progress_json(p: Progress) -> String {
 }
 
 /// A batch of events as one JSON array: one boundary crossing and one `JSON.parse` per batch.
-/// Written straight from the events (no intermediate `Value`): this is the hot path. With
-/// `progress`, each event whose value follows the progress convention carries it.
-pub fn batch_json(events: &[Event], progress: bool) -> String {
+/// The values go in as the JSON text they came as (no intermediate `Value`): this is the hot
+/// path. With `progress`, each event whose value follows the progress convention carries it.
+pub fn batch_json(events: &[RawEvent], progress: bool) -> String {
     let out: Vec<EventOut<'_>> = events
         .iter()
         .map(|ev| EventOut {
@@ -102,7 +105,7 @@ pub fn batch_json(events: &[Event], progress: bool) -> String {
             state: ev.state.as_str(),
             value: &ev.value,
             progress: progress
-                .then(|| Progress::from_value(&ev.value).map(ProgressOut::from))
+                .then(|| Progress::from_raw(&ev.value).map(ProgressOut::from))
                 .flatten(),
         })
         .collect();

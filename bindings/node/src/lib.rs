@@ -195,7 +195,7 @@ impl NativeFollow {
             return Ok("[]".into());
         };
         // Ended, failed or closed: the connection goes now, not when this object is collected.
-        let batch = abort.guard(events.next_batch(max as usize)).await;
+        let batch = abort.guard(events.next_raw_batch(max as usize)).await;
         if batch.as_ref().is_ok_and(Vec::is_empty) || batch.is_err() {
             *guard = None;
         }

@@ -16,7 +16,9 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// How long a blocking call waits before it looks for a pending signal (Ctrl-C).
 const SLICE: Duration = Duration::from_millis(50);
@@ -80,34 +82,80 @@ fn raise_detached<T>(r: longrun::Result<T>) -> PyResult<T> {
 // ---------------------------------------------------------------------------------------------
 // JSON values <-> Python objects.
 
+/// Builds Python objects straight from a JSON reader: from an event's raw JSON text (no
+/// `Value` in between, the hot path of `Event.value`) or from a `Value` (`&Value` is a serde
+/// `Deserializer` too), so there is one conversion for both. Object keys keep their order.
+struct PyJson<'py>(Python<'py>);
+
+/// A Python error met while building (out of memory, say), carried through serde.
+fn py_failed<E: de::Error>(e: PyErr) -> E {
+    E::custom(e)
+}
+
+impl<'de, 'py> DeserializeSeed<'de> for PyJson<'py> {
+    type Value = Bound<'py, PyAny>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de, 'py> Visitor<'de> for PyJson<'py> {
+    type Value = Bound<'py, PyAny>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(self.0.None().into_bound(self.0))
+    }
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<Self::Value, E> {
+        Ok(PyBool::new(self.0, b).to_owned().into_any())
+    }
+    fn visit_i64<E: de::Error>(self, i: i64) -> Result<Self::Value, E> {
+        let Ok(int) = i.into_pyobject(self.0);
+        Ok(int.into_any())
+    }
+    fn visit_u64<E: de::Error>(self, u: u64) -> Result<Self::Value, E> {
+        let Ok(int) = u.into_pyobject(self.0);
+        Ok(int.into_any())
+    }
+    fn visit_f64<E: de::Error>(self, f: f64) -> Result<Self::Value, E> {
+        Ok(PyFloat::new(self.0, f).into_any())
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+        Ok(PyString::new(self.0, s).into_any())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let list = PyList::empty(self.0);
+        while let Some(item) = seq.next_element_seed(PyJson(self.0))? {
+            list.append(item).map_err(py_failed)?;
+        }
+        Ok(list.into_any())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let dict = PyDict::new(self.0);
+        while let Some(key) = map.next_key_seed(PyJson(self.0))? {
+            let value = map.next_value_seed(PyJson(self.0))?;
+            dict.set_item(key, value).map_err(py_failed)?;
+        }
+        Ok(dict.into_any())
+    }
+}
+
 fn json_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
-    Ok(match v {
-        Value::Null => py.None().into_bound(py),
-        Value::Bool(b) => PyBool::new(py, *b).to_owned().into_any(),
-        Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                i.into_pyobject(py)?.into_any()
-            } else if let Some(u) = n.as_u64() {
-                u.into_pyobject(py)?.into_any()
-            } else {
-                PyFloat::new(py, n.as_f64().unwrap_or(f64::NAN)).into_any()
-            }
-        }
-        Value::String(s) => PyString::new(py, s).into_any(),
-        Value::Array(items) => {
-            let list = PyList::empty(py);
-            for item in items {
-                list.append(json_to_py(py, item)?)?;
-            }
-            list.into_any()
-        }
-        Value::Object(map) => {
-            let dict = PyDict::new(py);
-            for (k, item) in map {
-                dict.set_item(k, json_to_py(py, item)?)?;
-            }
-            dict.into_any()
-        }
+    PyJson(py)
+        .deserialize(v)
+        .map_err(|e| PyRuntimeError::new_err(e.to_string()))
+}
+
+/// An event value as Python objects, read from its JSON text.
+fn raw_to_py<'py>(py: Python<'py>, raw: &RawValue) -> PyResult<Bound<'py, PyAny>> {
+    let mut reader = serde_json::Deserializer::from_str(raw.get());
+    PyJson(py).deserialize(&mut reader).map_err(|e| {
+        to_py_err(
+            py,
+            longrun::Error::Protocol(format!("an event value cannot be read: {e}")),
+        )
     })
 }
 
@@ -286,16 +334,17 @@ struct Event {
     #[pyo3(get)]
     id: u64,
     state: State,
-    json: Value,
+    /// The value's JSON text, as it came from the server.
+    raw: Box<RawValue>,
     value: PyOnceLock<Py<PyAny>>,
 }
 
 impl Event {
-    fn new(ev: longrun::Event) -> Self {
+    fn new(ev: longrun::RawEvent) -> Self {
         Event {
             id: ev.id,
             state: ev.state,
-            json: ev.value,
+            raw: ev.value,
             value: PyOnceLock::new(),
         }
     }
@@ -312,7 +361,7 @@ impl Event {
     fn value<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let value = self
             .value
-            .get_or_try_init(py, || json_to_py(py, &self.json).map(Bound::unbind))?;
+            .get_or_try_init(py, || raw_to_py(py, &self.raw).map(Bound::unbind))?;
         Ok(value.bind(py).clone())
     }
 
@@ -328,7 +377,7 @@ impl Event {
         if self.state != State::Running {
             return None;
         }
-        longrun::Progress::from_value(&self.json).map(|p| Progress {
+        longrun::Progress::from_raw(&self.raw).map(|p| Progress {
             fraction: p.fraction,
             message: p.message,
         })
@@ -355,7 +404,7 @@ impl Event {
 }
 
 /// A batch of events, turned into Python objects once the GIL is at hand.
-struct Batch(Vec<longrun::Event>);
+struct Batch(Vec<longrun::RawEvent>);
 
 impl<'py> IntoPyObject<'py> for Batch {
     type Target = PyList;
@@ -566,7 +615,7 @@ impl Events {
         })?;
         let events: &mut blocking::Events = &mut guard;
         loop {
-            match py.detach(|| events.next_batch_timeout(max, SLICE)) {
+            match py.detach(|| events.next_raw_batch_timeout(max, SLICE)) {
                 Next::Item(batch) => return Ok(Batch(batch.or_raise(py)?)),
                 Next::End => return Ok(Batch(Vec::new())),
                 Next::Pending => py.check_signals()?,
@@ -709,7 +758,7 @@ impl AsyncEvents {
         let events = self.inner.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
             let mut events = events.lock().await;
-            Ok(Batch(raise_detached(events.next_batch(max).await)?))
+            Ok(Batch(raise_detached(events.next_raw_batch(max).await)?))
         })
     }
 }

@@ -1,7 +1,9 @@
 use std::fmt;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::RunId;
 
@@ -58,6 +60,40 @@ pub struct Event {
     pub id: u64,
     pub state: State,
     pub value: Value,
+}
+
+/// An event whose value is still JSON text: what clients carry from the wire to a caller
+/// that has its own JSON reader (an SDK's language, or `serde` into the caller's own type), so
+/// the value is parsed once, by whoever reads it, and never into a [`Value`] on the way.
+/// `value` is valid JSON by construction ([`RawValue`] cannot hold anything else).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RawEvent {
+    pub id: u64,
+    pub state: State,
+    pub value: Box<RawValue>,
+}
+
+impl RawEvent {
+    /// The value parsed into `T` (a [`Value`], or a type of the caller's).
+    pub fn value<T: DeserializeOwned>(&self) -> serde_json::Result<T> {
+        serde_json::from_str(self.value.get())
+    }
+
+    /// The same event with its value parsed. Fails only where `Value` has limits that the
+    /// text does not (nesting deeper than serde_json's recursion limit).
+    pub fn to_event(&self) -> serde_json::Result<Event> {
+        Ok(Event {
+            id: self.id,
+            state: self.state,
+            value: self.value()?,
+        })
+    }
+}
+
+impl PartialEq for RawEvent {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id && self.state == other.state && self.value.get() == other.value.get()
+    }
 }
 
 impl Event {

@@ -1,4 +1,6 @@
+use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// The progress convention: a `running` event whose value is an object may carry
 /// `"progress"` (a number in 0..=1) and `"message"` (a string). SDKs and the CLI render these;
@@ -23,6 +25,34 @@ impl Progress {
             .get("message")
             .and_then(Value::as_str)
             .map(str::to_owned);
+        (fraction.is_some() || message.is_some()).then_some(Progress { fraction, message })
+    }
+
+    /// The same as [`Progress::from_value`], read straight from JSON text (an SDK's raw event
+    /// value) without building a `Value`. A value whose object repeats `progress` or `message`
+    /// is read as carrying neither.
+    pub fn from_raw(value: &RawValue) -> Option<Progress> {
+        #[derive(Deserialize)]
+        struct Fields<'a> {
+            #[serde(borrow, default)]
+            progress: Option<&'a RawValue>,
+            #[serde(borrow, default)]
+            message: Option<&'a RawValue>,
+        }
+        // A derived struct also reads a JSON array (fields by position); the convention is
+        // for objects only. A RawValue starts at its first byte, never at whitespace.
+        if !value.get().starts_with('{') {
+            return None;
+        }
+        let fields: Fields<'_> = serde_json::from_str(value.get()).ok()?;
+        let fraction = fields
+            .progress
+            .and_then(|raw| serde_json::from_str::<f64>(raw.get()).ok())
+            .filter(|f| f.is_finite())
+            .map(|f| f.clamp(0.0, 1.0));
+        let message = fields
+            .message
+            .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok());
         (fraction.is_some() || message.is_some()).then_some(Progress { fraction, message })
     }
 
@@ -58,5 +88,28 @@ mod tests {
         assert_eq!(Progress::from_value(&json!({"other": 1})), None);
         assert_eq!(Progress::from_value(&json!("text")), None);
         assert_eq!(Progress::from_value(&json!({"progress": "x"})), None);
+    }
+
+    #[test]
+    fn raw_values_read_the_same() {
+        for value in [
+            json!({"progress": 0.5, "message": "half", "i": 1}),
+            json!({"progress": 7}),
+            json!({"progress": -1, "message": null}),
+            json!({"other": 1}),
+            json!("text"),
+            json!({"progress": "x"}),
+            json!({"message": 3, "progress": [1]}),
+            json!({"message": "only \"quoted\" text", "nested": {"progress": 1}}),
+            json!([0.5]),
+            json!(null),
+        ] {
+            let raw = serde_json::value::to_raw_value(&value).unwrap();
+            assert_eq!(
+                Progress::from_raw(&raw),
+                Progress::from_value(&value),
+                "{value}"
+            );
+        }
     }
 }

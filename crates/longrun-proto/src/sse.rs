@@ -6,7 +6,9 @@
 
 use bytes::Bytes;
 
-use crate::{Event, State};
+use serde_json::value::RawValue;
+
+use crate::{Event, RawEvent, State};
 
 mod decode;
 pub use decode::*;
@@ -35,6 +37,19 @@ pub fn to_event(msg: &SseMessage) -> Option<Event> {
     let state = State::parse(&msg.event)?;
     let value = serde_json::from_str(&msg.data).ok()?;
     Some(Event { id, state, value })
+}
+
+/// [`to_event`] keeping the value as JSON text: the data is checked to be JSON and copied
+/// once, never parsed into a `Value`.
+pub fn to_raw_event(msg: &SseMessageRef<'_>) -> Option<RawEvent> {
+    let id = crate::header::parse_cursor(msg.id)?;
+    let state = State::parse(msg.event)?;
+    let value = serde_json::from_str::<&RawValue>(msg.data).ok()?;
+    Some(RawEvent {
+        id,
+        state,
+        value: value.to_owned(),
+    })
 }
 
 #[cfg(test)]

@@ -12,7 +12,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
-    CancelOutcome, ClientBuilder, Error, Event, EventStream, FollowOptions, Result, Run, RunStatus,
+    CancelOutcome, ClientBuilder, Error, Event, EventStream, FollowOptions, RawEvent, Result, Run,
+    RunStatus,
 };
 
 #[derive(Clone, Debug)]
@@ -185,10 +186,27 @@ impl Events {
         let batch = self
             .rt
             .block_on(crate::rt::timeout(timeout, self.stream.next_batch(max)));
-        match batch {
-            Some(Ok(events)) if events.is_empty() => Next::End,
-            Some(result) => Next::Item(result),
-            None => Next::Pending,
-        }
+        batch_found(batch)
+    }
+
+    /// Like [`EventStream::next_raw_batch`], waiting at most `timeout` for the first event.
+    pub fn next_raw_batch_timeout(
+        &mut self,
+        max: usize,
+        timeout: Duration,
+    ) -> Next<Result<Vec<RawEvent>>> {
+        let batch = self
+            .rt
+            .block_on(crate::rt::timeout(timeout, self.stream.next_raw_batch(max)));
+        batch_found(batch)
+    }
+}
+
+/// A timed batch as [`Next`]: an empty batch is the end of the follow.
+fn batch_found<T>(batch: Option<Result<Vec<T>>>) -> Next<Result<Vec<T>>> {
+    match batch {
+        Some(Ok(events)) if events.is_empty() => Next::End,
+        Some(result) => Next::Item(result),
+        None => Next::Pending,
     }
 }

@@ -5,15 +5,16 @@
 //! anything beyond the next id is a gap, which longrun/1 forbids, so it is a protocol error.
 //! Hence exactly once, in order, whatever the network does.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt, ready};
 use longrun_proto::header as h;
-use longrun_proto::sse::{Decoder, SseItem, to_event};
-use longrun_proto::{Event, State};
+use longrun_proto::sse::{Decoder, SseItemRef, to_raw_event};
+use longrun_proto::{Event, RawEvent, State};
 use serde_json::Value;
 
 use crate::client::{Inner, Transport, error_from};
@@ -28,64 +29,112 @@ pub struct FollowOptions {
     pub transport: Option<Transport>,
 }
 
+/// What the follow loop yields: the events one chunk (SSE) or one answer (long poll) brought,
+/// never empty. Batching here, not per event, is what keeps a drain cheap: one wake-up of the
+/// stream per network read, not per event.
 #[cfg(not(target_arch = "wasm32"))]
-type BoxedEvents = Pin<Box<dyn Stream<Item = Result<Event>> + Send>>;
+type Batches = Pin<Box<dyn Stream<Item = Result<Vec<RawEvent>>> + Send>>;
 #[cfg(target_arch = "wasm32")]
-type BoxedEvents = Pin<Box<dyn Stream<Item = Result<Event>>>>;
+type Batches = Pin<Box<dyn Stream<Item = Result<Vec<RawEvent>>>>>;
 
 /// The events of a run, in order, each once, ending after the terminal event. An `Err` item
 /// is final: the stream ends after it.
+///
+/// As a [`Stream`] it yields [`Event`]s with parsed values. [`EventStream::next_raw_batch`]
+/// hands over [`RawEvent`]s instead, whose values are still JSON text: for callers with a JSON
+/// reader of their own (the SDKs, or `serde` into a type of yours).
 pub struct EventStream {
-    inner: BoxedEvents,
+    batches: Batches,
+    /// Events already read, not yet handed out: at most one network read's worth beyond what
+    /// the last `next_raw_batch` asked for.
+    ready: VecDeque<RawEvent>,
+    /// An error met while reading ahead; reported once `ready` is handed out.
+    failed: Option<Error>,
 }
 
 impl Stream for EventStream {
     type Item = Result<Event>;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.inner.as_mut().poll_next(cx)
+        let this = &mut *self;
+        loop {
+            if let Some(raw) = this.ready.pop_front() {
+                return Poll::Ready(Some(parse(&raw)));
+            }
+            if let Some(e) = this.failed.take() {
+                return Poll::Ready(Some(Err(e)));
+            }
+            match ready!(this.batches.as_mut().poll_next(cx)) {
+                Some(Ok(batch)) => this.ready.extend(batch),
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => return Poll::Ready(None),
+            }
+        }
     }
+}
+
+/// A raw event's value parsed for a Rust caller.
+fn parse(raw: &RawEvent) -> Result<Event> {
+    raw.to_event().map_err(|e| {
+        Error::Protocol(format!(
+            "event {} has a value serde_json cannot hold: {e}",
+            raw.id
+        ))
+    })
 }
 
 impl EventStream {
+    fn new(batches: Batches) -> Self {
+        EventStream {
+            batches,
+            ready: VecDeque::new(),
+            failed: None,
+        }
+    }
+
     /// A stream that only reports `error`.
     pub(crate) fn failed(error: Error) -> Self {
-        EventStream {
-            inner: Box::pin(futures::stream::once(async move { Err(error) })),
-        }
+        EventStream::new(Box::pin(futures::stream::once(async move { Err(error) })))
     }
 
     /// Wait for the next event, then take every further event that is already available, up
-    /// to `max` in all. Empty only at the end of the stream. Bindings use this to cross their
-    /// language boundary once per batch rather than once per event.
-    pub async fn next_batch(&mut self, max: usize) -> Result<Vec<Event>> {
-        let mut batch = Vec::new();
-        match self.next().await {
-            None => return Ok(batch),
-            Some(item) => batch.push(item?),
+    /// to `max` in all (`max` 0 counts as 1). Empty only at the end of the stream. The values
+    /// stay JSON text. Bindings use this to cross their language boundary once per batch
+    /// rather than once per event, and to parse values with their own language's reader.
+    ///
+    /// Cancel-safe: dropping the future loses no event.
+    pub async fn next_raw_batch(&mut self, max: usize) -> Result<Vec<RawEvent>> {
+        let max = max.max(1);
+        while self.ready.is_empty() {
+            if let Some(e) = self.failed.take() {
+                return Err(e);
+            }
+            match self.batches.next().await {
+                None => return Ok(Vec::new()),
+                Some(batch) => self.ready.extend(batch?),
+            }
         }
-        while batch.len() < max.max(1) {
-            match self.next().now_or_never() {
-                Some(Some(Ok(ev))) => batch.push(ev),
+        // Take what else is already here, without waiting.
+        while self.ready.len() < max && self.failed.is_none() {
+            match self.batches.next().now_or_never() {
+                Some(Some(Ok(batch))) => self.ready.extend(batch),
                 // An error is final: hand over the events first, report it on the next call.
-                Some(Some(Err(e))) => {
-                    *self = EventStream::failed(e);
-                    break;
-                }
+                Some(Some(Err(e))) => self.failed = Some(e),
                 Some(None) | None => break,
             }
         }
-        Ok(batch)
+        let n = max.min(self.ready.len());
+        Ok(self.ready.drain(..n).collect())
+    }
+
+    /// [`EventStream::next_raw_batch`] with parsed values.
+    pub async fn next_batch(&mut self, max: usize) -> Result<Vec<Event>> {
+        self.next_raw_batch(max).await?.iter().map(parse).collect()
     }
 }
 
-/// Where the next connection starts, and how the last one went.
+/// Where the next connection starts: the id of the last event handed out.
 struct Cursor {
     last: Option<u64>,
-}
-
-enum Accept {
-    Yield(Event),
-    Duplicate,
 }
 
 impl Cursor {
@@ -93,10 +142,12 @@ impl Cursor {
         self.last.map_or(0, |c| c + 1)
     }
 
-    fn accept(&mut self, ev: Event) -> Result<Accept> {
+    /// Take `ev` into `batch` if it is the next event; skip it if it is a duplicate. `Ok(true)`
+    /// once the terminal event is taken: nothing after it may be.
+    fn take(&mut self, ev: RawEvent, batch: &mut Vec<RawEvent>) -> Result<bool> {
         let expected = self.next_id();
         if ev.id < expected {
-            return Ok(Accept::Duplicate);
+            return Ok(false);
         }
         if ev.id > expected {
             return Err(Error::Protocol(format!(
@@ -105,7 +156,9 @@ impl Cursor {
             )));
         }
         self.last = Some(ev.id);
-        Ok(Accept::Yield(ev))
+        let done = ev.state.is_terminal();
+        batch.push(ev);
+        Ok(done)
     }
 }
 
@@ -154,7 +207,7 @@ async fn open_sse(inner: &Inner, run: &Run, cursor: &Cursor) -> Result<SseOpen> 
 }
 
 /// One long poll: the events after the cursor, and whether the run has ended (`Longrun-State`).
-async fn poll_once(inner: &Inner, run: &Run, cursor: &Cursor) -> Result<(Vec<Event>, bool)> {
+async fn poll_once(inner: &Inner, run: &Run, cursor: &Cursor) -> Result<(Vec<RawEvent>, bool)> {
     let wait = inner.poll_wait();
     let mut req = inner
         .http
@@ -242,30 +295,31 @@ pub(crate) fn follow(inner: Arc<Inner>, run: Run, options: FollowOptions) -> Eve
                                 Some(Some(Ok(chunk))) => chunk,
                             };
                             heard = true;
-                            for item in decoder.feed(&chunk) {
-                                match item {
-                                    SseItem::Retry(ms) => retry = Duration::from_millis(ms),
-                                    SseItem::Message(msg) => {
-                                        let Some(ev) = to_event(&msg) else {
-                                            yield Err(Error::Protocol(format!("not a longrun event: {msg:?}")));
-                                            return;
-                                        };
-                                        match cursor.accept(ev) {
-                                            Err(e) => {
-                                                yield Err(e);
-                                                return;
-                                            }
-                                            Ok(Accept::Duplicate) => {}
-                                            Ok(Accept::Yield(ev)) => {
-                                                failures = 0;
-                                                let done = ev.state.is_terminal();
-                                                yield Ok(ev);
-                                                if done {
-                                                    return;
-                                                }
-                                            }
-                                        }
-                                    }
+                            // What this chunk completed; a bad message ends the follow after
+                            // the events before it are handed out.
+                            let mut batch = Vec::new();
+                            let mut outcome = Ok(false);
+                            decoder.feed_with(&chunk, |item| match item {
+                                SseItemRef::Retry(ms) => retry = Duration::from_millis(ms),
+                                SseItemRef::Message(msg) if matches!(outcome, Ok(false)) => {
+                                    outcome = match to_raw_event(&msg) {
+                                        Some(ev) => cursor.take(ev, &mut batch),
+                                        None => Err(Error::Protocol(format!("not a longrun event: {:?}", msg.to_owned()))),
+                                    };
+                                }
+                                // After the terminal event or an error nothing more counts.
+                                SseItemRef::Message(_) => {}
+                            });
+                            if !batch.is_empty() {
+                                failures = 0;
+                                yield Ok(batch);
+                            }
+                            match outcome {
+                                Ok(false) => {}
+                                Ok(true) => return,
+                                Err(e) => {
+                                    yield Err(e);
+                                    return;
                                 }
                             }
                         }
@@ -280,25 +334,27 @@ pub(crate) fn follow(inner: Arc<Inner>, run: Run, options: FollowOptions) -> Eve
                     // `[]` from an ended run: the cursor is at or past its terminal event.
                     Ok((events, true)) if events.is_empty() => return,
                     Ok((events, _)) => {
+                        let mut batch = Vec::with_capacity(events.len());
+                        let mut outcome = Ok(false);
                         for ev in events {
-                            match cursor.accept(ev) {
-                                Err(e) => {
-                                    yield Err(e);
-                                    return;
-                                }
-                                Ok(Accept::Duplicate) => {}
-                                Ok(Accept::Yield(ev)) => {
-                                    failures = 0;
-                                    let done = ev.state.is_terminal();
-                                    yield Ok(ev);
-                                    if done {
-                                        return;
-                                    }
-                                }
+                            outcome = cursor.take(ev, &mut batch);
+                            if !matches!(outcome, Ok(false)) {
+                                break;
                             }
                         }
-                        // The server held the poll; ask again at once.
-                        continue;
+                        if !batch.is_empty() {
+                            failures = 0;
+                            yield Ok(batch);
+                        }
+                        match outcome {
+                            // The server held the poll; ask again at once.
+                            Ok(false) => continue,
+                            Ok(true) => return,
+                            Err(e) => {
+                                yield Err(e);
+                                return;
+                            }
+                        }
                     }
                 },
             };
@@ -311,9 +367,7 @@ pub(crate) fn follow(inner: Arc<Inner>, run: Run, options: FollowOptions) -> Eve
             rt::sleep(backoff(retry, policy.max_delay, failures)).await;
         }
     };
-    EventStream {
-        inner: Box::pin(stream),
-    }
+    EventStream::new(Box::pin(stream))
 }
 
 /// Drain a follow and return its terminal event.
@@ -345,24 +399,28 @@ pub(crate) fn outcome(ev: Event) -> Result<Value> {
 mod tests {
     use super::*;
 
-    fn ev(id: u64) -> Event {
-        Event {
+    fn ev(id: u64, state: State) -> RawEvent {
+        RawEvent {
             id,
-            state: State::Running,
-            value: Value::Null,
+            state,
+            value: serde_json::value::to_raw_value(&Value::Null).unwrap(),
         }
     }
 
     #[test]
     fn the_cursor_skips_duplicates_and_refuses_gaps() {
+        let mut batch = Vec::new();
         let mut c = Cursor { last: None };
-        assert!(matches!(c.accept(ev(0)), Ok(Accept::Yield(_))));
-        assert!(matches!(c.accept(ev(0)), Ok(Accept::Duplicate)));
-        assert!(matches!(c.accept(ev(1)), Ok(Accept::Yield(_))));
-        assert!(c.accept(ev(3)).is_err());
+        assert!(!c.take(ev(0, State::Queued), &mut batch).unwrap());
+        assert!(!c.take(ev(0, State::Queued), &mut batch).unwrap());
+        assert!(!c.take(ev(1, State::Running), &mut batch).unwrap());
+        assert!(c.take(ev(3, State::Running), &mut batch).is_err());
+        assert_eq!(batch.iter().map(|e| e.id).collect::<Vec<_>>(), [0, 1]);
+        let mut batch = Vec::new();
         let mut c = Cursor { last: Some(5) };
-        assert!(matches!(c.accept(ev(5)), Ok(Accept::Duplicate)));
-        assert!(matches!(c.accept(ev(6)), Ok(Accept::Yield(_))));
+        assert!(!c.take(ev(5, State::Running), &mut batch).unwrap());
+        assert!(c.take(ev(6, State::Success), &mut batch).unwrap());
+        assert_eq!(batch.iter().map(|e| e.id).collect::<Vec<_>>(), [6]);
     }
 
     #[test]

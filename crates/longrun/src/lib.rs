@@ -33,5 +33,5 @@ pub use client::{
 };
 pub use error::{Error, ErrorKind, Result};
 pub use follow::{EventStream, FollowOptions};
-pub use longrun_proto::{Event, Progress, RunId, State};
+pub use longrun_proto::{Event, Progress, RawEvent, RunId, State};
 pub use run::Run;

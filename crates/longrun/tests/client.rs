@@ -709,6 +709,49 @@ async fn next_batch_hands_over_what_is_there_up_to_max() {
     }
 }
 
+#[tokio::test]
+async fn raw_batches_and_parsed_events_are_one_stream() {
+    let client = Client::new(&demo().await).unwrap();
+    let run = client.submit("count", json!({"n": 30})).await.unwrap();
+    client.wait(&run, None).await.unwrap();
+    for transport in TRANSPORTS {
+        let parsed: Vec<Event> = client
+            .follow_with(&run, with(transport))
+            .map(Result::unwrap)
+            .collect()
+            .await;
+        // Alternate: one parsed event, then a raw batch (0 counts as 1, then 5), and so on.
+        let mut stream = client.follow_with(&run, with(transport));
+        let mut mixed = Vec::new();
+        for round in 0.. {
+            match stream.next().await {
+                Some(ev) => mixed.push(ev.unwrap()),
+                None => break,
+            }
+            let raw = stream
+                .next_raw_batch(if round % 2 == 0 { 0 } else { 5 })
+                .await
+                .unwrap();
+            assert!(
+                raw.len() <= if round % 2 == 0 { 1 } else { 5 },
+                "{transport:?}"
+            );
+            for ev in raw {
+                let value: Value = serde_json::from_str(ev.value.get()).unwrap();
+                assert_eq!(ev.value::<Value>().unwrap(), value);
+                mixed.push(Event {
+                    id: ev.id,
+                    state: ev.state,
+                    value,
+                });
+            }
+        }
+        assert_eq!(mixed, parsed, "{transport:?}");
+        assert_eq!(ids(&parsed), (0..=31).collect::<Vec<_>>(), "{transport:?}");
+        assert!(stream.next_raw_batch(10).await.unwrap().is_empty());
+    }
+}
+
 /// A server that answers every request with a canned answer (201 with a run for POST, 204 to
 /// an event stream request) and keeps the head of each request it got.
 async fn recording_server() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {

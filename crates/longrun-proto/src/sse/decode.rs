@@ -56,6 +56,26 @@ pub struct SseMessage {
     pub id: String,
 }
 
+/// A dispatched message as [`Decoder::feed_with`] lends it: the same fields as
+/// [`SseMessage`], borrowed from the decoder, so a reader that keeps only part of a message
+/// (a client keeps the data as an event value) copies nothing else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SseMessageRef<'a> {
+    pub event: &'a str,
+    pub data: &'a str,
+    pub id: &'a str,
+}
+
+impl SseMessageRef<'_> {
+    pub fn to_owned(&self) -> SseMessage {
+        SseMessage {
+            event: self.event.to_owned(),
+            data: self.data.to_owned(),
+            id: self.id.to_owned(),
+        }
+    }
+}
+
 /// What the decoder reports, in stream order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SseItem {
@@ -63,6 +83,13 @@ pub enum SseItem {
     /// A valid `retry` field: the server's reconnection time in milliseconds. Reported when its
     /// line ends, not at dispatch, because WHATWG applies it then and it may sit in an event
     /// that is never dispatched (longrun sends it alone: `retry: 1000\n\n`).
+    Retry(u64),
+}
+
+/// [`SseItem`] as [`Decoder::feed_with`] lends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SseItemRef<'a> {
+    Message(SseMessageRef<'a>),
     Retry(u64),
 }
 
@@ -78,7 +105,7 @@ pub struct Decoder {
     /// The previous chunk ended in CR. A LF at the start of the next chunk is the rest of that
     /// CRLF and must not count as a second (blank) line, which would dispatch early.
     after_cr: bool,
-    /// The current line, which has not seen its line end yet.
+    /// The current line, which has not seen its line end yet (a chunk cut it).
     line: String,
     data: String,
     event_type: String,
@@ -93,6 +120,19 @@ impl Decoder {
     /// Decode one chunk and return the items it completed, in order.
     pub fn feed(&mut self, chunk: &[u8]) -> Vec<SseItem> {
         let mut items = Vec::new();
+        self.feed_with(chunk, |item| {
+            items.push(match item {
+                SseItemRef::Message(msg) => SseItem::Message(msg.to_owned()),
+                SseItemRef::Retry(ms) => SseItem::Retry(ms),
+            })
+        });
+        items
+    }
+
+    /// Decode one chunk, handing each item it completes to `on_item`, in order. Nothing is
+    /// allocated per message once the decoder's buffers have grown to the stream's sizes: the
+    /// hot path of every client.
+    pub fn feed_with(&mut self, chunk: &[u8], mut on_item: impl FnMut(SseItemRef<'_>)) {
         // Only a chunk that finishes a cut character is copied; the usual chunk is decoded in
         // place.
         let joined;
@@ -106,18 +146,18 @@ impl Decoder {
         loop {
             match std::str::from_utf8(bytes) {
                 Ok(text) => {
-                    self.push_text(text, &mut items);
+                    self.push_text(text, &mut on_item);
                     break;
                 }
                 Err(err) => {
                     let (valid, rest) = bytes.split_at(err.valid_up_to());
                     let valid = std::str::from_utf8(valid).expect("valid_up_to marks UTF-8");
-                    self.push_text(valid, &mut items);
+                    self.push_text(valid, &mut on_item);
                     match err.error_len() {
                         // One U+FFFD per maximal invalid subpart, as the WHATWG Encoding
                         // standard's UTF-8 decoder does (and so every SDK's vectors agree).
                         Some(len) => {
-                            self.push_text("\u{FFFD}", &mut items);
+                            self.push_text("\u{FFFD}", &mut on_item);
                             bytes = &rest[len..];
                         }
                         // A sequence cut by the chunk end: wait for the rest. Left over at end
@@ -131,10 +171,9 @@ impl Decoder {
                 }
             }
         }
-        items
     }
 
-    fn push_text(&mut self, mut text: &str, items: &mut Vec<SseItem>) {
+    fn push_text(&mut self, mut text: &str, on_item: &mut impl FnMut(SseItemRef<'_>)) {
         if text.is_empty() {
             return;
         }
@@ -146,13 +185,18 @@ impl Decoder {
             text = text.strip_prefix('\n').unwrap_or(text);
         }
         // CR and LF are ASCII, so their byte positions are char boundaries.
-        while let Some(end) = text.bytes().position(|b| b == b'\r' || b == b'\n') {
-            self.line.push_str(&text[..end]);
-            let line = std::mem::take(&mut self.line);
-            self.process_line(&line, items);
-            // Hand the allocation back so long streams do not reallocate per line.
-            self.line = line;
-            self.line.clear();
+        while let Some(end) = memchr::memchr2(b'\r', b'\n', text.as_bytes()) {
+            if self.line.is_empty() {
+                // The whole line is in this chunk: read it in place.
+                self.process_line(&text[..end], on_item);
+            } else {
+                self.line.push_str(&text[..end]);
+                let line = std::mem::take(&mut self.line);
+                self.process_line(&line, on_item);
+                // Hand the allocation back so long streams do not reallocate per line.
+                self.line = line;
+                self.line.clear();
+            }
 
             let was_cr = text.as_bytes()[end] == b'\r';
             text = &text[end + 1..];
@@ -169,9 +213,9 @@ impl Decoder {
         self.line.push_str(text);
     }
 
-    fn process_line(&mut self, line: &str, items: &mut Vec<SseItem>) {
+    fn process_line(&mut self, line: &str, on_item: &mut impl FnMut(SseItemRef<'_>)) {
         if line.is_empty() {
-            self.dispatch(items);
+            self.dispatch(on_item);
             return;
         }
         let (name, value) = match line.split_once(':') {
@@ -191,30 +235,29 @@ impl Decoder {
             // Not `parse::<u64>()` alone: it accepts a leading '+'. All digits can only fail to
             // parse by overflow; saturate, since the server asked for "a very long time".
             "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
-                items.push(SseItem::Retry(value.parse().unwrap_or(u64::MAX)));
+                on_item(SseItemRef::Retry(value.parse().unwrap_or(u64::MAX)));
             }
             _ => {}
         }
     }
 
-    fn dispatch(&mut self, items: &mut Vec<SseItem>) {
-        let event_type = std::mem::take(&mut self.event_type);
-        if self.data.is_empty() {
-            return;
+    fn dispatch(&mut self, on_item: &mut impl FnMut(SseItemRef<'_>)) {
+        if !self.data.is_empty() {
+            let event = if self.event_type.is_empty() {
+                "message"
+            } else {
+                &self.event_type
+            };
+            on_item(SseItemRef::Message(SseMessageRef {
+                event,
+                // Every data line appended a LF; the last one is a terminator, not content.
+                data: &self.data[..self.data.len() - 1],
+                id: &self.last_event_id,
+            }));
         }
-        let mut data = std::mem::take(&mut self.data);
-        // Every data line appended a LF; the last one is a terminator, not content.
-        data.pop();
-        let event = if event_type.is_empty() {
-            "message".to_owned()
-        } else {
-            event_type
-        };
-        items.push(SseItem::Message(SseMessage {
-            event,
-            data,
-            id: self.last_event_id.clone(),
-        }));
+        // Cleared, not replaced: the buffers keep their capacity for the next message.
+        self.data.clear();
+        self.event_type.clear();
     }
 }
 
