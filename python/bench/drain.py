@@ -1,6 +1,6 @@
 """`cargo xtask bench python`: drain the 100,002 events of one `count` run (n=100000) with this
 SDK and with httpx + httpx-sse (the usual pure-Python way), sync and asyncio, from one server
-in one run; best of 3 each, with the process's RSS growth while draining (flat = no buffering).
+in one run; best of 5 each (rounds interleaved), with the process's RSS growth while draining (flat = no buffering).
 Twice: reading every event's value (json.loads for httpx-sse), and taking the events only
 (id and state; the SDK turns a value into Python objects only when it is read).
 
@@ -23,7 +23,7 @@ import httpx_sse
 import longrun
 
 N = 100_000
-ROUNDS = 3
+ROUNDS = 5
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -96,19 +96,15 @@ async def httpx_async(url: str, run_url: str, m: Meter) -> None:
                     break
 
 
-def measure(drain: Callable[[str, str, Meter], Any], url: str, run_url: str) -> Tuple[float, float]:
-    best, growth = float("inf"), 0.0
-    for _ in range(ROUNDS):
-        m = Meter()
-        start = time.perf_counter()
-        out = drain(url, run_url, m)
-        if asyncio.iscoroutine(out):
-            asyncio.run(out)
-        elapsed = time.perf_counter() - start
-        assert m.n == N + 2, f"{drain.__name__} drained {m.n} events"
-        best = min(best, elapsed)
-        growth = max(growth, m.peak / 1e6)
-    return best, growth
+def measure_round(drain: Callable[[str, str, Meter], Any], url: str, run_url: str) -> Tuple[float, float]:
+    m = Meter()
+    start = time.perf_counter()
+    out = drain(url, run_url, m)
+    if asyncio.iscoroutine(out):
+        asyncio.run(out)
+    elapsed = time.perf_counter() - start
+    assert m.n == N + 2, f"{drain.__name__} drained {m.n} events"
+    return elapsed, m.peak / 1e6
 
 
 def main() -> None:
@@ -129,15 +125,21 @@ def main() -> None:
         print(f"python: drain {N + 2:,} events of one count run (n={N}) over SSE, best of {ROUNDS}")
         for VALUES in (True, False):
             print("  reading every value:" if VALUES else "  events only (id, state):")
-            results: Dict[str, Tuple[float, float]] = {}
-            for name, drain in [
+            contenders = [
                 ("longrun sync", sdk_sync),
                 ("httpx-sse sync", httpx_sync),
                 ("longrun asyncio", sdk_async),
                 ("httpx-sse asyncio", httpx_async),
-            ]:
-                secs, growth = measure(drain, url, run.url)
-                results[name] = (secs, growth)
+            ]
+            # Rounds interleave the contenders, so a noisy stretch of a shared machine falls
+            # on all of them rather than on one.
+            results: Dict[str, Tuple[float, float]] = {name: (float("inf"), 0.0) for name, _ in contenders}
+            for _ in range(ROUNDS):
+                for name, drain in contenders:
+                    secs, growth = measure_round(drain, url, run.url)
+                    best, most = results[name]
+                    results[name] = (min(best, secs), max(most, growth))
+            for name, (secs, growth) in results.items():
                 print(f"    {name:<18} {secs:7.3f} s  {(N + 2) / secs:>10,.0f} events/s"
                       f"  RSS +{growth:.1f} MB while draining")
             for flavour in ("sync", "asyncio"):

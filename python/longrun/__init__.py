@@ -378,14 +378,22 @@ class AsyncClient:
     async def _iterate(
         self, events: _native.AsyncEvents, on_progress: Optional[OnProgress]
     ) -> AsyncIterator[Event]:
-        while True:
-            batch = await events.next_batch(_BATCH)
-            if not batch:
-                return
-            if on_progress is not None:
-                _report(batch, on_progress)
-            for event in batch:
-                yield event
+        # Read ahead: the core fetches and decodes the next batch while this one is handed
+        # out. Cancelling the pending read when the loop ends loses nothing (the stream's
+        # next_batch is cancel-safe) and closes the follow.
+        pending = events.next_batch(_BATCH)
+        try:
+            while True:
+                batch = (await pending).take()
+                if not batch:
+                    return
+                pending = events.next_batch(_BATCH)
+                if on_progress is not None:
+                    _report(batch, on_progress)
+                for event in batch:
+                    yield event
+        finally:
+            pending.cancel()
 
     async def cancel(self, run: Run) -> CancelOutcome:
         outcome, state = await self._n.cancel(run._run)

@@ -46,7 +46,11 @@ class Events:
 
 @final
 class AsyncEvents:
-    def next_batch(self, max: int = 1024) -> Awaitable[List[Event]]: ...
+    def next_batch(self, max: int = 1024) -> Awaitable[RawBatch]: ...
+
+@final
+class RawBatch:
+    def take(self) -> List[Event]: ...
 
 @final
 class Client:

@@ -225,6 +225,32 @@ def test_values_round_trip_through_json(client: longrun.Client) -> None:
     assert value["b"] is True and isinstance(value["i"], int) and isinstance(value["f"], float)
 
 
+def test_event_values_are_the_json_values_sent_in_order_of_keys(client: longrun.Client) -> None:
+    """Event values are built straight from JSON text, keeping short keys between values:
+    keys that share a length and end bytes, escaped and non-ASCII keys, keys longer than
+    those kept, and key order must all come out as json.loads reads the same text."""
+    import json
+
+    long_key = "k" * 40 + "é"
+    values: List[Any] = [
+        {"ab": 1, "xb": 2, "a\tb": 3},  # same length and last byte; a key sent escaped
+        {"zeta": 1, "alpha": 2, "mu": {"zeta": [True, None]}},
+        {"ключ": "значение", "emoji ✓": "✓", long_key: long_key},
+        {"ab": "again", "xb": "again"},
+        {"": 0, "\"quoted\"": "\\"},
+        [{"progress": 0.5}, {"message": "m"}],
+        "text",
+        12345678901234567890,
+        -0.0,
+    ]
+    run = client.submit("emit", {"events": values})
+    got = [e.value for e in client.follow(run) if e.state == "running"]
+    assert got == values
+    for value, want in zip(got, values):
+        # Same keys in the same order as the JSON text (the server writes sorted keys).
+        assert json.dumps(value) == json.dumps(json.loads(json.dumps(want, sort_keys=True)))
+
+
 # --- GIL, Ctrl-C, asyncio cancellation ----------------------------------------------------
 
 

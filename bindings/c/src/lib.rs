@@ -1002,7 +1002,8 @@ pub unsafe extern "C" fn longrun_client_follow(
             };
             let stream = {
                 let _guard = client.rt.enter();
-                client.client.follow_with(&run.run, options)
+                // Read ahead on the client's worker while the caller handles a batch.
+                client.client.follow_with(&run.run, options).read_ahead()
             };
             *events = Box::into_raw(Box::new(longrun_events {
                 rt: client.rt.clone(),

@@ -134,11 +134,74 @@ impl<'de, 'py> Visitor<'de> for PyJson<'py> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let dict = PyDict::new(self.0);
-        while let Some(key) = map.next_key_seed(PyJson(self.0))? {
+        while let Some(key) = map.next_key_seed(PyKey(self.0))? {
             let value = map.next_value_seed(PyJson(self.0))?;
             dict.set_item(key, value).map_err(py_failed)?;
         }
         Ok(dict.into_any())
+    }
+}
+
+/// An object key. Keys repeat from event to event (`progress`, `message`, …), so the Python
+/// string of each short key is kept: a repeated key is neither decoded nor hashed again (a
+/// `str` caches its hash, which every dict insert needs).
+struct PyKey<'py>(Python<'py>);
+
+/// Keys up to this long are kept, each in one of `KEY_SLOTS` slots picked by a cheap hash of
+/// its length and end bytes (a new key takes its slot over). A cache of the few keys a run's
+/// values repeat, not an interner: no lock, no full hash.
+const KEY_LEN_KEPT: usize = 32;
+const KEY_SLOTS: usize = 64;
+
+/// A kept key: its text and its Python string.
+type KeptKey = Option<(Box<str>, Py<PyString>)>;
+
+thread_local! {
+    static KEYS: std::cell::RefCell<Vec<KeptKey>> =
+        std::cell::RefCell::new((0..KEY_SLOTS).map(|_| None).collect());
+}
+
+fn key_slot(key: &str) -> usize {
+    let b = key.as_bytes();
+    let (first, last) = (
+        b.first().copied().unwrap_or(0),
+        b.last().copied().unwrap_or(0),
+    );
+    (b.len() * 31 + usize::from(first) * 7 + usize::from(last)) % KEY_SLOTS
+}
+
+impl<'de, 'py> DeserializeSeed<'de> for PyKey<'py> {
+    type Value = Bound<'py, PyAny>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de, 'py> Visitor<'de> for PyKey<'py> {
+    type Value = Bound<'py, PyAny>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an object key")
+    }
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
+        if key.len() > KEY_LEN_KEPT {
+            return Ok(PyString::new(self.0, key).into_any());
+        }
+        let slot = key_slot(key);
+        // The cell is never borrowed while Python allocates or frees: that may run a
+        // collection, whose finalizers may read an event value and come back here.
+        let kept = KEYS.with_borrow(|keys| match &keys[slot] {
+            Some((k, string)) if **k == *key => Some(string.bind(self.0).clone()),
+            _ => None,
+        });
+        if let Some(string) = kept {
+            return Ok(string.into_any());
+        }
+        let string = PyString::new(self.0, key);
+        let replaced =
+            KEYS.with_borrow_mut(|keys| keys[slot].replace((key.into(), string.clone().unbind())));
+        drop(replaced);
+        Ok(string.into_any())
     }
 }
 
@@ -758,8 +821,29 @@ impl AsyncEvents {
         let events = self.inner.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
             let mut events = events.lock().await;
-            Ok(Batch(raise_detached(events.next_raw_batch(max).await)?))
+            Ok(RawBatch(Mutex::new(raise_detached(
+                events.next_raw_batch(max).await,
+            )?)))
         })
+    }
+}
+
+/// The events an asyncio `next_batch` got, not yet Python objects: the runtime thread that
+/// completes the future hands over this one object, and the events are made by `take` on the
+/// event loop's thread, instead of the two threads taking turns with the GIL per batch.
+#[pyclass(frozen, module = "longrun._native")]
+struct RawBatch(Mutex<Vec<longrun::RawEvent>>);
+
+#[pymethods]
+impl RawBatch {
+    /// The events, once: a second call gets an empty list.
+    fn take(&self) -> Batch {
+        Batch(std::mem::take(
+            &mut *self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        ))
     }
 }
 
@@ -778,6 +862,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Events>()?;
     m.add_class::<AsyncClient>()?;
     m.add_class::<AsyncEvents>()?;
+    m.add_class::<RawBatch>()?;
     m.add_function(wrap_pyfunction!(error_kinds, m)?)?;
     Ok(())
 }

@@ -75,7 +75,9 @@ impl Client {
     pub fn follow_with(&self, run: &Run, options: FollowOptions) -> Events {
         let _guard = self.rt.enter();
         Events {
-            stream: self.inner.follow_with(run, options),
+            // Read ahead on the runtime's worker: between two calls the caller's thread is
+            // busy with what it got, and nothing else would read the connection.
+            stream: self.inner.follow_with(run, options).read_ahead(),
             rt: self.rt.clone(),
         }
     }

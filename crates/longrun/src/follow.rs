@@ -126,9 +126,53 @@ impl EventStream {
         Ok(self.ready.drain(..n).collect())
     }
 
+    /// The same stream, read ahead by a task on the current tokio runtime: while the caller
+    /// handles one batch, the next is fetched and decoded on a runtime worker. For callers that
+    /// block a thread per call (the blocking client, the C ABI), where nothing else would read
+    /// the connection between calls. At most two batches of up to 1024 events are held ahead;
+    /// dropping the stream stops the task and closes the connection. Outside a tokio runtime
+    /// the stream is returned as it is.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_ahead(mut self) -> EventStream {
+        const AHEAD: usize = 1024;
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return self;
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let task = runtime.spawn(async move {
+            loop {
+                let batch = self.next_raw_batch(AHEAD).await;
+                let last = !matches!(&batch, Ok(events) if !events.is_empty());
+                if tx.send(batch).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        let reader = AbortOnDrop(task.abort_handle());
+        let batches = futures::stream::unfold((rx, reader), |(mut rx, reader)| async move {
+            match rx.recv().await? {
+                Ok(events) if events.is_empty() => None,
+                item => Some((item, (rx, reader))),
+            }
+        });
+        // Fused: the stream is asked again after its end (`next_raw_batch` looks ahead).
+        EventStream::new(Box::pin(batches.fuse()))
+    }
+
     /// [`EventStream::next_raw_batch`] with parsed values.
     pub async fn next_batch(&mut self, max: usize) -> Result<Vec<Event>> {
         self.next_raw_batch(max).await?.iter().map(parse).collect()
+    }
+}
+
+/// Stops a read-ahead task when its stream is dropped.
+#[cfg(not(target_arch = "wasm32"))]
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+#[cfg(not(target_arch = "wasm32"))]
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

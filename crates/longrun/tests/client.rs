@@ -878,6 +878,58 @@ fn the_blocking_client_follows_with_an_iterator_and_waits() {
     );
 }
 
+#[test]
+fn dropping_a_blocking_follow_closes_its_connection_although_it_reads_ahead() {
+    // A server that sends one event of a run that never ends, then waits for the client to
+    // hang up: its read sees the end of the connection only if the read-ahead task stopped.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let hung_up = rt.spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut head = Vec::new();
+        while head_end(&head).is_none() {
+            let n = socket.read(&mut buf).await.unwrap();
+            head.extend_from_slice(&buf[..n]);
+        }
+        socket
+            .write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n\
+                  id: 0\nevent: queued\ndata: null\n\n",
+            )
+            .await
+            .unwrap();
+        loop {
+            match socket.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => {}
+            }
+        }
+    });
+    // Idle far longer than the test waits: only the drop may end the connection.
+    let client = longrun::blocking::Client::from_builder(
+        longrun::ClientBuilder::new(&base).idle_timeout(Duration::from_secs(3600)),
+    )
+    .unwrap();
+    let run = longrun::Run::from_url(&client_run_url(&base)).unwrap();
+    let mut events = client.follow(&run);
+    assert_eq!(events.next().unwrap().unwrap().id, 0);
+    drop(events);
+    // Waiting out the bound is the failure: the connection stayed open.
+    let closed =
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), hung_up).await });
+    assert!(
+        matches!(closed, Ok(Ok(true))),
+        "the connection was not closed"
+    );
+}
+
+/// A run URL on `base` (the run itself need not exist).
+fn client_run_url(base: &str) -> String {
+    format!("{base}/echo/0b7e1c7e-3a4c-4c55-9a59-1d1f7f1e2a3b")
+}
+
 /// Read with `next_timeout` in short slices until the follow ends, noting whether any slice
 /// came back empty.
 fn drain_in_slices(events: &mut longrun::blocking::Events) -> (Vec<Event>, usize) {
