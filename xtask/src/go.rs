@@ -41,7 +41,24 @@ fn go(args: &[&str]) -> Command {
         .args(args)
         .env("GOTOOLCHAIN", "local")
         .env("CGO_ENABLED", "1");
+    // Go's build cache does not look at C libraries named in `#cgo LDFLAGS` (`go help cache`):
+    // a rebuilt liblongrun_c.a would be linked only after `go clean -cache`, so a test could
+    // run the library of an earlier build. A macro naming the library's content hash makes it
+    // part of the cgo package's cache key. (Go's default CGO_CFLAGS is `-O2 -g`.)
+    if let Some(stamp) = lib_stamp() {
+        let flags = std::env::var("CGO_CFLAGS").unwrap_or_else(|_| "-O2 -g".into());
+        cmd.env("CGO_CFLAGS", format!("{flags} -DLONGRUN_LIB_STAMP={stamp:016x}"));
+    }
     cmd
+}
+
+/// A hash of the library in go/lib, or `None` before it is built.
+fn lib_stamp() -> Option<u64> {
+    use std::hash::Hasher;
+    let bytes = std::fs::read(root().join("go/lib/liblongrun_c.a")).ok()?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    hasher.write(&bytes);
+    Some(hasher.finish())
 }
 
 /// Build the static library and the server in `profile` (`debug` or `release`), and put the
