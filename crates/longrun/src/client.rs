@@ -652,13 +652,15 @@ impl Client {
         crate::follow::outcome(last)
     }
 
-    /// Like [`Client::wait`], but cancel the run if the timeout passes.
+    /// Like [`Client::wait`], but cancel the run if the timeout passes. A run that ended by
+    /// itself between the timeout and the cancel answers with that end, not with `Timeout`.
     pub async fn wait_or_cancel(&self, run: &Run, timeout: Duration) -> Result<Value> {
         match self.wait(run, Some(timeout)).await {
-            Err(e @ Error::Timeout { .. }) => {
-                self.cancel(run).await?;
-                Err(e)
-            }
+            Err(e @ Error::Timeout { .. }) => match self.cancel(run).await? {
+                CancelOutcome::Accepted => Err(e),
+                // Its log is complete, so this wait reads it to the end at once.
+                CancelOutcome::AlreadyEnded(_) => self.wait(run, None).await,
+            },
             other => other,
         }
     }

@@ -257,6 +257,19 @@ async fn a_wait_that_times_out_leaves_the_run_going_and_wait_or_cancel_cancels_i
 }
 
 #[tokio::test]
+async fn wait_or_cancel_answers_with_the_end_of_a_run_that_ended_before_its_cancel() {
+    let client = Client::new(&demo().await).unwrap();
+    let run = client.submit("echo", json!({"x": 1})).await.unwrap();
+    client.wait(&run, None).await.unwrap();
+    // A zero timeout passes before any answer can arrive, so the wait times out although the
+    // run has ended: the cancel finds it ended, and its real end is the answer.
+    let err = client.wait(&run, Some(Duration::ZERO)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    let value = client.wait_or_cancel(&run, Duration::ZERO).await.unwrap();
+    assert_eq!(value, json!({"x": 1}));
+}
+
+#[tokio::test]
 async fn a_failed_run_is_run_failed_with_its_value() {
     let client = Client::new(&demo().await).unwrap();
     let run = client
