@@ -256,16 +256,63 @@ async fn a_wait_that_times_out_leaves_the_run_going_and_wait_or_cancel_cancels_i
     assert_eq!(client.status(&run).await.unwrap().state, State::Canceled);
 }
 
+/// A server playing a run that ends between a wait's timeout and the cancel that follows: the
+/// first event stream stops after `queued` and stays open (so the wait times out), the cancel
+/// finds the run ended (409, `state: success`), and a later stream has the whole log.
+async fn ends_before_the_cancel_server() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let streams = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let streams = streams.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0; 4096];
+                while head_end(&buf).is_none() {
+                    match socket.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                const SSE: &str = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n\
+                                   id: 0\nevent: queued\ndata: null\n\n";
+                if buf.starts_with(b"DELETE ") {
+                    let body = json!({
+                        "type": "urn:longrun:problem:run-ended", "title": "The run has already ended",
+                        "status": 409, "state": "success",
+                    })
+                    .to_string();
+                    let answer = format!(
+                        "HTTP/1.1 409 Conflict\r\ncontent-type: application/problem+json\r\n\
+                         content-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = socket.write_all(answer.as_bytes()).await;
+                } else if streams.fetch_add(1, Ordering::SeqCst) == 0 {
+                    let _ = socket.write_all(SSE.as_bytes()).await;
+                    // Held open: nothing more comes on this stream.
+                    let _ = socket.read(&mut chunk).await;
+                } else {
+                    let rest = "id: 1\nevent: success\ndata: {\"x\":1}\n\n";
+                    let _ = socket.write_all(format!("{SSE}{rest}").as_bytes()).await;
+                    let _ = socket.shutdown().await;
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
 #[tokio::test]
 async fn wait_or_cancel_answers_with_the_end_of_a_run_that_ended_before_its_cancel() {
-    let client = Client::new(&demo().await).unwrap();
-    let run = client.submit("echo", json!({"x": 1})).await.unwrap();
-    client.wait(&run, None).await.unwrap();
-    // A zero timeout passes before any answer can arrive, so the wait times out although the
-    // run has ended: the cancel finds it ended, and its real end is the answer.
-    let err = client.wait(&run, Some(Duration::ZERO)).await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
-    let value = client.wait_or_cancel(&run, Duration::ZERO).await.unwrap();
+    let base = ends_before_the_cancel_server().await;
+    let client = Client::new(&base).unwrap();
+    let run = client.run("echo", UNKNOWN_ID).unwrap();
+    let value = client
+        .wait_or_cancel(&run, Duration::from_millis(50))
+        .await
+        .unwrap();
     assert_eq!(value, json!({"x": 1}));
 }
 
