@@ -47,7 +47,10 @@ fn go(args: &[&str]) -> Command {
     // part of the cgo package's cache key. (Go's default CGO_CFLAGS is `-O2 -g`.)
     if let Some(stamp) = lib_stamp() {
         let flags = std::env::var("CGO_CFLAGS").unwrap_or_else(|_| "-O2 -g".into());
-        cmd.env("CGO_CFLAGS", format!("{flags} -DLONGRUN_LIB_STAMP={stamp:016x}"));
+        cmd.env(
+            "CGO_CFLAGS",
+            format!("{flags} -DLONGRUN_LIB_STAMP={stamp:016x}"),
+        );
     }
     cmd
 }
