@@ -21,7 +21,8 @@ use napi_derive::napi;
 
 type Result<T> = napi::Result<T>;
 
-// A follow allocates per event (the core's `serde_json::Value`s); mimalloc makes that cheap.
+// A follow allocates per event (each value's JSON text) and frees on another thread than the
+// runtime's reader; mimalloc makes both cheap.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
