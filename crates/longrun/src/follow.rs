@@ -110,7 +110,8 @@ impl EventStream {
             }
             match self.batches.next().await {
                 None => return Ok(Vec::new()),
-                Some(batch) => self.ready.extend(batch?),
+                // Taken over, not copied: the usual batch goes out as the Vec it came in.
+                Some(batch) => self.ready = VecDeque::from(batch?),
             }
         }
         // Take what else is already here, without waiting.
@@ -122,8 +123,11 @@ impl EventStream {
                 Some(None) | None => break,
             }
         }
-        let n = max.min(self.ready.len());
-        Ok(self.ready.drain(..n).collect())
+        if self.ready.len() <= max {
+            // In place when the deque has not wrapped, as a deque made from a Vec has not.
+            return Ok(Vec::from(std::mem::take(&mut self.ready)));
+        }
+        Ok(self.ready.drain(..max).collect())
     }
 
     /// The same stream, read ahead by a task on the current tokio runtime: while the caller
