@@ -31,11 +31,8 @@
 use std::ffi::c_char;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use futures::future::{Either, select};
 
 // A follow allocates each value's JSON text on the runtime's reader thread and frees it on the
 // caller's thread after copying it out; mimalloc makes both cheap (glibc's arenas do not).
@@ -43,7 +40,6 @@ use futures::future::{Either, select};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use longrun::{ErrorKind, EventStream, FollowOptions, State};
 use tokio::runtime::Runtime;
-use tokio::sync::Notify;
 
 // ---------------------------------------------------------------------------------------------
 // Codes and plain data
@@ -511,23 +507,7 @@ pub unsafe extern "C" fn longrun_buf_free(buf: *mut longrun_buf) {
 /// every call given it returns `LONGRUN_CODE_INTERRUPTED` at once (use a new one per
 /// cancellable operation, e.g. per Go context).
 pub struct longrun_interrupt {
-    raised: AtomicBool,
-    notify: Notify,
-}
-
-impl longrun_interrupt {
-    async fn raised(&self) {
-        loop {
-            let notified = self.notify.notified();
-            let mut notified = std::pin::pin!(notified);
-            // Registered before the check, so a trigger between the two is not missed.
-            notified.as_mut().enable();
-            if self.raised.load(Ordering::Acquire) {
-                return;
-            }
-            notified.await;
-        }
-    }
+    interrupt: longrun::Interrupt,
 }
 
 /// A new, untriggered interrupt. Free it with `longrun_interrupt_free` once no call that was
@@ -536,8 +516,7 @@ impl longrun_interrupt {
 pub extern "C" fn longrun_interrupt_new() -> *mut longrun_interrupt {
     guard_value(std::ptr::null_mut(), || {
         Box::into_raw(Box::new(longrun_interrupt {
-            raised: AtomicBool::new(false),
-            notify: Notify::new(),
+            interrupt: longrun::Interrupt::new(),
         }))
     })
 }
@@ -552,10 +531,7 @@ pub extern "C" fn longrun_interrupt_new() -> *mut longrun_interrupt {
 pub unsafe extern "C" fn longrun_interrupt_trigger(interrupt: *const longrun_interrupt) {
     // SAFETY: the caller's contract.
     if let Some(i) = unsafe { interrupt.as_ref() } {
-        guard_value((), || {
-            i.raised.store(true, Ordering::Release);
-            i.notify.notify_waiters();
-        })
+        guard_value((), || i.interrupt.raise())
     }
 }
 
@@ -582,14 +558,10 @@ fn block<T>(
     let Some(interrupt) = interrupt else {
         return rt.block_on(fut).map_err(longrun_error::from);
     };
-    rt.block_on(async {
-        let stop = std::pin::pin!(interrupt.raised());
-        let fut = std::pin::pin!(fut);
-        match select(stop, fut).await {
-            Either::Left(((), _)) => Err(interrupted()),
-            Either::Right((result, _)) => result.map_err(longrun_error::from),
-        }
-    })
+    match rt.block_on(interrupt.interrupt.run(fut)) {
+        Some(result) => result.map_err(longrun_error::from),
+        None => Err(interrupted()),
+    }
 }
 
 fn interrupted() -> longrun_error {

@@ -9,12 +9,9 @@
 #[path = "../../shared.rs"]
 mod shared;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use futures::FutureExt;
-use futures::channel::oneshot;
-use futures::future::{Either, Shared, select};
-use longrun::{EventStream, FollowOptions, Run};
+use longrun::{EventStream, FollowOptions, Interrupt, Run};
 use napi::Status;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
@@ -38,35 +35,14 @@ fn run(url: &str) -> Result<Run> {
     Run::from_url(url).map_err(|e| fail(&e))
 }
 
-/// Fires once: `abort()` drops the sender, every clone of the receiver completes.
-struct Abort {
-    trigger: Mutex<Option<oneshot::Sender<()>>>,
-    fired: Shared<oneshot::Receiver<()>>,
-}
-
-impl Abort {
-    fn new() -> Arc<Abort> {
-        let (tx, rx) = oneshot::channel();
-        Arc::new(Abort {
-            trigger: Mutex::new(Some(tx)),
-            fired: rx.shared(),
-        })
-    }
-
-    fn abort(&self) {
-        self.trigger
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-    }
-
-    /// `f`, unless `abort()` comes first.
-    async fn guard<T>(&self, f: impl Future<Output = longrun::Result<T>>) -> Result<T> {
-        let f = std::pin::pin!(f);
-        match select(f, self.fired.clone()).await {
-            Either::Left((out, _)) => out.map_err(|e| fail(&e)),
-            Either::Right(_) => Err(aborted()),
-        }
+/// `f`, unless `abort` is raised first (the JS side raises it for an `AbortSignal`).
+async fn unless_aborted<T>(
+    abort: &Interrupt,
+    f: impl Future<Output = longrun::Result<T>>,
+) -> Result<T> {
+    match abort.run(f).await {
+        Some(out) => out.map_err(|e| fail(&e)),
+        None => Err(aborted()),
     }
 }
 
@@ -157,7 +133,7 @@ impl NativeClient {
         let stream = self.inner.follow_with(&run(&run_url)?, options);
         Ok(NativeFollow {
             stream: Arc::new(futures::lock::Mutex::new(Some(stream))),
-            abort: Abort::new(),
+            abort: Interrupt::new(),
             progress: progress.unwrap_or(false),
         })
     }
@@ -172,7 +148,7 @@ impl NativeClient {
                 .map(shared::millis)
                 .transpose()
                 .map_err(|e| fail(&e))?,
-            abort: Abort::new(),
+            abort: Interrupt::new(),
         })
     }
 }
@@ -180,7 +156,7 @@ impl NativeClient {
 #[napi]
 pub struct NativeFollow {
     stream: Arc<futures::lock::Mutex<Option<EventStream>>>,
-    abort: Arc<Abort>,
+    abort: Interrupt,
     /// Add each event's progress (the JS side has an `onProgress`).
     progress: bool,
 }
@@ -196,7 +172,7 @@ impl NativeFollow {
             return Ok("[]".into());
         };
         // Ended, failed or closed: the connection goes now, not when this object is collected.
-        let batch = abort.guard(events.next_raw_batch(max as usize)).await;
+        let batch = unless_aborted(&abort, events.next_raw_batch(max as usize)).await;
         if batch.as_ref().is_ok_and(Vec::is_empty) || batch.is_err() {
             *guard = None;
         }
@@ -207,7 +183,7 @@ impl NativeFollow {
     /// Stop the follow now: a pending `nextBatch` rejects with `Aborted`, the connection closes.
     #[napi]
     pub fn close(&self) {
-        self.abort.abort();
+        self.abort.raise();
         if let Some(mut guard) = self.stream.try_lock() {
             *guard = None;
         }
@@ -219,7 +195,7 @@ pub struct NativeWait {
     client: longrun::Client,
     run: Run,
     timeout: Option<std::time::Duration>,
-    abort: Arc<Abort>,
+    abort: Interrupt,
 }
 
 #[napi]
@@ -240,14 +216,12 @@ impl NativeWait {
                 );
             }
         };
-        let value = abort
-            .guard(client.wait_with(&run, self.timeout, on_event))
-            .await?;
+        let value = unless_aborted(&abort, client.wait_with(&run, self.timeout, on_event)).await?;
         Ok(value.to_string())
     }
 
     #[napi]
     pub fn abort(&self) {
-        self.abort.abort();
+        self.abort.raise();
     }
 }

@@ -6,14 +6,10 @@
 #[path = "../../shared.rs"]
 mod shared;
 
-use std::cell::RefCell;
 use std::rc::Rc;
 
-use futures::FutureExt;
-use futures::channel::oneshot;
-use futures::future::{Either, Shared, select};
 use js_sys::{Function, Promise};
-use longrun::{EventStream, FollowOptions, Run};
+use longrun::{EventStream, FollowOptions, Interrupt, Run};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
@@ -25,31 +21,14 @@ fn run(url: &str) -> Result<Run, JsValue> {
     Run::from_url(url).map_err(|e| fail(&e))
 }
 
-/// Fires once: `abort()` drops the sender, every clone of the receiver completes.
-struct Abort {
-    trigger: RefCell<Option<oneshot::Sender<()>>>,
-    fired: Shared<oneshot::Receiver<()>>,
-}
-
-impl Abort {
-    fn new() -> Rc<Abort> {
-        let (tx, rx) = oneshot::channel();
-        Rc::new(Abort {
-            trigger: RefCell::new(Some(tx)),
-            fired: rx.shared(),
-        })
-    }
-
-    fn abort(&self) {
-        self.trigger.borrow_mut().take();
-    }
-
-    async fn guard<T>(&self, f: impl Future<Output = longrun::Result<T>>) -> Result<T, JsValue> {
-        let f = std::pin::pin!(f);
-        match select(f, self.fired.clone()).await {
-            Either::Left((out, _)) => out.map_err(|e| fail(&e)),
-            Either::Right(_) => Err(js_sys::Error::new(shared::ABORTED).into()),
-        }
+/// `f`, unless `abort` is raised first (the JS side raises it for an `AbortSignal`).
+async fn unless_aborted<T>(
+    abort: &Interrupt,
+    f: impl Future<Output = longrun::Result<T>>,
+) -> Result<T, JsValue> {
+    match abort.run(f).await {
+        Some(out) => out.map_err(|e| fail(&e)),
+        None => Err(js_sys::Error::new(shared::ABORTED).into()),
     }
 }
 
@@ -129,7 +108,7 @@ impl NativeClient {
         let stream = self.inner.follow_with(&run(run_url)?, options);
         Ok(NativeFollow {
             stream: Rc::new(futures::lock::Mutex::new(Some(stream))),
-            abort: Abort::new(),
+            abort: Interrupt::new(),
             progress: progress.unwrap_or(false),
         })
     }
@@ -142,7 +121,7 @@ impl NativeClient {
                 .map(shared::millis)
                 .transpose()
                 .map_err(|e| fail(&e))?,
-            abort: Abort::new(),
+            abort: Interrupt::new(),
         })
     }
 }
@@ -150,7 +129,7 @@ impl NativeClient {
 #[wasm_bindgen]
 pub struct NativeFollow {
     stream: Rc<futures::lock::Mutex<Option<EventStream>>>,
-    abort: Rc<Abort>,
+    abort: Interrupt,
     /// Add each event's progress (the JS side has an `onProgress`).
     progress: bool,
 }
@@ -166,7 +145,7 @@ impl NativeFollow {
                 return Ok("[]".into());
             };
             // Ended, failed or closed: the connection goes now, not when this object is collected.
-            let batch = abort.guard(events.next_raw_batch(max as usize)).await;
+            let batch = unless_aborted(&abort, events.next_raw_batch(max as usize)).await;
             if batch.as_ref().is_ok_and(Vec::is_empty) || batch.is_err() {
                 *guard = None;
             }
@@ -176,7 +155,7 @@ impl NativeFollow {
     }
 
     pub fn close(&self) {
-        self.abort.abort();
+        self.abort.raise();
         if let Some(mut guard) = self.stream.try_lock() {
             *guard = None;
         }
@@ -188,7 +167,7 @@ pub struct NativeWait {
     client: longrun::Client,
     run: Run,
     timeout: Option<std::time::Duration>,
-    abort: Rc<Abort>,
+    abort: Interrupt,
 }
 
 #[wasm_bindgen]
@@ -208,14 +187,12 @@ impl NativeWait {
                     let _ = f.call1(&JsValue::NULL, &json);
                 }
             };
-            let value = abort
-                .guard(client.wait_with(&run, timeout, on_event))
-                .await?;
+            let value = unless_aborted(&abort, client.wait_with(&run, timeout, on_event)).await?;
             Ok(value.to_string().into())
         })
     }
 
     pub fn abort(&self) {
-        self.abort.abort();
+        self.abort.raise();
     }
 }

@@ -24,6 +24,7 @@ pub mod blocking;
 mod client;
 mod error;
 mod follow;
+mod interrupt;
 mod rt;
 mod run;
 
@@ -33,5 +34,6 @@ pub use client::{
 };
 pub use error::{Error, ErrorKind, Result};
 pub use follow::{EventStream, FollowOptions};
+pub use interrupt::Interrupt;
 pub use longrun_proto::{Event, Progress, RawEvent, RunId, State};
 pub use run::Run;
