@@ -11,6 +11,9 @@
 //! like protobuf's conformance failure lists.
 
 mod common;
+mod scenarios;
+
+use scenarios::*;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -20,7 +23,6 @@ use futures::StreamExt;
 use longrun_proto::sse::{self, SseItem};
 use longrun_proto::{Event, ProblemKind, RunId, State};
 use reqwest::header::{CONTENT_TYPE, HeaderMap};
-use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
 /// Scenarios the reference server is known to fail, by description. A listed scenario that
@@ -37,286 +39,7 @@ const POLL_WAIT_SECS: u32 = 5;
 const MAX_RECONNECTS: usize = 3;
 
 // ---------------------------------------------------------------------------------------------
-// The file format (see schema.json; serde only reads what the schema already accepted).
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ScenarioFile {
-    description: String,
-    #[serde(default, rename = "comment")]
-    _comment: Option<String>,
-    scenarios: Vec<Scenario>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Scenario {
-    description: String,
-    #[serde(default, rename = "comment")]
-    _comment: Option<String>,
-    steps: Vec<Step>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
-enum Step {
-    Submit {
-        object: String,
-        args: Option<Map<String, Value>>,
-        save: Option<String>,
-        expect: SubmitExpect,
-        #[serde(default, rename = "comment")]
-        _comment: Option<String>,
-    },
-    Follow {
-        run: RunRef,
-        transport: Transport,
-        since: Option<u64>,
-        until: Option<u64>,
-        expect: FollowExpect,
-        #[serde(default, rename = "comment")]
-        _comment: Option<String>,
-    },
-    Exists {
-        run: RunRef,
-        expect: ExistsExpect,
-        #[serde(default, rename = "comment")]
-        _comment: Option<String>,
-    },
-    Cancel {
-        run: RunRef,
-        expect: CancelExpect,
-        #[serde(default, rename = "comment")]
-        _comment: Option<String>,
-    },
-    Wait {
-        run: RunRef,
-        timeout_ms: Option<u64>,
-        expect: WaitExpect,
-        #[serde(default, rename = "comment")]
-        _comment: Option<String>,
-    },
-    Http {
-        // Boxed: an http step is several times the size of the others.
-        request: Box<HttpRequest>,
-        save: Option<String>,
-        expect: Box<HttpExpect>,
-        #[serde(default, rename = "comment")]
-        _comment: Option<String>,
-    },
-}
-
-impl Step {
-    fn op(&self) -> &'static str {
-        match self {
-            Step::Submit { .. } => "submit",
-            Step::Follow { .. } => "follow",
-            Step::Exists { .. } => "exists",
-            Step::Cancel { .. } => "cancel",
-            Step::Wait { .. } => "wait",
-            Step::Http { .. } => "http",
-        }
-    }
-
-    fn run_ref(&self) -> Option<&RunRef> {
-        match self {
-            Step::Follow { run, .. }
-            | Step::Exists { run, .. }
-            | Step::Cancel { run, .. }
-            | Step::Wait { run, .. } => Some(run),
-            Step::Submit { .. } | Step::Http { .. } => None,
-        }
-    }
-
-    fn save(&self) -> Option<&str> {
-        match self {
-            Step::Submit { save, .. } | Step::Http { save, .. } => save.as_deref(),
-            _ => None,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum RunRef {
-    Saved(String),
-    Literal { object: String, id: String },
-    Like { like: String, object: String },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum Transport {
-    Sse,
-    Poll,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum SubmitExpect {
-    Error { error: ErrorExpect },
-    Submitted { state: State },
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum FollowExpect {
-    Error { error: ErrorExpect },
-    Events { events: Vec<Event> },
-    Tail { count: usize, tail: Vec<Event> },
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum ExistsExpect {
-    Error {
-        error: ErrorExpect,
-    },
-    Exists {
-        exists: bool,
-        state: Option<State>,
-        last_event_id: Option<u64>,
-    },
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum CancelExpect {
-    Error {
-        error: ErrorExpect,
-    },
-    Outcome {
-        outcome: Outcome,
-        state: Option<State>,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum Outcome {
-    Accepted,
-    Ended,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum WaitExpect {
-    Error { error: ErrorExpect },
-    Value { value: Value },
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ErrorExpect {
-    kind: Kind,
-    status: Option<u16>,
-    problem: Option<String>,
-    #[serde(default, deserialize_with = "present")]
-    value: Option<Value>,
-}
-
-/// The client's error kinds (README.md, "Errors").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-enum Kind {
-    NotFound,
-    Gone,
-    Canceled,
-    RunFailed,
-    Timeout,
-    Protocol,
-    Transport,
-    InvalidArgument,
-    Server,
-}
-
-impl Kind {
-    /// The kind a client reports for an HTTP error status: the one table every SDK shares.
-    fn of_status(status: u16) -> Kind {
-        match status {
-            404 => Kind::NotFound,
-            410 => Kind::Gone,
-            400..=499 => Kind::InvalidArgument,
-            500..=599 => Kind::Server,
-            _ => Kind::Protocol,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HttpRequest {
-    method: String,
-    path: String,
-    #[serde(default)]
-    headers: BTreeMap<String, OneOrMany>,
-    body: Option<String>,
-    #[serde(default, deserialize_with = "present")]
-    json: Option<Value>,
-    body_bytes: Option<Vec<u8>>,
-    body_repeat: Option<Repeat>,
-    #[serde(default)]
-    chunked: bool,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl OneOrMany {
-    fn values(&self) -> &[String] {
-        match self {
-            OneOrMany::One(v) => std::slice::from_ref(v),
-            OneOrMany::Many(vs) => vs,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Repeat {
-    #[serde(default)]
-    prefix: String,
-    text: String,
-    times: usize,
-    #[serde(default)]
-    suffix: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HttpExpect {
-    status: u16,
-    #[serde(default)]
-    headers: BTreeMap<String, Option<HeaderExpect>>,
-    problem: Option<String>,
-    #[serde(default, deserialize_with = "present")]
-    json: Option<Value>,
-    json_includes: Option<Map<String, Value>>,
-    json_length: Option<usize>,
-    body: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum HeaderExpect {
-    Exact(String),
-    List { list: Vec<String> },
-}
-
-/// A member that may be JSON `null`: present (even as null) is `Some`, absent is `None`.
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
-    Value::deserialize(d).map(Some)
-}
-
-// ---------------------------------------------------------------------------------------------
 // Loading: schema validation, then the checks a schema cannot make.
-
-fn spec_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../spec/conformance")
-}
 
 fn read_json(path: &Path) -> Value {
     let text = std::fs::read_to_string(path)
@@ -447,7 +170,7 @@ fn lint(scenario: &Scenario) -> Vec<String> {
                 check_slug_status(slug, Some(expect.status), &mut report);
             }
         }
-        if let Some(error) = step_error(step) {
+        if let Some(error) = step.error() {
             if let Some(slug) = &error.problem {
                 check_slug_status(slug, error.status, &mut report);
             }
@@ -519,32 +242,6 @@ fn lint(scenario: &Scenario) -> Vec<String> {
         }
     }
     problems
-}
-
-fn step_error(step: &Step) -> Option<&ErrorExpect> {
-    match step {
-        Step::Submit {
-            expect: SubmitExpect::Error { error },
-            ..
-        }
-        | Step::Follow {
-            expect: FollowExpect::Error { error },
-            ..
-        }
-        | Step::Exists {
-            expect: ExistsExpect::Error { error },
-            ..
-        }
-        | Step::Cancel {
-            expect: CancelExpect::Error { error },
-            ..
-        }
-        | Step::Wait {
-            expect: WaitExpect::Error { error },
-            ..
-        } => Some(error),
-        _ => None,
-    }
 }
 
 fn check_slug_status(slug: &str, status: Option<u16>, report: &mut impl FnMut(String)) {
@@ -664,29 +361,6 @@ fn expand_json(value: &Value, saved: &HashMap<String, SavedRun>) -> Result<Value
 
 // ---------------------------------------------------------------------------------------------
 // Comparing values (README.md, "Comparing values").
-
-fn json_eq(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => {
-            if let (Some(x), Some(y)) = (x.as_i64(), y.as_i64()) {
-                x == y
-            } else if let (Some(x), Some(y)) = (x.as_u64(), y.as_u64()) {
-                x == y
-            } else {
-                x.as_f64() == y.as_f64()
-            }
-        }
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| json_eq(x, y))
-        }
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
-        }
-        _ => a == b,
-    }
-}
 
 fn event_eq(a: &Event, b: &Event) -> bool {
     a.id == b.id && a.state == b.state && json_eq(&a.value, &b.value)
@@ -829,8 +503,8 @@ impl Runner {
             } => {
                 let path = self.resolve(run)?;
                 let followed = match transport {
-                    Transport::Sse => self.follow_sse(&path, *since, *until).await?,
-                    Transport::Poll => self.follow_poll(&path, *since, *until).await?,
+                    StepTransport::Sse => self.follow_sse(&path, *since, *until).await?,
+                    StepTransport::Poll => self.follow_poll(&path, *since, *until).await?,
                 };
                 check_followed(followed, expect)
             }

@@ -13,17 +13,20 @@
 //! this one reads them strictly and makes the checks a schema cannot.
 
 mod common;
+#[path = "../../longrun-server/tests/scenarios/mod.rs"]
+mod scenarios;
+
+use scenarios::*;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use futures::StreamExt;
 use longrun::blocking::Next;
 use longrun::{CancelOutcome, ErrorKind, Event, FollowOptions, Run, RunStatus, State, Transport};
-use serde::{Deserialize, Deserializer};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tokio::time::Instant;
 
 /// Scenarios this client is known to fail, by flavour and description. A listed scenario that
@@ -53,241 +56,7 @@ impl Flavour {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The file format (schema.json). `comment` members are dropped before parsing; `http` steps
-// are kept as opaque JSON, since an SDK runner only skips them.
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ScenarioFile {
-    #[serde(rename = "description")]
-    _description: String,
-    scenarios: Vec<Scenario>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Scenario {
-    description: String,
-    steps: Vec<Step>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
-enum Step {
-    Submit {
-        object: String,
-        args: Option<Map<String, Value>>,
-        save: Option<String>,
-        expect: SubmitExpect,
-    },
-    Follow {
-        run: RunRef,
-        transport: StepTransport,
-        since: Option<u64>,
-        until: Option<u64>,
-        expect: FollowExpect,
-    },
-    Exists {
-        run: RunRef,
-        expect: ExistsExpect,
-    },
-    Cancel {
-        run: RunRef,
-        expect: CancelExpect,
-    },
-    Wait {
-        run: RunRef,
-        timeout_ms: Option<u64>,
-        expect: WaitExpect,
-    },
-    Http {
-        #[serde(rename = "request")]
-        _request: Value,
-        save: Option<String>,
-        #[serde(rename = "expect")]
-        _expect: Value,
-    },
-}
-
-impl Step {
-    fn op(&self) -> &'static str {
-        match self {
-            Step::Submit { .. } => "submit",
-            Step::Follow { .. } => "follow",
-            Step::Exists { .. } => "exists",
-            Step::Cancel { .. } => "cancel",
-            Step::Wait { .. } => "wait",
-            Step::Http { .. } => "http",
-        }
-    }
-
-    fn run_ref(&self) -> Option<&RunRef> {
-        match self {
-            Step::Follow { run, .. }
-            | Step::Exists { run, .. }
-            | Step::Cancel { run, .. }
-            | Step::Wait { run, .. } => Some(run),
-            Step::Submit { .. } | Step::Http { .. } => None,
-        }
-    }
-
-    fn save(&self) -> Option<&str> {
-        match self {
-            Step::Submit { save, .. } | Step::Http { save, .. } => save.as_deref(),
-            _ => None,
-        }
-    }
-
-    fn error(&self) -> Option<&ErrorExpect> {
-        match self {
-            Step::Submit {
-                expect: SubmitExpect::Error { error },
-                ..
-            }
-            | Step::Follow {
-                expect: FollowExpect::Error { error },
-                ..
-            }
-            | Step::Exists {
-                expect: ExistsExpect::Error { error },
-                ..
-            }
-            | Step::Cancel {
-                expect: CancelExpect::Error { error },
-                ..
-            }
-            | Step::Wait {
-                expect: WaitExpect::Error { error },
-                ..
-            } => Some(error),
-            _ => None,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum RunRef {
-    Saved(String),
-    Literal { object: String, id: String },
-    Like { like: String, object: String },
-}
-
-impl RunRef {
-    /// The saved run this reference depends on, if any.
-    fn name(&self) -> Option<&str> {
-        match self {
-            RunRef::Saved(name) | RunRef::Like { like: name, .. } => Some(name),
-            RunRef::Literal { .. } => None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum StepTransport {
-    Sse,
-    Poll,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum SubmitExpect {
-    Error {
-        error: ErrorExpect,
-    },
-    /// The state is always `queued`; the client's `submit` does not return it.
-    Submitted {
-        #[serde(rename = "state")]
-        _state: State,
-    },
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum FollowExpect {
-    Error { error: ErrorExpect },
-    Events { events: Vec<Event> },
-    Tail { count: usize, tail: Vec<Event> },
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum ExistsExpect {
-    Error {
-        error: ErrorExpect,
-    },
-    Exists {
-        exists: bool,
-        state: Option<State>,
-        last_event_id: Option<u64>,
-    },
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum CancelExpect {
-    Error {
-        error: ErrorExpect,
-    },
-    Outcome {
-        outcome: Outcome,
-        state: Option<State>,
-    },
-}
-
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum Outcome {
-    Accepted,
-    Ended,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum WaitExpect {
-    Error { error: ErrorExpect },
-    Value { value: Value },
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ErrorExpect {
-    kind: String,
-    status: Option<u16>,
-    problem: Option<String>,
-    #[serde(default, deserialize_with = "present")]
-    value: Option<Value>,
-}
-
-/// A member that may be JSON `null`: present (even as null) is `Some`, absent is `None`.
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
-    Value::deserialize(d).map(Some)
-}
-
-// ---------------------------------------------------------------------------------------------
 // Loading, and the checks a schema cannot make (README.md, "Runners", 1).
-
-fn spec_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../spec/conformance")
-}
-
-/// Drop `comment` from the file, its scenarios and their steps (not from arguments or values,
-/// where it is data).
-fn strip_comments(file: &mut Value) {
-    let drop = |v: &mut Value| {
-        if let Some(members) = v.as_object_mut() {
-            members.remove("comment");
-        }
-    };
-    drop(file);
-    for scenario in file["scenarios"].as_array_mut().into_iter().flatten() {
-        drop(scenario);
-        for step in scenario["steps"].as_array_mut().into_iter().flatten() {
-            drop(step);
-        }
-    }
-}
 
 /// Every scenario file (by file name), checked; panics with every problem found.
 fn load() -> Vec<(String, ScenarioFile)> {
@@ -307,8 +76,7 @@ fn load() -> Vec<(String, ScenarioFile)> {
         let parsed = std::fs::read_to_string(path)
             .map_err(|err| err.to_string())
             .and_then(|text| serde_json::from_str::<Value>(&text).map_err(|err| err.to_string()))
-            .and_then(|mut value| {
-                strip_comments(&mut value);
+            .and_then(|value| {
                 serde_json::from_value::<ScenarioFile>(value).map_err(|err| err.to_string())
             });
         match parsed {
@@ -351,7 +119,10 @@ fn lint(scenario: &Scenario) -> Vec<String> {
             }
         }
         if let Some(error) = step.error() {
-            if !ErrorKind::ALL.iter().any(|k| k.as_str() == error.kind) {
+            if !ErrorKind::ALL
+                .iter()
+                .any(|k| k.as_str() == error.kind.name())
+            {
                 report(format!(
                     "{:?} is not an error kind of the client",
                     error.kind
@@ -409,27 +180,6 @@ fn lint(scenario: &Scenario) -> Vec<String> {
 // ---------------------------------------------------------------------------------------------
 // Comparing and showing values (README.md, "Comparing values").
 
-fn json_eq(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {
-            (Some(x), Some(y)) => x == y,
-            _ => match (x.as_u64(), y.as_u64()) {
-                (Some(x), Some(y)) => x == y,
-                _ => x.as_f64() == y.as_f64(),
-            },
-        },
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| json_eq(x, y))
-        }
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
-        }
-        _ => a == b,
-    }
-}
-
 fn events_eq(a: &[Event], b: &[Event]) -> bool {
     a.len() == b.len()
         && a.iter()
@@ -460,7 +210,7 @@ fn show_error(err: &longrun::Error) -> String {
 }
 
 fn show_expected(error: &ErrorExpect) -> String {
-    let mut shown = error.kind.clone();
+    let mut shown = error.kind.name().to_owned();
     if let Some(status) = error.status {
         shown.push_str(&format!(" {status}"));
     }
@@ -480,7 +230,7 @@ fn check_error(expect: &ErrorExpect, err: &longrun::Error) -> Result<(), String>
         .problem
         .as_ref()
         .map(|slug| format!("{}{slug}", longrun_proto::Problem::TYPE_PREFIX));
-    let same = err.kind().as_str() == expect.kind
+    let same = err.kind().as_str() == expect.kind.name()
         && expect
             .value
             .as_ref()
