@@ -15,6 +15,7 @@ the API Pythonic::
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 
 from typing import (
@@ -371,12 +372,20 @@ class AsyncClient:
         transport: Optional[str] = None,
         *,
         on_progress: Optional[OnProgress] = None,
+        cancel_on_interrupt: bool = False,
     ) -> AsyncIterator[Event]:
-        """``async for event in client.follow(run): ...`` — see ``Client.follow``."""
-        return self._iterate(self._n.follow(run._run, since, transport), on_progress)
+        """``async for event in client.follow(run): ...`` — see ``Client.follow``. With
+        ``cancel_on_interrupt``, cancelling the task that iterates (as Ctrl-C does to
+        ``asyncio.run``'s task) also cancels the run before ``CancelledError`` propagates."""
+        events = self._n.follow(run._run, since, transport)
+        return self._iterate(run, events, on_progress, cancel_on_interrupt)
 
     async def _iterate(
-        self, events: _native.AsyncEvents, on_progress: Optional[OnProgress]
+        self,
+        run: Run,
+        events: _native.AsyncEvents,
+        on_progress: Optional[OnProgress],
+        cancel_on_interrupt: bool,
     ) -> AsyncIterator[Event]:
         # Read ahead: the core fetches and decodes the next batch while this one is handed
         # out. Cancelling the pending read when the loop ends loses nothing (the stream's
@@ -392,6 +401,10 @@ class AsyncClient:
                     _report(batch, on_progress)
                 for event in batch:
                     yield event
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            if cancel_on_interrupt:
+                await self.cancel(run)
+            raise
         finally:
             pending.cancel()
 
@@ -406,5 +419,14 @@ class AsyncClient:
     async def exists(self, run: Run) -> bool:
         return await self._n.exists(run._run)
 
-    async def wait(self, run: Run, timeout: Optional[float] = None) -> Any:
-        return await self._n.wait(run._run, timeout)
+    async def wait(
+        self, run: Run, timeout: Optional[float] = None, *, cancel_on_interrupt: bool = False
+    ) -> Any:
+        """See ``Client.wait``. With ``cancel_on_interrupt``, cancelling the task that awaits
+        also cancels the run before ``CancelledError`` propagates."""
+        try:
+            return await self._n.wait(run._run, timeout)
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            if cancel_on_interrupt:
+                await self.cancel(run)
+            raise

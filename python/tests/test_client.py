@@ -381,6 +381,44 @@ def test_cancelling_the_asyncio_task_stops_the_follow(url: str) -> None:
     asyncio.run(main())
 
 
+def test_cancel_on_interrupt_cancels_the_run_when_the_asyncio_task_is_cancelled(url: str) -> None:
+    async def main() -> None:
+        async with longrun.AsyncClient(url) as c:
+            follow_run = await c.submit("sleep", SLEEP_FOREVER)
+            got_first = asyncio.Event()
+
+            async def follow() -> None:
+                async for _ in c.follow(follow_run, cancel_on_interrupt=True):
+                    got_first.set()
+
+            task = asyncio.ensure_future(follow())
+            await got_first.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(task, 60)
+            # The cancel was sent before CancelledError came out: the run ends canceled.
+            with pytest.raises(longrun.Canceled):
+                await c.wait(follow_run, timeout=60)
+
+            wait_run = await c.submit("sleep", SLEEP_FOREVER)
+            started = asyncio.Event()
+
+            async def wait() -> None:
+                started.set()
+                # No await in between: the cancellation can only arrive inside the wait.
+                await c.wait(wait_run, cancel_on_interrupt=True)
+
+            task = asyncio.ensure_future(wait())
+            await started.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(task, 60)
+            with pytest.raises(longrun.Canceled):
+                await c.wait(wait_run, timeout=60)
+
+    asyncio.run(main())
+
+
 # --- progress -----------------------------------------------------------------------------
 
 
