@@ -149,6 +149,84 @@ func TestCancellingTheContextStopsABlockedWait(t *testing.T) {
 	}
 }
 
+func TestCloseStopsABlockedWait(t *testing.T) {
+	// The closing client reaches the server through a listener that reports its first
+	// connection: the wait's, so the wait is blocked inside its call when Close comes.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	connected := make(chan struct{})
+	go func() {
+		first := true
+		for {
+			down, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			if first {
+				first = false
+				close(connected)
+			}
+			go func() {
+				defer down.Close()
+				up, err := net.Dial("tcp", strings.TrimPrefix(serverURL, "http://"))
+				if err != nil {
+					return
+				}
+				defer up.Close()
+				go func() { _, _ = io.Copy(up, down); up.Close() }()
+				_, _ = io.Copy(down, up)
+			}()
+		}
+	}()
+	direct := sleeping(t, newClient(t, serverURL))
+	c, err := longrun.NewClient("http://" + ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	run, err := c.Run(direct.Object, direct.ID) // the same run, on the listener's origin
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Wait(context.Background(), run)
+		done <- err
+	}()
+	select {
+	case <-connected:
+	case err := <-done:
+		t.Fatalf("the wait ended before it connected: %v", err)
+	}
+	closed := make(chan struct{})
+	go func() {
+		c.Close()
+		close(closed)
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, longrun.ErrInvalidArgument) || !strings.Contains(err.Error(), "closed") {
+			t.Fatalf("expected the client-closed error, got %v", err)
+		}
+	case <-time.After(guard):
+		t.Fatal("the wait did not stop when its client was closed")
+	}
+	select {
+	case <-closed:
+	case <-time.After(guard):
+		t.Fatal("Close did not return")
+	}
+	if _, err := c.Status(context.Background(), run); !errors.Is(err, longrun.ErrInvalidArgument) {
+		t.Fatalf("a call after Close: expected the client-closed error, got %v", err)
+	}
+	c.Close() // twice is fine
+	if st, err := newClient(t, serverURL).Status(context.Background(), direct); err != nil || st.State.Terminal() {
+		t.Fatalf("closing a client must not end its runs: %v %v", st, err)
+	}
+}
+
 func TestAContextDeadlineIsATimeoutAndTheRunGoesOn(t *testing.T) {
 	c := newClient(t, serverURL)
 	run := sleeping(t, c)

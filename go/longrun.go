@@ -185,6 +185,10 @@ func WithReconnect(r Reconnect) Option {
 type Client struct {
 	mu     sync.RWMutex // held (read) during calls; Close takes it to free the handle
 	handle *C.longrun_client
+	// Done once Close has begun: it interrupts the calls in progress, so Close does not wait
+	// for a Wait on a run that may never end.
+	closing      context.Context
+	startClosing context.CancelFunc
 }
 
 var errClosed = &Error{Kind: KindInvalidArgument, Message: "invalid argument: the client is closed"}
@@ -206,17 +210,33 @@ func NewClient(url string, opts ...Option) (*Client, error) {
 	if code := C.longrun_client_new(up, un, cp, cn, &h, &cerr); code != C.LONGRUN_CODE_OK {
 		return nil, failure(context.Background(), code, cerr)
 	}
-	return &Client{handle: h}, nil
+	closing, startClosing := context.WithCancel(context.Background())
+	return &Client{handle: h, closing: closing, startClosing: startClosing}, nil
 }
 
-// Close releases the client, after the calls in progress on it have returned. Follows
-// already started go on. Calls after Close fail with ErrInvalidArgument.
+// Close releases the client. Calls in progress on it return promptly with an error
+// matching ErrInvalidArgument ("the client is closed"), as do calls after Close; the runs
+// themselves go on. Follows already started go on too: they hold their own connection.
+// Close may be called more than once.
 func (c *Client) Close() error {
+	c.startClosing()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	C.longrun_client_free(c.handle)
-	c.handle = nil
+	if c.handle != nil {
+		C.longrun_client_free(c.handle)
+		c.handle = nil
+	}
 	return nil
+}
+
+// bound is ctx, also cancelled once Close begins.
+func (c *Client) bound(ctx context.Context) (context.Context, func()) {
+	callCtx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(c.closing, cancel)
+	return callCtx, func() {
+		stop()
+		cancel()
+	}
 }
 
 // call runs one blocking C call on a run with the client handle held and ctx wired to an
@@ -238,10 +258,16 @@ func (c *Client) call(ctx context.Context, run *Run, f func(h *C.longrun_client,
 	if c.handle == nil {
 		return errClosed
 	}
-	intr, release := interruptible(ctx)
+	callCtx, unbind := c.bound(ctx)
+	defer unbind()
+	intr, release := interruptible(callCtx)
 	defer release()
 	var cerr *C.longrun_error
 	if code := f(c.handle, r, intr, &cerr); code != C.LONGRUN_CODE_OK {
+		if code == C.LONGRUN_CODE_INTERRUPTED && ctx.Err() == nil {
+			C.longrun_error_free(cerr)
+			return errClosed // interrupted by Close, not by the caller's context
+		}
 		return failure(ctx, code, cerr)
 	}
 	return nil
