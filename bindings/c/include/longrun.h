@@ -136,8 +136,9 @@ typedef struct {
   uint64_t last_event_id;
 } longrun_run_status;
 
-// One event of a batch. Its value is the compact JSON at `values + value_offset`,
-// `value_len` bytes long.
+// One event of a batch. Its value is the JSON at `values + value_offset`, `value_len` bytes
+// long: the text the server sent, checked to be one JSON value (compact from the reference
+// server; another server's spacing inside the value is kept).
 typedef struct {
   uint64_t id;
   longrun_state state;

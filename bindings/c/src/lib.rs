@@ -142,8 +142,9 @@ pub struct longrun_buf {
     pub len: usize,
 }
 
-/// One event of a batch. Its value is the compact JSON at `values + value_offset`,
-/// `value_len` bytes long.
+/// One event of a batch. Its value is the JSON at `values + value_offset`, `value_len` bytes
+/// long: the text the server sent, checked to be one JSON value (compact from the reference
+/// server; another server's spacing inside the value is kept).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct longrun_event {
