@@ -34,12 +34,13 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use longrun::{ErrorKind, EventStream, FollowOptions, State};
+use tokio::runtime::Runtime;
+
 // A follow allocates each value's JSON text on the runtime's reader thread and frees it on the
 // caller's thread after copying it out; mimalloc makes both cheap (glibc's arenas do not).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use longrun::{ErrorKind, EventStream, FollowOptions, State};
-use tokio::runtime::Runtime;
 
 // ---------------------------------------------------------------------------------------------
 // Codes and plain data

@@ -12,6 +12,11 @@ pub struct Progress {
     pub message: Option<String>,
 }
 
+/// A `progress` number as a fraction: finite, clamped to 0..=1.
+fn fraction(f: f64) -> Option<f64> {
+    f.is_finite().then(|| f.clamp(0.0, 1.0))
+}
+
 impl Progress {
     /// Read the convention out of an event value; `None` when the value carries neither field.
     pub fn from_value(value: &Value) -> Option<Progress> {
@@ -19,8 +24,7 @@ impl Progress {
         let fraction = obj
             .get("progress")
             .and_then(Value::as_f64)
-            .filter(|f| f.is_finite())
-            .map(|f| f.clamp(0.0, 1.0));
+            .and_then(fraction);
         let message = obj
             .get("message")
             .and_then(Value::as_str)
@@ -48,8 +52,7 @@ impl Progress {
         let fraction = fields
             .progress
             .and_then(|raw| serde_json::from_str::<f64>(raw.get()).ok())
-            .filter(|f| f.is_finite())
-            .map(|f| f.clamp(0.0, 1.0));
+            .and_then(fraction);
         let message = fields
             .message
             .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok());

@@ -33,10 +33,7 @@ pub fn encode_event(event: &Event) -> Bytes {
 /// Turn a decoded SSE message back into a longrun event. `None` when the message is not one
 /// (no numeric id, an unknown event name, or data that is not JSON).
 pub fn to_event(msg: &SseMessage) -> Option<Event> {
-    let id = crate::header::parse_cursor(&msg.id)?;
-    let state = State::parse(&msg.event)?;
-    let value = serde_json::from_str(&msg.data).ok()?;
-    Some(Event { id, state, value })
+    to_raw_event(&msg.view())?.to_event().ok()
 }
 
 /// [`to_event`] keeping the value as JSON text: the data is checked to be JSON and copied

@@ -352,7 +352,7 @@ pub(crate) fn follow(inner: Arc<Inner>, run: Run, options: FollowOptions) -> Eve
                                 SseItemRef::Message(msg) if matches!(outcome, Ok(false)) => {
                                     outcome = match to_raw_event(&msg) {
                                         Some(ev) => cursor.take(ev, &mut batch),
-                                        None => Err(Error::Protocol(format!("not a longrun event: {:?}", msg.to_owned()))),
+                                        None => Err(Error::Protocol(format!("not a longrun event: {msg:?}"))),
                                     };
                                 }
                                 // After the terminal event or an error nothing more counts.

@@ -218,16 +218,18 @@ async fn an_unknown_run_is_not_found_for_every_verb() {
         ErrorKind::NotFound
     );
     assert!(!client.exists(&run).await.unwrap());
+    follow_and_wait_fail_with(&client, &run, ErrorKind::NotFound).await;
+}
+
+/// Following the run on either transport, and waiting for it, fail with `kind`.
+async fn follow_and_wait_fail_with(client: &Client, run: &Run, kind: ErrorKind) {
     for transport in TRANSPORTS {
-        let err = collect(client.follow_with(&run, with(transport)))
+        let err = collect(client.follow_with(run, with(transport)))
             .await
             .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::NotFound, "{transport:?}: {err}");
+        assert_eq!(err.kind(), kind, "{transport:?}: {err}");
     }
-    assert_eq!(
-        client.wait(&run, None).await.unwrap_err().kind(),
-        ErrorKind::NotFound
-    );
+    assert_eq!(client.wait(run, None).await.unwrap_err().kind(), kind);
 }
 
 #[tokio::test]
@@ -347,16 +349,7 @@ async fn an_ended_ephemeral_run_is_gone() {
         client.status(&run).await.unwrap_err().kind(),
         ErrorKind::Gone
     );
-    for transport in TRANSPORTS {
-        let err = collect(client.follow_with(&run, with(transport)))
-            .await
-            .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Gone, "{transport:?}: {err}");
-    }
-    assert_eq!(
-        client.wait(&run, None).await.unwrap_err().kind(),
-        ErrorKind::Gone
-    );
+    follow_and_wait_fail_with(&client, &run, ErrorKind::Gone).await;
 }
 
 #[tokio::test]

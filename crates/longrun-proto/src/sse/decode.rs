@@ -56,6 +56,17 @@ pub struct SseMessage {
     pub id: String,
 }
 
+impl SseMessage {
+    /// The message as [`Decoder::feed_with`] lends it.
+    pub fn view(&self) -> SseMessageRef<'_> {
+        SseMessageRef {
+            event: &self.event,
+            data: &self.data,
+            id: &self.id,
+        }
+    }
+}
+
 /// A dispatched message as [`Decoder::feed_with`] lends it: the same fields as
 /// [`SseMessage`], borrowed from the decoder, so a reader that keeps only part of a message
 /// (a client keeps the data as an event value) copies nothing else.
@@ -67,7 +78,7 @@ pub struct SseMessageRef<'a> {
 }
 
 impl SseMessageRef<'_> {
-    pub fn to_owned(&self) -> SseMessage {
+    pub fn to_message(&self) -> SseMessage {
         SseMessage {
             event: self.event.to_owned(),
             data: self.data.to_owned(),
@@ -122,7 +133,7 @@ impl Decoder {
         let mut items = Vec::new();
         self.feed_with(chunk, |item| {
             items.push(match item {
-                SseItemRef::Message(msg) => SseItem::Message(msg.to_owned()),
+                SseItemRef::Message(msg) => SseItem::Message(msg.to_message()),
                 SseItemRef::Retry(ms) => SseItem::Retry(ms),
             })
         });
