@@ -21,6 +21,16 @@ export interface RunEvent {
   progress?: Progress;
 }
 
+/**
+ * What `follow` returns: the run's events as an async iterator, for `for await`. Leaving the
+ * loop early (or calling `return`) closes the connection.
+ */
+export interface Follow extends AsyncIterableIterator<RunEvent, void, undefined> {
+  next(): Promise<IteratorResult<RunEvent, void>>;
+  return(value?: void): Promise<IteratorResult<RunEvent, void>>;
+  throw(error?: unknown): Promise<IteratorResult<RunEvent, void>>;
+}
+
 export interface ClientOptions {
   /** Sent as `Authorization: Bearer <token>`. */
   token?: string;
@@ -83,7 +93,7 @@ export declare class Client {
   status(run: RunLike): Promise<RunStatus>;
   exists(run: RunLike): Promise<boolean>;
   cancel(run: RunLike): Promise<CancelOutcome>;
-  follow(run: RunLike, options?: FollowOptions): AsyncGenerator<RunEvent, void, undefined>;
+  follow(run: RunLike, options?: FollowOptions): Follow;
   wait(run: RunLike, options?: WaitOptions): Promise<Json>;
 }
 

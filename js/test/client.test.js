@@ -137,6 +137,46 @@ for (const { name, api } of await builds()) {
       await client.cancel(run);
     });
 
+    test("a follow answers next() calls in order, like a generator, and return() stops it", async () => {
+      const client = new Client(server.url);
+      const run = await client.submit("count", { n: 3 });
+      const follow = client.follow(run);
+      assert.equal(follow[Symbol.asyncIterator](), follow);
+      // Asked all at once, before any answer: answered in order, then done for good.
+      const answers = await Promise.all(Array.from({ length: 7 }, () => follow.next()));
+      assert.deepEqual(
+        answers.map((a) => (a.done ? "done" : a.value.id)),
+        [0, 1, 2, 3, 4, "done", "done"],
+      );
+      // return() while a next() waits on a run that has nothing more to say: both are done.
+      const sleeping = await client.submit("sleep", { ms: 3_600_000 });
+      const waiting = client.follow(sleeping);
+      assert.equal((await waiting.next()).value.state, "queued");
+      const pending = waiting.next();
+      // One turn of the event loop: the pending next() is now waiting on the native side.
+      await new Promise((resolve) => setImmediate(resolve));
+      assert.deepEqual(await waiting.return(), { value: undefined, done: true });
+      assert.deepEqual(await pending, { value: undefined, done: true });
+      assert.deepEqual(await waiting.next(), { value: undefined, done: true });
+      await client.cancel(sleeping);
+    });
+
+    test("an error thrown by onProgress ends the follow with that error", async () => {
+      const client = new Client(server.url);
+      const run = await client.submit("count", { n: 3 });
+      const seen = [];
+      await assert.rejects(
+        (async () => {
+          const onProgress = (p) => {
+            if (p.message === "2/3") throw new Error("progress bar broke");
+          };
+          for await (const ev of client.follow(run, { onProgress })) seen.push(ev.id);
+        })(),
+        /progress bar broke/,
+      );
+      assert.deepEqual(seen, [0, 1]);
+    });
+
     test("aborting a wait rejects with the reason; cancelOnAbort cancels the run", async () => {
       const client = new Client(server.url);
       const run = await client.submit("sleep", { ms: 3_600_000 });

@@ -10,6 +10,7 @@
 mod shared;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use longrun::{EventStream, FollowOptions, Interrupt, Run};
 use napi::Status;
@@ -135,6 +136,7 @@ impl NativeClient {
             stream: Arc::new(futures::lock::Mutex::new(Some(stream))),
             abort: Interrupt::new(),
             progress: progress.unwrap_or(false),
+            reading_ahead: Default::default(),
         })
     }
 
@@ -159,17 +161,26 @@ pub struct NativeFollow {
     abort: Interrupt,
     /// Add each event's progress (the JS side has an `onProgress`).
     progress: bool,
+    /// `stream` is the read-ahead of the follow (from the first `next_batch` on).
+    reading_ahead: AtomicBool,
 }
 
 #[napi]
 impl NativeFollow {
-    /// The next events (JSON array, at most `max`), waiting for at least one; `[]` at the end.
+    /// The next events (`shared::batch_json`, at most `max`), waiting for at least one; none
+    /// at the end.
     #[napi]
     pub async fn next_batch(&self, max: u32) -> Result<String> {
         let (stream, abort, progress) = (self.stream.clone(), self.abort.clone(), self.progress);
         let mut guard = stream.lock().await;
+        // The reader starts with the first call, on napi's runtime (which `follow`, called on
+        // the JS thread, is not on), and then fetches while JS parses and hands out a batch:
+        // the JS thread is the bottleneck of a drain, so it should never wait for the network.
+        if !self.reading_ahead.swap(true, Ordering::Relaxed) {
+            *guard = guard.take().map(EventStream::read_ahead);
+        }
         let Some(events) = guard.as_mut() else {
-            return Ok("[]".into());
+            return Ok(shared::batch_json(&[], false));
         };
         // Ended, failed or closed: the connection goes now, not when this object is collected.
         let batch = unless_aborted(&abort, events.next_raw_batch(max as usize)).await;

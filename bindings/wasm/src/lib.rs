@@ -142,7 +142,7 @@ impl NativeFollow {
         future_to_promise(async move {
             let mut guard = stream.lock().await;
             let Some(events) = guard.as_mut() else {
-                return Ok("[]".into());
+                return Ok(shared::batch_json(&[], false).into());
             };
             // Ended, failed or closed: the connection goes now, not when this object is collected.
             let batch = unless_aborted(&abort, events.next_raw_batch(max as usize)).await;
