@@ -87,8 +87,12 @@ class Follow {
   #i = 0;
   /** The next batch, asked for before this one is handed out. */
   #ahead = null;
-  /** The last `next` that had to wait, while it is pending. */
-  #queue = null;
+  /**
+   * The `next` calls that wait (for a batch, or behind one that does), and the last of them:
+   * while one waits, the calls after it queue behind it, so that answers keep their order.
+   */
+  #waiting = 0;
+  #queue = Promise.resolve();
   #done = false;
 
   constructor(stream, signal, onProgress, cancel) {
@@ -105,7 +109,7 @@ class Follow {
   }
 
   next() {
-    if (this.#queue === null && this.#i < this.#events.length && !this.#signal?.aborted) {
+    if (this.#waiting === 0 && this.#i < this.#events.length && !this.#signal?.aborted) {
       try {
         return Promise.resolve({ value: this.#take(), done: false });
       } catch (e) {
@@ -113,12 +117,9 @@ class Follow {
         return Promise.reject(e);
       }
     }
-    const answer = (this.#queue ?? Promise.resolve()).then(() => this.#wait());
-    const queue = answer.then(noop, noop);
-    this.#queue = queue;
-    queue.then(() => {
-      if (this.#queue === queue) this.#queue = null;
-    });
+    this.#waiting++;
+    const answer = this.#queue.then(() => this.#wait());
+    this.#queue = answer.then(noop, noop);
     return answer;
   }
 
@@ -135,8 +136,8 @@ class Follow {
 
   /** The next event when the batch in hand is used up: wait for the next batch. */
   async #wait() {
-    if (this.#done) return DONE;
     try {
+      if (this.#done) return DONE;
       if (this.#signal?.aborted) throw ABORTED;
       if (this.#i >= this.#events.length) {
         const text = await (this.#ahead ?? this.#read());
@@ -160,6 +161,9 @@ class Follow {
         throw abortReason(this.#signal);
       }
       throw e;
+    } finally {
+      // Before the answer settles: the caller's next `next` may take the fast path.
+      this.#waiting--;
     }
   }
 
