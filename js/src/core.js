@@ -8,7 +8,10 @@ import { LongrunError, toError } from "./errors.js";
 
 export * from "./errors.js";
 
-const BATCH = 512;
+// Events per batch: the napi build reads ahead in batches of this size (`read_ahead`), and
+// fewer, larger crossings cost the JS thread less (256 measured slower than 512, 1024 a little
+// faster; `cargo xtask bench js`).
+const BATCH = 1024;
 
 /** The failure a native call rejected or threw with, as a LongrunError (or "Aborted"). */
 function decode(e) {
