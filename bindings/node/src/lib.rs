@@ -219,8 +219,8 @@ impl NativeWait {
         on_progress: Option<ThreadsafeFunction<String, (), String, Status, false>>,
     ) -> Result<String> {
         let (client, run, abort) = (self.client.clone(), self.run.clone(), self.abort.clone());
-        let on_event = move |ev: &longrun::Event| {
-            if let (Some(f), Some(p)) = (&on_progress, longrun::Progress::from_value(&ev.value)) {
+        let on_event = move |ev: &longrun::RawEvent| {
+            if let (Some(f), Some(p)) = (&on_progress, longrun::Progress::from_raw(&ev.value)) {
                 f.call(
                     shared::progress_json(p),
                     ThreadsafeFunctionCallMode::NonBlocking,

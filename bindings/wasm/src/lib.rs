@@ -180,9 +180,8 @@ impl NativeWait {
             self.timeout,
         );
         future_to_promise(async move {
-            let on_event = move |ev: &longrun::Event| {
-                if let (Some(f), Some(p)) = (&on_progress, longrun::Progress::from_value(&ev.value))
-                {
+            let on_event = move |ev: &longrun::RawEvent| {
+                if let (Some(f), Some(p)) = (&on_progress, longrun::Progress::from_raw(&ev.value)) {
                     let json = JsValue::from(shared::progress_json(p));
                     let _ = f.call1(&JsValue::NULL, &json);
                 }

@@ -631,13 +631,14 @@ impl Client {
         self.wait_with(run, timeout, |_| {}).await
     }
 
-    /// [`Client::wait`], showing each event to `on_event` as it arrives (e.g. to draw
-    /// progress from it, [`crate::Progress::from_value`]).
+    /// [`Client::wait`], showing each event to `on_event` as it arrives, as read: its value is
+    /// JSON text, parsed only if you ask (`ev.value::<T>()`, `ev.to_event()`; progress with
+    /// [`crate::Progress::from_raw`]), so that waiting on a long log stays cheap.
     pub async fn wait_with(
         &self,
         run: &Run,
         timeout: Option<Duration>,
-        on_event: impl FnMut(&crate::Event),
+        on_event: impl FnMut(&crate::RawEvent),
     ) -> Result<Value> {
         let follow = crate::follow::last_event(self.follow(run), on_event);
         let last = match timeout {

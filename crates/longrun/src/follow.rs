@@ -418,19 +418,27 @@ pub(crate) fn follow(inner: Arc<Inner>, run: Run, options: FollowOptions) -> Eve
     EventStream::new(Box::pin(stream))
 }
 
-/// Drain a follow and return its terminal event.
+/// Drain a follow and return its terminal event. Only that event's value is parsed: a wait on
+/// a run with a long log reads the log, but does not build a `Value` of every event in it.
 pub(crate) async fn last_event(
     mut events: EventStream,
-    mut on_event: impl FnMut(&Event),
+    mut on_event: impl FnMut(&RawEvent),
 ) -> Result<Event> {
+    const BATCH: usize = 1024;
     let mut last = None;
-    while let Some(ev) = events.next().await {
-        let ev = ev?;
-        on_event(&ev);
-        last = Some(ev);
+    loop {
+        let batch = events.next_raw_batch(BATCH).await?;
+        if batch.is_empty() {
+            break;
+        }
+        batch.iter().for_each(&mut on_event);
+        last = batch.into_iter().next_back();
     }
-    last.filter(|ev| ev.state.is_terminal())
-        .ok_or_else(|| Error::Protocol("the follow ended without a terminal event".into()))
+    let last = last
+        .filter(|ev| ev.state.is_terminal())
+        .ok_or_else(|| Error::Protocol("the follow ended without a terminal event".into()))?;
+    last.to_event()
+        .map_err(|e| Error::Protocol(format!("event {}: value: {e}", last.id)))
 }
 
 /// A terminal event as the result of a wait.

@@ -12,8 +12,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use longrun::blocking::Next;
 use longrun::{
-    CancelOutcome, Client, ErrorKind, Event, EventStream, FollowOptions, Reconnect, Run, State,
-    Transport,
+    CancelOutcome, Client, ErrorKind, Event, EventStream, FollowOptions, Progress, Reconnect, Run,
+    State, Transport,
 };
 use longrun_server::{RunContext, Server, ServerBuilder};
 use serde_json::{Value, json};
@@ -99,6 +99,31 @@ async fn submit_follow_and_wait_on_both_transports() {
         let status = client.status(&run).await.unwrap();
         assert_eq!((status.state, status.last_event_id), (State::Success, 4));
         assert!(client.exists(&run).await.unwrap());
+    }
+}
+
+/// `wait_with` shows every event, in order, as read (progress from its JSON text), and answers
+/// with the terminal event's value, for logs longer than one batch too.
+#[tokio::test]
+async fn wait_with_shows_every_event_and_answers_with_the_value() {
+    let client = Client::new(&demo().await).unwrap();
+    for n in [3, 2500] {
+        let run = client.submit("count", json!({"n": n})).await.unwrap();
+        let mut seen = Vec::new();
+        let mut fractions = Vec::new();
+        let value = client
+            .wait_with(&run, None, |ev| {
+                seen.push((ev.id, ev.state));
+                fractions.extend(Progress::from_raw(&ev.value).and_then(|p| p.fraction));
+            })
+            .await
+            .unwrap();
+        assert_eq!(value, json!({"n": n}));
+        assert_eq!(seen.len() as u64, n + 2);
+        assert!(seen.iter().enumerate().all(|(i, (id, _))| *id == i as u64));
+        assert_eq!(seen.last(), Some(&(n + 1, State::Success)));
+        assert_eq!(fractions.len() as u64, n);
+        assert_eq!(fractions.last(), Some(&1.0));
     }
 }
 
