@@ -73,11 +73,12 @@ function expand(text) {
 }
 
 /**
- * What `follow` returns: an async iterator over the native follow's batches, reading one batch
- * ahead (the native side fetches and decodes the next batch while this one is handed out).
- * Written by hand rather than as an async generator: a generator costs several promise jobs
- * per event, a third of a whole drain (`cargo xtask bench js`); here an event of the batch in
- * hand costs one resolved promise. Calls to `next` are answered in order, as a generator's.
+ * What `follow` returns: an async iterator over the native follow's batches, asking for the
+ * next batch as soon as one arrives (the native side fetches and decodes it while this one is
+ * handed out). Written by hand rather than as an async generator: a generator costs several
+ * promise jobs per event, a third of a whole drain (`cargo xtask bench js`); here an event of
+ * the batch in hand costs one resolved promise. Calls to `next` are answered in order, as a
+ * generator's.
  */
 class Follow {
   #stream;
@@ -145,6 +146,8 @@ class Follow {
       if (this.#i >= this.#events.length) {
         const text = await (this.#ahead ?? this.#read());
         if (this.#signal?.aborted) throw ABORTED;
+        // `return` while this waited, and the batch came anyway: the follow is still over.
+        if (this.#done) return DONE;
         const events = expand(text);
         if (events.length === 0) {
           this.#finish();
