@@ -353,6 +353,34 @@ def test_ctrl_c_in_a_script_exits_with_keyboard_interrupt(url: str, tmp_path: Pa
             c.wait(longrun.Run.from_url(run_url), timeout=30)
 
 
+EXIT_WITH_ANSWERS_IN_FLIGHT = """
+import asyncio, longrun, sys
+
+async def main() -> None:
+    global in_flight
+    c = longrun.AsyncClient(sys.argv[1])
+    run = await c.submit("echo", {})
+    await c.wait(run)
+    # Bare futures nobody awaits: asyncio.run leaves them, and they are answered while the
+    # interpreter exits.
+    in_flight = [c._n.status(run._run) for _ in range(200)]
+    await asyncio.sleep(0)
+
+asyncio.run(main())
+"""
+
+
+def test_exiting_with_asyncio_answers_in_flight_is_clean(url: str, tmp_path: Path) -> None:
+    """Answers still on their way when a script ends must not take the GIL while the
+    interpreter finalizes: with pyo3-async-runtimes that aborted about one exit in five
+    (`Fatal Python error: PyGILState_Release`, or a segfault). The runtime stops at exit."""
+    for _ in range(10):
+        proc = subprocess.run([sys.executable, "-c", EXIT_WITH_ANSWERS_IN_FLIGHT, url],
+                              capture_output=True, text=True, cwd=tmp_path, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert "Fatal Python error" not in proc.stderr, proc.stderr
+
+
 def test_cancelling_the_asyncio_task_stops_the_follow(url: str) -> None:
     async def main() -> None:
         async with longrun.AsyncClient(url) as c:

@@ -7,6 +7,8 @@
 //! waits, and a blocking wait runs in short slices with `check_signals` between them, so
 //! Ctrl-C interrupts it.
 
+mod aio;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,7 +38,7 @@ fn invalid(message: impl Into<String>) -> longrun::Error {
 
 /// The Python exception for a client error: `longrun._errors.from_native` picks the class by
 /// the kind's name and sets `status`, `problem` and `value`.
-fn to_py_err(py: Python<'_>, e: longrun::Error) -> PyErr {
+pub(crate) fn to_py_err(py: Python<'_>, e: longrun::Error) -> PyErr {
     static FROM_NATIVE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let build = || -> PyResult<PyErr> {
         let from_native = FROM_NATIVE.get_or_try_init(py, || {
@@ -72,11 +74,6 @@ impl<T> OrRaise<T> for longrun::Result<T> {
     fn or_raise(self, py: Python<'_>) -> PyResult<T> {
         self.map_err(|e| to_py_err(py, e))
     }
-}
-
-/// A raise from code that runs without the GIL (an asyncio future on the tokio runtime).
-fn raise_detached<T>(r: longrun::Result<T>) -> PyResult<T> {
-    r.map_err(|e| Python::attach(|py| to_py_err(py, e)))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -687,7 +684,7 @@ impl Events {
     }
 }
 
-/// The asyncio client (`longrun::Client` on the tokio runtime of pyo3-async-runtimes).
+/// The asyncio client (`longrun::Client` on the runtime of `aio`).
 #[pyclass(frozen, module = "longrun._native")]
 struct AsyncClient {
     inner: longrun::Client,
@@ -748,8 +745,8 @@ impl AsyncClient {
             None => Value::Object(Default::default()),
         };
         let client = self.inner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let inner = raise_detached(client.submit(&object, args).await)?;
+        aio::future_into_py(py, async move {
+            let inner = client.submit(&object, args).await?;
             Ok(Run { inner })
         })
     }
@@ -772,24 +769,23 @@ impl AsyncClient {
 
     fn cancel<'py>(&self, py: Python<'py>, run: &Run) -> PyResult<Bound<'py, PyAny>> {
         let (client, run) = (self.inner.clone(), run.inner.clone());
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            Ok(cancel_outcome(raise_detached(client.cancel(&run).await)?))
-        })
+        aio::future_into_py(
+            py,
+            async move { Ok(cancel_outcome(client.cancel(&run).await?)) },
+        )
     }
 
     fn status<'py>(&self, py: Python<'py>, run: &Run) -> PyResult<Bound<'py, PyAny>> {
         let (client, run) = (self.inner.clone(), run.inner.clone());
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let s = raise_detached(client.status(&run).await)?;
+        aio::future_into_py(py, async move {
+            let s = client.status(&run).await?;
             Ok((s.state.as_str(), s.last_event_id))
         })
     }
 
     fn exists<'py>(&self, py: Python<'py>, run: &Run) -> PyResult<Bound<'py, PyAny>> {
         let (client, run) = (self.inner.clone(), run.inner.clone());
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            raise_detached(client.exists(&run).await)
-        })
+        aio::future_into_py(py, async move { client.exists(&run).await })
     }
 
     #[pyo3(signature = (run, timeout=None))]
@@ -801,9 +797,10 @@ impl AsyncClient {
     ) -> PyResult<Bound<'py, PyAny>> {
         let timeout = seconds("timeout", timeout).or_raise(py)?;
         let (client, run) = (self.inner.clone(), run.inner.clone());
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            Ok(Json(raise_detached(client.wait(&run, timeout).await)?))
-        })
+        aio::future_into_py(
+            py,
+            async move { Ok(Json(client.wait(&run, timeout).await?)) },
+        )
     }
 }
 
@@ -819,11 +816,9 @@ impl AsyncEvents {
     #[pyo3(signature = (max=1024))]
     fn next_batch<'py>(&self, py: Python<'py>, max: usize) -> PyResult<Bound<'py, PyAny>> {
         let events = self.inner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        aio::future_into_py(py, async move {
             let mut events = events.lock().await;
-            Ok(RawBatch(Mutex::new(raise_detached(
-                events.next_raw_batch(max).await,
-            )?)))
+            Ok(RawBatch(Mutex::new(events.next_raw_batch(max).await?)))
         })
     }
 }
@@ -864,5 +859,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<AsyncEvents>()?;
     m.add_class::<RawBatch>()?;
     m.add_function(wrap_pyfunction!(error_kinds, m)?)?;
+    // Before the interpreter finalizes, the asyncio runtime stops (see `aio`).
+    m.py()
+        .import("atexit")?
+        .call_method1("register", (wrap_pyfunction!(aio::shutdown, m)?,))?;
     Ok(())
 }
