@@ -127,17 +127,19 @@ func TestCancellingTheContextStopsABlockedFollow(t *testing.T) {
 }
 
 func TestCancellingTheContextStopsABlockedWait(t *testing.T) {
-	c := newClient(t, serverURL)
-	run := sleeping(t, c)
+	c, run, connected := sleepingThrough(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
 		_, err := c.Wait(ctx, run)
 		done <- err
 	}()
-	// Cancel once the wait is following the run: the server then reports a follower. Any
-	// moment works; waiting only makes the test exercise a blocked call, not an early check.
-	time.Sleep(50 * time.Millisecond)
+	// Cancel once the wait has connected: it is blocked inside its call then.
+	select {
+	case <-connected:
+	case err := <-done:
+		t.Fatalf("the wait ended before it connected: %v", err)
+	}
 	cancel()
 	select {
 	case err := <-done:
@@ -149,25 +151,27 @@ func TestCancellingTheContextStopsABlockedWait(t *testing.T) {
 	}
 }
 
-func TestCloseStopsABlockedWait(t *testing.T) {
-	// The closing client reaches the server through a listener that reports its first
-	// connection: the wait's, so the wait is blocked inside its call when Close comes.
+// reportingProxy is a TCP proxy to the server that closes connected when the first
+// connection through it is accepted: a call made through it is blocked inside the client once
+// connected is closed (the run it waits on has nothing more to say).
+func reportingProxy(t *testing.T) (url string, connected <-chan struct{}) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	connected := make(chan struct{})
+	first := make(chan struct{})
 	go func() {
-		first := true
+		once := false
 		for {
 			down, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			if first {
-				first = false
-				close(connected)
+			if !once {
+				once = true
+				close(first)
 			}
 			go func() {
 				defer down.Close()
@@ -181,15 +185,25 @@ func TestCloseStopsABlockedWait(t *testing.T) {
 			}()
 		}
 	}()
+	return "http://" + ln.Addr().String(), first
+}
+
+// sleepingThrough is a run that never ends, and a client that reaches it through a
+// reportingProxy.
+func sleepingThrough(t *testing.T) (*longrun.Client, longrun.Run, <-chan struct{}) {
+	t.Helper()
+	url, connected := reportingProxy(t)
 	direct := sleeping(t, newClient(t, serverURL))
-	c, err := longrun.NewClient("http://" + ln.Addr().String())
+	c := newClient(t, url)                      // closed at the end; closing twice is fine
+	run, err := c.Run(direct.Object, direct.ID) // the same run, on the proxy's origin
 	if err != nil {
 		t.Fatal(err)
 	}
-	run, err := c.Run(direct.Object, direct.ID) // the same run, on the listener's origin
-	if err != nil {
-		t.Fatal(err)
-	}
+	return c, run, connected
+}
+
+func TestCloseStopsABlockedWait(t *testing.T) {
+	c, run, connected := sleepingThrough(t)
 	done := make(chan error, 1)
 	go func() {
 		_, err := c.Wait(context.Background(), run)
@@ -222,7 +236,12 @@ func TestCloseStopsABlockedWait(t *testing.T) {
 		t.Fatalf("a call after Close: expected the client-closed error, got %v", err)
 	}
 	c.Close() // twice is fine
-	if st, err := newClient(t, serverURL).Status(context.Background(), direct); err != nil || st.State.Terminal() {
+	direct := newClient(t, serverURL)
+	same, err := direct.Run(run.Object, run.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := direct.Status(context.Background(), same); err != nil || st.State.Terminal() {
 		t.Fatalf("closing a client must not end its runs: %v %v", st, err)
 	}
 }

@@ -12,6 +12,9 @@ before(async () => {
 });
 after(() => server?.close());
 
+/** One turn of the event loop: every promise job queued before it has run. */
+const turn = () => new Promise((resolve) => setImmediate(resolve));
+
 const KINDS = ["NotFound", "Gone", "Canceled", "RunFailed", "Timeout", "Protocol", "Transport", "InvalidArgument", "Server"];
 
 /**
@@ -131,7 +134,8 @@ for (const { name, api } of await builds()) {
       const pending = new AbortController();
       const follow = client.follow(run, { since: 0, signal: pending.signal });
       const next = follow.next();
-      setTimeout(() => pending.abort(), 50);
+      await turn(); // the next() is now waiting on the native side
+      pending.abort();
       await assert.rejects(next, { name: "AbortError" });
       assert.equal((await client.status(run)).state, "queued");
       await client.cancel(run);
@@ -153,8 +157,7 @@ for (const { name, api } of await builds()) {
       const waiting = client.follow(sleeping);
       assert.equal((await waiting.next()).value.state, "queued");
       const pending = waiting.next();
-      // One turn of the event loop: the pending next() is now waiting on the native side.
-      await new Promise((resolve) => setImmediate(resolve));
+      await turn(); // the pending next() is now waiting on the native side
       assert.deepEqual(await waiting.return(), { value: undefined, done: true });
       assert.deepEqual(await pending, { value: undefined, done: true });
       assert.deepEqual(await waiting.next(), { value: undefined, done: true });
@@ -182,13 +185,15 @@ for (const { name, api } of await builds()) {
       const run = await client.submit("sleep", { ms: 3_600_000 });
       const controller = new AbortController();
       const waiting = client.wait(run, { signal: controller.signal });
-      setTimeout(() => controller.abort(), 50);
+      await turn(); // the wait is in flight on the native side
+      controller.abort();
       await assert.rejects(waiting, { name: "AbortError" });
       assert.equal((await client.status(run)).state, "queued");
 
       const again = new AbortController();
       const canceling = client.wait(run, { signal: again.signal, cancelOnAbort: true });
-      setTimeout(() => again.abort(), 50);
+      await turn();
+      again.abort();
       await assert.rejects(canceling, { name: "AbortError" });
       await assert.rejects(client.wait(run), api.RunCanceledError);
       // An already aborted signal never starts.

@@ -399,7 +399,7 @@ def test_cancelling_the_asyncio_task_stops_the_follow(url: str) -> None:
                 if body is follow:
                     await got_first.wait()
                 else:
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(0)  # one turn: the task is now awaiting the native wait
                 task.cancel()
                 with pytest.raises(asyncio.CancelledError):
                     await asyncio.wait_for(task, 10)
