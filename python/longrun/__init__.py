@@ -22,12 +22,15 @@ from typing import (
     Any,
     AsyncIterator,
     Callable,
+    ClassVar,
+    Generic,
     Iterator,
     Mapping,
     NamedTuple,
     Optional,
     Sequence,
     Tuple,
+    TypeVar,
     Union,
 )
 
@@ -76,6 +79,7 @@ __all__ = [
 _BATCH = 1024
 
 OnProgress = Callable[[Progress], None]
+_N = TypeVar("_N", _native.Client, _native.AsyncClient)
 Headers = Union[Mapping[str, str], Sequence[Tuple[str, str]]]
 
 
@@ -106,10 +110,10 @@ class Run:
 
     def __init__(self, base_url: str, object: str, id: str) -> None:
         self._run = _native.Run(base_url, object, id)
-        self._client: Union[Client, AsyncClient, None] = None
+        self._client: Optional[_ClientBase[Any]] = None
 
     @classmethod
-    def _wrap(cls, run: _native.Run, client: Union[Client, AsyncClient, None]) -> Run:
+    def _wrap(cls, run: _native.Run, client: Optional[_ClientBase[Any]]) -> Run:
         self = cls.__new__(cls)
         self._run = run
         self._client = client
@@ -171,12 +175,11 @@ def _report(batch: list[Event], on_progress: OnProgress) -> None:
             on_progress(progress)
 
 
-class Client:
-    """A blocking longrun/1 client. Every option left as None keeps the core's default
-    (``timeout``: 30 s per request; ``transport``: ``"sse"``, falling back to ``"poll"`` by
-    itself; ``poll_wait``: 20 s; ``reconnect_attempts``: 10, ``reconnect_delay``: 1 s
-    before the server sends its own hint, ``reconnect_max_delay``: 30 s). The GIL is released while the
-    client waits on the network; Ctrl-C interrupts a blocking ``follow`` or ``wait``."""
+class _ClientBase(Generic[_N]):
+    """What ``Client`` and ``AsyncClient`` share: the options (one signature for both), the
+    native client, ``base_url`` and ``run``."""
+
+    _native_type: ClassVar[Callable[..., Any]]
 
     def __init__(
         self,
@@ -192,7 +195,7 @@ class Client:
         poll_wait: Optional[float] = None,
         user_agent: Optional[str] = None,
     ) -> None:
-        self._native: Optional[_native.Client] = _native.Client(
+        self._native: Optional[_N] = self._native_type(
             base_url,
             token=token,
             timeout=timeout,
@@ -207,7 +210,7 @@ class Client:
         self._base_url = self._native.base_url
 
     @property
-    def _n(self) -> _native.Client:
+    def _n(self) -> _N:
         if self._native is None:
             raise InvalidArgument("the client is closed")
         return self._native
@@ -215,6 +218,20 @@ class Client:
     @property
     def base_url(self) -> str:
         return self._base_url
+
+    def run(self, object: str, id: str) -> Run:
+        """A handle on an existing run of this server."""
+        return Run._wrap(self._n.run(object, id), self)
+
+
+class Client(_ClientBase[_native.Client]):
+    """A blocking longrun/1 client. Every option left as None keeps the core's default
+    (``timeout``: 30 s per request; ``transport``: ``"sse"``, falling back to ``"poll"`` by
+    itself; ``poll_wait``: 20 s; ``reconnect_attempts``: 10, ``reconnect_delay``: 1 s
+    before the server sends its own hint, ``reconnect_max_delay``: 30 s). The GIL is released while the
+    client waits on the network; Ctrl-C interrupts a blocking ``follow`` or ``wait``."""
+
+    _native_type = _native.Client
 
     def close(self) -> None:
         """Drop the client's connections and runtime. Runs go on."""
@@ -228,10 +245,6 @@ class Client:
 
     def __repr__(self) -> str:
         return f"longrun.Client({self._base_url!r})"
-
-    def run(self, object: str, id: str) -> Run:
-        """A handle on an existing run of this server."""
-        return Run._wrap(self._n.run(object, id), self)
 
     def submit(self, object: str, args: Optional[Mapping[str, Any]] = None) -> Run:
         """Start a run of ``object`` with ``args`` (a JSON object)."""
@@ -305,47 +318,11 @@ class Client:
             raise
 
 
-class AsyncClient:
+class AsyncClient(_ClientBase[_native.AsyncClient]):
     """The asyncio client: the same verbs as ``Client``, awaitable; ``follow`` is an async
     iterator. Cancelling the task that awaits stops the follow or wait promptly."""
 
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        token: Optional[str] = None,
-        timeout: Optional[float] = None,
-        headers: Optional[Headers] = None,
-        transport: Optional[str] = None,
-        reconnect_attempts: Optional[int] = None,
-        reconnect_delay: Optional[float] = None,
-        reconnect_max_delay: Optional[float] = None,
-        poll_wait: Optional[float] = None,
-        user_agent: Optional[str] = None,
-    ) -> None:
-        self._native: Optional[_native.AsyncClient] = _native.AsyncClient(
-            base_url,
-            token=token,
-            timeout=timeout,
-            headers=_headers(headers),
-            transport=transport,
-            reconnect_attempts=reconnect_attempts,
-            reconnect_delay=reconnect_delay,
-            reconnect_max_delay=reconnect_max_delay,
-            poll_wait=poll_wait,
-            user_agent=user_agent,
-        )
-        self._base_url = self._native.base_url
-
-    @property
-    def _n(self) -> _native.AsyncClient:
-        if self._native is None:
-            raise InvalidArgument("the client is closed")
-        return self._native
-
-    @property
-    def base_url(self) -> str:
-        return self._base_url
+    _native_type = _native.AsyncClient
 
     async def close(self) -> None:
         self._native = None
@@ -358,9 +335,6 @@ class AsyncClient:
 
     def __repr__(self) -> str:
         return f"longrun.AsyncClient({self._base_url!r})"
-
-    def run(self, object: str, id: str) -> Run:
-        return Run._wrap(self._n.run(object, id), self)
 
     async def submit(self, object: str, args: Optional[Mapping[str, Any]] = None) -> Run:
         return Run._wrap(await self._n.submit(object, args), self)

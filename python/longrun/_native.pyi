@@ -1,4 +1,5 @@
 # Stubs of the native module (bindings/python/src/lib.rs).
+import asyncio
 import builtins
 from typing import Any, Awaitable, List, Optional, Tuple, final
 
@@ -46,7 +47,7 @@ class Events:
 
 @final
 class AsyncEvents:
-    def next_batch(self, max: int = 1024) -> Awaitable[RawBatch]: ...
+    def next_batch(self, max: int = 1024) -> asyncio.Future[RawBatch]: ...
 
 @final
 class RawBatch:
