@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import faulthandler
+import inspect
 import io
 import os
 import shutil
@@ -284,10 +285,24 @@ def test_other_threads_run_while_follow_and_wait_block(client: longrun.Client, u
         assert counted[0] == 200_000
 
 
-def _interrupt_soon(after: threading.Event) -> None:
+def blocked_in(function: Any, marker: str) -> None:
+    """Return once the main thread is on the line of ``function`` that holds ``marker``, the
+    line that makes its blocking native call: a SIGINT now is raised inside that call or just
+    before it, within the ``try`` that handles KeyboardInterrupt either way. (The scripts
+    below run it too, from its source.)"""
+    lines, first = inspect.getsourcelines(function)
+    line = first + next(i for i, text in enumerate(lines) if marker in text)
+    code, main = function.__code__, threading.main_thread().ident
+    while True:
+        frame = sys._current_frames().get(main)  # type: ignore[arg-type]
+        if frame is not None and frame.f_code is code and frame.f_lineno == line:
+            return
+        time.sleep(0.001)  # polling what the main thread does, not waiting for time to pass
+
+
+def _interrupt_when_blocked_in(function: Any, marker: str) -> None:
     def fire() -> None:
-        after.wait()
-        time.sleep(0.2)  # let the main thread enter the blocking call; earlier still interrupts
+        blocked_in(function, marker)
         signal.raise_signal(signal.SIGINT)
 
     threading.Thread(target=fire, daemon=True).start()
@@ -299,13 +314,9 @@ def test_ctrl_c_interrupts_a_blocking_follow(client: longrun.Client, cancel_on_i
     run = client.submit("sleep", SLEEP_FOREVER)
     events = client.follow(run, cancel_on_interrupt=cancel_on_interrupt)
     assert next(events).state == "queued"
-    ready = threading.Event()
-    _interrupt_soon(ready)
-    ready.set()
-    start = time.monotonic()
+    _interrupt_when_blocked_in(longrun.Client._iterate, "events.next_batch(")
     with pytest.raises(KeyboardInterrupt):
         next(events)
-    print(f"follow interrupted {time.monotonic() - start - 0.2:.3f} s after SIGINT")
     if not cancel_on_interrupt:
         assert client.status(run).state == "queued"  # stopping a follow is not a cancel
         client.cancel(run)
@@ -317,9 +328,7 @@ def test_ctrl_c_interrupts_a_blocking_follow(client: longrun.Client, cancel_on_i
 @pytest.mark.parametrize("cancel_on_interrupt", [False, True])
 def test_ctrl_c_interrupts_a_blocking_wait(client: longrun.Client, cancel_on_interrupt: bool) -> None:
     run = client.submit("sleep", SLEEP_FOREVER)
-    ready = threading.Event()
-    _interrupt_soon(ready)
-    ready.set()
+    _interrupt_when_blocked_in(longrun.Client.wait, "self._n.wait(")
     with pytest.raises(KeyboardInterrupt):
         client.wait(run, cancel_on_interrupt=cancel_on_interrupt)
     if not cancel_on_interrupt:
@@ -331,20 +340,22 @@ def test_ctrl_c_interrupts_a_blocking_wait(client: longrun.Client, cancel_on_int
 
 def test_ctrl_c_in_a_script_exits_with_keyboard_interrupt(url: str, tmp_path: Path) -> None:
     """The same through a real process and a real SIGINT, as a user at a terminal sends it."""
-    script = (
-        "import longrun, sys\n"
+    script = "import inspect, longrun, sys, threading, time\nfrom typing import Any\n" + (
+        inspect.getsource(blocked_in) + "\n"
         "c = longrun.Client(sys.argv[1])\n"
         "run = c.submit('sleep', {'ms': 3600000})\n"
         "events = c.follow(run, cancel_on_interrupt=True)\n"
         "next(events)\n"
-        "print(run.url, flush=True)\n"
+        "def ready():\n"
+        "    blocked_in(longrun.Client._iterate, 'events.next_batch(')\n"
+        "    print(run.url, flush=True)\n"
+        "threading.Thread(target=ready, daemon=True).start()\n"
         "for e in events: pass\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", script, url], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     assert proc.stdout is not None
-    run_url = proc.stdout.readline().strip()
-    time.sleep(0.5)  # let it enter the follow; a signal before that would not cancel
+    run_url = proc.stdout.readline().strip()  # printed once the follow is blocked
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode != 0 and "KeyboardInterrupt" in err, err
