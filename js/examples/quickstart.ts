@@ -1,5 +1,5 @@
 // The README quickstart, type-checked by `tsc --noEmit -p examples` (cargo xtask test).
-import { Client, Run, RunFailedError, TimeoutError, type RunEvent } from "longrun";
+import { Client, Run, RunFailedError, TimeoutError, type Follow, type RunEvent } from "longrun";
 
 export async function main(url: string): Promise<void> {
   const client = new Client(url, { token: "secret", timeoutMs: 10_000 });
@@ -10,6 +10,11 @@ export async function main(url: string): Promise<void> {
     const e: RunEvent = ev;
     console.log(e.id, e.state, e.value);
   }
+  // By hand: the first event only, then stop following (the connection closes).
+  const follow: Follow = client.follow(run);
+  const first = await follow.next();
+  if (!first.done) console.log(first.value.state);
+  await follow.return();
   if (await client.exists(run)) {
     const outcome = await client.cancel(run);
     if (outcome.outcome === "ended") console.log(outcome.state);

@@ -25,7 +25,8 @@ export interface RunEvent {
  * What `follow` returns: the run's events as an async iterator, for `for await`. Leaving the
  * loop early (or calling `return`) closes the connection.
  */
-export interface Follow extends AsyncIterableIterator<RunEvent, void, undefined> {
+export interface Follow extends AsyncIterator<RunEvent, void, undefined> {
+  [Symbol.asyncIterator](): Follow;
   next(): Promise<IteratorResult<RunEvent, void>>;
   return(value?: void): Promise<IteratorResult<RunEvent, void>>;
   throw(error?: unknown): Promise<IteratorResult<RunEvent, void>>;
