@@ -361,16 +361,19 @@ class AsyncClient(_ClientBase[_native.AsyncClient]):
         on_progress: Optional[OnProgress],
         cancel_on_interrupt: bool,
     ) -> AsyncIterator[Event]:
-        # Read ahead: the core fetches and decodes the next batch while this one is handed
-        # out. Cancelling the pending read when the loop ends loses nothing (the stream's
+        # The core reads ahead on its runtime: a batch that is already there is taken without
+        # a future. Cancelling a pending read when the loop ends loses nothing (the stream's
         # next_batch is cancel-safe) and closes the follow.
-        pending = events.next_batch(_BATCH)
+        pending: Optional[asyncio.Future[_native.RawBatch]] = None
         try:
             while True:
-                batch = (await pending).take()
+                batch = events.try_next_batch(_BATCH)
+                if batch is None:
+                    pending = events.next_batch(_BATCH)
+                    batch = (await pending).take()
+                    pending = None
                 if not batch:
                     return
-                pending = events.next_batch(_BATCH)
                 if on_progress is not None:
                     _report(batch, on_progress)
                 for event in batch:
@@ -380,7 +383,8 @@ class AsyncClient(_ClientBase[_native.AsyncClient]):
                 await self.cancel(run)
             raise
         finally:
-            pending.cancel()
+            if pending is not None:
+                pending.cancel()
 
     async def cancel(self, run: Run) -> CancelOutcome:
         outcome, state = await self._n.cancel(run._run)

@@ -47,6 +47,7 @@ class Events:
 
 @final
 class AsyncEvents:
+    def try_next_batch(self, max: int = 1024) -> Optional[List[Event]]: ...
     def next_batch(self, max: int = 1024) -> asyncio.Future[RawBatch]: ...
 
 @final

@@ -58,6 +58,13 @@ fn stopped() -> bool {
     )
 }
 
+/// `f` within the runtime (for what spawns on the current one, as `EventStream::read_ahead`).
+pub fn within<R>(f: impl FnOnce() -> R) -> PyResult<R> {
+    let handle = runtime()?;
+    let _entered = handle.enter();
+    Ok(f())
+}
+
 /// The `atexit` hook (the module registers it): stop the runtime before finalization.
 #[pyfunction]
 pub fn shutdown(py: Python<'_>) {

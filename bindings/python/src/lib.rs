@@ -10,6 +10,8 @@
 mod aio;
 
 use std::sync::{Arc, Mutex};
+
+use futures::FutureExt;
 use std::time::Duration;
 
 use longrun::blocking::{self, Next};
@@ -760,10 +762,12 @@ impl AsyncClient {
         transport: Option<&str>,
     ) -> PyResult<AsyncEvents> {
         let options = follow_options(since, transport).or_raise(py)?;
+        let events = self.inner.follow_with(&run.inner, options);
+        // Fetched and decoded on the runtime while the loop hands out the last batch, so
+        // that `try_next_batch` mostly finds the next one there.
+        let events = aio::within(|| events.read_ahead())?;
         Ok(AsyncEvents {
-            inner: Arc::new(tokio::sync::Mutex::new(
-                self.inner.follow_with(&run.inner, options),
-            )),
+            inner: Arc::new(tokio::sync::Mutex::new(events)),
         })
     }
 
@@ -813,6 +817,21 @@ struct AsyncEvents {
 
 #[pymethods]
 impl AsyncEvents {
+    /// The next events if they are already here (read ahead), `None` if they are not yet: then
+    /// await `next_batch`. No future, no thread and no GIL hand-over when they are here, which
+    /// is most of the time in a drain.
+    #[pyo3(signature = (max=1024))]
+    fn try_next_batch(&self, py: Python<'_>, max: usize) -> PyResult<Option<Batch>> {
+        let Ok(mut events) = self.inner.try_lock() else {
+            return Ok(None); // a `next_batch` is in progress
+        };
+        // Polled once: `next_raw_batch` is cancel-safe, so dropping it unfinished loses nothing.
+        match events.next_raw_batch(max).now_or_never() {
+            Some(batch) => batch.map(|b| Some(Batch(b))).or_raise(py),
+            None => Ok(None),
+        }
+    }
+
     #[pyo3(signature = (max=1024))]
     fn next_batch<'py>(&self, py: Python<'py>, max: usize) -> PyResult<Bound<'py, PyAny>> {
         let events = self.inner.clone();
