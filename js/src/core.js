@@ -73,9 +73,9 @@ function expand(text) {
 }
 
 /**
- * What `follow` returns: an async iterator over the native follow's batches, asking for the
- * next batch as soon as one arrives (the native side fetches and decodes it while this one is
- * handed out). Written by hand rather than as an async generator: a generator costs several
+ * What `follow` returns: an async iterator over the native follow's batches, the next of which
+ * is fetched and decoded while this one is handed out (napi reads ahead on its own threads;
+ * the wasm build is asked for it as soon as this one arrives). Written by hand rather than as an async generator: a generator costs several
  * promise jobs per event, a third of a whole drain (`cargo xtask bench js`); here an event of
  * the batch in hand costs one resolved promise. Calls to `next` are answered in order, as a
  * generator's.
@@ -144,7 +144,7 @@ class Follow {
       if (this.#done) return DONE;
       if (this.#signal?.aborted) throw ABORTED;
       if (this.#i >= this.#events.length) {
-        const text = await (this.#ahead ?? this.#read());
+        const text = this.#ready() ?? (await (this.#ahead ?? this.#read()));
         if (this.#signal?.aborted) throw ABORTED;
         // `return` while this waited, and the batch came anyway: the follow is still over.
         if (this.#done) return DONE;
@@ -155,7 +155,9 @@ class Follow {
         }
         this.#events = events;
         this.#i = 0;
-        this.#ahead = this.#read();
+        // A build that reads ahead natively (`tryNextBatch`) is asked when this batch is
+        // used up; the other is asked now, so that it fetches while this one is handed out.
+        if (!this.#stream.tryNextBatch) this.#ahead = this.#read();
       }
       return { value: this.#take(), done: false };
     } catch (e) {
@@ -177,6 +179,11 @@ class Follow {
     const event = this.#events[this.#i++];
     if (this.#onProgress && event.progress) this.#onProgress(event.progress, event);
     return event;
+  }
+
+  /** The next batch if the native side already has it (napi reads ahead), else null. */
+  #ready() {
+    return this.#stream.tryNextBatch ? callSync(() => this.#stream.tryNextBatch(BATCH)) : null;
   }
 
   #read() {

@@ -12,6 +12,7 @@ mod shared;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use futures::FutureExt;
 use longrun::{EventStream, FollowOptions, Interrupt, Run};
 use napi::Status;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
@@ -189,6 +190,33 @@ impl NativeFollow {
         }
         let batch = batch?;
         Ok(shared::batch_json(&batch, progress))
+    }
+
+    /// The next events if the read-ahead already has them, else `null` (then await
+    /// `nextBatch`): no promise and no turn of the event loop for a batch that is there, which
+    /// is most batches of a drain.
+    #[napi]
+    pub fn try_next_batch(&self, max: u32) -> Result<Option<String>> {
+        if !self.reading_ahead.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let Some(mut guard) = self.stream.try_lock() else {
+            return Ok(None); // a `nextBatch` is in progress
+        };
+        let Some(events) = guard.as_mut() else {
+            return Ok(Some(shared::batch_json(&[], false)));
+        };
+        // Polled once: `next_raw_batch` is cancel-safe, so dropping it unfinished loses nothing.
+        let Some(batch) = events.next_raw_batch(max as usize).now_or_never() else {
+            return Ok(None);
+        };
+        if batch.as_ref().is_ok_and(Vec::is_empty) || batch.is_err() {
+            *guard = None;
+        }
+        Ok(Some(shared::batch_json(
+            &batch.map_err(|e| fail(&e))?,
+            self.progress,
+        )))
     }
 
     /// Stop the follow now: a pending `nextBatch` rejects with `Aborted`, the connection closes.
