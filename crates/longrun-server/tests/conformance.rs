@@ -15,8 +15,8 @@ mod scenarios;
 
 use scenarios::*;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -48,73 +48,24 @@ fn read_json(path: &Path) -> Value {
         .unwrap_or_else(|err| panic!("{} is not JSON: {err}", path.display()))
 }
 
-/// Every scenario file (by file name), validated; panics with every problem found.
+/// Every scenario file (by file name), valid by the schema and by `lint`; panics with every
+/// problem found.
 fn load() -> Vec<(String, ScenarioFile)> {
-    let dir = spec_dir();
-    let schema = read_json(&dir.join("schema.json"));
+    let schema = read_json(&spec_dir().join("schema.json"));
     if let Err(err) = jsonschema::draft202012::meta::validate(&schema) {
         panic!("spec/conformance/schema.json is not a valid draft 2020-12 schema: {err}");
     }
     let validator = jsonschema::draft202012::new(&schema)
         .unwrap_or_else(|err| panic!("spec/conformance/schema.json does not compile: {err}"));
-
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|err| panic!("cannot read {}: {err}", dir.display()))
-        .map(|entry| entry.expect("readable directory entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .filter(|p| p.file_name().is_some_and(|n| n != "schema.json"))
-        .collect();
-    paths.sort();
-
-    let mut problems = Vec::new();
-    let mut files = Vec::new();
-    for path in &paths {
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let value = read_json(path);
-        let errors: Vec<String> = validator
-            .iter_errors(&value)
-            .map(|e| format!("{name}: at {}: {e}", e.instance_path()))
-            .collect();
-        if !errors.is_empty() {
-            problems.extend(errors);
-            continue;
-        }
-        match serde_json::from_value::<ScenarioFile>(value) {
-            Ok(file) => files.push((name, file)),
-            Err(err) => problems.push(format!(
-                "{name}: passes the schema but not the runner: {err}"
-            )),
-        }
-    }
-
-    let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
-    for (name, file) in &files {
-        for (i, scenario) in file.scenarios.iter().enumerate() {
-            if let Some(first) = seen.insert(&scenario.description, name) {
-                problems.push(format!(
-                    "{name}: scenarios[{i}]: the description {:?} is also used in {first}; \
-                     descriptions name scenarios in every SDK's report, so make it unique",
-                    scenario.description
-                ));
-            }
-            for problem in lint(scenario) {
-                problems.push(format!("{name}: {:?}: {problem}", scenario.description));
-            }
-        }
-    }
-
-    assert!(
-        problems.is_empty(),
-        "{} problem(s) in the conformance scenarios:\n{}",
-        problems.len(),
-        problems.join("\n")
-    );
-    assert!(
-        !files.is_empty(),
-        "no scenario files in {} — a passing run would prove nothing",
-        dir.display()
-    );
-    files
+    scenarios::load(
+        |name, value| {
+            validator
+                .iter_errors(value)
+                .map(|e| format!("{name}: at {}: {e}", e.instance_path()))
+                .collect()
+        },
+        lint,
+    )
 }
 
 /// What a runner checks beyond the schema (README.md, "Runners", 1).

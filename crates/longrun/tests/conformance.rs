@@ -18,9 +18,8 @@ mod scenarios;
 
 use scenarios::*;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -60,52 +59,7 @@ impl Flavour {
 
 /// Every scenario file (by file name), checked; panics with every problem found.
 fn load() -> Vec<(String, ScenarioFile)> {
-    let dir = spec_dir();
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|err| panic!("cannot read {}: {err}", dir.display()))
-        .map(|entry| entry.expect("a readable directory entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .filter(|p| p.file_name().is_some_and(|n| n != "schema.json"))
-        .collect();
-    paths.sort();
-
-    let mut problems = Vec::new();
-    let mut files = Vec::new();
-    for path in &paths {
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let parsed = std::fs::read_to_string(path)
-            .map_err(|err| err.to_string())
-            .and_then(|text| serde_json::from_str::<Value>(&text).map_err(|err| err.to_string()))
-            .and_then(|value| {
-                serde_json::from_value::<ScenarioFile>(value).map_err(|err| err.to_string())
-            });
-        match parsed {
-            Ok(file) => files.push((name, file)),
-            Err(err) => problems.push(format!("{name}: cannot be read as scenarios: {err}")),
-        }
-    }
-
-    let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
-    for (name, file) in &files {
-        for (i, scenario) in file.scenarios.iter().enumerate() {
-            if let Some(first) = seen.insert(&scenario.description, name) {
-                problems.push(format!(
-                    "{name}: scenarios[{i}]: the description {:?} is also used in {first}",
-                    scenario.description
-                ));
-            }
-            for problem in lint(scenario) {
-                problems.push(format!("{name}: {:?}: {problem}", scenario.description));
-            }
-        }
-    }
-    assert!(
-        problems.is_empty(),
-        "{} problem(s) in the conformance scenarios:\n{}",
-        problems.len(),
-        problems.join("\n")
-    );
-    files
+    scenarios::load(|_, _| Vec::new(), lint)
 }
 
 fn lint(scenario: &Scenario) -> Vec<String> {

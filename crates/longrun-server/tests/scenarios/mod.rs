@@ -16,6 +16,78 @@ pub fn spec_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../spec/conformance")
 }
 
+/// Every scenario file of `spec/conformance` (by file name, sorted), checked, or a panic listing
+/// every problem found: `validate` sees each file's JSON first (the server's runner checks it
+/// against the schema), then the file must read as these types, descriptions must be unique
+/// across files (every SDK's report names scenarios by them), and `lint` sees each scenario
+/// (what only that runner can check).
+pub fn load(
+    validate: impl Fn(&str, &Value) -> Vec<String>,
+    lint: impl Fn(&Scenario) -> Vec<String>,
+) -> Vec<(String, ScenarioFile)> {
+    let dir = spec_dir();
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|err| panic!("cannot read {}: {err}", dir.display()))
+        .map(|entry| entry.expect("a readable directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .filter(|p| p.file_name().is_some_and(|n| n != "schema.json"))
+        .collect();
+    paths.sort();
+
+    let mut problems = Vec::new();
+    let mut files = Vec::new();
+    for path in &paths {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let value = match std::fs::read_to_string(path)
+            .map_err(|err| err.to_string())
+            .and_then(|text| serde_json::from_str::<Value>(&text).map_err(|err| err.to_string()))
+        {
+            Ok(value) => value,
+            Err(err) => {
+                problems.push(format!("{name}: not readable as JSON: {err}"));
+                continue;
+            }
+        };
+        let invalid = validate(&name, &value);
+        if !invalid.is_empty() {
+            problems.extend(invalid);
+            continue;
+        }
+        match serde_json::from_value::<ScenarioFile>(value) {
+            Ok(file) => files.push((name, file)),
+            Err(err) => problems.push(format!("{name}: not readable as scenarios: {err}")),
+        }
+    }
+
+    let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
+    for (name, file) in &files {
+        for (i, scenario) in file.scenarios.iter().enumerate() {
+            if let Some(first) = seen.insert(&scenario.description, name) {
+                problems.push(format!(
+                    "{name}: scenarios[{i}]: the description {:?} is also used in {first}; \
+                     descriptions name scenarios in every SDK's report, so make it unique",
+                    scenario.description
+                ));
+            }
+            for problem in lint(scenario) {
+                problems.push(format!("{name}: {:?}: {problem}", scenario.description));
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} problem(s) in the conformance scenarios:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+    assert!(
+        !files.is_empty(),
+        "no scenario files in {} — a passing run would prove nothing",
+        dir.display()
+    );
+    files
+}
+
 /// JSON equality with numbers compared by value (`1` and `1.0` are equal), as scenario files
 /// mean it.
 pub fn json_eq(a: &Value, b: &Value) -> bool {
