@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, Generator, List, NamedTuple, Optional, Set, Tuple, Union
 
 import pytest
 
@@ -112,13 +112,16 @@ def check_events(step: Dict[str, Any], events: List[longrun.Event]) -> None:
         check(same(expect["tail"], tail), f"tail {tail}, expected {expect['tail']}")
 
 
-def _run_ref(step: Dict[str, Any], saved: Dict[str, longrun.Run], client: Any) -> longrun.Run:
+Client = Union[longrun.Client, longrun.AsyncClient]
+
+
+def _run_ref(step: Dict[str, Any], saved: Dict[str, longrun.Run], client: Client) -> longrun.Run:
     ref = step["run"]
     if isinstance(ref, str):
         return saved[ref]
     if "like" in ref:
         return client.run(ref["object"], saved[ref["like"]].id)
-    return client.run(ref["object"], ref["id"])  # type: ignore[no-any-return]
+    return client.run(ref["object"], ref["id"])
 
 
 def _skipped_names(steps: List[Dict[str, Any]]) -> Tuple[List[bool], int]:
@@ -138,32 +141,27 @@ def _skipped_names(steps: List[Dict[str, Any]]) -> Tuple[List[bool], int]:
     return skip, sum(skip)
 
 
-def run_sync(url: str, scenario: Dict[str, Any]) -> None:
-    skip, _ = _skipped_names(scenario["steps"])
-    saved: Dict[str, longrun.Run] = {}
-    with longrun.Client(url) as client:
-        try:
-            for index, (step, skipped) in enumerate(zip(scenario["steps"], skip)):
-                if skipped:
-                    continue
-                try:
-                    sync_step(client, step, saved)
-                except StepFailed as e:
-                    raise StepFailed(f"steps[{index}] ({step['op']}): {e}") from None
-        finally:
-            for run in saved.values():
-                try:
-                    client.cancel(run)
-                except longrun.Error:
-                    pass
+class Call(NamedTuple):
+    """A call a step makes: a client method by name, or "follow" (collect the events into the
+    last argument, stopping after the id ``until``)."""
+
+    verb: str
+    args: Tuple[Any, ...]
+    kwargs: Dict[str, Any] = {}
 
 
-def sync_step(client: longrun.Client, step: Dict[str, Any], saved: Dict[str, longrun.Run]) -> None:
+Plan = Generator[Call, Any, None]
+
+
+def step_plan(step: Dict[str, Any], saved: Dict[str, longrun.Run], client: Client) -> Plan:
+    """A step as the calls it makes, written once for both flavours: each runner makes a call
+    its way and hands back the result (``yield`` returns it) or the longrun.Error it raised
+    (``yield`` raises it); the checks are here."""
     op, expect = step["op"], step["expect"]
     err: Optional[longrun.Error] = None
     if op == "submit":
         try:
-            run = client.submit(step["object"], step.get("args"))
+            run = yield Call("submit", (step["object"], step.get("args")))
         except longrun.Error as e:
             err = e
         if "error" in expect:
@@ -177,10 +175,7 @@ def sync_step(client: longrun.Client, step: Dict[str, Any], saved: Dict[str, lon
     if op == "follow":
         events: List[longrun.Event] = []
         try:
-            for event in client.follow(run, since=step.get("since"), transport=step["transport"]):
-                events.append(event)
-                if event.id == step.get("until"):
-                    break
+            yield Call("follow", (run, step.get("since"), step["transport"], step.get("until"), events))
         except longrun.Error as e:
             err = e
         if "error" in expect:
@@ -188,9 +183,11 @@ def sync_step(client: longrun.Client, step: Dict[str, Any], saved: Dict[str, lon
         check(err is None, f"unexpected {err!r} after {len(events)} events")
         return check_events(step, events)
     if op == "exists":
+        exists, status = False, None
         try:
-            exists = client.exists(run)
-            status = client.status(run) if exists and ("state" in expect or "last_event_id" in expect) else None
+            exists = yield Call("exists", (run,))
+            if exists and ("state" in expect or "last_event_id" in expect):
+                status = yield Call("status", (run,))
         except longrun.Error as e:
             err = e
         if "error" in expect:
@@ -199,7 +196,7 @@ def sync_step(client: longrun.Client, step: Dict[str, Any], saved: Dict[str, lon
         return check_exists(expect, exists, status)
     if op == "cancel":
         try:
-            outcome = client.cancel(run)
+            outcome = yield Call("cancel", (run,))
         except longrun.Error as e:
             err = e
         if "error" in expect:
@@ -207,13 +204,14 @@ def sync_step(client: longrun.Client, step: Dict[str, Any], saved: Dict[str, lon
         check(err is None, f"unexpected {err!r}")
         check_cancel(expect, outcome)
         if outcome.accepted and expect.get("state") == "canceled":
-            check(client.status(run).state == "canceled", "not canceled")
+            status = yield Call("status", (run,))
+            check(status.state == "canceled", "not canceled")
         return
     if op == "wait":
         timeout = step.get("timeout_ms")
         value: Any = None
         try:
-            value = client.wait(run, timeout=None if timeout is None else timeout / 1000)
+            value = yield Call("wait", (run,), {"timeout": None if timeout is None else timeout / 1000})
         except longrun.Error as e:
             err = e
         if "error" in expect:
@@ -238,16 +236,89 @@ def check_cancel(expect: Dict[str, Any], outcome: longrun.CancelOutcome) -> None
         check(outcome.state == expect["state"], f"state {outcome.state}, expected {expect['state']}")
 
 
+class Stepper:
+    """Walks a plan: ``next`` hands it the last call's ``result`` or ``error`` and returns the
+    next call, None once the step is done."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.result: Any = None
+        self.error: Optional[longrun.Error] = None
+
+    def next(self) -> Optional[Call]:
+        result, error, self.result, self.error = self.result, self.error, None, None
+        try:
+            return self.plan.send(result) if error is None else self.plan.throw(error)
+        except StopIteration:
+            return None
+
+
+def sync_call(client: longrun.Client, call: Call) -> Any:
+    if call.verb == "follow":
+        run, since, transport, until, events = call.args
+        for event in client.follow(run, since=since, transport=transport):
+            events.append(event)
+            if event.id == until:
+                break
+        return None
+    return getattr(client, call.verb)(*call.args, **call.kwargs)
+
+
+async def async_call(client: longrun.AsyncClient, call: Call) -> Any:
+    if call.verb == "follow":
+        run, since, transport, until, events = call.args
+        async for event in client.follow(run, since=since, transport=transport):
+            events.append(event)
+            if event.id == until:
+                break
+        return None
+    return await getattr(client, call.verb)(*call.args, **call.kwargs)
+
+
+def run_sync(url: str, scenario: Dict[str, Any]) -> None:
+    skip, _ = _skipped_names(scenario["steps"])
+    saved: Dict[str, longrun.Run] = {}
+    with longrun.Client(url) as client:
+        try:
+            for index, (step, skipped) in enumerate(zip(scenario["steps"], skip)):
+                if skipped:
+                    continue
+                steps = Stepper(step_plan(step, saved, client))
+                try:
+                    while (call := steps.next()) is not None:
+                        try:
+                            steps.result = sync_call(client, call)
+                        except longrun.Error as e:
+                            steps.error = e
+                except StepFailed as e:
+                    raise StepFailed(f"steps[{index}] ({step['op']}): {e}") from None
+        finally:
+            for run in saved.values():
+                try:
+                    client.cancel(run)
+                except longrun.Error:
+                    pass
+
+
 async def run_async(url: str, scenario: Dict[str, Any]) -> None:
     skip, _ = _skipped_names(scenario["steps"])
     saved: Dict[str, longrun.Run] = {}
     async with longrun.AsyncClient(url) as client:
+
+        async def run_step(step: Dict[str, Any]) -> None:
+            steps = Stepper(step_plan(step, saved, client))
+            while (call := steps.next()) is not None:
+                try:
+                    steps.result = await async_call(client, call)
+                except longrun.Error as e:
+                    steps.error = e
+
         try:
             for index, (step, skipped) in enumerate(zip(scenario["steps"], skip)):
                 if skipped:
                     continue
                 try:
-                    await asyncio.wait_for(async_step(client, step, saved), 60)
+                    await asyncio.wait_for(run_step(step), 60)
                 except StepFailed as e:
                     raise StepFailed(f"steps[{index}] ({step['op']}): {e}") from None
         finally:
@@ -256,74 +327,6 @@ async def run_async(url: str, scenario: Dict[str, Any]) -> None:
                     await client.cancel(run)
                 except longrun.Error:
                     pass
-
-
-async def async_step(client: longrun.AsyncClient, step: Dict[str, Any], saved: Dict[str, longrun.Run]) -> None:
-    op, expect = step["op"], step["expect"]
-    err: Optional[longrun.Error] = None
-    if op == "submit":
-        try:
-            run = await client.submit(step["object"], step.get("args"))
-        except longrun.Error as e:
-            err = e
-        if "error" in expect:
-            return check_error(err, expect["error"])
-        check(err is None, f"unexpected {err!r}")
-        check(run.object == step["object"], f"object {run.object}")
-        if "save" in step:
-            saved[step["save"]] = run
-        return
-    run = _run_ref(step, saved, client)
-    if op == "follow":
-        events: List[longrun.Event] = []
-        try:
-            async for event in client.follow(run, since=step.get("since"), transport=step["transport"]):
-                events.append(event)
-                if event.id == step.get("until"):
-                    break
-        except longrun.Error as e:
-            err = e
-        if "error" in expect:
-            return check_error(err, expect["error"])
-        check(err is None, f"unexpected {err!r} after {len(events)} events")
-        return check_events(step, events)
-    if op == "exists":
-        status = None
-        exists = False
-        try:
-            exists = await client.exists(run)
-            if exists and ("state" in expect or "last_event_id" in expect):
-                status = await client.status(run)
-        except longrun.Error as e:
-            err = e
-        if "error" in expect:
-            return check_error(err, expect["error"])
-        check(err is None, f"unexpected {err!r}")
-        return check_exists(expect, exists, status)
-    if op == "cancel":
-        try:
-            outcome = await client.cancel(run)
-        except longrun.Error as e:
-            err = e
-        if "error" in expect:
-            return check_error(err, expect["error"])
-        check(err is None, f"unexpected {err!r}")
-        check_cancel(expect, outcome)
-        if outcome.accepted and expect.get("state") == "canceled":
-            check((await client.status(run)).state == "canceled", "not canceled")
-        return
-    if op == "wait":
-        timeout = step.get("timeout_ms")
-        value: Any = None
-        try:
-            value = await client.wait(run, timeout=None if timeout is None else timeout / 1000)
-        except longrun.Error as e:
-            err = e
-        if "error" in expect:
-            return check_error(err, expect["error"])
-        check(err is None, f"unexpected {err!r}")
-        return check(same(expect["value"], value), f"value {value!r}, expected {expect['value']!r}")
-    raise StepFailed(f"unknown op {op}")
 
 
 @pytest.mark.parametrize("flavour,file,scenario", _params())
