@@ -216,6 +216,17 @@ for (const { name, api } of await builds()) {
       assert.deepEqual(waited, followed);
     });
 
+    test("onProgress in wait sees every event's progress, in order, far more than queue at once", async () => {
+      const client = new Client(server.url);
+      const n = 5000;
+      const run = await client.submit("count", { n });
+      await client.wait(run); // ended: the wait below reads the whole log at once
+      const messages = [];
+      assert.deepEqual(await client.wait(run, { onProgress: (p) => messages.push(p.message) }), { n });
+      assert.equal(messages.length, n);
+      assert.ok(messages.every((m, i) => m === `${i + 1}/${n}`), messages.slice(0, 5).join(", "));
+    });
+
     // A poll answer is lost whole when cut, so polls get more bytes per connection than SSE.
     for (const [transport, cut] of [["sse", 1500], ["poll", 5000]]) {
       test(`resume through a connection-cutting proxy is exactly once (${transport})`, async () => {

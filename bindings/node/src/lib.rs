@@ -229,6 +229,9 @@ impl NativeFollow {
     }
 }
 
+/// A wait's progress callback: at most this many calls queued for the JS thread.
+type OnProgress = ThreadsafeFunction<String, (), String, Status, false, false, 64>;
+
 #[napi]
 pub struct NativeWait {
     client: longrun::Client,
@@ -242,17 +245,20 @@ impl NativeWait {
     /// The run's success value (JSON); `on_progress` gets the progress JSON of each event that
     /// has some.
     #[napi]
-    pub async fn wait(
-        &self,
-        on_progress: Option<ThreadsafeFunction<String, (), String, Status, false>>,
-    ) -> Result<String> {
+    pub async fn wait(&self, on_progress: Option<OnProgress>) -> Result<String> {
         let (client, run, abort) = (self.client.clone(), self.run.clone(), self.abort.clone());
         let on_event = move |ev: &longrun::RawEvent| {
             if let (Some(f), Some(p)) = (&on_progress, longrun::Progress::from_raw(&ev.value)) {
-                f.call(
-                    shared::progress_json(p),
-                    ThreadsafeFunctionCallMode::NonBlocking,
-                );
+                let json = shared::progress_json(p);
+                // The queue to the JS thread is bounded: when JS falls behind, the wait waits
+                // for it (off the runtime's worker), so progress is neither lost nor piled up.
+                if f.call(json.clone(), ThreadsafeFunctionCallMode::NonBlocking)
+                    == Status::QueueFull
+                {
+                    tokio::task::block_in_place(|| {
+                        f.call(json, ThreadsafeFunctionCallMode::Blocking)
+                    });
+                }
             }
         };
         let value = unless_aborted(&abort, client.wait_with(&run, self.timeout, on_event)).await?;
