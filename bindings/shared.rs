@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use longrun::{
-    CancelOutcome, ClientBuilder, ClientOptions, Error, Progress, RawEvent, Run, RunStatus,
-    Transport,
+    CancelOutcome, ClientBuilder, ClientOptions, Error, EventStream, Progress, RawEvent, Run,
+    RunStatus, Transport,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -143,6 +143,19 @@ pub fn batch_json(events: &[RawEvent], progress: bool) -> String {
     }
     out.push('}');
     out
+}
+
+/// A batch read from `follow`, as JS gets it. A follow that ended or failed is dropped now, so
+/// its connection closes at once, not when the JS object is collected.
+pub fn hand_over<E>(
+    follow: &mut Option<EventStream>,
+    batch: Result<Vec<RawEvent>, E>,
+    progress: bool,
+) -> Result<String, E> {
+    if !matches!(&batch, Ok(events) if !events.is_empty()) {
+        *follow = None;
+    }
+    batch.map(|events| batch_json(&events, progress))
 }
 
 /// An error as JSON: `kind` is `ErrorKind::as_str` (or `Aborted`), the key of the one table

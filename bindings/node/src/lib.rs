@@ -183,13 +183,8 @@ impl NativeFollow {
         let Some(events) = guard.as_mut() else {
             return Ok(shared::batch_json(&[], false));
         };
-        // Ended, failed or closed: the connection goes now, not when this object is collected.
         let batch = unless_aborted(&abort, events.next_raw_batch(max as usize)).await;
-        if batch.as_ref().is_ok_and(Vec::is_empty) || batch.is_err() {
-            *guard = None;
-        }
-        let batch = batch?;
-        Ok(shared::batch_json(&batch, progress))
+        shared::hand_over(&mut guard, batch, progress)
     }
 
     /// The next events if the read-ahead already has them, else `null` (then await
@@ -210,13 +205,8 @@ impl NativeFollow {
         let Some(batch) = events.next_raw_batch(max as usize).now_or_never() else {
             return Ok(None);
         };
-        if batch.as_ref().is_ok_and(Vec::is_empty) || batch.is_err() {
-            *guard = None;
-        }
-        Ok(Some(shared::batch_json(
-            &batch.map_err(|e| fail(&e))?,
-            self.progress,
-        )))
+        let batch = batch.map_err(|e| fail(&e));
+        shared::hand_over(&mut guard, batch, self.progress).map(Some)
     }
 
     /// Stop the follow now: a pending `nextBatch` rejects with `Aborted`, the connection closes.

@@ -144,13 +144,8 @@ impl NativeFollow {
             let Some(events) = guard.as_mut() else {
                 return Ok(shared::batch_json(&[], false).into());
             };
-            // Ended, failed or closed: the connection goes now, not when this object is collected.
             let batch = unless_aborted(&abort, events.next_raw_batch(max as usize)).await;
-            if batch.as_ref().is_ok_and(Vec::is_empty) || batch.is_err() {
-                *guard = None;
-            }
-            let batch = batch?;
-            Ok(shared::batch_json(&batch, progress).into())
+            Ok(shared::hand_over(&mut guard, batch, progress)?.into())
         })
     }
 
