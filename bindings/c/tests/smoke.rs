@@ -24,7 +24,10 @@ fn the_c_smoke_program_passes() {
     let url = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = longrun_server::Server::builder().demo().build();
+        let server = longrun_server::Server::builder()
+            .demo()
+            .build()
+            .expect("the demo objects have unique names");
         tokio::spawn(longrun_server::serve(
             listener,
             server,

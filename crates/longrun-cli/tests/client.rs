@@ -24,7 +24,10 @@ fn server() -> &'static str {
             let runtime = tokio::runtime::Runtime::new().unwrap();
             runtime.block_on(async {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let server = longrun_server::Server::builder().demo().build();
+                let server = longrun_server::Server::builder()
+                    .demo()
+                    .build()
+                    .expect("the demo objects have unique names");
                 longrun_server::serve(listener, server, std::future::pending()).await
             })
         });

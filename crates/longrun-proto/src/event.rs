@@ -142,11 +142,11 @@ impl CancelReason {
     }
 }
 
-/// The body of `201 Created` / `303 See Other` after a submit, and of `202 Accepted` after a
-/// cancel. `url` is the run's path (`/{object}/{id}`), the same as `Location`; clients
-/// resolve it against the base URL they used.
+/// A run as the server names it: the body of `201 Created` / `303 See Other` after a submit,
+/// and of `202 Accepted` after a cancel. `url` is the run's path (`/{object}/{id}`), the same
+/// as `Location`; clients resolve it against the base URL they used.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Submitted {
+pub struct RunRef {
     pub id: RunId,
     pub object: String,
     pub state: State,
@@ -158,9 +158,9 @@ pub fn run_path(object: &str, id: &RunId) -> String {
     format!("/{object}/{id}")
 }
 
-impl Submitted {
+impl RunRef {
     pub fn new(object: &str, id: RunId, state: State) -> Self {
-        Submitted {
+        RunRef {
             url: run_path(object, &id),
             id,
             object: object.to_owned(),

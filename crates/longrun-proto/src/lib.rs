@@ -14,7 +14,7 @@ mod progress;
 mod run_id;
 pub mod sse;
 
-pub use event::{CancelReason, Event, RawEvent, State, Submitted};
+pub use event::{CancelReason, Event, RawEvent, RunRef, State};
 pub use object::{ObjectName, ObjectNameError};
 pub use problem::{Problem, ProblemKind};
 pub use progress::Progress;

@@ -13,12 +13,16 @@ use crate::{Event, RawEvent, State};
 mod decode;
 pub use decode::*;
 
-/// The comment sent while a stream is idle, so proxies and clients see the connection alive.
-pub const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
+/// The comment line sent while a stream is idle, so proxies and clients see the connection
+/// alive. No blank line follows it: a block without `data` must never end with one, because
+/// parsers simpler than WHATWG's (the seed's Go client) return an event at every blank line
+/// and then fail on its empty data (spec §7.1).
+pub const KEEP_ALIVE: &[u8] = b": keep-alive\n";
 
-/// The reconnection hint sent first on every stream.
-pub fn retry_frame(retry_ms: u64) -> Bytes {
-    Bytes::from(format!("retry: {retry_ms}\n\n"))
+/// The reconnection hint sent first on every stream: one line, which shares the block of the
+/// first event (no blank line after it, for the same reason as [`KEEP_ALIVE`]).
+pub fn retry_line(retry_ms: u64) -> Bytes {
+    Bytes::from(format!("retry: {retry_ms}\n"))
 }
 
 /// Encode one event as an SSE message.
@@ -65,6 +69,7 @@ mod tests {
             &encode_event(&ev)[..],
             b"id: 3\nevent: running\ndata: {\"message\":\"line\\nbreak\",\"progress\":0.5}\n\n"
         );
-        assert_eq!(&retry_frame(1000)[..], b"retry: 1000\n\n");
+        assert_eq!(&retry_line(1000)[..], b"retry: 1000\n");
+        assert_eq!(KEEP_ALIVE, b": keep-alive\n");
     }
 }

@@ -19,7 +19,7 @@ use longrun_proto::{ProblemKind, sse};
 use tokio::sync::watch;
 
 use crate::Server;
-use crate::http::{lookup, problem, put_status_headers, status_headers, wants_event_stream};
+use crate::http::{ApiError, lookup, put_status_headers, status_headers, wants_event_stream};
 use crate::run::Run;
 
 /// How much one SSE write carries at most when a follower is behind.
@@ -32,36 +32,27 @@ pub(crate) async fn follow(
     Path((object, id)): Path<(String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-) -> Response {
-    let run = match lookup(&server, &object, &id) {
-        Ok(run) => run,
-        Err(res) => return res,
-    };
+) -> Result<Response, ApiError> {
+    let run = lookup(&server, &object, &id)?;
     let query: Vec<(String, String)> =
         form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes())
             .into_owned()
             .collect();
-    let cursor = match cursor(&headers, &query) {
-        Ok(c) => c,
-        Err(res) => return res,
-    };
+    let cursor = cursor(&headers, &query)?;
     // The first event a follower has not seen yet.
     let next = cursor.map_or(0, |c| c.saturating_add(1));
     if wants_event_stream(&headers) {
-        run.attach_follower();
-        follow_sse(&server, run, next)
+        run.mark_followed();
+        Ok(follow_sse(&server, run, next))
     } else {
-        let wait = match wait(&server, &query) {
-            Ok(w) => w,
-            Err(res) => return res,
-        };
-        run.attach_follower();
-        follow_poll(run, next, wait).await
+        let wait = wait(&server, &query)?;
+        run.mark_followed();
+        Ok(follow_poll(run, next, wait).await)
     }
 }
 
 /// The cursor: the `Last-Event-ID` header if present and non-empty, else the query.
-fn cursor(headers: &HeaderMap, query: &[(String, String)]) -> Result<Option<u64>, Response> {
+fn cursor(headers: &HeaderMap, query: &[(String, String)]) -> Result<Option<u64>, ApiError> {
     let from_header = headers
         .get(h::LAST_EVENT_ID)
         .map(|v| v.to_str().unwrap_or("\u{fffd}").trim())
@@ -77,7 +68,7 @@ fn cursor(headers: &HeaderMap, query: &[(String, String)]) -> Result<Option<u64>
     match raw {
         None => Ok(None),
         Some(raw) => h::parse_cursor(raw).map(Some).ok_or_else(|| {
-            problem(
+            ApiError::new(
                 ProblemKind::InvalidCursor,
                 format!(
                     "{raw:?} is not an event id; use the id of the last event you saw (0, 1, 2, …)"
@@ -88,7 +79,7 @@ fn cursor(headers: &HeaderMap, query: &[(String, String)]) -> Result<Option<u64>
 }
 
 /// The long-poll hold time: `wait` seconds, clamped to the maximum.
-fn wait(server: &Server, query: &[(String, String)]) -> Result<Duration, Response> {
+fn wait(server: &Server, query: &[(String, String)]) -> Result<Duration, ApiError> {
     let Some((_, raw)) = query.iter().find(|(k, _)| k == h::WAIT_QUERY) else {
         return Ok(server.config.poll_wait_default);
     };
@@ -97,7 +88,7 @@ fn wait(server: &Server, query: &[(String, String)]) -> Result<Duration, Respons
         .filter(|s| s.is_finite() && *s >= 0.0)
         .map(|s| Duration::from_secs_f64(s.min(server.config.poll_wait_max.as_secs_f64())))
         .ok_or_else(|| {
-            problem(
+            ApiError::new(
                 ProblemKind::InvalidWait,
                 format!("wait={raw:?} is not a non-negative number of seconds"),
             )
@@ -110,7 +101,7 @@ fn follow_sse(server: &Server, run: Arc<Run>, next: u64) -> Response {
         // WHATWG: 204 tells an EventSource to stop reconnecting.
         return StatusCode::NO_CONTENT.into_response();
     }
-    let retry = sse::retry_frame(server.config.retry.as_millis() as u64);
+    let retry = sse::retry_line(server.config.retry.as_millis() as u64);
     let body = Body::from_stream(sse_stream(
         run.clone(),
         next,

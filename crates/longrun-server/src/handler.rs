@@ -15,7 +15,8 @@
 //!         }
 //!         Ok::<_, RunError>(json!({"done": args}))
 //!     })
-//!     .build();
+//!     .build()
+//!     .expect("unique object names");
 //! ```
 
 use std::future::Future;

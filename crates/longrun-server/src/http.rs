@@ -7,11 +7,12 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use bytes::Bytes;
 use http_body_util::BodyExt;
 use longrun_proto::header as h;
-use longrun_proto::{Problem, ProblemKind, State as RunState, Submitted};
+use longrun_proto::{Problem, ProblemKind, RunRef, State as RunState};
 use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::Server;
@@ -31,7 +32,7 @@ pub fn app(server: Server) -> Router {
             "/{object}/{id}",
             get(crate::follow::follow).head(exists).delete(cancel),
         )
-        .fallback(|| async { problem(ProblemKind::NotFound, "no route has this path") })
+        .fallback(|| async { ApiError::new(ProblemKind::NotFound, "no route has this path") })
         .layer(middleware::from_fn(bare_errors_to_problems))
         .with_state(server);
     // Outermost, so it answers preflights before routing (which knows no OPTIONS).
@@ -76,28 +77,97 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
     )
 }
 
-/// Build a problem+json response.
-pub(crate) fn problem(kind: ProblemKind, detail: impl Into<String>) -> Response {
-    problem_response(Problem::new(kind, detail))
+/// Every error the server answers: a problem (RFC 9457) with its status, plus the headers
+/// that belong to it (`Retry-After`, `Accept-Post`, `Connection: close`). Handlers return
+/// `Result<Response, ApiError>`; its `IntoResponse` writes `application/problem+json`, the
+/// status being the problem's own. Boxed: errors are the rare path, and a small `Err` keeps
+/// every `Result` the handlers pass around small.
+#[derive(Debug)]
+pub(crate) struct ApiError(Box<Answer>);
+
+#[derive(Debug)]
+struct Answer {
+    problem: Problem,
+    headers: HeaderMap,
 }
 
-pub(crate) fn problem_response(p: Problem) -> Response {
-    let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let body = serde_json::to_vec(&p).expect("a problem always serializes");
-    (
-        status,
-        [(
+impl ApiError {
+    pub(crate) fn new(kind: ProblemKind, detail: impl Into<String>) -> Self {
+        Self::from_problem(Problem::new(kind, detail))
+    }
+
+    fn from_problem(problem: Problem) -> Self {
+        ApiError(Box::new(Answer {
+            problem,
+            headers: HeaderMap::new(),
+        }))
+    }
+
+    /// A problem for a status no [`ProblemKind`] names (a 401 of an auth layer, a tower 408 or
+    /// 503, …): RFC 9457's `about:blank` with the status's reason phrase as its title, so the
+    /// status goes out unchanged.
+    pub(crate) fn from_status(status: StatusCode) -> Self {
+        let kind = match status {
+            StatusCode::NOT_FOUND => Some(ProblemKind::NotFound),
+            StatusCode::METHOD_NOT_ALLOWED => Some(ProblemKind::MethodNotAllowed),
+            StatusCode::PAYLOAD_TOO_LARGE => Some(ProblemKind::BodyTooLarge),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Some(ProblemKind::UnsupportedMediaType),
+            _ => None,
+        };
+        let reason = status.canonical_reason().unwrap_or("Error");
+        let problem = match kind {
+            Some(kind) => Problem::new(kind, status.to_string()),
+            None => Problem {
+                type_uri: "about:blank".into(),
+                title: reason.into(),
+                status: status.as_u16(),
+                detail: None,
+                extensions: Default::default(),
+            },
+        };
+        Self::from_problem(problem)
+    }
+
+    /// An extension member of the problem (e.g. `state` on a 409).
+    pub(crate) fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.0.problem = self.0.problem.with(key, value);
+        self
+    }
+
+    pub(crate) fn header(mut self, name: header::HeaderName, value: HeaderValue) -> Self {
+        self.0.headers.insert(name, value);
+        self
+    }
+
+    /// Answered before the request body was read to its end: the connection cannot carry
+    /// another request (its next bytes are the rest of this body), so say that it closes
+    /// rather than let a pooling client reuse a dead connection.
+    fn closing(self) -> Self {
+        self.header(header::CONNECTION, HeaderValue::from_static("close"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let Answer { problem, headers } = *self.0;
+        let status =
+            StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&problem).expect("a problem always serializes");
+        let mut res = (status, body).into_response();
+        let out = res.headers_mut();
+        out.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static(h::PROBLEM_JSON),
-        )],
-        body,
-    )
-        .into_response()
+        );
+        out.extend(headers);
+        res
+    }
 }
 
 /// axum answers some errors itself with an empty or plain-text body (405 from the method
-/// router, rejections of extractors). The protocol promises problem+json for every error, so
-/// rewrite those, keeping their headers (e.g. `Allow`).
+/// router, rejections of extractors), and so may any layer added around the routes. The
+/// protocol promises problem+json for every error, so rewrite those — keeping their status
+/// and their headers (e.g. `Allow`).
 async fn bare_errors_to_problems(req: Request, next: Next) -> Response {
     let res = next.run(req).await;
     let status = res.status();
@@ -108,33 +178,29 @@ async fn bare_errors_to_problems(req: Request, next: Next) -> Response {
     if !(status.is_client_error() || status.is_server_error()) || is_problem {
         return res;
     }
-    let kind = match status {
-        StatusCode::METHOD_NOT_ALLOWED => ProblemKind::MethodNotAllowed,
-        StatusCode::PAYLOAD_TOO_LARGE => ProblemKind::BodyTooLarge,
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => ProblemKind::UnsupportedMediaType,
-        _ => ProblemKind::NotFound,
-    };
     let (mut parts, _) = res.into_parts();
-    let mut fresh = problem(kind, format!("{status}"));
-    parts.status = fresh.status();
+    let fresh = ApiError::from_status(status).into_response();
+    let (fresh_parts, body) = fresh.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
-    parts.headers.extend(fresh.headers_mut().drain());
-    let body = fresh.into_body();
+    parts.headers.extend(fresh_parts.headers);
     Response::from_parts(parts, body)
 }
 
-async fn health(State(server): State<Server>) -> Response {
+async fn health(State(server): State<Server>) -> Result<Response, ApiError> {
     if server.registry.is_shutting_down() {
-        return problem(ProblemKind::ShuttingDown, "the server is draining its runs");
+        return Err(ApiError::new(
+            ProblemKind::ShuttingDown,
+            "the server is draining its runs",
+        ));
     }
-    json_response(
+    Ok(json_response(
         StatusCode::OK,
         &serde_json::json!({
             "status": "ok",
             "protocol": longrun_proto::PROTOCOL,
             "version": env!("CARGO_PKG_VERSION"),
         }),
-    )
+    ))
 }
 
 /// The OpenAPI document, converted from `spec/openapi.yaml` (a test keeps the two in step).
@@ -163,59 +229,57 @@ async fn submit(
     Path(object): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Response {
+) -> Result<Response, ApiError> {
     let Some(obj) = server.objects.get(&object) else {
-        return unread_body(problem(
+        let err = ApiError::new(
             ProblemKind::UnknownObject,
             format!("no object is named {object:?}"),
-        ));
+        );
+        return Err(refuse_body(&headers, body, err).await);
     };
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         if !ct.to_str().is_ok_and(h::is_json_content_type) {
-            let mut res = problem(
+            let err = ApiError::new(
                 ProblemKind::UnsupportedMediaType,
                 "send the arguments as application/json (or with no Content-Type)",
+            )
+            .header(
+                header::HeaderName::from_static("accept-post"),
+                HeaderValue::from_static(h::JSON),
             );
-            res.headers_mut()
-                .insert("accept-post", HeaderValue::from_static(h::JSON));
-            return unread_body(res);
+            return Err(refuse_body(&headers, body, err).await);
         }
     }
-    let args = match read_args(&server, &headers, body).await {
-        Ok(args) => args,
-        Err(res) => return unread_body(res),
-    };
+    let args = read_args(&server, &headers, body).await?;
     let Value::Object(map) = &args else {
-        return problem(
+        return Err(ApiError::new(
             ProblemKind::ArgsNotObject,
             "the body must be a JSON object of arguments, e.g. {\"n\": 3}",
-        );
+        ));
     };
     if let Err(detail) = obj.handler.validate(map) {
-        return problem(ProblemKind::InvalidArguments, detail);
+        return Err(ApiError::new(ProblemKind::InvalidArguments, detail));
     }
     let run = match server.registry.submit(&server.config, &object, obj, args) {
         Ok(run) => run,
         Err(SubmitError::ShuttingDown) => {
-            return problem(
+            return Err(ApiError::new(
                 ProblemKind::ShuttingDown,
                 "the server no longer accepts runs",
-            );
+            ));
         }
         Err(SubmitError::TooManyRuns) => {
-            let mut res = problem(
+            return Err(ApiError::new(
                 ProblemKind::TooManyRuns,
                 format!(
                     "the server already runs {} runs; retry later",
                     server.config.max_active_runs
                 ),
-            );
-            res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return res;
+            )
+            .header(header::RETRY_AFTER, HeaderValue::from_static("1")));
         }
     };
-    let submitted = Submitted::new(&object, run.id, RunState::Queued);
+    let submitted = RunRef::new(&object, run.id, RunState::Queued);
     let status = if wants_event_stream(&headers) {
         StatusCode::SEE_OTHER
     } else {
@@ -226,49 +290,97 @@ async fn submit(
         header::LOCATION,
         HeaderValue::from_str(&submitted.url).expect("object names and ids are header-safe"),
     );
-    res
+    Ok(res)
 }
 
-/// An error answered before the request body was read to its end: the connection cannot
-/// carry another request (its next bytes are the rest of this body), so say that it closes
-/// rather than let a pooling client reuse a dead connection.
-fn unread_body(mut res: Response) -> Response {
-    res.headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    res
+/// How much of a refused request body the server still reads, and for how long, before it
+/// answers (nginx's lingering close). A client that writes its whole body before reading
+/// the reply (Python's `http.client`, and requests/httpx on top of it) would otherwise see
+/// the connection reset under its writes and never read the problem.
+const LINGER_BYTES: u64 = 16 * 1024 * 1024;
+const LINGER_TIME: Duration = Duration::from_secs(5);
+
+/// Answer `err` for a request whose body will not be used: read and discard the rest of the
+/// body, within [`LINGER_BYTES`] and [`LINGER_TIME`], so that the client gets to read the
+/// reply and the connection stays usable. A body beyond those bounds, or one the client has
+/// not sent yet (`Expect: 100-continue`: it waits for our answer), is not read, and the
+/// connection closes.
+async fn refuse_body(headers: &HeaderMap, body: Body, err: ApiError) -> ApiError {
+    let waits_for_continue = headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let declared = declared_length(headers);
+    if waits_for_continue || declared.is_some_and(|n| n > LINGER_BYTES) {
+        return err.closing();
+    }
+    match tokio::time::timeout(LINGER_TIME, discard(body, LINGER_BYTES)).await {
+        Ok(true) => err,
+        _ => err.closing(),
+    }
 }
 
-/// Read the body within the limit and parse it; an empty (or blank) body means `{}`.
-async fn read_args(server: &Server, headers: &HeaderMap, body: Body) -> Result<Value, Response> {
+/// Read `body` to its end, keeping nothing; false when it holds more than `max` bytes or fails.
+async fn discard(mut body: Body, max: u64) -> bool {
+    let mut seen = 0u64;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Some(data) = frame.data_ref() {
+                    seen += data.len() as u64;
+                    if seen > max {
+                        return false;
+                    }
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// Read the body within the limit and parse it; an empty (or blank) body means `{}`. A body
+/// over the limit is refused with 413 after the rest of it is discarded ([`refuse_body`]).
+async fn read_args(server: &Server, headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
     let limit = server.config.body_limit;
     let too_large = || {
-        problem(
+        ApiError::new(
             ProblemKind::BodyTooLarge,
             format!("the body is larger than the limit of {limit} bytes"),
         )
     };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
+    if declared_length(headers).is_some_and(|n| n > limit as u64) {
+        return Err(refuse_body(headers, body, too_large()).await);
     }
-    let bytes: Bytes = match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
-        Err(e) => {
-            return Err(problem(
+    let mut body = body;
+    let mut bytes = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::new(
                 ProblemKind::InvalidJson,
                 format!("the body could not be read: {e}"),
-            ));
+            )
+            .closing()
+        })?;
+        if let Some(data) = frame.data_ref() {
+            if bytes.len() + data.len() > limit {
+                // A chunked body (no Content-Length) that grew past the limit.
+                return Err(refuse_body(headers, body, too_large()).await);
+            }
+            bytes.extend_from_slice(data);
         }
-    };
+    }
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Object(Default::default()));
     }
     serde_json::from_slice(&bytes).map_err(|e| {
-        problem(
+        ApiError::new(
             ProblemKind::InvalidJson,
             format!("the body is not valid JSON: {e}"),
         )
@@ -283,24 +395,20 @@ pub(crate) fn wants_event_stream(headers: &HeaderMap) -> bool {
 }
 
 /// Find a run or answer 404/410.
-pub(crate) fn lookup(
-    server: &Server,
-    object: &str,
-    id: &str,
-) -> Result<std::sync::Arc<Run>, Response> {
+pub(crate) fn lookup(server: &Server, object: &str, id: &str) -> Result<Arc<Run>, ApiError> {
     if !server.objects.contains_key(object) {
-        return Err(problem(
+        return Err(ApiError::new(
             ProblemKind::UnknownObject,
             format!("no object is named {object:?}"),
         ));
     }
     match server.registry.lookup(&server.config, object, id) {
         Lookup::Found(run) => Ok(run),
-        Lookup::NotFound => Err(problem(
+        Lookup::NotFound => Err(ApiError::new(
             ProblemKind::RunNotFound,
             format!("no run {id:?} of object {object:?}"),
         )),
-        Lookup::Gone => Err(problem(
+        Lookup::Gone => Err(ApiError::new(
             ProblemKind::RunGone,
             format!("run {id} ended and its retention has passed"),
         )),
@@ -321,36 +429,74 @@ pub(crate) fn put_status_headers(state: RunState, last: u64, headers: &mut Heade
 async fn exists(
     State(server): State<Server>,
     Path((object, id)): Path<(String, String)>,
-) -> Response {
-    match lookup(&server, &object, &id) {
-        Ok(run) => {
-            let mut res = StatusCode::OK.into_response();
-            status_headers(&run, res.headers_mut());
-            res
-        }
-        Err(res) => res,
-    }
+) -> Result<Response, ApiError> {
+    let run = lookup(&server, &object, &id)?;
+    let mut res = StatusCode::OK.into_response();
+    status_headers(&run, res.headers_mut());
+    Ok(res)
 }
 
 async fn cancel(
     State(server): State<Server>,
     Path((object, id)): Path<(String, String)>,
-) -> Response {
-    let run = match lookup(&server, &object, &id) {
-        Ok(run) => run,
-        Err(res) => return res,
-    };
+) -> Result<Response, ApiError> {
+    let run = lookup(&server, &object, &id)?;
     match run.request_cancel(longrun_proto::CancelReason::Client) {
-        CancelOutcome::Accepted(state) => json_response(
+        CancelOutcome::Accepted(state) => Ok(json_response(
             StatusCode::ACCEPTED,
-            &Submitted::new(&object, run.id, state),
-        ),
-        CancelOutcome::Ended(state) => problem_response(
-            Problem::new(
-                ProblemKind::RunEnded,
-                format!("run {} already ended in {state}; nothing to cancel", run.id),
-            )
-            .with("state", state.as_str()),
-        ),
+            &RunRef::new(&object, run.id, state),
+        )),
+        CancelOutcome::Ended(state) => Err(ApiError::new(
+            ProblemKind::RunEnded,
+            format!("run {} already ended in {state}; nothing to cancel", run.id),
+        )
+        .with("state", state.as_str())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever error status a route or a layer inside the router answers bare, it goes out
+    /// with that status, as problem+json, its own headers kept.
+    #[tokio::test]
+    async fn bare_error_statuses_are_kept_as_problems() {
+        let statuses = [401u16, 403, 404, 405, 408, 413, 415, 429, 500, 503];
+        let mut router = Router::new();
+        for code in statuses {
+            router = router.route(
+                &format!("/{code}"),
+                get(move || async move {
+                    let status = StatusCode::from_u16(code).unwrap();
+                    (status, [("www-authenticate", "Bearer")], "plain text").into_response()
+                }),
+            );
+        }
+        let router = router.layer(middleware::from_fn(bare_errors_to_problems));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let client = reqwest::Client::new();
+        for code in statuses {
+            let res = client
+                .get(format!("http://{addr}/{code}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status().as_u16(), code);
+            assert_eq!(res.headers()["content-type"], h::PROBLEM_JSON);
+            assert_eq!(res.headers()["www-authenticate"], "Bearer");
+            let problem: Problem = res.json().await.unwrap();
+            assert_eq!(problem.status, code, "{problem:?}");
+            let status = StatusCode::from_u16(code).unwrap();
+            match ApiError::from_status(status).0.problem.kind() {
+                Some(kind) => assert_eq!(problem.kind(), Some(kind)),
+                None => {
+                    assert_eq!(problem.type_uri, "about:blank");
+                    assert_eq!(problem.title, status.canonical_reason().unwrap());
+                }
+            }
+        }
     }
 }

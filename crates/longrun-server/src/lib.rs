@@ -7,15 +7,11 @@
 //! ```no_run
 //! # async fn example() -> std::io::Result<()> {
 //! use longrun_server::{Config, Server};
-//! let server = Server::builder().config(Config::default()).demo().build();
+//! let server = Server::builder().config(Config::default()).demo().build().expect("unique object names");
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! longrun_server::serve(listener, server, async { let _ = tokio::signal::ctrl_c().await; }).await
 //! # }
 //! ```
-
-// Handlers return `Result<_, Response>` so an early error is already the answer; a
-// `Response` is large, but it is built once per failed request, so boxing buys nothing.
-#![allow(clippy::result_large_err)]
 
 mod config;
 mod demo;
@@ -72,7 +68,33 @@ impl Server {
 pub struct ServerBuilder {
     config: Config,
     objects: BTreeMap<String, Object>,
+    /// Names registered more than once, in the order seen: `build` refuses them.
+    duplicates: Vec<String>,
 }
+
+/// Why [`ServerBuilder::build`] refused to build a server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// Two objects were registered under this name (a later one would silently have
+    /// replaced the earlier).
+    DuplicateObject(String),
+}
+
+impl std::fmt::Display for BuildError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BuildError::DuplicateObject(name) => {
+                write!(
+                    f,
+                    "two objects are named {name:?}; object names must be unique"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for BuildError {}
 
 impl ServerBuilder {
     pub fn config(mut self, config: Config) -> Self {
@@ -81,7 +103,9 @@ impl ServerBuilder {
     }
 
     /// Register an object. Panics if `name` is not a valid object name (see
-    /// [`ObjectName::is_valid`]); names that come from user input should be checked first.
+    /// [`ObjectName::is_valid`]); names that come from user input should be checked first. A
+    /// name registered twice makes [`build`](Self::build) fail with
+    /// [`BuildError::DuplicateObject`].
     pub fn object(self, name: &str, handler: impl Handler) -> Self {
         self.object_with(name, ObjectOptions::default(), handler)
     }
@@ -95,13 +119,13 @@ impl ServerBuilder {
         if let Err(e) = ObjectName::new(name) {
             panic!("{e}");
         }
-        self.objects.insert(
-            name.to_owned(),
-            Object {
-                handler: Arc::new(handler),
-                options,
-            },
-        );
+        let object = Object {
+            handler: Arc::new(handler),
+            options,
+        };
+        if self.objects.insert(name.to_owned(), object).is_some() {
+            self.duplicates.push(name.to_owned());
+        }
         self
     }
 
@@ -111,12 +135,16 @@ impl ServerBuilder {
         demo::register(self)
     }
 
-    pub fn build(self) -> Server {
-        Server {
+    /// The server, or the first name that was registered twice.
+    pub fn build(self) -> Result<Server, BuildError> {
+        if let Some(name) = self.duplicates.into_iter().next() {
+            return Err(BuildError::DuplicateObject(name));
+        }
+        Ok(Server {
             config: Arc::new(self.config),
             objects: Arc::new(self.objects),
             registry: Arc::new(Registry::new()),
-        }
+        })
     }
 }
 

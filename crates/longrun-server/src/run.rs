@@ -4,7 +4,7 @@
 //! thousand followers of one run cost a thousand cursors, not a thousand copies of the
 //! history: a follower locks the log just long enough to clone a few `Bytes` handles.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
@@ -30,8 +30,10 @@ pub(crate) struct Run {
     appended: watch::Sender<usize>,
     /// Fired once a stop is requested; handlers observe it through `RunContext`.
     pub cancel: CancellationToken,
-    followers: AtomicUsize,
-    followed: Notify,
+    /// A latch: set by the first follower and never cleared (it means "was ever followed",
+    /// not "is followed now"), for handlers that wait for one.
+    ever_followed: AtomicBool,
+    first_follower: Notify,
     max_events: u64,
 }
 
@@ -81,8 +83,8 @@ impl Run {
             }),
             appended: watch::Sender::new(0),
             cancel: CancellationToken::new(),
-            followers: AtomicUsize::new(0),
-            followed: Notify::new(),
+            ever_followed: AtomicBool::new(false),
+            first_follower: Notify::new(),
             max_events: max_events.max(2),
         };
         run.lock().push(&Event::queued());
@@ -177,8 +179,8 @@ impl Run {
         CancelOutcome::Accepted(state)
     }
 
-    /// Events after `after` (all when `None`) as concatenated SSE frames, up to about
-    /// `max_bytes` (always at least one event when there is one).
+    /// Events from id `next` on as concatenated SSE frames, up to about `max_bytes` (always
+    /// at least one event when there is one).
     pub fn read_sse(&self, next: u64, max_bytes: usize) -> Batch {
         self.read(next, usize::MAX, max_bytes, |e| &e.sse, None)
     }
@@ -241,21 +243,21 @@ impl Run {
     }
 
     /// A follower attached (for handlers that wait for one, like the demo `ephemeral`).
-    pub fn attach_follower(&self) {
-        self.followers.fetch_add(1, Ordering::SeqCst);
-        self.followed.notify_waiters();
+    pub fn mark_followed(&self) {
+        if !self.ever_followed.swap(true, Ordering::SeqCst) {
+            self.first_follower.notify_waiters();
+        }
     }
 
+    /// Returns once the run has had a follower (at once if it ever had one).
     pub async fn followed(&self) {
-        loop {
-            let notified = self.followed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.followers.load(Ordering::SeqCst) > 0 {
-                return;
-            }
-            notified.await;
+        let notified = self.first_follower.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.ever_followed.load(Ordering::SeqCst) {
+            return;
         }
+        notified.await;
     }
 }
 

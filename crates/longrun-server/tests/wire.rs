@@ -80,7 +80,7 @@ async fn sse_of_an_ended_run_is_exact() {
     assert_eq!(res.header("longrun-last-event-id"), Some("1"));
     assert_eq!(
         res.text(),
-        "retry: 1000\n\n\
+        "retry: 1000\n\
          id: 0\nevent: queued\ndata: null\n\n\
          id: 1\nevent: success\ndata: {\"a\":[1,\"x\\ny\"]}\n\n"
     );
@@ -112,7 +112,7 @@ async fn sse_resume_sends_only_events_after_the_cursor() {
         .await;
     assert_eq!(
         res.text(),
-        "retry: 1000\n\n\
+        "retry: 1000\n\
          id: 3\nevent: running\ndata: {\"i\":3,\"message\":\"3/3\",\"n\":3,\"progress\":1.0}\n\n\
          id: 4\nevent: success\ndata: {\"n\":3}\n\n"
     );
@@ -140,7 +140,7 @@ async fn sse_stream_is_live_sends_keep_alives_and_ends_after_the_terminal_event(
     let mut seen = Vec::new();
     let mut buf = [0u8; 1024];
     while !String::from_utf8_lossy(&seen).contains("data: null\n\n")
-        || !String::from_utf8_lossy(&seen).contains(": keep-alive\n\n")
+        || !String::from_utf8_lossy(&seen).contains(": keep-alive\n")
     {
         let n = stream.read(&mut buf).await.unwrap();
         assert!(
@@ -156,16 +156,26 @@ async fn sse_stream_is_live_sends_keep_alives_and_ends_after_the_terminal_event(
     let mut rest = Vec::new();
     stream.read_to_end(&mut rest).await.unwrap();
     seen.extend_from_slice(&rest);
-    let text = String::from_utf8_lossy(&seen);
-    assert!(!text.contains("id: 1\r\n"), "CRLF never appears in frames");
+    let raw = String::from_utf8_lossy(&seen);
     assert!(
-        text.contains("id: 1\nevent: canceled\ndata: {\"reason\":\"client\"}\n\n"),
-        "{text}"
+        raw.ends_with("0\r\n\r\n"),
+        "the chunked body is terminated: {raw:?}"
     );
+    // The body, de-chunked: the retry line, queued, one or more keep-alive lines, canceled.
+    // Neither the retry nor a keep-alive is followed by a blank line of its own (§7.1): a
+    // parser that returns an event at every blank line must see exactly two here.
+    let body = String::from_utf8(common::dechunk(&seen)).unwrap();
+    let middle = body
+        .strip_prefix("retry: 1000\nid: 0\nevent: queued\ndata: null\n\n")
+        .and_then(|rest| {
+            rest.strip_suffix("id: 1\nevent: canceled\ndata: {\"reason\":\"client\"}\n\n")
+        })
+        .unwrap_or_else(|| panic!("unexpected stream body: {body:?}"));
     assert!(
-        text.ends_with("0\r\n\r\n"),
-        "the chunked body is terminated: {text:?}"
+        !middle.is_empty() && middle.split_terminator('\n').all(|l| l == ": keep-alive"),
+        "only keep-alive lines, each without a blank line after it, between the events: {middle:?}"
     );
+    assert_eq!(body.matches("\n\n").count(), 2, "{body:?}");
 }
 
 #[tokio::test]
@@ -432,4 +442,106 @@ async fn health_and_openapi() {
     assert_eq!(res.status, 200);
     assert_eq!(res.header("content-type"), Some("application/json"));
     assert!(res.json()["openapi"].as_str().unwrap().starts_with("3.1"));
+}
+
+/// A client that writes its whole body before it reads the reply (Python's `http.client`,
+/// requests, httpx): a refused 4 MiB body is read and discarded, so the client finishes
+/// writing and reads the problem instead of a reset connection. With a declared length, with
+/// a chunked body, and for an unknown object.
+#[test]
+fn refused_large_bodies_are_read_so_the_client_gets_the_problem() {
+    use std::io::{Read, Write};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let t = rt.block_on(TestServer::demo());
+    let addr = t.url("").trim_start_matches("http://").to_owned();
+    let body = vec![b' '; 4 * 1024 * 1024];
+    let chunked = {
+        let mut chunked = Vec::new();
+        for chunk in body.chunks(64 * 1024) {
+            chunked.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+            chunked.extend_from_slice(chunk);
+            chunked.extend_from_slice(b"\r\n");
+        }
+        chunked.extend_from_slice(b"0\r\n\r\n");
+        chunked
+    };
+    let cases: [(&str, String, &[u8], u16, &str); 3] = [
+        (
+            "declared length",
+            format!("Content-Length: {}\r\n", body.len()),
+            &body,
+            413,
+            "body-too-large",
+        ),
+        (
+            "chunked",
+            "Transfer-Encoding: chunked\r\n".into(),
+            &chunked,
+            413,
+            "body-too-large",
+        ),
+        (
+            "unknown object",
+            format!("Content-Length: {}\r\n", body.len()),
+            &body,
+            404,
+            "unknown-object",
+        ),
+    ];
+    for (case, framing, payload, status, slug) in cases {
+        let object = if slug == "unknown-object" {
+            "nope"
+        } else {
+            "echo"
+        };
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        let head = format!(
+            "POST /{object} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{framing}Connection: close\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        stream
+            .write_all(payload)
+            .unwrap_or_else(|e| panic!("{case}: writing the body failed: {e}"));
+        let mut reply = Vec::new();
+        stream
+            .read_to_end(&mut reply)
+            .unwrap_or_else(|e| panic!("{case}: reading the reply failed: {e}"));
+        let text = String::from_utf8_lossy(&reply);
+        assert!(
+            text.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{case}: {text}"
+        );
+        assert!(
+            text.contains(&format!("urn:longrun:problem:{slug}")),
+            "{case}: {text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_object_name_registered_twice_is_refused_with_its_name() {
+    let twice = longrun_server::Server::builder()
+        .object(
+            "x",
+            |_: serde_json::Value, _: longrun_server::RunContext| async { Ok(json!(1)) },
+        )
+        .object(
+            "x",
+            |_: serde_json::Value, _: longrun_server::RunContext| async { Ok(json!(2)) },
+        )
+        .build();
+    assert!(
+        matches!(&twice, Err(longrun_server::BuildError::DuplicateObject(name)) if name == "x"),
+        "{:?}",
+        twice.err()
+    );
+    let over_demo = longrun_server::Server::builder()
+        .demo()
+        .object(
+            "echo",
+            |_: serde_json::Value, _: longrun_server::RunContext| async { Ok(json!(1)) },
+        )
+        .build();
+    let err = over_demo.err().expect("echo is a demo object");
+    assert!(err.to_string().contains("\"echo\""), "{err}");
 }

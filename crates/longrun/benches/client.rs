@@ -20,7 +20,10 @@ fn main() {
         return rt.block_on(async {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             println!("{}", listener.local_addr().unwrap());
-            let server = longrun_server::Server::builder().demo().build();
+            let server = longrun_server::Server::builder()
+                .demo()
+                .build()
+                .expect("the demo objects have unique names");
             longrun_server::serve(listener, server, std::future::pending())
                 .await
                 .unwrap();

@@ -2,7 +2,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use longrun_proto::header as h;
-use longrun_proto::{ObjectName, Problem, State, Submitted};
+use longrun_proto::{ObjectName, Problem, RunRef, State};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
 use serde_json::Value;
@@ -510,7 +510,7 @@ impl Client {
                 res.bytes().await.map_err(|e| Error::transport(&e))
             })
             .await?;
-        let submitted: Submitted = serde_json::from_slice(&body)
+        let submitted: RunRef = serde_json::from_slice(&body)
             .map_err(|e| Error::Protocol(format!("the submit answer is not a run: {e}")))?;
         Run::at(
             &self.inner.base,

@@ -9,12 +9,14 @@
 //!
 //! - **`retry:` without data is lost.** A retry only rides on a dispatched `Event`, and an
 //!   event whose data buffer is empty is never dispatched, so the value is dropped — and with
-//!   it the `retry: 1000\n\n` frame every longrun stream starts with. Several retries in one
-//!   event collapse into the last, and a retry in an event that never ends is lost. Vectors:
+//!   it a retry sent before a blank line (as longrun streams did before the retry became a
+//!   line of the first event's block) or on a stream with no event yet (a quiet run behind
+//!   keep-alives). Several retries in one event collapse into the last, and a retry in an event
+//!   that never ends is lost. Vectors:
 //!   "retry alone, without data, is reported", "every retry is reported when its line is
 //!   processed, before the message it sits in", "retry of zero, with leading zeros, and with no
 //!   space after the colon", "retry on a complete line counts even if its event never ends; on
-//!   a line without a line end it does not", and all three in `longrun.json`. No post-filter
+//!   a line without a line end it does not", and two in `longrun.json`. No post-filter
 //!   can recover a value the library has discarded, and a pre-filter that found `retry` lines
 //!   would already be a line parser — this one.
 //! - **`retry: +1` is accepted**, because it parses with `u64::from_str`, which allows a
@@ -93,7 +95,7 @@ pub enum SseItem {
     Message(SseMessage),
     /// A valid `retry` field: the server's reconnection time in milliseconds. Reported when its
     /// line ends, not at dispatch, because WHATWG applies it then and it may sit in an event
-    /// that is never dispatched (longrun sends it alone: `retry: 1000\n\n`).
+    /// that is never dispatched (a quiet longrun stream sends `retry: 1000\n` and no event yet).
     Retry(u64),
 }
 

@@ -29,7 +29,7 @@ impl TestServer {
     }
 
     pub async fn start(builder: ServerBuilder) -> Self {
-        let server = builder.build();
+        let server = builder.build().expect("unique object names");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
@@ -185,7 +185,7 @@ impl RawResponse {
     }
 }
 
-fn dechunk(mut body: &[u8]) -> Vec<u8> {
+pub fn dechunk(mut body: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
         let Some(eol) = body.windows(2).position(|w| w == b"\r\n") else {

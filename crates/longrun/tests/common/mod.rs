@@ -4,7 +4,10 @@
 /// Start the demo server on the current tokio runtime and return its base URL
 /// (`http://127.0.0.1:PORT`). It serves until the runtime shuts down, i.e. until the test ends.
 pub async fn demo_server() -> String {
-    let server = longrun_server::Server::builder().demo().build();
+    let server = longrun_server::Server::builder()
+        .demo()
+        .build()
+        .expect("the demo objects have unique names");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("a loopback port for the test server");
