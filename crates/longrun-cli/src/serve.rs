@@ -169,7 +169,10 @@ fn build_server(s: &Settings) -> Result<Server, String> {
     let mut demo_names = Vec::new();
     if s.demo {
         builder = builder.demo();
-        let demo = Server::builder().demo().build();
+        let demo = Server::builder()
+            .demo()
+            .build()
+            .map_err(|e| e.to_string())?;
         demo_names.extend(demo.object_names().map(str::to_owned));
     }
     for (name, spec) in &s.exec {
@@ -185,7 +188,7 @@ fn build_server(s: &Settings) -> Result<Server, String> {
             .map_err(|e| format!("exec object {name}: {e}"))?;
         builder = builder.object_with(name, spec.options(), handler);
     }
-    Ok(builder.build())
+    builder.build().map_err(|e| e.to_string())
 }
 
 pub fn main(args: ServeArgs) -> ExitCode {
