@@ -1,96 +1,221 @@
-//! `longrun serve`: flags (each with an env variable) over an optional TOML config file over
-//! the protocol's defaults.
+//! `longrun serve`: one description of every setting ([`Layer`]) that the flags, their
+//! environment variables and the TOML config file all fill, merged flags > env > file >
+//! defaults.
+//!
+//! Why this shape, and not figment: clap already reads each flag and, if it is absent, its
+//! `LONGRUN_*` variable (and prints both, with the default, in `--help`), and serde already
+//! reads the file; one struct of `Option`s deriving both leaves only the merge to write, and
+//! the `layer!` macro writes that from the struct's own field list. figment would read the
+//! environment itself, so `--help` would no longer name the variables from the same
+//! attribute, and comma-separated `LONGRUN_CORS_ORIGIN` and the `--exec`/`[exec.NAME]` pair
+//! would need custom providers anyway.
+//!
+//! Nothing can be forgotten silently: [`Layer::resolve`] destructures every `Layer` field and
+//! builds `Config` with a struct literal without `..`, so a field added to either does not
+//! compile until it is mapped; the tests below then set every field to a non-default value
+//! through each layer alone and compare the result, which fails when a field lacks its flag,
+//! its variable or its config key.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytesize::ByteSize;
 use clap::Args;
+use clap::builder::{FalseyValueParser, TypedValueParser};
 use longrun_proto::ObjectName;
 use longrun_server::exec::ExecSpec;
 use longrun_server::{Config, Server};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
 #[derive(Args, Debug)]
-#[command(
-    after_help = "Durations are written like 500ms, 15s, 10m, 1h. Sizes like 1048576, 512KiB, 1MiB.\n\
-Logs go to stderr; set LONGRUN_LOG (e.g. debug, longrun_server=trace) to change the level."
-)]
+#[command(after_help = "\
+Every setting comes from its flag, else its environment variable, else the config file (the \
+key is the flag's name with `_` for `-`: keep_alive = \"15s\"; cors_origins is a list; \
+demo = false; [exec.NAME] tables), else its default.\n\
+Durations are written like 500ms, 15s, 10m, 1h. Sizes like 1048576, 512KiB, 1MiB.\n\
+Logs go to stderr; set LONGRUN_LOG (e.g. debug, longrun_server=trace) to change the level.")]
 pub struct ServeArgs {
-    /// Address to listen on (port 0 picks a free port; the chosen address is printed).
-    #[arg(long, env = "LONGRUN_LISTEN")]
-    listen: Option<SocketAddr>,
-    /// Largest submit body accepted [default: 1MiB].
-    #[arg(long, env = "LONGRUN_BODY_LIMIT")]
-    body_limit: Option<ByteSize>,
-    /// How long ended runs stay readable [default: 1h].
-    #[arg(long, env = "LONGRUN_RETENTION", value_parser = humantime::parse_duration)]
-    retention: Option<Duration>,
-    /// Most ended runs kept [default: 10000].
-    #[arg(long, env = "LONGRUN_MAX_RETAINED")]
-    max_retained: Option<usize>,
-    /// Most runs active at once [default: 10000].
-    #[arg(long, env = "LONGRUN_MAX_ACTIVE_RUNS")]
-    max_active_runs: Option<usize>,
-    /// Most events one run may hold [default: 1000000].
-    #[arg(long, env = "LONGRUN_MAX_EVENTS_PER_RUN")]
-    max_events_per_run: Option<u64>,
-    /// Idle time before an SSE keep-alive comment [default: 15s].
-    #[arg(long, env = "LONGRUN_KEEP_ALIVE", value_parser = humantime::parse_duration)]
-    keep_alive: Option<Duration>,
-    /// Reconnection hint sent to SSE clients [default: 1s].
-    #[arg(long, env = "LONGRUN_RETRY", value_parser = humantime::parse_duration)]
-    retry: Option<Duration>,
-    /// How long a canceled run may take to stop; also the shutdown grace [default: 5s].
-    #[arg(long, env = "LONGRUN_GRACE", value_parser = humantime::parse_duration)]
-    grace: Option<Duration>,
-    /// Let browser pages from this origin call the server (CORS), e.g. http://localhost:3000;
-    /// `*` allows any origin (repeatable; env: comma-separated).
-    #[arg(
-        long = "cors-origin",
-        value_name = "ORIGIN",
-        env = "LONGRUN_CORS_ORIGIN",
-        value_delimiter = ','
-    )]
-    cors_origin: Vec<String>,
-    /// TOML config file; flags and env variables override it.
-    #[arg(long, env = "LONGRUN_CONFIG")]
+    #[command(flatten)]
+    layer: Layer,
+    /// TOML config file; flags and environment variables override it.
+    #[arg(long, env = "LONGRUN_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Do not register the demo objects (echo, count, sleep, fail, emit, ephemeral).
-    #[arg(long, env = "LONGRUN_NO_DEMO")]
-    no_demo: bool,
-    /// Turn a program into an object: NAME='program arg…' (no shell; repeatable).
-    #[arg(long = "exec", value_name = "NAME=COMMAND")]
-    exec: Vec<String>,
 }
 
-/// The config file. Every key is optional.
-#[derive(Deserialize, Default, Debug)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    listen: Option<SocketAddr>,
-    body_limit: Option<ByteSize>,
-    #[serde(default, with = "humantime_serde")]
-    retention: Option<Duration>,
-    max_retained: Option<usize>,
-    max_active_runs: Option<usize>,
-    max_events_per_run: Option<u64>,
-    #[serde(default, with = "humantime_serde")]
-    keep_alive: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    retry: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    grace: Option<Duration>,
-    demo: Option<bool>,
-    #[serde(default)]
-    cors_origins: Vec<String>,
-    #[serde(default)]
-    exec: BTreeMap<String, ExecSpec>,
+/// Declares the struct and [`Layer::over`] from one list of fields, so no field can be
+/// declared and left out of the merge.
+macro_rules! layer {
+    (
+        $(#[$attr:meta])*
+        struct $name:ident { $( $(#[$field_attr:meta])* $field:ident: $ty:ty, )* }
+    ) => {
+        $(#[$attr])*
+        struct $name { $( $(#[$field_attr])* $field: $ty, )* }
+
+        impl $name {
+            /// `self` over `lower`, field by field.
+            fn over(self, lower: Self) -> Self {
+                Self { $( $field: Merge::over(self.$field, lower.$field), )* }
+            }
+        }
+    };
 }
 
+layer! {
+    /// Every setting of `longrun serve` as one layer gives them (the flags, each falling back
+    /// to its variable; or the config file); `None` is "not set here". The field's name is
+    /// the config key; the flag is the name with `-` for `_` and the variable `LONGRUN_` and
+    /// the flag's name (but `--cors-origin` and `--no-demo`). Each help text ends with the
+    /// default, which a test checks against `Config::default()`.
+    #[derive(Args, Deserialize, Default, Debug)]
+    #[serde(default, deny_unknown_fields)]
+    struct Layer {
+        /// Address to listen on (port 0 picks a free port; the chosen address is printed)
+        /// [default: 127.0.0.1:8080]
+        #[arg(long, env = "LONGRUN_LISTEN", value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+        /// Largest submit body accepted [default: 1MiB]
+        #[arg(long, env = "LONGRUN_BODY_LIMIT", value_name = "SIZE")]
+        body_limit: Option<ByteSize>,
+        /// How long ended runs stay readable [default: 1h]
+        #[arg(long, env = "LONGRUN_RETENTION", value_name = "DUR", value_parser = duration)]
+        #[serde(with = "humantime_serde")]
+        retention: Option<Duration>,
+        /// Most ended runs kept [default: 10000]
+        #[arg(long, env = "LONGRUN_MAX_RETAINED", value_name = "N")]
+        max_retained: Option<usize>,
+        /// Most runs active at once [default: 10000]
+        #[arg(long, env = "LONGRUN_MAX_ACTIVE_RUNS", value_name = "N")]
+        max_active_runs: Option<usize>,
+        /// Most events one run may hold, counting its first and its last (at least 2)
+        /// [default: 1000000]
+        #[arg(long, env = "LONGRUN_MAX_EVENTS_PER_RUN", value_name = "N")]
+        max_events_per_run: Option<u64>,
+        /// How long a dropped run answers 410 Gone before it is forgotten (then 404)
+        /// [default: 24h]
+        #[arg(long, env = "LONGRUN_TOMBSTONE_TTL", value_name = "DUR", value_parser = duration)]
+        #[serde(with = "humantime_serde")]
+        tombstone_ttl: Option<Duration>,
+        /// Most tombstones kept, oldest dropped first [default: 100000]
+        #[arg(long, env = "LONGRUN_MAX_TOMBSTONES", value_name = "N")]
+        max_tombstones: Option<usize>,
+        /// Idle time before an SSE keep-alive comment (more than 0) [default: 15s]
+        #[arg(long, env = "LONGRUN_KEEP_ALIVE", value_name = "DUR", value_parser = duration)]
+        #[serde(with = "humantime_serde")]
+        keep_alive: Option<Duration>,
+        /// Reconnection hint sent to SSE clients [default: 1s]
+        #[arg(long, env = "LONGRUN_RETRY", value_name = "DUR", value_parser = duration)]
+        #[serde(with = "humantime_serde")]
+        retry: Option<Duration>,
+        /// How long a canceled run may take to stop; also the shutdown grace [default: 5s]
+        #[arg(long, env = "LONGRUN_GRACE", value_name = "DUR", value_parser = duration)]
+        #[serde(with = "humantime_serde")]
+        grace: Option<Duration>,
+        /// Long poll: how long a request without `wait` is held [default: 20s]
+        #[arg(long, env = "LONGRUN_POLL_WAIT_DEFAULT", value_name = "DUR", value_parser = duration)]
+        #[serde(with = "humantime_serde")]
+        poll_wait_default: Option<Duration>,
+        /// Long poll: the longest hold, whatever `wait` asks (at least --poll-wait-default)
+        /// [default: 60s]
+        #[arg(long, env = "LONGRUN_POLL_WAIT_MAX", value_name = "DUR", value_parser = duration)]
+        #[serde(with = "humantime_serde")]
+        poll_wait_max: Option<Duration>,
+        /// Let browser pages from this origin call the server (CORS), e.g.
+        /// http://localhost:3000; `*` allows any origin (repeatable; env: comma-separated;
+        /// none by default)
+        #[arg(
+            long = "cors-origin",
+            env = "LONGRUN_CORS_ORIGIN",
+            value_name = "ORIGIN",
+            value_delimiter = ','
+        )]
+        cors_origins: Option<Vec<String>>,
+        /// Do not register the demo objects (echo, count, sleep, fail, emit, ephemeral)
+        /// [default: false]
+        #[arg(
+            long = "no-demo",
+            env = "LONGRUN_NO_DEMO",
+            value_name = "BOOL",
+            num_args = 0..=1,
+            require_equals = true,
+            default_missing_value = "true",
+            value_parser = FalseyValueParser::new().map(|no_demo| !no_demo),
+        )]
+        demo: Option<bool>,
+        /// Turn a program into an object: NAME='program arg…' (no shell; repeatable; env: one
+        /// per line; added to the config file's [exec.NAME] objects)
+        #[arg(
+            long,
+            env = "LONGRUN_EXEC",
+            value_name = "NAME=COMMAND",
+            value_delimiter = '\n',
+            value_parser = exec_flag
+        )]
+        #[serde(deserialize_with = "exec_tables")]
+        exec: Option<Vec<(String, ExecSpec)>>,
+    }
+}
+
+/// How a layer's value stands over a lower layer's.
+trait Merge: Sized {
+    /// The upper layer wins; `exec` is the one exception.
+    fn over(upper: Self, _lower: Self) -> Self {
+        upper
+    }
+}
+
+impl<T: Merge> Merge for Option<T> {
+    fn over(upper: Self, lower: Self) -> Self {
+        match (upper, lower) {
+            (Some(upper), Some(lower)) => Some(T::over(upper, lower)),
+            (upper, lower) => upper.or(lower),
+        }
+    }
+}
+
+impl Merge for SocketAddr {}
+impl Merge for ByteSize {}
+impl Merge for Duration {}
+impl Merge for usize {}
+impl Merge for u64 {}
+impl Merge for bool {}
+impl Merge for Vec<String> {}
+
+/// Exec objects of all layers add up ([`Layer::resolve`] refuses a name defined twice).
+impl Merge for Vec<(String, ExecSpec)> {
+    fn over(mut upper: Self, lower: Self) -> Self {
+        upper.extend(lower);
+        upper
+    }
+}
+
+fn duration(text: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(text)
+}
+
+/// `--exec NAME='program arg…'`.
+fn exec_flag(flag: &str) -> Result<(String, ExecSpec), String> {
+    let (name, command) = flag
+        .split_once('=')
+        .ok_or("write it as NAME='program arg…'")?;
+    Ok((name.to_owned(), ExecSpec::from_command_line(command)?))
+}
+
+/// `[exec.NAME]` tables.
+fn exec_tables<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<(String, ExecSpec)>>, D::Error> {
+    let tables = BTreeMap::<String, ExecSpec>::deserialize(d)?;
+    Ok(Some(tables.into_iter().collect()))
+}
+
+/// What `longrun serve` runs with.
+#[derive(Debug)]
 struct Settings {
     listen: SocketAddr,
     config: Config,
@@ -98,70 +223,135 @@ struct Settings {
     exec: BTreeMap<String, ExecSpec>,
 }
 
+impl Layer {
+    /// The settings, each from this layer or else its default, checked.
+    fn resolve(self) -> Result<Settings, String> {
+        // Destructured, not `..`: a new field does not compile until it is used here.
+        let Layer {
+            listen,
+            body_limit,
+            retention,
+            max_retained,
+            max_active_runs,
+            max_events_per_run,
+            tombstone_ttl,
+            max_tombstones,
+            keep_alive,
+            retry,
+            grace,
+            poll_wait_default,
+            poll_wait_max,
+            cors_origins,
+            demo,
+            exec: exec_layers,
+        } = self;
+        let d = Config::default();
+        let body_limit = match body_limit {
+            None => d.body_limit,
+            Some(size) => usize::try_from(size.as_u64())
+                .map_err(|_| invalid("body_limit", "is too large for this machine"))?,
+        };
+        // No `..d` either: a new `Config` field does not compile until a `Layer` field sets it.
+        let config = Config {
+            body_limit,
+            retention: retention.unwrap_or(d.retention),
+            max_retained: max_retained.unwrap_or(d.max_retained),
+            max_active_runs: max_active_runs.unwrap_or(d.max_active_runs),
+            max_events_per_run: max_events_per_run.unwrap_or(d.max_events_per_run),
+            tombstone_ttl: tombstone_ttl.unwrap_or(d.tombstone_ttl),
+            max_tombstones: max_tombstones.unwrap_or(d.max_tombstones),
+            keep_alive: keep_alive.unwrap_or(d.keep_alive),
+            retry: retry.unwrap_or(d.retry),
+            grace: grace.unwrap_or(d.grace),
+            poll_wait_default: poll_wait_default.unwrap_or(d.poll_wait_default),
+            poll_wait_max: poll_wait_max.unwrap_or(d.poll_wait_max),
+            cors_origins: cors_origins.unwrap_or(d.cors_origins),
+        };
+        check(&config)?;
+        let mut exec = BTreeMap::new();
+        for (name, spec) in exec_layers.unwrap_or_default() {
+            if exec.insert(name.clone(), spec).is_some() {
+                return Err(format!(
+                    "--exec {name}: defined twice (flags, LONGRUN_EXEC, config file)"
+                ));
+            }
+        }
+        Ok(Settings {
+            listen: listen.unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("a valid address")),
+            config,
+            demo: demo.unwrap_or(true),
+            exec,
+        })
+    }
+}
+
+/// Values the server cannot work with.
+fn check(c: &Config) -> Result<(), String> {
+    if c.body_limit == 0 {
+        return Err(invalid("body_limit", "must be more than 0"));
+    }
+    if c.max_active_runs == 0 {
+        return Err(invalid("max_active_runs", "must be more than 0"));
+    }
+    if c.max_events_per_run < 2 {
+        return Err(invalid(
+            "max_events_per_run",
+            "must be at least 2 (the first event and the last)",
+        ));
+    }
+    if c.keep_alive.is_zero() {
+        return Err(invalid("keep_alive", "must be longer than 0s"));
+    }
+    if c.poll_wait_default > c.poll_wait_max {
+        return Err(invalid(
+            "poll_wait_default",
+            &format!(
+                "({}) must not be longer than --poll-wait-max ({})",
+                humantime::format_duration(c.poll_wait_default),
+                humantime::format_duration(c.poll_wait_max)
+            ),
+        ));
+    }
+    let durations = [
+        ("retention", c.retention),
+        ("tombstone_ttl", c.tombstone_ttl),
+        ("keep_alive", c.keep_alive),
+        ("retry", c.retry),
+        ("grace", c.grace),
+        ("poll_wait_default", c.poll_wait_default),
+        ("poll_wait_max", c.poll_wait_max),
+    ];
+    for (id, duration) in durations {
+        // The server adds them to the clock.
+        if Instant::now().checked_add(duration).is_none() {
+            return Err(invalid(id, "is too long"));
+        }
+    }
+    Ok(())
+}
+
+/// "--flag PROBLEM (LONGRUN_FLAG, or `flag` in the config file)" for the setting `id`.
+fn invalid(id: &str, problem: &str) -> String {
+    let command = ServeArgs::augment_args(clap::Command::new("serve"));
+    let arg = command.get_arguments().find(|a| a.get_id() == id);
+    let flag = arg.and_then(|a| a.get_long()).unwrap_or(id);
+    let env = arg.and_then(|a| a.get_env()).and_then(|e| e.to_str());
+    format!(
+        "--{flag} {problem} ({}, or `{id}` in the config file)",
+        env.unwrap_or("its variable")
+    )
+}
+
 fn settings(args: ServeArgs) -> Result<Settings, String> {
-    let file: FileConfig = match &args.config {
+    let file: Layer = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
             toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))?
         }
-        None => FileConfig::default(),
+        None => Layer::default(),
     };
-    let d = Config::default();
-    let config = Config {
-        body_limit: args
-            .body_limit
-            .or(file.body_limit)
-            .map_or(d.body_limit, |b| b.as_u64() as usize),
-        retention: args.retention.or(file.retention).unwrap_or(d.retention),
-        max_retained: args
-            .max_retained
-            .or(file.max_retained)
-            .unwrap_or(d.max_retained),
-        max_active_runs: args
-            .max_active_runs
-            .or(file.max_active_runs)
-            .unwrap_or(d.max_active_runs),
-        max_events_per_run: args
-            .max_events_per_run
-            .or(file.max_events_per_run)
-            .unwrap_or(d.max_events_per_run),
-        keep_alive: args.keep_alive.or(file.keep_alive).unwrap_or(d.keep_alive),
-        retry: args.retry.or(file.retry).unwrap_or(d.retry),
-        grace: args.grace.or(file.grace).unwrap_or(d.grace),
-        cors_origins: if args.cors_origin.is_empty() {
-            file.cors_origins
-        } else {
-            args.cors_origin
-        },
-        ..d
-    };
-    if config.keep_alive.is_zero() {
-        return Err("--keep-alive must be longer than 0s".into());
-    }
-    let mut exec = file.exec;
-    for flag in &args.exec {
-        let (name, command) = flag
-            .split_once('=')
-            .ok_or_else(|| format!("--exec {flag:?}: write it as NAME='program arg…'"))?;
-        let spec =
-            ExecSpec::from_command_line(command).map_err(|e| format!("--exec {name}: {e}"))?;
-        if exec.insert(name.to_owned(), spec).is_some() {
-            return Err(format!(
-                "--exec {name}: defined twice (flags and config file)"
-            ));
-        }
-    }
-    let demo = !args.no_demo && file.demo.unwrap_or(true);
-    Ok(Settings {
-        listen: args
-            .listen
-            .or(file.listen)
-            .unwrap_or_else(|| "127.0.0.1:8080".parse().expect("a valid address")),
-        config,
-        demo,
-        exec,
-    })
+    args.layer.over(file).resolve()
 }
 
 fn build_server(s: &Settings) -> Result<Server, String> {
@@ -254,4 +444,437 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + 
             _ = term.recv() => {}
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use clap::FromArgMatches;
+
+    use super::*;
+
+    /// Set for [`probe_child`]: the `longrun serve` arguments, as a JSON array.
+    const PROBE: &str = "PROBE_SERVE_ARGS";
+
+    /// Not a test of its own: [`probe`] runs it in a child process, so that the environment it
+    /// parses is exactly the one the test gave (no other `LONGRUN_*` of the machine, no
+    /// `set_var` in this process).
+    #[test]
+    fn probe_child() {
+        let Ok(args) = std::env::var(PROBE) else {
+            return;
+        };
+        let args: Vec<String> = serde_json::from_str(&args).unwrap();
+        let result = ServeArgs::augment_args(clap::Command::new("serve"))
+            .try_get_matches_from(std::iter::once("serve".to_owned()).chain(args))
+            .and_then(|m| ServeArgs::from_arg_matches(&m))
+            .map_err(|e| e.to_string())
+            .and_then(settings);
+        let text = match result {
+            Ok(settings) => format!("ok {settings:?}"),
+            Err(e) => format!("err {e}"),
+        };
+        println!("\nPROBE {}", serde_json::to_string(&text).unwrap());
+    }
+
+    /// The settings `longrun serve ARGS` gets with only the `env` variables among `LONGRUN_*`
+    /// set, as `Debug` text, or its error.
+    fn probe(args: &[String], env: &[(String, String)]) -> Result<String, String> {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+        child.args([
+            "--exact",
+            "serve::tests::probe_child",
+            "--nocapture",
+            "--test-threads=1",
+        ]);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("LONGRUN_") {
+                child.env_remove(key);
+            }
+        }
+        child.envs(env.iter().map(|(k, v)| (k, v)));
+        child.env(PROBE, serde_json::to_string(args).unwrap());
+        let out = child.output().unwrap();
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert!(out.status.success(), "{stdout}");
+        let line = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("PROBE "))
+            .unwrap_or_else(|| panic!("no PROBE line in:\n{stdout}"));
+        let text: String = serde_json::from_str(line).unwrap();
+        match text.split_once(' ') {
+            Some(("ok", settings)) => Ok(settings.to_owned()),
+            Some(("err", e)) => Err(e.to_owned()),
+            _ => panic!("{text}"),
+        }
+    }
+
+    /// One setting: its id (the `Layer` field, which is also its config key), a non-default
+    /// value as flags and env write it and as TOML writes it, and another non-default value (the
+    /// same two ways) for a lower layer to lose with. Together they make [`target`].
+    struct Sample {
+        id: &'static str,
+        value: &'static str,
+        toml: &'static str,
+        lower: Option<(&'static str, &'static str)>,
+    }
+
+    const SAMPLES: &[Sample] = &[
+        sample(
+            "listen",
+            "127.0.0.1:9",
+            r#""127.0.0.1:9""#,
+            Some(("127.0.0.2:7", r#""127.0.0.2:7""#)),
+        ),
+        sample("body_limit", "2KiB", r#""2KiB""#, Some(("3KiB", "3072"))),
+        sample("retention", "2h", r#""2h""#, Some(("3h", r#""3h""#))),
+        sample("max_retained", "7", "7", Some(("70", "70"))),
+        sample("max_active_runs", "8", "8", Some(("80", "80"))),
+        sample("max_events_per_run", "9", "9", Some(("90", "90"))),
+        sample("tombstone_ttl", "3m", r#""3m""#, Some(("4m", r#""4m""#))),
+        sample("max_tombstones", "11", "11", Some(("110", "110"))),
+        sample("keep_alive", "4s", r#""4s""#, Some(("40s", r#""40s""#))),
+        sample("retry", "1234ms", r#""1234ms""#, Some(("2s", r#""2s""#))),
+        sample("grace", "6s", r#""6s""#, Some(("60s", r#""60s""#))),
+        sample(
+            "poll_wait_default",
+            "2s",
+            r#""2s""#,
+            Some(("1s", r#""1s""#)),
+        ),
+        sample("poll_wait_max", "3s", r#""3s""#, Some(("30s", r#""30s""#))),
+        sample(
+            "cors_origins",
+            "http://a.example,http://b.example",
+            r#"["http://a.example", "http://b.example"]"#,
+            Some(("http://c.example", r#"["http://c.example"]"#)),
+        ),
+        sample("demo", "true", "false", Some(("false", "true"))),
+        // Exec objects of all layers add up, so no lower value.
+        sample(
+            "exec",
+            "tool=tr a-z A-Z",
+            r#"{ tool = { command = "tr a-z A-Z" } }"#,
+            None,
+        ),
+    ];
+
+    const fn sample(
+        id: &'static str,
+        value: &'static str,
+        toml: &'static str,
+        lower: Option<(&'static str, &'static str)>,
+    ) -> Sample {
+        Sample {
+            id,
+            value,
+            toml,
+            lower,
+        }
+    }
+
+    /// What [`SAMPLES`] set. A struct literal: a new `Config` field does not compile until it
+    /// has a value here, and then the layer tests fail until it has a sample.
+    fn target() -> Settings {
+        Settings {
+            listen: "127.0.0.1:9".parse().unwrap(),
+            config: Config {
+                body_limit: 2048,
+                retention: Duration::from_secs(7200),
+                max_retained: 7,
+                max_active_runs: 8,
+                max_events_per_run: 9,
+                tombstone_ttl: Duration::from_secs(180),
+                max_tombstones: 11,
+                keep_alive: Duration::from_secs(4),
+                retry: Duration::from_millis(1234),
+                grace: Duration::from_secs(6),
+                poll_wait_default: Duration::from_secs(2),
+                poll_wait_max: Duration::from_secs(3),
+                cors_origins: vec!["http://a.example".into(), "http://b.example".into()],
+            },
+            demo: false,
+            exec: BTreeMap::from([(
+                "tool".to_owned(),
+                ExecSpec::from_command_line("tr a-z A-Z").unwrap(),
+            )]),
+        }
+    }
+
+    fn defaults() -> Settings {
+        Layer::default().resolve().unwrap()
+    }
+
+    /// Asserts that each named field of `$a` (a `$ty`, destructured without `..`, so every
+    /// field must be named) differs from the same field of `$b`.
+    macro_rules! assert_every_field_differs {
+        ($ty:ident, $a:expr, $b:expr; $($field:ident),* $(,)?) => {{
+            let $ty { $(ref $field),* } = $a;
+            $(assert_ne!(
+                format!("{:?}", $field),
+                format!("{:?}", $b.$field),
+                stringify!($field)
+            );)*
+        }};
+    }
+
+    #[test]
+    fn the_target_differs_from_the_defaults_in_every_field() {
+        let (target, defaults) = (target(), defaults());
+        assert_every_field_differs!(Settings, target, defaults; listen, config, demo, exec);
+        assert_every_field_differs!(
+            Config, target.config, defaults.config;
+            body_limit, retention, max_retained, max_active_runs, max_events_per_run,
+            tombstone_ttl, max_tombstones, keep_alive, retry, grace, poll_wait_default,
+            poll_wait_max, cors_origins,
+        );
+    }
+
+    fn layer_args() -> Vec<clap::Arg> {
+        Layer::augment_args(clap::Command::new("serve"))
+            .get_arguments()
+            .cloned()
+            .collect()
+    }
+
+    fn arg(id: &str) -> clap::Arg {
+        layer_args()
+            .into_iter()
+            .find(|a| a.get_id() == id)
+            .unwrap_or_else(|| panic!("{id} is not a setting of Layer"))
+    }
+
+    fn flag(id: &str, value: &str) -> String {
+        let long = arg(id).get_long().map(str::to_owned);
+        format!(
+            "--{}={value}",
+            long.unwrap_or_else(|| panic!("{id} has no flag"))
+        )
+    }
+
+    fn env(id: &str, value: &str) -> (String, String) {
+        let name = arg(id)
+            .get_env()
+            .and_then(|e| e.to_str())
+            .map(str::to_owned);
+        (
+            name.unwrap_or_else(|| panic!("{id} has no env variable")),
+            value.to_owned(),
+        )
+    }
+
+    fn file(dir: &Path, name: &str, lines: &[String]) -> String {
+        let path = dir.join(name);
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        format!("--config={}", path.display())
+    }
+
+    fn toml_line(id: &str, toml: &str) -> String {
+        format!("{id} = {toml}")
+    }
+
+    use std::path::Path;
+
+    #[test]
+    fn every_setting_has_a_sample_a_flag_and_an_env_variable_named_after_it() {
+        let ids: BTreeSet<String> = layer_args()
+            .iter()
+            .map(|a| a.get_id().to_string())
+            .collect();
+        let sampled: BTreeSet<String> = SAMPLES.iter().map(|s| s.id.to_owned()).collect();
+        assert_eq!(ids, sampled);
+        for arg in ServeArgs::augment_args(clap::Command::new("serve")).get_arguments() {
+            let id = arg.get_id();
+            let long = arg.get_long().unwrap_or_else(|| panic!("{id} has no flag"));
+            let expected = format!("LONGRUN_{}", long.to_uppercase().replace('-', "_"));
+            assert_eq!(
+                arg.get_env().and_then(|e| e.to_str()),
+                Some(&*expected),
+                "{id}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_setting_reaches_the_settings_through_each_layer_alone() {
+        let expected = Ok(format!("{:?}", target()));
+        let flags: Vec<String> = SAMPLES.iter().map(|s| flag(s.id, s.value)).collect();
+        assert_eq!(probe(&flags, &[]), expected, "flags");
+        let vars: Vec<_> = SAMPLES.iter().map(|s| env(s.id, s.value)).collect();
+        assert_eq!(probe(&[], &vars), expected, "env");
+        let dir = tempfile::tempdir().unwrap();
+        let lines: Vec<String> = SAMPLES.iter().map(|s| toml_line(s.id, s.toml)).collect();
+        let config = file(dir.path(), "all.toml", &lines);
+        assert_eq!(
+            probe(std::slice::from_ref(&config), &[]),
+            expected,
+            "config file"
+        );
+        // The config file named by the environment.
+        let config_var = ("LONGRUN_CONFIG".into(), config["--config=".len()..].into());
+        assert_eq!(probe(&[], &[config_var]), expected, "LONGRUN_CONFIG");
+    }
+
+    #[test]
+    fn flags_beat_env_which_beats_the_config_file() {
+        let expected = Ok(format!("{:?}", target()));
+        let lowers = || SAMPLES.iter().filter_map(|s| Some((s.id, s.lower?)));
+        let dir = tempfile::tempdir().unwrap();
+        let lower_file = file(
+            dir.path(),
+            "lower.toml",
+            &lowers()
+                .map(|(id, (_, toml))| toml_line(id, toml))
+                .collect::<Vec<_>>(),
+        );
+        let lower_env: Vec<_> = lowers().map(|(id, (value, _))| env(id, value)).collect();
+        let flags: Vec<String> = SAMPLES.iter().map(|s| flag(s.id, s.value)).collect();
+        let vars: Vec<_> = SAMPLES.iter().map(|s| env(s.id, s.value)).collect();
+
+        let over_file = [flags.clone(), vec![lower_file.clone()]].concat();
+        assert_eq!(probe(&over_file, &[]), expected, "flags over the file");
+        assert_eq!(probe(&flags, &lower_env), expected, "flags over env");
+        assert_eq!(probe(&[lower_file], &vars), expected, "env over the file");
+    }
+
+    /// The `[default: …]` at the end of a setting's help text.
+    fn documented_default(arg: &clap::Arg) -> Option<String> {
+        let help = arg.get_help().expect("a help text").to_string();
+        let (_, rest) = help.split_once("[default: ")?;
+        Some(rest.split_once(']').unwrap().0.to_owned())
+    }
+
+    #[test]
+    fn the_defaults_in_the_help_are_the_defaults() {
+        let expected = Ok(format!("{:?}", defaults()));
+        assert_eq!(probe(&[], &[]), expected, "nothing set");
+        let mut flags = Vec::new();
+        for arg in layer_args() {
+            let id = arg.get_id().as_str();
+            match documented_default(&arg) {
+                Some(default) => flags.push(flag(id, &default)),
+                None => assert!(
+                    ["cors_origins", "exec"].contains(&id),
+                    "--{id} does not say its default: {:?}",
+                    arg.get_help()
+                ),
+            }
+        }
+        assert_eq!(probe(&flags, &[]), expected, "{flags:?}");
+    }
+
+    fn repository_file(path: &str) -> String {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        std::fs::read_to_string(root.join(path)).unwrap()
+    }
+
+    /// Spec §20 has a row for every flag, naming its variable, its config key and its default.
+    #[test]
+    fn the_spec_table_has_every_setting() {
+        let spec = repository_file("spec/PROTOCOL.md");
+        let row = |long: &str| {
+            let start = format!("| `--{long}");
+            let row = spec.lines().find(|l| l.starts_with(&start));
+            row.unwrap_or_else(|| panic!("spec §20 has no row for --{long}"))
+        };
+        for arg in ServeArgs::augment_args(clap::Command::new("serve")).get_arguments() {
+            let row = row(arg.get_long().unwrap());
+            let env = arg.get_env().unwrap().to_str().unwrap();
+            assert!(row.contains(&format!("`{env}`")), "{row}");
+        }
+        for arg in layer_args() {
+            let (id, row) = (arg.get_id().as_str(), row(arg.get_long().unwrap()));
+            let key = [format!("`{id}`"), format!("`{id} = "), format!("`[{id}.")];
+            assert!(key.iter().any(|k| row.contains(k)), "no config key: {row}");
+            // `--no-demo`: "demos on" says it better than "false".
+            if let Some(default) = documented_default(&arg).filter(|_| id != "demo") {
+                assert!(
+                    row.contains(&format!("| `{default}` |")),
+                    "{default}: {row}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_readme_example_config_is_valid() {
+        let readme = repository_file("README.md");
+        let (_, section) = readme.split_once("## Configuring the server").unwrap();
+        let (_, block) = section.split_once("```toml\n").unwrap();
+        let (toml, _) = block.split_once("```").unwrap();
+        let settings = toml::from_str::<Layer>(toml).unwrap().resolve().unwrap();
+        assert!(settings.exec.contains_key("backup"), "{settings:?}");
+    }
+
+    /// The error of the settings in `toml`, set through the config file.
+    fn refused(toml: &str) -> String {
+        let layer: Layer = toml::from_str(toml).unwrap();
+        layer.resolve().unwrap_err()
+    }
+
+    #[test]
+    fn values_the_server_cannot_use_are_refused_naming_every_way_to_set_them() {
+        let cases = [
+            (
+                "keep_alive = \"0s\"",
+                "--keep-alive must be longer than 0s (LONGRUN_KEEP_ALIVE, or `keep_alive` in the config file)",
+            ),
+            ("body_limit = 0", "--body-limit must be more than 0"),
+            (
+                "max_active_runs = 0",
+                "--max-active-runs must be more than 0",
+            ),
+            (
+                "max_events_per_run = 1",
+                "--max-events-per-run must be at least 2",
+            ),
+            (
+                "poll_wait_default = \"61s\"",
+                "--poll-wait-default (1m 1s) must not be longer than --poll-wait-max (1m)",
+            ),
+            (
+                "poll_wait_default = \"2s\"\npoll_wait_max = \"1s\"",
+                "--poll-wait-default (2s) must not be longer than --poll-wait-max (1s)",
+            ),
+            (
+                "tombstone_ttl = \"500000000000years\"",
+                "--tombstone-ttl is too long",
+            ),
+        ];
+        for (toml, message) in cases {
+            let error = refused(toml);
+            assert!(error.contains(message), "{toml}: {error}");
+        }
+        // Zero where it means "none": no retention, no tombstones, no wait, no grace.
+        let zeros = "retention = \"0s\"\nmax_retained = 0\ntombstone_ttl = \"0s\"\n\
+            max_tombstones = 0\nretry = \"0s\"\ngrace = \"0s\"\n\
+            poll_wait_default = \"0s\"\npoll_wait_max = \"0s\"";
+        toml::from_str::<Layer>(zeros).unwrap().resolve().unwrap();
+    }
+
+    #[test]
+    fn exec_objects_of_all_layers_add_up_and_a_name_may_not_repeat() {
+        let flags = Layer {
+            exec: Some(vec![exec_flag("a=true").unwrap()]),
+            ..Layer::default()
+        };
+        let file: Layer = toml::from_str("[exec.b]\ncommand = \"true\"").unwrap();
+        let names: Vec<String> = flags
+            .over(file)
+            .resolve()
+            .unwrap()
+            .exec
+            .into_keys()
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+
+        let flags = Layer {
+            exec: Some(vec![exec_flag("b=false").unwrap()]),
+            ..Layer::default()
+        };
+        let file: Layer = toml::from_str("[exec.b]\ncommand = \"true\"").unwrap();
+        let error = flags.over(file).resolve().unwrap_err();
+        assert!(error.contains("--exec b: defined twice"), "{error}");
+    }
 }

@@ -273,6 +273,37 @@ async fn flags_override_environment_variables_which_override_the_config_file() {
 }
 
 #[tokio::test]
+async fn exec_objects_and_long_poll_bounds_come_from_environment_variables_too() {
+    let serve = Serve::start(
+        &[],
+        &[
+            ("LONGRUN_EXEC", "shout=tr a-z A-Z\nsleepy=sleep 3600"),
+            ("LONGRUN_POLL_WAIT_DEFAULT", "0s"),
+            ("LONGRUN_POLL_WAIT_MAX", "0s"),
+        ],
+    )
+    .await;
+    let events = serve
+        .events(&serve.submit("shout", json!({"word": "hi"})).await)
+        .await;
+    assert_eq!(running(&events), vec![&json!({"WORD": "HI"})], "{events:?}");
+
+    // With the longest hold 0s, a long poll on a run that has nothing new answers at once,
+    // whatever `wait` asks (the default would hold it 60 s, past the client's timeout).
+    let path = serve.submit("sleepy", json!({})).await;
+    let res = serve
+        .http
+        .get(serve.url(&path))
+        .query(&[("wait", "60"), ("last_event_id", "0")])
+        .timeout(std::time::Duration::from_secs(30))
+        .send()
+        .await
+        .expect("an answer before the client's timeout");
+    assert_eq!(res.json::<Vec<Event>>().await.unwrap(), vec![]);
+    serve.terminate().await;
+}
+
+#[tokio::test]
 async fn no_demo_removes_the_demo_objects() {
     let with_demo = Serve::start(&[], &[]).await;
     assert_eq!(with_demo.post("echo", json!({})).await.status(), 201);
@@ -301,6 +332,8 @@ async fn bad_settings_exit_with_code_2_and_say_what_is_wrong() {
     let bad_name = write_config(dir2.path(), "[exec.\"bad name\"]\ncommand = \"true\"\n");
     let dir3 = tempfile::tempdir().unwrap();
     let twice = write_config(dir3.path(), "[exec.tool]\ncommand = \"true\"\n");
+    let dir4 = tempfile::tempdir().unwrap();
+    let zero_events = write_config(dir4.path(), "max_events_per_run = 0\n");
     let cases = vec![
         (
             vec!["--grace", "soon"],
@@ -359,6 +392,26 @@ async fn bad_settings_exit_with_code_2_and_say_what_is_wrong() {
             vec!["--config", &twice, "--exec", "tool=false"],
             vec![],
             "--exec tool: defined twice",
+        ),
+        (
+            vec!["--config", &twice],
+            vec![("LONGRUN_EXEC", "tool=false")],
+            "--exec tool: defined twice",
+        ),
+        (
+            vec!["--poll-wait-default", "90s"],
+            vec![],
+            "--poll-wait-default (1m 30s) must not be longer than --poll-wait-max (1m)",
+        ),
+        (
+            vec![],
+            vec![("LONGRUN_MAX_ACTIVE_RUNS", "0")],
+            "--max-active-runs must be more than 0 (LONGRUN_MAX_ACTIVE_RUNS",
+        ),
+        (
+            vec!["--config", &zero_events],
+            vec![],
+            "--max-events-per-run must be at least 2",
         ),
     ];
     for (args, env, message) in cases {
