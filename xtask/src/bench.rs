@@ -14,10 +14,15 @@ pub fn run(args: &[String]) -> Result<(), String> {
         if !args.is_empty() && !args.iter().any(|a| a == name) {
             continue;
         }
-        crate::step(
-            &format!("{name} benchmark"),
-            cargo().args(["bench", "-p", package, "--bench", bench]),
-        )?;
+        let mut cmd = cargo();
+        cmd.args(["bench", "-p", package, "--bench", bench]);
+        if name == "server" {
+            // The seed's own Go server, measured beside ours in the same run.
+            if let Some(seed) = crate::go::seed_server()? {
+                cmd.env("LONGRUN_SEED_SERVER", seed);
+            }
+        }
+        crate::step(&format!("{name} benchmark"), &mut cmd)?;
     }
     if args.is_empty() || args.iter().any(|a| a == "js") {
         crate::js::bench()?;

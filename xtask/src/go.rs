@@ -16,6 +16,9 @@ use std::process::{Command, Stdio};
 
 use crate::{cargo, root, step};
 
+/// The seed implementation's module, fetched from the Go module proxy by go/seed.
+const SEED_MODULE: &str = "github.com/factorysh/go-longrun";
+
 fn ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }
@@ -35,11 +38,19 @@ fn go_available() -> bool {
 
 /// `go -C go …` with the environment every Go step uses.
 fn go(args: &[&str]) -> Command {
+    go_in("go", args)
+}
+
+/// `go -C <dir> …` (a directory of the workspace) with the environment every Go step uses.
+/// The checksum database has no entry for the seed's module (go/seed), so its sums come from
+/// go/seed/go.sum alone.
+fn go_in(dir: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new("go");
     cmd.arg("-C")
-        .arg(root().join("go"))
+        .arg(root().join(dir))
         .args(args)
         .env("GOTOOLCHAIN", "local")
+        .env("GONOSUMDB", SEED_MODULE)
         .env("CGO_ENABLED", "1");
     // Go's build cache does not look at C libraries named in `#cgo LDFLAGS` (`go help cache`):
     // a rebuilt liblongrun_c.a would be linked only after `go clean -cache`, so a test could
@@ -123,9 +134,20 @@ pub fn test() -> Result<(u64, u64), String> {
     }
     let server = build(false)?;
     step("go vet", &mut go(&["vet", "./..."]))?;
-    let name = "go tests";
     let mut cmd = go(&["test", "-race", "-count=1", "-v", "./..."]);
     cmd.env("LONGRUN_BIN", &server);
+    let (passed, failed) = counted("go tests", &mut cmd)?;
+    // The seed's own Go client, unchanged, against our server (spec §23).
+    step("go vet (seed)", &mut go_in("go/seed", &["vet", "./..."]))?;
+    let mut cmd = go_in("go/seed", &["test", "-count=1", "-v", "./..."]);
+    cmd.env("LONGRUN_BIN", &server);
+    let (seed_passed, seed_failed) = counted("seed client tests", &mut cmd)?;
+    Ok((passed + seed_passed, failed + seed_failed))
+}
+
+/// Run a `go test -v` command, echoing its output and counting its `--- PASS` / `--- FAIL`
+/// lines (subtests included).
+fn counted(name: &str, cmd: &mut Command) -> Result<(u64, u64), String> {
     eprintln!("\n==> {name}: {cmd:?}");
     let mut child = cmd
         .stdout(Stdio::piped())
@@ -147,12 +169,31 @@ pub fn test() -> Result<(u64, u64), String> {
         println!("{line}");
     }
     let status = child.wait().map_err(|e| format!("{name}: {e}"))?;
-    println!("go test result: {passed} passed; {failed} failed");
+    println!("{name} result: {passed} passed; {failed} failed");
     if status.success() {
         Ok((passed, failed))
     } else {
         Err(format!("{name} failed ({status})"))
     }
+}
+
+/// Build the seed's own server (go/seed/cmd/seedserver, around go-longrun v0.1.0's packages)
+/// for `cargo xtask bench server`, which measures it beside ours. `None`, said loudly, when
+/// `go` is missing.
+pub fn seed_server() -> Result<Option<PathBuf>, String> {
+    if !go_available() {
+        skip("seed server for the server benchmark")?;
+        return Ok(None);
+    }
+    let out = target_dir().join("seed/seedserver");
+    step(
+        "seed server",
+        &mut go_in(
+            "go/seed",
+            &["build", "-o", &out.to_string_lossy(), "./cmd/seedserver"],
+        ),
+    )?;
+    Ok(Some(out))
 }
 
 /// `cargo xtask bench go`: drain 100,000 events with the Go SDK and with a plain net/http +

@@ -4,6 +4,11 @@
 //! `--serve-bare`) so their memory can be read from /proc; this process is the load
 //! generator. Both share the machine's cores, the same way for every figure and its peer, so
 //! read the ratios rather than the absolute numbers.
+//!
+//! With `LONGRUN_SEED_SERVER` set (`cargo xtask bench server` builds go/seed/cmd/seedserver
+//! when `go` is installed), the seed's own Go server (go-longrun v0.1.0) is measured too, on
+//! the same submit load and the same drain. Contenders take turns, round after round, so a
+//! swing of the machine's speed hits each alike; each figure is the median of its rounds.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -17,7 +22,9 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 const SUBMIT_CONCURRENCY: usize = 32;
-const SUBMIT_SECONDS: f64 = 3.0;
+const SUBMIT_SECONDS: f64 = 1.0;
+const ROUNDS: usize = 5;
+const DRAIN_EVENTS: u64 = 10_000;
 const FOLLOWERS: usize = 1000;
 const FANOUT_EVENTS: u64 = 1000;
 const LATENCY_SAMPLES: usize = 2000;
@@ -47,7 +54,10 @@ fn serve(longrun: bool) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         println!("{}", listener.local_addr().unwrap());
         if longrun {
-            let server = longrun_server::Server::builder().demo().build();
+            let server = longrun_server::Server::builder()
+                .demo()
+                .build()
+                .expect("the demo objects have unique names");
             longrun_server::serve(listener, server, std::future::pending())
                 .await
                 .unwrap();
@@ -94,8 +104,15 @@ struct ChildServer {
 
 impl ChildServer {
     fn start(flag: &str) -> Self {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .arg(flag)
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.arg(flag);
+        Self::spawn(cmd)
+    }
+
+    /// Start a server that prints its address as its first stdout line and exits when its
+    /// stdin closes.
+    fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -141,16 +158,79 @@ async fn bench() {
     let longrun = ChildServer::start("--serve-longrun");
     let bare = ChildServer::start("--serve-bare");
 
-    // Submit throughput, each server in turn, same load.
-    let ours = submit_rate(&longrun.base).await;
-    let peer = submit_rate(&bare.base).await;
+    let seed = std::env::var_os("LONGRUN_SEED_SERVER").map(|bin| {
+        let mut cmd = Command::new(bin);
+        cmd.stderr(Stdio::null()); // it logs a recovered panic at the end of every stream
+        ChildServer::spawn(cmd)
+    });
+    if seed.is_none() {
+        println!(
+            "(go-longrun not measured: set LONGRUN_SEED_SERVER, as `cargo xtask bench server` does with Go installed)"
+        );
+    }
+
+    // Submit throughput: the same load on each server in turn, round after round.
+    let mut rates: [Vec<f64>; 3] = Default::default();
+    for round in 0..=ROUNDS {
+        let ours = submit_rate(&format!("{}/echo", longrun.base), 201).await;
+        let bare_rate = submit_rate(&format!("{}/echo", bare.base), 201).await;
+        let seed_rate = match &seed {
+            Some(seed) => submit_rate(&format!("{}/echo/", seed.base), 201).await,
+            None => f64::NAN,
+        };
+        if round > 0 {
+            // Round 0 warms connections and allocators.
+            rates[0].push(ours);
+            rates[1].push(bare_rate);
+            rates[2].push(seed_rate);
+        }
+    }
+    let [ours, peer, seed_rate] = rates.map(median);
     println!(
-        "submit            longrun echo {:>9.0} req/s   bare axum POST {:>9.0} req/s   ratio {:.2}x  (goal >= 0.6x)",
+        "submit            longrun echo {:>9.0} req/s   bare axum POST {:>9.0} req/s   ratio {:.2}x  (goal >= 0.9x)",
         ours,
         peer,
         ours / peer
     );
+    if seed.is_some() {
+        println!(
+            "submit            longrun echo {:>9.0} req/s   go-longrun v0.1.0 {:>9.0} req/s   ratio {:.2}x",
+            ours,
+            seed_rate,
+            ours / seed_rate
+        );
+    }
     drop(bare);
+
+    // Drain: submit a count run with Accept: text/event-stream, follow the 303, read every
+    // event until the terminal one; the same for each server in turn.
+    let mut drains: [Vec<f64>; 2] = Default::default();
+    for round in 0..=ROUNDS {
+        let ours = drain(&format!("{}/count", longrun.base)).await;
+        let seed_secs = match &seed {
+            Some(seed) => drain(&format!("{}/count/", seed.base)).await,
+            None => f64::NAN,
+        };
+        if round > 0 {
+            drains[0].push(ours);
+            drains[1].push(seed_secs);
+        }
+    }
+    let [ours, seed_secs] = drains.map(median);
+    let rate = |secs: f64| DRAIN_EVENTS as f64 / secs;
+    match &seed {
+        Some(_) => println!(
+            "SSE drain         {DRAIN_EVENTS} events of a fresh count run, one follower: longrun {:>9.0} events/s   go-longrun v0.1.0 {:>9.0} events/s   ratio {:.2}x",
+            rate(ours),
+            rate(seed_secs),
+            seed_secs / ours
+        ),
+        None => println!(
+            "SSE drain         {DRAIN_EVENTS} events of a fresh count run, one follower: longrun {:>9.0} events/s",
+            rate(ours)
+        ),
+    }
+    drop(seed);
 
     // Fan-out: one run, many SSE followers.
     let (events, secs) = fan_out(&longrun.base, 0).await;
@@ -177,43 +257,79 @@ async fn bench() {
     );
 }
 
-async fn submit_rate(base: &str) -> f64 {
+fn median(mut samples: Vec<f64>) -> f64 {
+    if samples.is_empty() {
+        return f64::NAN;
+    }
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+/// Submits per second to `url` from `SUBMIT_CONCURRENCY` connections for `SUBMIT_SECONDS`.
+async fn submit_rate(url: &str, status: u16) -> f64 {
     let client = reqwest::Client::new();
-    let url = format!("{base}/echo");
-    let run_for = |secs: f64| {
-        let client = client.clone();
-        let url = url.clone();
-        async move {
-            let done = Arc::new(AtomicU64::new(0));
-            let until = Instant::now() + Duration::from_secs_f64(secs);
-            let workers: Vec<_> = (0..SUBMIT_CONCURRENCY)
-                .map(|_| {
-                    let (client, url, done) = (client.clone(), url.clone(), done.clone());
-                    tokio::spawn(async move {
-                        while Instant::now() < until {
-                            let res = client
-                                .post(&url)
-                                .header("content-type", "application/json")
-                                .body(r#"{"a":1}"#)
-                                .send()
-                                .await
-                                .unwrap();
-                            assert_eq!(res.status(), 201);
-                            res.bytes().await.unwrap();
-                            done.fetch_add(1, Ordering::Relaxed);
-                        }
-                    })
-                })
-                .collect();
-            let start = Instant::now();
-            for w in workers {
-                w.await.unwrap();
-            }
-            done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+    let done = Arc::new(AtomicU64::new(0));
+    let until = Instant::now() + Duration::from_secs_f64(SUBMIT_SECONDS);
+    let workers: Vec<_> = (0..SUBMIT_CONCURRENCY)
+        .map(|_| {
+            let (client, url, done) = (client.clone(), url.to_owned(), done.clone());
+            tokio::spawn(async move {
+                while Instant::now() < until {
+                    let res = client
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(r#"{"a":1}"#)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(res.status(), status);
+                    res.bytes().await.unwrap();
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    for w in workers {
+        w.await.unwrap();
+    }
+    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Seconds from submitting a `count` run of `DRAIN_EVENTS` to reading its terminal event over
+/// SSE, as the seed's client flow does it (POST with `Accept: text/event-stream`, follow the
+/// 303). Stops at the terminal event: the seed's server never ends its streams cleanly.
+async fn drain(url: &str) -> f64 {
+    let start = Instant::now();
+    let res = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "text/event-stream")
+        .body(format!(r#"{{"n":{DRAIN_EVENTS}}}"#))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{url}: the 303 leads to the stream");
+    let mut body = res.bytes_stream();
+    let (mut events, mut at_start) = (0, true);
+    let mut tail: Vec<u8> = Vec::new();
+    loop {
+        let chunk = body
+            .next()
+            .await
+            .expect("the stream holds the terminal event")
+            .unwrap();
+        events += count_events(&chunk, &mut at_start);
+        tail.extend_from_slice(&chunk);
+        if tail.windows(15).any(|w| w == b"event: success\n") {
+            break;
         }
-    };
-    run_for(0.5).await; // warm-up: connections, allocator
-    run_for(SUBMIT_SECONDS).await
+        let keep = tail.len().saturating_sub(14);
+        tail.drain(..keep);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(events, DRAIN_EVENTS + 2, "{url}: every event arrives");
+    secs
 }
 
 async fn submit(base: &str, object: &str, args: Value) -> String {
