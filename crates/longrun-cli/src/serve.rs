@@ -27,7 +27,7 @@ use clap::Args;
 use clap::builder::{FalseyValueParser, TypedValueParser};
 use longrun_proto::ObjectName;
 use longrun_server::exec::ExecSpec;
-use longrun_server::{Config, Server};
+use longrun_server::{BuildError, Config, Server};
 use serde::{Deserialize, Deserializer};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -356,29 +356,23 @@ fn settings(args: ServeArgs) -> Result<Settings, String> {
 
 fn build_server(s: &Settings) -> Result<Server, String> {
     let mut builder = Server::builder().config(s.config.clone());
-    let mut demo_names = Vec::new();
     if s.demo {
         builder = builder.demo();
-        let demo = Server::builder()
-            .demo()
-            .build()
-            .map_err(|e| e.to_string())?;
-        demo_names.extend(demo.object_names().map(str::to_owned));
     }
     for (name, spec) in &s.exec {
         ObjectName::new(name.as_str()).map_err(|e| format!("exec object: {e}"))?;
-        // Registering it would silently replace the demo object.
-        if demo_names.contains(name) {
-            return Err(format!(
-                "exec object {name}: a demo object has this name; rename it or use --no-demo"
-            ));
-        }
         let handler = spec
             .handler()
             .map_err(|e| format!("exec object {name}: {e}"))?;
         builder = builder.object_with(name, spec.options(), handler);
     }
-    builder.build().map_err(|e| e.to_string())
+    // Exec names are unique among themselves (a map); a clash can only be with a demo object.
+    builder.build().map_err(|e| match e {
+        BuildError::DuplicateObject(name) => {
+            format!("exec object {name}: a demo object has this name; rename it or use --no-demo")
+        }
+        e => e.to_string(),
+    })
 }
 
 pub fn main(args: ServeArgs) -> ExitCode {
