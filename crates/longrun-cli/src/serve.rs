@@ -125,6 +125,22 @@ layer! {
         #[arg(long, env = "LONGRUN_POLL_WAIT_MAX", value_name = "DUR", value_parser = duration)]
         #[serde(with = "humantime_serde")]
         poll_wait_max: Option<Duration>,
+        /// Kernel send buffer of each connection (SO_SNDBUF; Linux doubles it); 0 leaves the
+        /// kernel's autotuning, up to 4 MiB per connection that does not read [default: 64KiB]
+        #[arg(long, env = "LONGRUN_SEND_BUFFER", value_name = "SIZE")]
+        send_buffer: Option<ByteSize>,
+        /// Reset a connection whose pending write makes no progress for this long; a follower
+        /// cut so resumes by its cursor (more than 0) [default: 30s]
+        #[arg(long, env = "LONGRUN_STALL_TIMEOUT", value_name = "DUR", value_parser = duration)]
+        #[serde(with = "humantime_serde")]
+        stall_timeout: Option<Duration>,
+        /// Most followers (SSE streams, held long polls) of one run at once (more than 0)
+        /// [default: 10000]
+        #[arg(long, env = "LONGRUN_MAX_FOLLOWERS_PER_RUN", value_name = "N")]
+        max_followers_per_run: Option<usize>,
+        /// Most followers of all runs at once (more than 0) [default: 100000]
+        #[arg(long, env = "LONGRUN_MAX_FOLLOWERS", value_name = "N")]
+        max_followers: Option<usize>,
         /// Let browser pages from this origin call the server (CORS), e.g.
         /// http://localhost:3000; `*` allows any origin (repeatable; env: comma-separated;
         /// none by default)
@@ -241,6 +257,10 @@ impl Layer {
             grace,
             poll_wait_default,
             poll_wait_max,
+            send_buffer,
+            stall_timeout,
+            max_followers_per_run,
+            max_followers,
             cors_origins,
             demo,
             exec: exec_layers,
@@ -250,6 +270,13 @@ impl Layer {
             None => d.body_limit,
             Some(size) => usize::try_from(size.as_u64())
                 .map_err(|_| invalid("body_limit", "is too large for this machine"))?,
+        };
+        let send_buffer = match send_buffer {
+            None => d.send_buffer,
+            Some(size) => usize::try_from(size.as_u64())
+                .ok()
+                .filter(|n| i32::try_from(*n).is_ok())
+                .ok_or_else(|| invalid("send_buffer", "is too large for a socket option"))?,
         };
         // No `..d` either: a new `Config` field does not compile until a `Layer` field sets it.
         let config = Config {
@@ -266,6 +293,10 @@ impl Layer {
             poll_wait_default: poll_wait_default.unwrap_or(d.poll_wait_default),
             poll_wait_max: poll_wait_max.unwrap_or(d.poll_wait_max),
             cors_origins: cors_origins.unwrap_or(d.cors_origins),
+            send_buffer,
+            stall_timeout: stall_timeout.unwrap_or(d.stall_timeout),
+            max_followers_per_run: max_followers_per_run.unwrap_or(d.max_followers_per_run),
+            max_followers: max_followers.unwrap_or(d.max_followers),
         };
         check(&config)?;
         let mut exec = BTreeMap::new();
@@ -302,6 +333,15 @@ fn check(c: &Config) -> Result<(), String> {
     if c.keep_alive.is_zero() {
         return Err(invalid("keep_alive", "must be longer than 0s"));
     }
+    if c.stall_timeout.is_zero() {
+        return Err(invalid("stall_timeout", "must be longer than 0s"));
+    }
+    if c.max_followers_per_run == 0 {
+        return Err(invalid("max_followers_per_run", "must be more than 0"));
+    }
+    if c.max_followers == 0 {
+        return Err(invalid("max_followers", "must be more than 0"));
+    }
     if c.poll_wait_default > c.poll_wait_max {
         return Err(invalid(
             "poll_wait_default",
@@ -320,6 +360,7 @@ fn check(c: &Config) -> Result<(), String> {
         ("grace", c.grace),
         ("poll_wait_default", c.poll_wait_default),
         ("poll_wait_max", c.poll_wait_max),
+        ("stall_timeout", c.stall_timeout),
     ];
     for (id, duration) in durations {
         // The server adds them to the clock.
@@ -538,6 +579,10 @@ mod tests {
             Some(("1s", r#""1s""#)),
         ),
         sample("poll_wait_max", "3s", r#""3s""#, Some(("30s", r#""30s""#))),
+        sample("send_buffer", "8KiB", r#""8KiB""#, Some(("16KiB", "16384"))),
+        sample("stall_timeout", "7s", r#""7s""#, Some(("70s", r#""70s""#))),
+        sample("max_followers_per_run", "12", "12", Some(("120", "120"))),
+        sample("max_followers", "13", "13", Some(("130", "130"))),
         sample(
             "cors_origins",
             "http://a.example,http://b.example",
@@ -587,6 +632,10 @@ mod tests {
                 poll_wait_default: Duration::from_secs(2),
                 poll_wait_max: Duration::from_secs(3),
                 cors_origins: vec!["http://a.example".into(), "http://b.example".into()],
+                send_buffer: 8192,
+                stall_timeout: Duration::from_secs(7),
+                max_followers_per_run: 12,
+                max_followers: 13,
             },
             demo: false,
             exec: BTreeMap::from([(
@@ -621,7 +670,8 @@ mod tests {
             Config, target.config, defaults.config;
             body_limit, retention, max_retained, max_active_runs, max_events_per_run,
             tombstone_ttl, max_tombstones, keep_alive, retry, grace, poll_wait_default,
-            poll_wait_max, cors_origins,
+            poll_wait_max, cors_origins, send_buffer, stall_timeout, max_followers_per_run,
+            max_followers,
         );
     }
 
@@ -769,7 +819,11 @@ mod tests {
         let spec = repository_file("spec/PROTOCOL.md");
         let row = |long: &str| {
             let start = format!("| `--{long}");
-            let row = spec.lines().find(|l| l.starts_with(&start));
+            // The flag's whole name: `--max-followers` is not `--max-followers-per-run`.
+            let row = spec.lines().find(|l| {
+                l.strip_prefix(&start)
+                    .is_some_and(|rest| rest.starts_with([' ', '`', '[']))
+            });
             row.unwrap_or_else(|| panic!("spec §20 has no row for --{long}"))
         };
         for arg in ServeArgs::augment_args(clap::Command::new("serve")).get_arguments() {

@@ -37,10 +37,12 @@ pub enum ProblemKind {
     TooManyRuns,
     /// 503: the server is shutting down.
     ShuttingDown,
+    /// 503: the run, or the server, has as many followers as it may.
+    TooManyFollowers,
 }
 
 impl ProblemKind {
-    pub const ALL: [ProblemKind; 15] = [
+    pub const ALL: [ProblemKind; 16] = [
         ProblemKind::InvalidJson,
         ProblemKind::ArgsNotObject,
         ProblemKind::InvalidCursor,
@@ -56,6 +58,7 @@ impl ProblemKind {
         ProblemKind::InvalidArguments,
         ProblemKind::TooManyRuns,
         ProblemKind::ShuttingDown,
+        ProblemKind::TooManyFollowers,
     ];
 
     pub fn slug(self) -> &'static str {
@@ -75,6 +78,7 @@ impl ProblemKind {
             ProblemKind::InvalidArguments => "invalid-arguments",
             ProblemKind::TooManyRuns => "too-many-runs",
             ProblemKind::ShuttingDown => "shutting-down",
+            ProblemKind::TooManyFollowers => "too-many-followers",
         }
     }
 
@@ -91,7 +95,9 @@ impl ProblemKind {
             ProblemKind::BodyTooLarge => 413,
             ProblemKind::UnsupportedMediaType => 415,
             ProblemKind::InvalidArguments => 422,
-            ProblemKind::TooManyRuns | ProblemKind::ShuttingDown => 503,
+            ProblemKind::TooManyRuns
+            | ProblemKind::ShuttingDown
+            | ProblemKind::TooManyFollowers => 503,
         }
     }
 
@@ -112,6 +118,7 @@ impl ProblemKind {
             ProblemKind::InvalidArguments => "The object rejected the arguments",
             ProblemKind::TooManyRuns => "The server holds too many active runs",
             ProblemKind::ShuttingDown => "The server is shutting down",
+            ProblemKind::TooManyFollowers => "The run or the server has too many followers",
         }
     }
 

@@ -30,6 +30,17 @@ pub struct Config {
     /// Origins whose browser pages may call this server (CORS); `*` allows any. Empty: no
     /// CORS headers at all, so browsers keep cross-origin pages out.
     pub cors_origins: Vec<String>,
+    /// `SO_SNDBUF` of every accepted connection, in bytes (Linux doubles it for its own
+    /// bookkeeping); 0 leaves the kernel's autotuning, which lets one connection that does not
+    /// read hold up to `tcp_wmem`'s maximum (4 MiB) of kernel memory.
+    pub send_buffer: usize,
+    /// A connection that accepts no byte of a pending write for this long is closed (reset,
+    /// so the kernel frees its buffers at once). A follower cut this way resumes by its cursor.
+    pub stall_timeout: Duration,
+    /// Most followers (SSE streams and held long polls) of one run at once (503 beyond).
+    pub max_followers_per_run: usize,
+    /// Most followers of all runs at once (503 beyond).
+    pub max_followers: usize,
 }
 
 impl Default for Config {
@@ -48,6 +59,10 @@ impl Default for Config {
             poll_wait_default: Duration::from_secs(20),
             poll_wait_max: Duration::from_secs(60),
             cors_origins: Vec::new(),
+            send_buffer: 64 * 1024,
+            stall_timeout: Duration::from_secs(30),
+            max_followers_per_run: 10_000,
+            max_followers: 100_000,
         }
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! Both transports read the run's shared log at their own cursor and wait on a `watch`
 //! receiver for appends, so a follower costs a cursor and a receiver: no copy of the history,
-//! no queue. A slow SSE reader is slowed by TCP backpressure, never buffered for.
+//! no queue. An SSE write is a slice of the log's shared segments (`run.rs`), so a reader that
+//! stalls holds no bytes of its own; its connection's kernel buffer is capped and it is cut
+//! after the stall timeout (`conn.rs`). Each follower holds a slot against the limits.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -19,11 +21,10 @@ use longrun_proto::{ProblemKind, sse};
 use tokio::sync::watch;
 
 use crate::Server;
+use crate::conn::FollowerSlot;
 use crate::http::{ApiError, lookup, put_status_headers, status_headers, wants_event_stream};
 use crate::run::Run;
 
-/// How much one SSE write carries at most when a follower is behind.
-const SSE_BATCH_BYTES: usize = 64 * 1024;
 /// How many events one long-poll reply carries at most.
 pub const POLL_BATCH_EVENTS: usize = 10_000;
 
@@ -42,13 +43,31 @@ pub(crate) async fn follow(
     // The first event a follower has not seen yet.
     let next = cursor.map_or(0, |c| c.saturating_add(1));
     if wants_event_stream(&headers) {
+        let slot = follower_slot(&server, &run)?;
         run.mark_followed();
-        Ok(follow_sse(&server, run, next))
+        Ok(follow_sse(&server, run, next, slot))
     } else {
         let wait = wait(&server, &query)?;
+        let slot = follower_slot(&server, &run)?;
         run.mark_followed();
-        Ok(follow_poll(run, next, wait).await)
+        let res = follow_poll(run, next, wait).await;
+        drop(slot);
+        Ok(res)
     }
+}
+
+/// Count the follower against the run's and the server's limits, or answer 503.
+fn follower_slot(server: &Server, run: &Arc<Run>) -> Result<FollowerSlot, ApiError> {
+    server.conns.follow(&server.config, run).ok_or_else(|| {
+        ApiError::new(
+            ProblemKind::TooManyFollowers,
+            format!(
+                "the run has {} followers or the server {}, as many as they may; retry later",
+                server.config.max_followers_per_run, server.config.max_followers
+            ),
+        )
+        .header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+    })
 }
 
 /// The cursor: the `Last-Event-ID` header if present and non-empty, else the query.
@@ -95,7 +114,7 @@ fn wait(server: &Server, query: &[(String, String)]) -> Result<Duration, ApiErro
         })
 }
 
-fn follow_sse(server: &Server, run: Arc<Run>, next: u64) -> Response {
+fn follow_sse(server: &Server, run: Arc<Run>, next: u64, slot: FollowerSlot) -> Response {
     let (state, last) = run.status();
     if state.is_terminal() && next > last {
         // WHATWG: 204 tells an EventSource to stop reconnecting.
@@ -107,6 +126,7 @@ fn follow_sse(server: &Server, run: Arc<Run>, next: u64) -> Response {
         next,
         retry,
         server.config.keep_alive,
+        slot,
     ));
     let mut res = Response::new(body);
     let hs = res.headers_mut();
@@ -128,6 +148,8 @@ struct SseFollower {
     retry: Option<Bytes>,
     keep_alive: Duration,
     done: bool,
+    /// Held while the stream lives: it is what counts this follower.
+    _slot: FollowerSlot,
 }
 
 fn sse_stream(
@@ -135,6 +157,7 @@ fn sse_stream(
     next: u64,
     retry: Bytes,
     keep_alive: Duration,
+    slot: FollowerSlot,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
     // Subscribe before the first read: an append between the read and the wait then shows up
     // as a change, so no event is ever missed.
@@ -145,6 +168,7 @@ fn sse_stream(
         retry: Some(retry),
         keep_alive,
         done: false,
+        _slot: slot,
     };
     futures::stream::unfold(follower, |mut f| async move {
         if f.done {
@@ -154,7 +178,7 @@ fn sse_stream(
             return Some((Ok(retry), f));
         }
         loop {
-            let batch = f.run.read_sse(f.next, SSE_BATCH_BYTES);
+            let batch = f.run.read_sse(f.next);
             if batch.count > 0 {
                 f.next = batch.next;
                 f.done = batch.finished;

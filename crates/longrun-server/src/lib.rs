@@ -14,6 +14,7 @@
 //! ```
 
 mod config;
+mod conn;
 mod demo;
 pub mod exec;
 mod follow;
@@ -41,6 +42,7 @@ pub struct Server {
     pub(crate) config: Arc<Config>,
     pub(crate) objects: Arc<BTreeMap<String, Object>>,
     pub(crate) registry: Arc<Registry>,
+    pub(crate) conns: Arc<conn::Connections>,
 }
 
 impl Server {
@@ -55,6 +57,12 @@ impl Server {
     /// The registered object names, sorted.
     pub fn object_names(&self) -> impl Iterator<Item = &str> {
         self.objects.keys().map(String::as_str)
+    }
+
+    /// How many connections `serve` has reset because they accepted no bytes for
+    /// [`Config::stall_timeout`]; the receiver sees every change.
+    pub fn stalled_connections(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.conns.stalled()
     }
 
     /// Cancel every active run (reason `shutdown`) and wait until all have ended. New
@@ -144,6 +152,7 @@ impl ServerBuilder {
             config: Arc::new(self.config),
             objects: Arc::new(self.objects),
             registry: Arc::new(Registry::new()),
+            conns: Arc::new(conn::Connections::new()),
         })
     }
 }
@@ -159,6 +168,7 @@ pub async fn serve(
     let janitor = tokio::spawn(janitor(server.clone()));
     let router = app(server.clone());
     let draining = server.clone();
+    let listener = conn::Listener::new(listener, &server.config, server.conns.clone());
     let result = axum::serve(listener, router)
         .with_graceful_shutdown(async move {
             shutdown.await;

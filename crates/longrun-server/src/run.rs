@@ -3,8 +3,13 @@
 //! The log keeps each event pre-encoded twice (an SSE frame and a JSON object) so that a
 //! thousand followers of one run cost a thousand cursors, not a thousand copies of the
 //! history: a follower locks the log just long enough to clone a few `Bytes` handles.
+//!
+//! SSE frames are sealed into shared segments of about [`SEGMENT_BYTES`] (the log's own
+//! copy, made once): an SSE read is a slice of a sealed segment, or the single next frame of
+//! the unsealed tail, and never a copy made for one follower. So a follower whose connection
+//! stalls holds handles to bytes the log holds anyway, however far behind it is.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
@@ -34,16 +39,33 @@ pub(crate) struct Run {
     /// not "is followed now"), for handlers that wait for one.
     ever_followed: AtomicBool,
     first_follower: Notify,
+    /// Followers now (SSE streams and held long polls), against `max_followers_per_run`.
+    followers: AtomicUsize,
     max_events: u64,
 }
 
+/// About how many bytes of SSE frames one sealed segment holds, so one SSE write carries up
+/// to this much to a follower that is behind.
+pub(crate) const SEGMENT_BYTES: usize = 64 * 1024;
+
 struct Entry {
+    /// The SSE frame: its own allocation while unsealed, then a slice of its segment.
     sse: Bytes,
     json: Bytes,
 }
 
+/// Frames of events `first..end`, contiguous.
+struct Segment {
+    first: u64,
+    bytes: Bytes,
+}
+
 struct Log {
     entries: Vec<Entry>,
+    segments: Vec<Segment>,
+    /// The id of the first event not in a segment yet, and its frames' total size.
+    unsealed: u64,
+    unsealed_bytes: usize,
     state: State,
     /// Set by the first stop request; decides the terminal event when the handler ends.
     stop: Option<Stop>,
@@ -78,6 +100,9 @@ impl Run {
             object,
             log: Mutex::new(Log {
                 entries: Vec::new(),
+                segments: Vec::new(),
+                unsealed: 0,
+                unsealed_bytes: 0,
                 state: State::Queued,
                 stop: None,
             }),
@@ -85,6 +110,7 @@ impl Run {
             cancel: CancellationToken::new(),
             ever_followed: AtomicBool::new(false),
             first_follower: Notify::new(),
+            followers: AtomicUsize::new(0),
             max_events: max_events.max(2),
         };
         run.lock().push(&Event::queued());
@@ -179,64 +205,63 @@ impl Run {
         CancelOutcome::Accepted(state)
     }
 
-    /// Events from id `next` on as concatenated SSE frames, up to about `max_bytes` (always
-    /// at least one event when there is one).
-    pub fn read_sse(&self, next: u64, max_bytes: usize) -> Batch {
-        self.read(next, usize::MAX, max_bytes, |e| &e.sse, None)
+    /// Events from id `next` on as SSE frames, without a copy: the rest of the sealed segment
+    /// `next` is in (up to [`SEGMENT_BYTES`]), or the one next frame of the unsealed tail.
+    pub fn read_sse(&self, next: u64) -> Batch {
+        let log = self.lock();
+        let total = log.entries.len() as u64;
+        let state = log.state;
+        let (bytes, end) = if next >= total {
+            (Bytes::new(), next)
+        } else if next < log.unsealed {
+            // The segment holding `next`: the last one starting at or before it.
+            let k = log.segments.partition_point(|s| s.first <= next) - 1;
+            let seg = &log.segments[k];
+            let end = log.segments.get(k + 1).map_or(log.unsealed, |s| s.first);
+            let from =
+                log.entries[next as usize].sse.as_ptr() as usize - seg.bytes.as_ptr() as usize;
+            (seg.bytes.slice(from..), end)
+        } else {
+            (log.entries[next as usize].sse.clone(), next + 1)
+        };
+        Batch {
+            bytes,
+            count: (end - next.min(end)) as usize,
+            next: end.max(next),
+            finished: state.is_terminal() && end >= total,
+            state,
+            last: total - 1,
+        }
     }
 
-    /// Events from id `next` on as a JSON array, at most `max_events` of them.
+    /// Events from id `next` on as a JSON array, at most `max_events` of them. A long-poll
+    /// reply is a copy: it is one answer, bounded by its event count.
     pub fn read_json(&self, next: u64, max_events: usize) -> Batch {
-        self.read(
-            next,
-            max_events,
-            usize::MAX,
-            |e| &e.json,
-            Some((b'[', b',', b']')),
-        )
-    }
-
-    fn read(
-        &self,
-        next: u64,
-        max_events: usize,
-        max_bytes: usize,
-        pick: impl Fn(&Entry) -> &Bytes,
-        array: Option<(u8, u8, u8)>,
-    ) -> Batch {
         let log = self.lock();
         let total = log.entries.len() as u64;
         let start = next.min(total) as usize;
         let mut end = start;
         let mut size = 0;
-        while end < log.entries.len()
-            && end - start < max_events
-            && (end == start || size < max_bytes)
-        {
-            size += pick(&log.entries[end]).len() + 1;
+        while end < log.entries.len() && end - start < max_events {
+            size += log.entries[end].json.len() + 1;
             end += 1;
         }
         let state = log.state;
-        let terminal = state.is_terminal();
         let mut buf = BytesMut::with_capacity(size + 2);
-        if let Some((open, _, _)) = array {
-            buf.extend_from_slice(&[open]);
-        }
+        buf.extend_from_slice(b"[");
         for (i, e) in log.entries[start..end].iter().enumerate() {
-            if let (Some((_, sep, _)), true) = (array, i > 0) {
-                buf.extend_from_slice(&[sep]);
+            if i > 0 {
+                buf.extend_from_slice(b",");
             }
-            buf.extend_from_slice(pick(e));
+            buf.extend_from_slice(&e.json);
         }
         drop(log);
-        if let Some((_, _, close)) = array {
-            buf.extend_from_slice(&[close]);
-        }
+        buf.extend_from_slice(b"]");
         Batch {
             bytes: buf.freeze(),
             count: end - start,
             next: end as u64,
-            finished: terminal && end as u64 == total,
+            finished: state.is_terminal() && end as u64 == total,
             state,
             last: total - 1,
         }
@@ -247,6 +272,19 @@ impl Run {
         if !self.ever_followed.swap(true, Ordering::SeqCst) {
             self.first_follower.notify_waiters();
         }
+    }
+
+    /// Count one more follower, unless the run has `max` already.
+    pub fn add_follower(&self, max: usize) -> bool {
+        if self.followers.fetch_add(1, Ordering::SeqCst) >= max {
+            self.followers.fetch_sub(1, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    pub fn remove_follower(&self) {
+        self.followers.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Returns once the run has had a follower (at once if it ever had one).
@@ -264,10 +302,38 @@ impl Run {
 impl Log {
     fn push(&mut self, event: &Event) {
         let json = serde_json::to_vec(event).expect("a serde_json::Value always serializes");
+        let sse = sse::encode_event(event);
+        self.unsealed_bytes += sse.len();
         self.entries.push(Entry {
-            sse: sse::encode_event(event),
+            sse,
             json: Bytes::from(json),
         });
         self.state = event.state;
+        // Nothing follows a terminal event, so the tail is sealed then, whatever its size.
+        if self.unsealed_bytes >= SEGMENT_BYTES || event.state.is_terminal() {
+            self.seal();
+        }
+    }
+
+    /// Copy the unsealed frames into one segment and point their entries into it.
+    fn seal(&mut self) {
+        let first = self.unsealed as usize;
+        let mut buf = BytesMut::with_capacity(self.unsealed_bytes);
+        for entry in &self.entries[first..] {
+            buf.extend_from_slice(&entry.sse);
+        }
+        let bytes = buf.freeze();
+        let mut at = 0;
+        for entry in &mut self.entries[first..] {
+            let len = entry.sse.len();
+            entry.sse = bytes.slice(at..at + len);
+            at += len;
+        }
+        self.segments.push(Segment {
+            first: first as u64,
+            bytes,
+        });
+        self.unsealed = self.entries.len() as u64;
+        self.unsealed_bytes = 0;
     }
 }

@@ -545,3 +545,54 @@ async fn an_object_name_registered_twice_is_refused_with_its_name() {
     let err = over_demo.err().expect("echo is a demo object");
     assert!(err.to_string().contains("\"echo\""), "{err}");
 }
+
+/// Followers of one run are counted, SSE streams and held long polls alike: past the limit a
+/// follower gets 503 `too-many-followers` with `Retry-After`, and a follower whose stream ended
+/// gives its place back.
+#[tokio::test]
+async fn followers_beyond_the_per_run_limit_get_503_until_a_place_is_free() {
+    let t = TestServer::with_config(Config {
+        max_followers_per_run: 1,
+        ..Config::default()
+    })
+    .await;
+    let run = t.submit("sleep", json!({"ms": 3_600_000})).await;
+    let (head, mut first) = t
+        .open(&request(
+            "GET",
+            &run,
+            &[("Accept", "text/event-stream")],
+            "",
+        ))
+        .await;
+    assert_eq!(head.status, 200);
+    let refused = t
+        .raw(&request(
+            "GET",
+            &run,
+            &[("Accept", "text/event-stream")],
+            "",
+        ))
+        .await;
+    refused.assert_problem(503, "too-many-followers");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    let poll = t
+        .raw(&request("GET", &format!("{run}?wait=0"), &[], ""))
+        .await;
+    poll.assert_problem(503, "too-many-followers");
+    // Another run has places of its own.
+    let other = t.submit("echo", json!({})).await;
+    let res = t
+        .raw(&request("GET", &format!("{other}?wait=0"), &[], ""))
+        .await;
+    assert_eq!(res.status, 200);
+    // The first stream ends with the run; then its place is free again.
+    assert_eq!(t.raw(&request("DELETE", &run, &[], "")).await.status, 202);
+    let mut rest = Vec::new();
+    first.read_to_end(&mut rest).await.unwrap();
+    assert!(String::from_utf8_lossy(&rest).contains("event: canceled"));
+    let again = t
+        .raw(&request("GET", &format!("{run}?wait=0"), &[], ""))
+        .await;
+    assert_eq!(again.status, 200, "{}", again.text());
+}

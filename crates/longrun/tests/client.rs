@@ -30,7 +30,7 @@ async fn start(builder: ServerBuilder) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(longrun_server::serve(
         listener,
-        builder.build(),
+        builder.build().expect("unique object names"),
         std::future::pending(),
     ));
     addr

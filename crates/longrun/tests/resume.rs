@@ -28,7 +28,8 @@ async fn start_server() -> SocketAddr {
             ..Default::default()
         })
         .demo()
-        .build();
+        .build()
+        .expect("the demo objects have unique names");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(longrun_server::serve(
