@@ -136,7 +136,7 @@ pub fn batch_json(events: &[RawEvent], progress: bool) -> String {
     if progress {
         let progress: Vec<_> = events
             .iter()
-            .map(|ev| Progress::from_raw(&ev.value).map(ProgressOut::from))
+            .map(|ev| ev.progress().map(ProgressOut::from))
             .collect();
         out.push_str(r#","progress":"#);
         out.push_str(&serde_json::to_string(&progress).expect("progress serializes"));

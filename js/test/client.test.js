@@ -228,6 +228,25 @@ for (const { name, api } of await builds()) {
     });
 
     // A poll answer is lost whole when cut, so polls get more bytes per connection than SSE.
+    test("onProgress never sees a terminal event, even one whose value looks like progress", async () => {
+      const client = new Client(server.url);
+      const runs = [
+        await client.submit("fail", { message: "boom" }),
+        await client.submit("emit", { events: [{ message: "half", progress: 0.5 }], result: { message: "done", progress: 1 } }),
+      ];
+      for (const run of runs) {
+        const followed = [];
+        for await (const ev of client.follow(run, { onProgress: (p) => followed.push(p) })) {
+          if (ev.state !== "running") assert.equal(ev.progress, undefined, ev.state);
+        }
+        const waited = [];
+        await client.wait(run, { onProgress: (p) => waited.push(p) }).catch((e) => assert.ok(e instanceof api.RunFailedError));
+        await turn(); // progress calls the napi build queued before a rejection have run
+        assert.deepEqual(waited, followed);
+        assert.deepEqual(followed.map((p) => p.message), run.object === "fail" ? [] : ["half"]);
+      }
+    });
+
     for (const [transport, cut] of [["sse", 1500], ["poll", 5000]]) {
       test(`resume through a connection-cutting proxy is exactly once (${transport})`, async () => {
         const proxy = await cuttingProxy(server.url, cut);

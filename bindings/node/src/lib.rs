@@ -238,7 +238,7 @@ impl NativeWait {
     pub async fn wait(&self, on_progress: Option<OnProgress>) -> Result<String> {
         let (client, run, abort) = (self.client.clone(), self.run.clone(), self.abort.clone());
         let on_event = move |ev: &longrun::RawEvent| {
-            if let (Some(f), Some(p)) = (&on_progress, longrun::Progress::from_raw(&ev.value)) {
+            if let (Some(f), Some(p)) = (&on_progress, ev.progress()) {
                 let json = shared::progress_json(p);
                 // The queue to the JS thread is bounded: when JS falls behind, the wait waits
                 // for it (off the runtime's worker), so progress is neither lost nor piled up.

@@ -15,7 +15,7 @@ use futures::FutureExt;
 use std::time::Duration;
 
 use longrun::blocking::{self, Next};
-use longrun::{CancelOutcome, ClientBuilder, FollowOptions, Reconnect, State, Transport};
+use longrun::{CancelOutcome, ClientBuilder, FollowOptions, Reconnect, Transport};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -393,20 +393,15 @@ impl Progress {
 /// when first read (then kept): draining a follow does not pay for values nobody reads.
 #[pyclass(frozen, module = "longrun._native")]
 struct Event {
-    #[pyo3(get)]
-    id: u64,
-    state: State,
-    /// The value's JSON text, as it came from the server.
-    raw: Box<RawValue>,
+    /// The event, its value still the JSON text it came as.
+    raw: longrun::RawEvent,
     value: PyOnceLock<Py<PyAny>>,
 }
 
 impl Event {
-    fn new(ev: longrun::RawEvent) -> Self {
+    fn new(raw: longrun::RawEvent) -> Self {
         Event {
-            id: ev.id,
-            state: ev.state,
-            raw: ev.value,
+            raw,
             value: PyOnceLock::new(),
         }
     }
@@ -415,31 +410,33 @@ impl Event {
 #[pymethods]
 impl Event {
     #[getter]
+    fn id(&self) -> u64 {
+        self.raw.id
+    }
+
+    #[getter]
     fn state(&self) -> &'static str {
-        self.state.as_str()
+        self.raw.state.as_str()
     }
 
     #[getter]
     fn value<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let value = self
             .value
-            .get_or_try_init(py, || raw_to_py(py, &self.raw).map(Bound::unbind))?;
+            .get_or_try_init(py, || raw_to_py(py, &self.raw.value).map(Bound::unbind))?;
         Ok(value.bind(py).clone())
     }
 
     /// True for `success`, `error` and `canceled`: nothing follows this event.
     #[getter]
     fn terminal(&self) -> bool {
-        self.state.is_terminal()
+        self.raw.state.is_terminal()
     }
 
-    /// The progress convention of a `running` event, or None.
+    /// The event's progress by the core's rule (`RawEvent::progress`), or None.
     #[getter]
     fn progress(&self) -> Option<Progress> {
-        if self.state != State::Running {
-            return None;
-        }
-        longrun::Progress::from_raw(&self.raw).map(|p| Progress {
+        self.raw.progress().map(|p| Progress {
             fraction: p.fraction,
             message: p.message,
         })
@@ -450,16 +447,16 @@ impl Event {
             return Ok(false);
         };
         let other = other.get();
-        Ok(other.id == self.id
-            && other.state == self.state
+        Ok(other.raw.id == self.raw.id
+            && other.raw.state == self.raw.state
             && other.value(py)?.eq(self.value(py)?)?)
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         Ok(format!(
             "Event(id={}, state='{}', value={})",
-            self.id,
-            self.state.as_str(),
+            self.raw.id,
+            self.raw.state.as_str(),
             self.value(py)?.repr()?
         ))
     }

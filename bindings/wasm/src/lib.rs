@@ -176,7 +176,7 @@ impl NativeWait {
         );
         future_to_promise(async move {
             let on_event = move |ev: &longrun::RawEvent| {
-                if let (Some(f), Some(p)) = (&on_progress, longrun::Progress::from_raw(&ev.value)) {
+                if let (Some(f), Some(p)) = (&on_progress, ev.progress()) {
                     let json = JsValue::from(shared::progress_json(p));
                     let _ = f.call1(&JsValue::NULL, &json);
                 }

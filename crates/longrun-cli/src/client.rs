@@ -12,7 +12,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressFinish, ProgressStyle};
 use longrun::{
-    CancelOutcome, Client, Error, ErrorKind, Event, FollowOptions, Progress, Run, State, Transport,
+    CancelOutcome, Client, Error, ErrorKind, Event, FollowOptions, Run, State, Transport,
 };
 use serde_json::{Value, json};
 
@@ -543,11 +543,7 @@ fn plain_line(event: &Event) -> String {
 
 /// Move the bar for one event, by the progress convention.
 fn draw(bar: &ProgressBar, event: &Event) {
-    let progress = match event.state {
-        State::Running => Progress::from_value(&event.value),
-        _ => None,
-    };
-    match progress {
+    match event.progress() {
         Some(p) => {
             if let Some(fraction) = p.fraction {
                 if bar.length().is_none() {

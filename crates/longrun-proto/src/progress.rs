@@ -2,6 +2,8 @@ use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use crate::{Event, RawEvent, State};
+
 /// The progress convention: a `running` event whose value is an object may carry
 /// `"progress"` (a number in 0..=1) and `"message"` (a string). SDKs and the CLI render these;
 /// anything else in the value is the handler's own business.
@@ -12,13 +14,36 @@ pub struct Progress {
     pub message: Option<String>,
 }
 
+impl RawEvent {
+    /// The event's progress (spec §17): only a `running` event carries any, so a terminal
+    /// event whose value looks like progress (`fail`'s `{"message": …}`) has none. Every SDK
+    /// and the CLI ask this, not [`Progress::from_raw`], so the rule is applied once.
+    pub fn progress(&self) -> Option<Progress> {
+        match self.state {
+            State::Running => Progress::from_raw(&self.value),
+            _ => None,
+        }
+    }
+}
+
+impl Event {
+    /// The same as [`RawEvent::progress`], for a parsed event.
+    pub fn progress(&self) -> Option<Progress> {
+        match self.state {
+            State::Running => Progress::from_value(&self.value),
+            _ => None,
+        }
+    }
+}
+
 /// A `progress` number as a fraction: finite, clamped to 0..=1.
 fn fraction(f: f64) -> Option<f64> {
     f.is_finite().then(|| f.clamp(0.0, 1.0))
 }
 
 impl Progress {
-    /// Read the convention out of an event value; `None` when the value carries neither field.
+    /// Read the convention out of a value; `None` when the value carries neither field. This
+    /// does not know the event's state: for an event, use [`Event::progress`].
     pub fn from_value(value: &Value) -> Option<Progress> {
         let obj = value.as_object()?;
         let fraction = obj
@@ -34,7 +59,7 @@ impl Progress {
 
     /// The same as [`Progress::from_value`], read straight from JSON text (an SDK's raw event
     /// value) without building a `Value`. A value whose object repeats `progress` or `message`
-    /// is read as carrying neither.
+    /// is read as carrying neither. For an event, use [`RawEvent::progress`].
     pub fn from_raw(value: &RawValue) -> Option<Progress> {
         #[derive(Deserialize)]
         struct Fields<'a> {
@@ -113,6 +138,29 @@ mod tests {
                 Progress::from_value(&value),
                 "{value}"
             );
+        }
+    }
+
+    #[test]
+    fn only_running_events_carry_progress() {
+        let value = json!({"progress": 0.5, "message": "boom"});
+        for state in State::ALL {
+            let event = Event {
+                id: 1,
+                state,
+                value: value.clone(),
+            };
+            let raw = RawEvent {
+                id: 1,
+                state,
+                value: serde_json::value::to_raw_value(&value).unwrap(),
+            };
+            let expected = (state == State::Running).then(|| Progress {
+                fraction: Some(0.5),
+                message: Some("boom".into()),
+            });
+            assert_eq!(event.progress(), expected, "{state}");
+            assert_eq!(raw.progress(), expected, "{state}");
         }
     }
 }

@@ -633,7 +633,8 @@ impl Client {
 
     /// [`Client::wait`], showing each event to `on_event` as it arrives, as read: its value is
     /// JSON text, parsed only if you ask (`ev.value::<T>()`, `ev.to_event()`; progress with
-    /// [`crate::Progress::from_raw`]), so that waiting on a long log stays cheap.
+    /// [`ev.progress()`](crate::RawEvent::progress)), so that waiting on a long log stays
+    /// cheap.
     pub async fn wait_with(
         &self,
         run: &Run,
