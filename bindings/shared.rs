@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use longrun::{
-    CancelOutcome, ClientBuilder, ClientOptions, Error, EventStream, Progress, RawEvent, Run,
-    RunStatus, Transport,
+    CancelOutcome, ClientBuilder, ClientOptions, Error, EventStream, FollowOptions, Progress,
+    RawEvent, Run, RunStatus,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -33,8 +33,12 @@ pub fn client(url: &str, options: &str) -> Result<longrun::Client, Error> {
     ClientOptions::from_json(options)?.apply(builder)?.build()
 }
 
-pub fn transport(name: Option<&str>) -> Result<Option<Transport>, Error> {
-    name.map(str::parse).transpose()
+/// A follow's options from JS: `since` a JS number (the core's cursor rule), `transport` a name.
+pub fn follow_options(since: Option<f64>, transport: Option<&str>) -> Result<FollowOptions, Error> {
+    Ok(FollowOptions {
+        since: since.map(longrun::cursor_from_f64).transpose()?,
+        transport: transport.map(str::parse).transpose()?,
+    })
 }
 
 /// The submit arguments: JSON text of an object; none is `{}`.

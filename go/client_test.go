@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"strings"
 	"sync"
@@ -88,6 +89,28 @@ func TestQuickstart(t *testing.T) {
 	out, err := c.Cancel(ctx, run)
 	if err != nil || out != (longrun.CancelOutcome{AlreadyEnded: true, State: longrun.StateSuccess}) {
 		t.Fatalf("Cancel: %+v %v", out, err)
+	}
+}
+
+// Every uint64 is a cursor, passed to the core as it is: one above math.MaxInt64 is past the
+// end of the run, not read as "from the start" (which would replay every event).
+func TestSinceTakesEveryUint64AsACursor(t *testing.T) {
+	ctx := context.Background()
+	c := newClient(t, serverURL)
+	run, err := c.Submit(ctx, "count", map[string]any{"n": 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Wait(ctx, run); err != nil {
+		t.Fatal(err)
+	}
+	for _, cursor := range []uint64{math.MaxInt64 + 1, math.MaxUint64} {
+		for ev, err := range c.Follow(ctx, run, longrun.Since(cursor)) {
+			if err != nil {
+				t.Fatalf("Since(%d): %v", cursor, err)
+			}
+			t.Fatalf("Since(%d) gave event %d: the cursor was not taken as given", cursor, ev.ID)
+		}
 	}
 }
 

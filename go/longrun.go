@@ -370,13 +370,14 @@ func (c *Client) Wait(ctx context.Context, run Run) (json.RawMessage, error) {
 type FollowOption func(*followOptions)
 
 type followOptions struct {
-	since     int64
+	since     *uint64 // nil: from event 0
 	transport Transport
 }
 
 // Since starts the follow after the event with this id (the cursor: the last id already seen).
+// Every uint64 is a cursor, passed to the core as it is.
 func Since(cursor uint64) FollowOption {
-	return func(o *followOptions) { o.since = int64(cursor) }
+	return func(o *followOptions) { o.since = &cursor }
 }
 
 // Via overrides the client's transport for this follow.
@@ -390,7 +391,7 @@ const batchMax = 1024
 // Cancelling ctx stops it promptly (yielding the context's error). Stopping the loop early
 // closes the follow.
 func (c *Client) Follow(ctx context.Context, run Run, opts ...FollowOption) iter.Seq2[Event, error] {
-	o := followOptions{since: -1}
+	var o followOptions
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -437,7 +438,12 @@ func (c *Client) FollowFrom(ctx context.Context, run Run, cursor uint64, opts ..
 func (c *Client) follow(ctx context.Context, run Run, o followOptions) (*C.longrun_events, error) {
 	var events *C.longrun_events
 	err := c.call(ctx, &run, func(h *C.longrun_client, r *C.longrun_run, _ *C.longrun_interrupt, cerr **C.longrun_error) C.longrun_code {
-		return C.longrun_client_follow(h, r, C.int64_t(o.since), C.int32_t(o.transport), &events, cerr)
+		var since *C.uint64_t
+		if o.since != nil {
+			cursor := C.uint64_t(*o.since)
+			since = &cursor
+		}
+		return C.longrun_client_follow(h, r, since, C.int32_t(o.transport), &events, cerr)
 	})
 	return events, err
 }

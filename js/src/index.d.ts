@@ -48,7 +48,10 @@ export interface ClientOptions {
 }
 
 export interface FollowOptions {
-  /** The id of the last event already seen; the follow starts after it. */
+  /**
+   * The id of the last event already seen; the follow starts after it. An integer from 0 to
+   * `Number.MAX_SAFE_INTEGER`; anything else throws `InvalidArgumentError`.
+   */
   since?: number;
   transport?: Transport;
   /** Aborting stops the follow at once: the loop throws `signal.reason`. */

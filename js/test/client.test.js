@@ -65,6 +65,19 @@ for (const { name, api } of await builds()) {
       for (const kind of KINDS) assert.ok(api.errorClasses[kind].prototype instanceof LongrunError);
     });
 
+    test("a cursor that is not a non-negative integer is an InvalidArgumentError", async () => {
+      const client = new Client(server.url);
+      const run = await client.submit("count", { n: 1 });
+      await client.wait(run);
+      for (const since of [-1, -0.5, 0.5, NaN, Infinity, -Infinity, 2 ** 53]) {
+        assert.throws(() => client.follow(run, { since }), api.InvalidArgumentError, String(since));
+      }
+      const ids = [];
+      for await (const ev of client.follow(run, { since: 0 })) ids.push(ev.id);
+      assert.deepEqual(ids, [1, 2]);
+      for await (const ev of client.follow(run, { since: Number.MAX_SAFE_INTEGER })) assert.fail(`event ${ev.id}`);
+    });
+
     test("submit, follow, wait, exists, status round trip", async () => {
       const client = new Client(server.url, { timeoutMs: 10_000 });
       const run = await client.submit("count", { n: 3 });

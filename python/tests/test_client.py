@@ -218,6 +218,28 @@ def test_errors_carry_status_problem_and_value(client: longrun.Client, url: str)
             d.submit("echo", {})
 
 
+# --- cursors ------------------------------------------------------------------------------
+
+
+def test_a_cursor_that_is_not_a_non_negative_int_is_invalid_argument(
+    client: longrun.Client, url: str
+) -> None:
+    run = client.submit("count", {"n": 1})
+    client.wait(run)
+    for since in (-1, -(2**70), 2**64, 2**200):
+        with pytest.raises(longrun.InvalidArgument):
+            client.follow(run, since=since)
+    assert list(client.follow(run, since=2**64 - 1)) == []
+
+    async def main() -> None:
+        async with longrun.AsyncClient(url) as ac:
+            with pytest.raises(longrun.InvalidArgument):
+                ac.follow(run, since=-1)
+            assert [e.id async for e in ac.follow(run, since=1)] == [2]
+
+    asyncio.run(main())
+
+
 def test_values_round_trip_through_json(client: longrun.Client) -> None:
     args = {"s": "héllo ✓", "i": -(2**53 - 1), "big": 2**63, "f": 1.5, "b": True, "n": None,
             "l": [1, "2", [3.0]], "t": (1, 2), "d": {"x": {"y": False}}}

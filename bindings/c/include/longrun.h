@@ -375,8 +375,9 @@ longrun_code longrun_client_wait(const longrun_client *client,
                                  longrun_buf *value,
                                  longrun_error **err);
 
-// Start following a run: the events after `since` (the id of the last event already seen;
-// negative: from event 0), by `transport` (a `longrun_transport`; an `int32_t` so that any
+// Start following a run: the events after `*since` (the id of the last event already seen;
+// `since` NULL: from event 0, so every cursor a `uint64_t` holds is one, and no value of it
+// means "none"), by `transport` (a `longrun_transport`; an `int32_t` so that any
 // value is safe to pass: others are `INVALID_ARGUMENT`). Nothing is sent until the first
 // `longrun_events_next`. On success `*events` is a new stream; free it with
 // `longrun_events_free`. The stream does not borrow `client` or `run`.
@@ -385,7 +386,7 @@ longrun_code longrun_client_wait(const longrun_client *client,
 // Pointers are NULL, live handles, or valid for writing.
 longrun_code longrun_client_follow(const longrun_client *client,
                                    const longrun_run *run,
-                                   int64_t since,
+                                   const uint64_t *since,
                                    int32_t transport,
                                    longrun_events **events,
                                    longrun_error **err);

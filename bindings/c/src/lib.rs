@@ -947,8 +947,9 @@ pub struct longrun_events {
     stream: Mutex<EventStream>,
 }
 
-/// Start following a run: the events after `since` (the id of the last event already seen;
-/// negative: from event 0), by `transport` (a `longrun_transport`; an `int32_t` so that any
+/// Start following a run: the events after `*since` (the id of the last event already seen;
+/// `since` NULL: from event 0, so every cursor a `uint64_t` holds is one, and no value of it
+/// means "none"), by `transport` (a `longrun_transport`; an `int32_t` so that any
 /// value is safe to pass: others are `INVALID_ARGUMENT`). Nothing is sent until the first
 /// `longrun_events_next`. On success `*events` is a new stream; free it with
 /// `longrun_events_free`. The stream does not borrow `client` or `run`.
@@ -959,7 +960,7 @@ pub struct longrun_events {
 pub unsafe extern "C" fn longrun_client_follow(
     client: *const longrun_client,
     run: *const longrun_run,
-    since: i64,
+    since: *const u64,
     transport: i32,
     events: *mut *mut longrun_events,
     err: *mut *mut longrun_error,
@@ -971,7 +972,8 @@ pub unsafe extern "C" fn longrun_client_follow(
             let run = handle(run, "run")?;
             let events = out(events, "events")?;
             let options = FollowOptions {
-                since: u64::try_from(since).ok(),
+                // NULL or readable: the caller's contract.
+                since: since.as_ref().copied(),
                 transport: match transport {
                     t if t == longrun_transport::Default as i32 => None,
                     t if t == longrun_transport::Sse as i32 => Some(longrun::Transport::Sse),

@@ -104,7 +104,7 @@ fn null_pointers_are_errors() {
             longrun_client_follow(
                 c,
                 null(),
-                -1,
+                null(),
                 longrun_transport::Default as i32,
                 &mut events,
                 null_mut()
@@ -355,7 +355,7 @@ fn a_transport_that_is_none_is_an_invalid_argument() {
         let code = longrun_run_from_url(url.as_ptr(), url.len(), &mut run, null_mut());
         assert_eq!(code, longrun_code::Ok);
         let mut events = null_mut();
-        let code = longrun_client_follow(c, run, -1, 7, &mut events, &mut err);
+        let code = longrun_client_follow(c, run, null(), 7, &mut events, &mut err);
         assert_eq!(code, longrun_code::InvalidArgument);
         assert!(events.is_null());
         take(&mut err);

@@ -96,7 +96,7 @@ int main(int argc, char **argv) {
   CHECK(len == 36, "id length %zu", len);
 
   longrun_events *events = NULL;
-  code = longrun_client_follow(client, run, -1, LONGRUN_TRANSPORT_SSE, &events, &err);
+  code = longrun_client_follow(client, run, NULL, LONGRUN_TRANSPORT_SSE, &events, &err);
   CHECK(code == LONGRUN_CODE_OK, "follow");
   longrun_state last = LONGRUN_STATE_QUEUED;
   size_t n = drain(events, 0, &last);
@@ -109,7 +109,8 @@ int main(int argc, char **argv) {
   longrun_run *again = NULL;
   code = longrun_run_from_url(url, len, &again, &err);
   CHECK(code == LONGRUN_CODE_OK, "from_url");
-  code = longrun_client_follow(client, again, 2, LONGRUN_TRANSPORT_POLL, &events, &err);
+  const uint64_t two = 2;
+  code = longrun_client_follow(client, again, &two, LONGRUN_TRANSPORT_POLL, &events, &err);
   CHECK(code == LONGRUN_CODE_OK, "follow from 2");
   n = drain(events, 3, &last);
   CHECK(n == 2, "events after 2: %zu", n);
@@ -163,7 +164,8 @@ int main(int argc, char **argv) {
   longrun_error_free(err);
   err = NULL;
 
-  code = longrun_client_follow(client, run, 0, LONGRUN_TRANSPORT_DEFAULT, &events, &err);
+  const uint64_t zero = 0;
+  code = longrun_client_follow(client, run, &zero, LONGRUN_TRANSPORT_DEFAULT, &events, &err);
   CHECK(code == LONGRUN_CODE_OK, "follow sleep");
   longrun_batch batch;
   code = longrun_events_next(events, 16, 100, NULL, &batch, &err);

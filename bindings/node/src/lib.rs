@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::FutureExt;
-use longrun::{EventStream, FollowOptions, Interrupt, Run};
+use longrun::{EventStream, Interrupt, Run};
 use napi::Status;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
@@ -128,10 +128,7 @@ impl NativeClient {
         transport: Option<String>,
         progress: Option<bool>,
     ) -> Result<NativeFollow> {
-        let options = FollowOptions {
-            since: since.map(|s| s as u64),
-            transport: shared::transport(transport.as_deref()).map_err(|e| fail(&e))?,
-        };
+        let options = shared::follow_options(since, transport.as_deref()).map_err(|e| fail(&e))?;
         let stream = self.inner.follow_with(&run(&run_url)?, options);
         Ok(NativeFollow {
             stream: Arc::new(futures::lock::Mutex::new(Some(stream))),

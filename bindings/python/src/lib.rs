@@ -498,6 +498,8 @@ fn builder(
     }
     if let Some(t) = seconds("timeout", timeout)? {
         b = b.timeout(t);
+/// `since` is any Python `int`, read by the core's cursor rule (a negative one is
+/// `InvalidArgument`, as in every SDK); `transport` a name.
     }
     for (name, value) in headers.unwrap_or_default() {
         b = b.header(name, value);
@@ -531,12 +533,17 @@ fn cancel_outcome(outcome: CancelOutcome) -> (&'static str, Option<&'static str>
 }
 
 fn follow_options(
-    since: Option<u64>,
+    py: Python<'_>,
+    since: Option<&Bound<'_, PyInt>>,
     transport_name: Option<&str>,
-) -> longrun::Result<FollowOptions> {
+) -> PyResult<FollowOptions> {
+    let since = match since {
+        Some(n) => Some(longrun::cursor_from_decimal(&n.str()?.to_cow()?).or_raise(py)?),
+        None => None,
+    };
     Ok(FollowOptions {
         since,
-        transport: transport(transport_name)?,
+        transport: transport(transport_name).or_raise(py)?,
     })
 }
 
@@ -609,10 +616,10 @@ impl Client {
         &self,
         py: Python<'_>,
         run: &Run,
-        since: Option<u64>,
+        since: Option<&Bound<'_, PyInt>>,
         transport: Option<&str>,
     ) -> PyResult<Events> {
-        let options = follow_options(since, transport).or_raise(py)?;
+        let options = follow_options(py, since, transport)?;
         Ok(Events {
             inner: Mutex::new(self.inner.follow_with(&run.inner, options)),
         })
@@ -755,10 +762,10 @@ impl AsyncClient {
         &self,
         py: Python<'_>,
         run: &Run,
-        since: Option<u64>,
+        since: Option<&Bound<'_, PyInt>>,
         transport: Option<&str>,
     ) -> PyResult<AsyncEvents> {
-        let options = follow_options(since, transport).or_raise(py)?;
+        let options = follow_options(py, since, transport)?;
         let events = self.inner.follow_with(&run.inner, options);
         // Fetched and decoded on the runtime while the loop hands out the last batch, so
         // that `try_next_batch` mostly finds the next one there.

@@ -9,7 +9,7 @@ mod shared;
 use std::rc::Rc;
 
 use js_sys::{Function, Promise};
-use longrun::{EventStream, FollowOptions, Interrupt, Run};
+use longrun::{EventStream, Interrupt, Run};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
@@ -101,10 +101,7 @@ impl NativeClient {
         transport: Option<String>,
         progress: Option<bool>,
     ) -> Result<NativeFollow, JsValue> {
-        let options = FollowOptions {
-            since: since.map(|s| s as u64),
-            transport: shared::transport(transport.as_deref()).map_err(|e| fail(&e))?,
-        };
+        let options = shared::follow_options(since, transport.as_deref()).map_err(|e| fail(&e))?;
         let stream = self.inner.follow_with(&run(run_url)?, options);
         Ok(NativeFollow {
             stream: Rc::new(futures::lock::Mutex::new(Some(stream))),

@@ -29,6 +29,36 @@ pub struct FollowOptions {
     pub transport: Option<Transport>,
 }
 
+/// The one cursor rule of every binding whose language hands it a cursor as a number: a
+/// cursor is the id of an event, a non-negative integer, and anything else is
+/// `InvalidArgument` (never "no cursor", which would replay from event 0, nor a rounding to
+/// another event). This is for JavaScript numbers: an integer from 0 to 2^53 − 1, above
+/// which a float no longer holds every integer (so the id it names is not the one meant).
+pub fn cursor_from_f64(since: f64) -> Result<u64> {
+    const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
+    if since.fract() == 0.0 && (0.0..=MAX_SAFE_INTEGER).contains(&since) {
+        Ok(since as u64)
+    } else {
+        Err(not_a_cursor(since))
+    }
+}
+
+/// The same rule for an integer of any size, as decimal text (a Python `int`): digits only,
+/// fitting in `u64`.
+pub fn cursor_from_decimal(since: &str) -> Result<u64> {
+    match since.bytes().all(|b| b.is_ascii_digit()) {
+        true => since.parse().map_err(|_| not_a_cursor(since)),
+        false => Err(not_a_cursor(since)),
+    }
+}
+
+fn not_a_cursor(since: impl std::fmt::Display) -> Error {
+    Error::invalid(format!(
+        "{since} is not a cursor: give the id of the last event seen (an integer from 0), \
+         or none to start from event 0"
+    ))
+}
+
 /// What the follow loop yields: the events one chunk (SSE) or one answer (long poll) brought,
 /// never empty. Batching here, not per event, is what keeps a drain cheap: one wake-up of the
 /// stream per network read, not per event.
@@ -477,6 +507,33 @@ mod tests {
         assert!(!c.take(ev(5, State::Running), &mut batch).unwrap());
         assert!(c.take(ev(6, State::Success), &mut batch).unwrap());
         assert_eq!(batch.iter().map(|e| e.id).collect::<Vec<_>>(), [6]);
+    }
+
+    #[test]
+    fn a_cursor_is_a_non_negative_integer_or_invalid() {
+        for ok in [0.0, -0.0, 1.0, 9_007_199_254_740_991.0] {
+            assert_eq!(cursor_from_f64(ok).unwrap(), ok as u64, "{ok}");
+        }
+        for bad in [
+            -1.0,
+            0.5,
+            f64::NAN,
+            f64::INFINITY,
+            -f64::INFINITY,
+            2f64.powi(53),
+        ] {
+            let e = cursor_from_f64(bad).unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument, "{bad}");
+        }
+        assert_eq!(cursor_from_decimal("0").unwrap(), 0);
+        assert_eq!(
+            cursor_from_decimal("18446744073709551615").unwrap(),
+            u64::MAX
+        );
+        for bad in ["-1", "+1", "", "1.0", "18446744073709551616", "True", " 1"] {
+            let e = cursor_from_decimal(bad).unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument, "{bad:?}");
+        }
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub use client::{
     RunStatus, Transport,
 };
 pub use error::{Error, ErrorKind, Result};
-pub use follow::{EventStream, FollowOptions};
+pub use follow::{EventStream, FollowOptions, cursor_from_decimal, cursor_from_f64};
 pub use interrupt::Interrupt;
 pub use longrun_proto::{Event, Progress, RawEvent, RunId, State};
 pub use run::Run;
