@@ -19,6 +19,7 @@ import asyncio
 import builtins
 
 from typing import (
+    TYPE_CHECKING,
     Any,
     AsyncIterator,
     Callable,
@@ -30,9 +31,13 @@ from typing import (
     Optional,
     Sequence,
     Tuple,
+    TypedDict,
     TypeVar,
     Union,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 from . import _native
 from ._errors import (
@@ -58,6 +63,7 @@ __all__ = [
     "CancelOutcome",
     "Canceled",
     "Client",
+    "ClientOptions",
     "Error",
     "Event",
     "Gone",
@@ -81,6 +87,36 @@ _BATCH = 1024
 OnProgress = Callable[[Progress], None]
 _N = TypeVar("_N", _native.Client, _native.AsyncClient)
 Headers = Union[Mapping[str, str], Sequence[Tuple[str, str]]]
+
+
+class ClientOptions(TypedDict, total=False):
+    """The keyword arguments of ``Client`` and ``AsyncClient``, for type checkers only: they
+    go to the Rust core as they are (its ``ClientOptions`` reads them, and refuses an unknown
+    one with ``InvalidArgument``), so an option the core adds works before it is listed here.
+    Durations are in seconds. Every option left out (or None) keeps the core's default."""
+
+    #: Sent as ``Authorization: Bearer <token>``.
+    token: Optional[str]
+    #: Time limit of one request (submit, cancel, exists; connecting for a follow). 30 s.
+    timeout: Optional[float]
+    #: Headers sent with every request: a mapping, or ``(name, value)`` pairs.
+    headers: Optional[Headers]
+    #: Default transport of follows: ``"sse"`` (falling back to ``"poll"`` by itself) or ``"poll"``.
+    transport: Optional[str]
+    user_agent: Optional[str]
+    #: How long the server may hold one long poll. 20 s.
+    poll_wait: Optional[float]
+    #: A follow connection on which nothing arrives this long is dropped and resumed. 45 s.
+    idle_timeout: Optional[float]
+    #: An SSE connection that delivers nothing this long after opening is taken for a
+    #: buffering proxy, and the follow switches to long polling. 10 s.
+    sse_fallback_after: Optional[float]
+    #: Consecutive failed reconnects a follow allows before it gives up. 10.
+    reconnect_attempts: Optional[int]
+    #: The first reconnect delay, before the server sends its own ``retry`` hint. 1 s.
+    reconnect_delay: Optional[float]
+    #: The longest reconnect delay (delays double per failure). 30 s.
+    reconnect_max_delay: Optional[float]
 
 
 class RunStatus(NamedTuple):
@@ -161,13 +197,6 @@ class Run:
         return repr(self._run)
 
 
-def _headers(headers: Optional[Headers]) -> Optional[list[Tuple[str, str]]]:
-    if headers is None:
-        return None
-    items = headers.items() if isinstance(headers, Mapping) else headers
-    return [(str(k), str(v)) for k, v in items]
-
-
 def _report(batch: list[Event], on_progress: OnProgress) -> None:
     for event in batch:
         progress = event.progress
@@ -181,32 +210,8 @@ class _ClientBase(Generic[_N]):
 
     _native_type: ClassVar[Callable[..., Any]]
 
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        token: Optional[str] = None,
-        timeout: Optional[float] = None,
-        headers: Optional[Headers] = None,
-        transport: Optional[str] = None,
-        reconnect_attempts: Optional[int] = None,
-        reconnect_delay: Optional[float] = None,
-        reconnect_max_delay: Optional[float] = None,
-        poll_wait: Optional[float] = None,
-        user_agent: Optional[str] = None,
-    ) -> None:
-        self._native: Optional[_N] = self._native_type(
-            base_url,
-            token=token,
-            timeout=timeout,
-            headers=_headers(headers),
-            transport=transport,
-            reconnect_attempts=reconnect_attempts,
-            reconnect_delay=reconnect_delay,
-            reconnect_max_delay=reconnect_max_delay,
-            poll_wait=poll_wait,
-            user_agent=user_agent,
-        )
+    def __init__(self, base_url: str, **options: Unpack[ClientOptions]) -> None:
+        self._native: Optional[_N] = self._native_type(base_url, options)
         self._base_url = self._native.base_url
 
     @property
@@ -225,11 +230,9 @@ class _ClientBase(Generic[_N]):
 
 
 class Client(_ClientBase[_native.Client]):
-    """A blocking longrun/1 client. Every option left as None keeps the core's default
-    (``timeout``: 30 s per request; ``transport``: ``"sse"``, falling back to ``"poll"`` by
-    itself; ``poll_wait``: 20 s; ``reconnect_attempts``: 10, ``reconnect_delay``: 1 s
-    before the server sends its own hint, ``reconnect_max_delay``: 30 s). The GIL is released while the
-    client waits on the network; Ctrl-C interrupts a blocking ``follow`` or ``wait``."""
+    """A blocking longrun/1 client; its keyword arguments are ``ClientOptions``. The GIL is
+    released while the client waits on the network; Ctrl-C interrupts a blocking ``follow``
+    or ``wait``."""
 
     _native_type = _native.Client
 

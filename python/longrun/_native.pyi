@@ -1,7 +1,7 @@
 # Stubs of the native module (bindings/python/src/lib.rs).
 import asyncio
 import builtins
-from typing import Any, Awaitable, List, Optional, Tuple, final
+from typing import Any, Awaitable, List, Mapping, Optional, Tuple, final
 
 @final
 class Run:
@@ -56,20 +56,8 @@ class RawBatch:
 
 @final
 class Client:
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        token: Optional[str] = None,
-        timeout: Optional[float] = None,
-        headers: Optional[List[Tuple[str, str]]] = None,
-        transport: Optional[str] = None,
-        reconnect_attempts: Optional[int] = None,
-        reconnect_delay: Optional[float] = None,
-        reconnect_max_delay: Optional[float] = None,
-        poll_wait: Optional[float] = None,
-        user_agent: Optional[str] = None,
-    ) -> None: ...
+    # options: longrun.ClientOptions, read by the core.
+    def __init__(self, base_url: str, options: Optional[Mapping[str, Any]] = None) -> None: ...
     @property
     def base_url(self) -> str: ...
     def run(self, object: str, id: str) -> Run: ...
@@ -84,20 +72,8 @@ class Client:
 
 @final
 class AsyncClient:
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        token: Optional[str] = None,
-        timeout: Optional[float] = None,
-        headers: Optional[List[Tuple[str, str]]] = None,
-        transport: Optional[str] = None,
-        reconnect_attempts: Optional[int] = None,
-        reconnect_delay: Optional[float] = None,
-        reconnect_max_delay: Optional[float] = None,
-        poll_wait: Optional[float] = None,
-        user_agent: Optional[str] = None,
-    ) -> None: ...
+    # options: longrun.ClientOptions, read by the core.
+    def __init__(self, base_url: str, options: Optional[Mapping[str, Any]] = None) -> None: ...
     @property
     def base_url(self) -> str: ...
     def run(self, object: str, id: str) -> Run: ...

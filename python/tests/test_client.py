@@ -35,14 +35,18 @@ SLEEP_FOREVER = {"ms": 3600000}
 
 class CuttingProxy:
     """A TCP proxy that closes every other connection after `cut_after` bytes from the
-    server, mid-event or mid-body."""
+    server, mid-event or mid-body; it holds each chunk from the server for `delay` seconds
+    (a slow or buffering proxy) and records what clients send."""
 
-    def __init__(self, upstream: str, cut_after: int) -> None:
+    def __init__(self, upstream: str, cut_after: int, delay: float = 0.0) -> None:
         host, port = upstream.rsplit("//", 1)[1].rsplit(":", 1)
         self.upstream = (host, int(port))
         self.cut_after = cut_after
+        self.delay = delay
         self.connections = 0
         self.cuts = 0
+        #: What clients sent, chunk by chunk.
+        self.sent: List[bytes] = []
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = "http://127.0.0.1:%d" % self.listener.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
@@ -56,17 +60,27 @@ class CuttingProxy:
             self.connections += 1
             cut = self.connections % 2 == 1
             server = socket.create_connection(self.upstream)
-            threading.Thread(target=self._pipe, args=(client, server, None), daemon=True).start()
             threading.Thread(
-                target=self._pipe, args=(server, client, self.cut_after if cut else None), daemon=True
+                target=self._pipe, args=(client, server, None, self.sent, 0.0), daemon=True
+            ).start()
+            threading.Thread(
+                target=self._pipe,
+                args=(server, client, self.cut_after if cut else None, None, self.delay),
+                daemon=True,
             ).start()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket, budget: Any) -> None:
+    def _pipe(
+        self, src: socket.socket, dst: socket.socket, budget: Any, record: Any, delay: float
+    ) -> None:
         try:
             while True:
                 data = src.recv(65536 if budget is None else min(65536, budget))
                 if not data:
                     break
+                if record is not None:
+                    record.append(data)
+                if delay:
+                    time.sleep(delay)
                 dst.sendall(data)
                 if budget is not None:
                     budget -= len(data)
@@ -218,7 +232,54 @@ def test_errors_carry_status_problem_and_value(client: longrun.Client, url: str)
             d.submit("echo", {})
 
 
-# --- cursors ------------------------------------------------------------------------------
+# --- client options and cursors -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("options", [
+    {"bogus": 1},
+    {"idle_timeout": -1},
+    {"sse_fallback_after": "1s"},
+    {"timeout": 1, "timeout_ms": 1000},
+    {"reconnect_attempts": -1},
+    {"headers": 3},
+])
+def test_a_bad_client_option_is_invalid_argument(url: str, options: Any) -> None:
+    for cls in (longrun.Client, longrun.AsyncClient):
+        with pytest.raises(longrun.InvalidArgument):
+            cls(url, **options)
+
+
+def test_client_options_go_to_the_core_as_they_are(url: str) -> None:
+    # Spellings of the core's ClientOptions that no Python code lists.
+    with longrun.Client(url, timeout_ms=10_000, reconnect={"max_attempts": 1}, headers=[("x-a", "1")]) as c:
+        assert c.wait(c.submit("echo", {"a": 1})) == {"a": 1}
+
+
+def test_idle_timeout_drops_a_silent_follow(url: str) -> None:
+    # A sleeping run says nothing after `queued` (keep-alives come every 15 s): a follow with
+    # idle_timeout 0.2 s and no reconnects fails with Transport instead of waiting.
+    with longrun.Client(url, idle_timeout=0.2, reconnect_attempts=0) as c:
+        run = c.submit("sleep", SLEEP_FOREVER)
+        start = time.monotonic()
+        with pytest.raises(longrun.Transport):
+            for _ in c.follow(run, transport="sse"):
+                pass
+        assert time.monotonic() - start < 10
+        c.cancel(run)
+
+
+def test_sse_fallback_after_switches_a_follow_to_long_polling(url: str) -> None:
+    # Each answer comes 0.3 s late: within the default fallback time, past one of 0.05 s.
+    proxy = CuttingProxy(url, cut_after=1 << 40, delay=0.3)
+    try:
+        for fallback, polled in ((None, False), (0.05, True)):
+            proxy.sent.clear()
+            with longrun.Client(proxy.url, sse_fallback_after=fallback) as c:
+                run = c.submit("count", {"n": 2})
+                assert [e.id for e in c.follow(run)] == [0, 1, 2, 3]
+            assert any(b"wait=" in chunk for chunk in proxy.sent) == polled, fallback
+    finally:
+        proxy.close()
 
 
 def test_a_cursor_that_is_not_a_non_negative_int_is_invalid_argument(

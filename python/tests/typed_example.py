@@ -32,7 +32,7 @@ def follow_and_wait(url: str) -> Any:
 
 
 async def follow_async(url: str) -> List[str]:
-    async with longrun.AsyncClient(url) as client:
+    async with longrun.AsyncClient(url, idle_timeout=45.0, sse_fallback_after=10.0, headers={"x-a": "1"}) as client:
         run = await client.submit("echo")
         states = [event.state async for event in client.follow(run)]
         value: Any = await client.wait(run)

@@ -15,7 +15,7 @@ use futures::FutureExt;
 use std::time::Duration;
 
 use longrun::blocking::{self, Next};
-use longrun::{CancelOutcome, ClientBuilder, FollowOptions, Reconnect, Transport};
+use longrun::{CancelOutcome, ClientBuilder, ClientOptions, FollowOptions, Transport};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -481,48 +481,14 @@ impl<'py> IntoPyObject<'py> for Batch {
 // ---------------------------------------------------------------------------------------------
 // Clients.
 
-#[allow(clippy::too_many_arguments)]
-fn builder(
-    base_url: &str,
-    token: Option<String>,
-    timeout: Option<f64>,
-    headers: Option<Vec<(String, String)>>,
-    transport_name: Option<&str>,
-    reconnect: (Option<u32>, Option<f64>, Option<f64>),
-    poll_wait: Option<f64>,
-    user_agent: Option<String>,
-) -> longrun::Result<ClientBuilder> {
-    let mut b = ClientBuilder::new(base_url);
-    if let Some(token) = token {
-        b = b.token(token);
-    }
-    if let Some(t) = seconds("timeout", timeout)? {
-        b = b.timeout(t);
-/// `since` is any Python `int`, read by the core's cursor rule (a negative one is
-/// `InvalidArgument`, as in every SDK); `transport` a name.
-    }
-    for (name, value) in headers.unwrap_or_default() {
-        b = b.header(name, value);
-    }
-    if let Some(t) = transport(transport_name)? {
-        b = b.transport(t);
-    }
-    let (attempts, delay, max_delay) = reconnect;
-    if attempts.is_some() || delay.is_some() || max_delay.is_some() {
-        let default = Reconnect::default();
-        b = b.reconnect(Reconnect {
-            max_attempts: attempts.unwrap_or(default.max_attempts),
-            initial_delay: seconds("reconnect_delay", delay)?.unwrap_or(default.initial_delay),
-            max_delay: seconds("reconnect_max_delay", max_delay)?.unwrap_or(default.max_delay),
-        });
-    }
-    if let Some(w) = seconds("poll_wait", poll_wait)? {
-        b = b.poll_wait(w);
-    }
-    if let Some(ua) = user_agent {
-        b = b.user_agent(ua);
-    }
-    Ok(b)
+/// A client builder from the keyword arguments of `longrun.Client(...)`, as they are: the core's
+/// `ClientOptions` reads every option (and refuses an unknown one), so none is handled here.
+fn builder(base_url: &str, options: Option<&Bound<'_, PyDict>>) -> longrun::Result<ClientBuilder> {
+    let options = match options {
+        Some(options) => ClientOptions::from_value(py_to_json(options.as_any())?)?,
+        None => ClientOptions::default(),
+    };
+    options.apply(ClientBuilder::new(base_url))
 }
 
 fn cancel_outcome(outcome: CancelOutcome) -> (&'static str, Option<&'static str>) {
@@ -532,6 +498,8 @@ fn cancel_outcome(outcome: CancelOutcome) -> (&'static str, Option<&'static str>
     }
 }
 
+/// `since` is any Python `int`, read by the core's cursor rule (a negative one is
+/// `InvalidArgument`, as in every SDK); `transport` a name.
 fn follow_options(
     py: Python<'_>,
     since: Option<&Bound<'_, PyInt>>,
@@ -555,33 +523,11 @@ struct Client {
 
 #[pymethods]
 impl Client {
+    /// `options`: the keyword arguments of the Python constructor (`longrun.ClientOptions`).
     #[new]
-    #[pyo3(signature = (base_url, *, token=None, timeout=None, headers=None, transport=None, reconnect_attempts=None, reconnect_delay=None, reconnect_max_delay=None, poll_wait=None, user_agent=None))]
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        py: Python<'_>,
-        base_url: &str,
-        token: Option<String>,
-        timeout: Option<f64>,
-        headers: Option<Vec<(String, String)>>,
-        transport: Option<&str>,
-        reconnect_attempts: Option<u32>,
-        reconnect_delay: Option<f64>,
-        reconnect_max_delay: Option<f64>,
-        poll_wait: Option<f64>,
-        user_agent: Option<String>,
-    ) -> PyResult<Self> {
-        let b = builder(
-            base_url,
-            token,
-            timeout,
-            headers,
-            transport,
-            (reconnect_attempts, reconnect_delay, reconnect_max_delay),
-            poll_wait,
-            user_agent,
-        )
-        .or_raise(py)?;
+    #[pyo3(signature = (base_url, options=None))]
+    fn new(py: Python<'_>, base_url: &str, options: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        let b = builder(base_url, options).or_raise(py)?;
         let inner = blocking::Client::from_builder(b).or_raise(py)?;
         Ok(Client { inner })
     }
@@ -698,33 +644,11 @@ struct AsyncClient {
 
 #[pymethods]
 impl AsyncClient {
+    /// `options`: the keyword arguments of the Python constructor (`longrun.ClientOptions`).
     #[new]
-    #[pyo3(signature = (base_url, *, token=None, timeout=None, headers=None, transport=None, reconnect_attempts=None, reconnect_delay=None, reconnect_max_delay=None, poll_wait=None, user_agent=None))]
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        py: Python<'_>,
-        base_url: &str,
-        token: Option<String>,
-        timeout: Option<f64>,
-        headers: Option<Vec<(String, String)>>,
-        transport: Option<&str>,
-        reconnect_attempts: Option<u32>,
-        reconnect_delay: Option<f64>,
-        reconnect_max_delay: Option<f64>,
-        poll_wait: Option<f64>,
-        user_agent: Option<String>,
-    ) -> PyResult<Self> {
-        let b = builder(
-            base_url,
-            token,
-            timeout,
-            headers,
-            transport,
-            (reconnect_attempts, reconnect_delay, reconnect_max_delay),
-            poll_wait,
-            user_agent,
-        )
-        .or_raise(py)?;
+    #[pyo3(signature = (base_url, options=None))]
+    fn new(py: Python<'_>, base_url: &str, options: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        let b = builder(base_url, options).or_raise(py)?;
         let inner = b.build().or_raise(py)?;
         Ok(AsyncClient { inner })
     }

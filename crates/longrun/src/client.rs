@@ -4,7 +4,7 @@ use std::time::Duration;
 use longrun_proto::header as h;
 use longrun_proto::{ObjectName, Problem, RunRef, State};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use url::Url;
 
@@ -45,56 +45,122 @@ impl std::str::FromStr for Transport {
     }
 }
 
-/// Client settings as data, for bindings that receive them as JSON (the C ABI, JavaScript):
-/// every member optional, unset members keep the core's defaults. Names are snake_case, with
-/// the camelCase spelling JavaScript uses accepted too; durations are in milliseconds.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
+/// Client settings as data, for bindings that are handed them as JSON (the C ABI, Go,
+/// JavaScript) or as keyword arguments (Python): every member optional, an unset or null member
+/// keeps the core's default, an unknown one is `InvalidArgument`. Each setting is read in one
+/// place, [`ClientOptions::set`], under every spelling it has: snake_case or JavaScript's
+/// camelCase; durations in milliseconds under a `_ms` name (C, Go, JavaScript) or in seconds
+/// under the plain name (Python, whose durations are seconds everywhere); the reconnect
+/// settings nested under `reconnect` or flat (`reconnect_attempts`, `reconnect_delay`,
+/// `reconnect_max_delay`, as Python's keyword arguments are). A setting added here reaches
+/// every binding without code in any of them.
+#[derive(Debug, Clone, Default)]
 pub struct ClientOptions {
-    pub token: Option<String>,
+    token: Option<String>,
+    headers: Option<Vec<(String, String)>>,
+    timeout: Option<Duration>,
+    transport: Option<Transport>,
+    user_agent: Option<String>,
+    poll_wait: Option<Duration>,
+    idle_timeout: Option<Duration>,
+    sse_fallback_after: Option<Duration>,
+    reconnect_attempts: Option<u32>,
+    reconnect_delay: Option<Duration>,
+    reconnect_max_delay: Option<Duration>,
+}
+
+/// Where a member is: at the top, or in the `reconnect` object.
+#[derive(Clone, Copy, PartialEq)]
+enum Group {
+    Top,
+    Reconnect,
+}
+
+/// One member's value, read by the kind of setting it is.
+struct Member<'a> {
+    group: Group,
+    name: &'a str,
+    value: Value,
+}
+
+impl Member<'_> {
+    fn label(&self) -> String {
+        match self.group {
+            Group::Top => self.name.to_owned(),
+            Group::Reconnect => format!("reconnect.{}", self.name),
+        }
+    }
+
+    /// (The value is not shown: it may be a token or a header's secret.)
+    fn invalid(&self, what: &str) -> Error {
+        Error::invalid(format!("client option {} must be {what}", self.label()))
+    }
+
+    fn text(self) -> Result<String> {
+        match self.value {
+            Value::String(s) => Ok(s),
+            _ => Err(self.invalid("a string")),
+        }
+    }
+
+    fn duration(self, seconds_per_unit: f64, unit: &str) -> Result<Duration> {
+        self.value
+            .as_f64()
+            .and_then(|n| Duration::try_from_secs_f64(n * seconds_per_unit).ok())
+            .ok_or_else(|| {
+                self.invalid(&format!(
+                    "a non-negative number of {unit}, not {}",
+                    self.value
+                ))
+            })
+    }
+
+    fn millis(self) -> Result<Duration> {
+        self.duration(0.001, "milliseconds")
+    }
+
+    fn seconds(self) -> Result<Duration> {
+        self.duration(1.0, "seconds")
+    }
+
+    fn count(self) -> Result<u32> {
+        self.value
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| self.invalid(&format!("a non-negative integer, not {}", self.value)))
+    }
+
     /// An object of names to values, or an array of `[name, value]` pairs.
-    pub headers: Option<HeaderList>,
-    #[serde(alias = "timeoutMs")]
-    pub timeout_ms: Option<f64>,
-    pub transport: Option<String>,
-    #[serde(alias = "userAgent")]
-    pub user_agent: Option<String>,
-    #[serde(alias = "pollWaitMs")]
-    pub poll_wait_ms: Option<f64>,
-    #[serde(alias = "idleTimeoutMs")]
-    pub idle_timeout_ms: Option<f64>,
-    #[serde(alias = "sseFallbackAfterMs")]
-    pub sse_fallback_after_ms: Option<f64>,
-    pub reconnect: Option<ReconnectOptions>,
+    fn headers(self) -> Result<Vec<(String, String)>> {
+        let bad = || self.invalid("an object of names to values or a list of [name, value] pairs");
+        match &self.value {
+            Value::Object(map) => Ok(map
+                .iter()
+                .map(|(name, value)| {
+                    let value = match value {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    (name.clone(), value)
+                })
+                .collect()),
+            Value::Array(pairs) => pairs
+                .iter()
+                .map(|pair| <(String, String)>::deserialize(pair).map_err(|_| bad()))
+                .collect(),
+            _ => Err(bad()),
+        }
+    }
 }
 
-#[derive(Debug, Clone, serde::Deserialize)]
-#[serde(untagged)]
-pub enum HeaderList {
-    Pairs(Vec<(String, String)>),
-    Map(serde_json::Map<String, Value>),
-}
-
-#[derive(Debug, Clone, Default, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ReconnectOptions {
-    #[serde(alias = "maxAttempts")]
-    pub max_attempts: Option<u32>,
-    #[serde(alias = "initialDelayMs")]
-    pub initial_delay_ms: Option<f64>,
-    #[serde(alias = "maxDelayMs")]
-    pub max_delay_ms: Option<f64>,
-}
-
-fn millis(name: &str, ms: Option<f64>) -> Result<Option<Duration>> {
-    ms.map(|ms| {
-        Duration::try_from_secs_f64(ms / 1000.0).map_err(|_| {
-            Error::invalid(format!(
-                "{name} must be a non-negative number of milliseconds, not {ms}"
-            ))
-        })
-    })
-    .transpose()
+/// Set `slot` once: a setting given under two spellings is a mistake, not a choice.
+fn put<T>(slot: &mut Option<T>, label: String, value: T) -> Result<()> {
+    match slot.replace(value) {
+        None => Ok(()),
+        Some(_) => Err(Error::invalid(format!(
+            "client option {label} is given twice (under two spellings)"
+        ))),
+    }
 }
 
 impl ClientOptions {
@@ -103,63 +169,112 @@ impl ClientOptions {
         if json.trim().is_empty() {
             return Ok(Self::default());
         }
-        let bad = |e: serde_json::Error| Error::invalid(format!("client options: {e}"));
-        // Parse to a value first: serde would also read a struct from a JSON array.
-        match serde_json::from_str::<Value>(json).map_err(bad)? {
-            obj @ Value::Object(_) => serde_json::from_value(obj).map_err(bad),
-            other => Err(Error::invalid(format!(
-                "client options must be a JSON object, not {other}"
-            ))),
+        let value = serde_json::from_str(json)
+            .map_err(|e| Error::invalid(format!("client options: {e}")))?;
+        Self::from_value(value)
+    }
+
+    /// Read options from a JSON object (what a binding built from its caller's arguments).
+    pub fn from_value(value: Value) -> Result<Self> {
+        let Value::Object(members) = value else {
+            return Err(Error::invalid(format!(
+                "client options must be a JSON object, not {value}"
+            )));
+        };
+        let mut options = Self::default();
+        for (name, value) in members {
+            options.set(Group::Top, &name, value)?;
+        }
+        Ok(options)
+    }
+
+    /// The one table of settings and their spellings.
+    fn set(&mut self, group: Group, name: &str, value: Value) -> Result<()> {
+        use Group::{Reconnect, Top};
+        if value.is_null() {
+            return Ok(());
+        }
+        let m = Member { group, name, value };
+        let label = m.label();
+        match (group, name) {
+            (Top, "token") => put(&mut self.token, label, m.text()?),
+            (Top, "headers") => put(&mut self.headers, label, m.headers()?),
+            (Top, "transport") => put(&mut self.transport, label, m.text()?.parse()?),
+            (Top, "user_agent" | "userAgent") => put(&mut self.user_agent, label, m.text()?),
+            (Top, "timeout_ms" | "timeoutMs") => put(&mut self.timeout, label, m.millis()?),
+            (Top, "timeout") => put(&mut self.timeout, label, m.seconds()?),
+            (Top, "poll_wait_ms" | "pollWaitMs") => put(&mut self.poll_wait, label, m.millis()?),
+            (Top, "poll_wait") => put(&mut self.poll_wait, label, m.seconds()?),
+            (Top, "idle_timeout_ms" | "idleTimeoutMs") => {
+                put(&mut self.idle_timeout, label, m.millis()?)
+            }
+            (Top, "idle_timeout") => put(&mut self.idle_timeout, label, m.seconds()?),
+            (Top, "sse_fallback_after_ms" | "sseFallbackAfterMs") => {
+                put(&mut self.sse_fallback_after, label, m.millis()?)
+            }
+            (Top, "sse_fallback_after") => put(&mut self.sse_fallback_after, label, m.seconds()?),
+            (Top, "reconnect") => match m.value {
+                Value::Object(members) => members
+                    .into_iter()
+                    .try_for_each(|(name, value)| self.set(Reconnect, &name, value)),
+                _ => Err(m.invalid("an object")),
+            },
+            (Reconnect, "max_attempts" | "maxAttempts") | (Top, "reconnect_attempts") => {
+                put(&mut self.reconnect_attempts, label, m.count()?)
+            }
+            (Reconnect, "initial_delay_ms" | "initialDelayMs") => {
+                put(&mut self.reconnect_delay, label, m.millis()?)
+            }
+            (Reconnect, "initial_delay") | (Top, "reconnect_delay") => {
+                put(&mut self.reconnect_delay, label, m.seconds()?)
+            }
+            (Reconnect, "max_delay_ms" | "maxDelayMs") => {
+                put(&mut self.reconnect_max_delay, label, m.millis()?)
+            }
+            (Reconnect, "max_delay") | (Top, "reconnect_max_delay") => {
+                put(&mut self.reconnect_max_delay, label, m.seconds()?)
+            }
+            _ => Err(Error::invalid(format!("{label:?} is not a client option"))),
         }
     }
 
     /// Set what these options set on `builder`, leaving the rest as it was.
     pub fn apply(self, mut b: ClientBuilder) -> Result<ClientBuilder> {
-        match self.headers {
-            Some(HeaderList::Pairs(pairs)) => {
-                for (name, value) in pairs {
-                    b = b.header(name, value);
-                }
-            }
-            Some(HeaderList::Map(map)) => {
-                for (name, value) in map {
-                    let value = match value {
-                        Value::String(s) => s,
-                        other => other.to_string(),
-                    };
-                    b = b.header(name, value);
-                }
-            }
-            None => {}
+        for (name, value) in self.headers.into_iter().flatten() {
+            b = b.header(name, value);
         }
         if let Some(token) = self.token {
             b = b.token(token);
         }
-        if let Some(t) = millis("timeout_ms", self.timeout_ms)? {
+        if let Some(t) = self.timeout {
             b = b.timeout(t);
         }
         if let Some(t) = self.transport {
-            b = b.transport(t.parse()?);
+            b = b.transport(t);
         }
         if let Some(ua) = self.user_agent {
             b = b.user_agent(ua);
         }
-        if let Some(t) = millis("poll_wait_ms", self.poll_wait_ms)? {
+        if let Some(t) = self.poll_wait {
             b = b.poll_wait(t);
         }
-        if let Some(t) = millis("idle_timeout_ms", self.idle_timeout_ms)? {
+        if let Some(t) = self.idle_timeout {
             b = b.idle_timeout(t);
         }
-        if let Some(t) = millis("sse_fallback_after_ms", self.sse_fallback_after_ms)? {
+        if let Some(t) = self.sse_fallback_after {
             b = b.sse_fallback_after(t);
         }
-        if let Some(r) = self.reconnect {
+        let (attempts, delay, max_delay) = (
+            self.reconnect_attempts,
+            self.reconnect_delay,
+            self.reconnect_max_delay,
+        );
+        if attempts.is_some() || delay.is_some() || max_delay.is_some() {
             let d = Reconnect::default();
             b = b.reconnect(Reconnect {
-                max_attempts: r.max_attempts.unwrap_or(d.max_attempts),
-                initial_delay: millis("initial_delay_ms", r.initial_delay_ms)?
-                    .unwrap_or(d.initial_delay),
-                max_delay: millis("max_delay_ms", r.max_delay_ms)?.unwrap_or(d.max_delay),
+                max_attempts: attempts.unwrap_or(d.max_attempts),
+                initial_delay: delay.unwrap_or(d.initial_delay),
+                max_delay: max_delay.unwrap_or(d.max_delay),
             });
         }
         Ok(b)
@@ -693,12 +808,52 @@ mod tests {
     }
 
     #[test]
+    fn options_read_python_spellings_in_seconds() {
+        let b = ClientOptions::from_json(
+            r#"{"timeout": 0.25, "poll_wait": 2, "idle_timeout": 1.5, "sse_fallback_after": 0,
+                "reconnect_attempts": 3, "reconnect_delay": 0.02, "reconnect_max_delay": null,
+                "token": null, "user_agent": "ua"}"#,
+        )
+        .unwrap()
+        .apply(ClientBuilder::new("http://h"))
+        .unwrap();
+        assert_eq!(b.timeout, Duration::from_millis(250));
+        assert_eq!(b.poll_wait, Duration::from_secs(2));
+        assert_eq!(b.idle_timeout, Duration::from_millis(1500));
+        assert_eq!(b.sse_fallback_after, Duration::ZERO);
+        assert_eq!(b.reconnect.max_attempts, 3);
+        assert_eq!(b.reconnect.initial_delay, Duration::from_millis(20));
+        assert_eq!(b.reconnect.max_delay, Reconnect::default().max_delay);
+        assert_eq!((b.token, b.user_agent.as_str()), (None, "ua"));
+        let nested = ClientOptions::from_json(
+            r#"{"idleTimeoutMs": 1500, "reconnect": {"initialDelayMs": 20, "max_delay": 1}}"#,
+        )
+        .unwrap()
+        .apply(ClientBuilder::new("http://h"))
+        .unwrap();
+        assert_eq!(nested.idle_timeout, b.idle_timeout);
+        assert_eq!(nested.reconnect.initial_delay, b.reconnect.initial_delay);
+        assert_eq!(nested.reconnect.max_delay, Duration::from_secs(1));
+    }
+
+    #[test]
     fn bad_options_are_invalid_arguments() {
         for json in [
             r#"{"transport": "websocket"}"#,
             r#"{"timeout_ms": -1}"#,
             r#"{"bogus": 1}"#,
             r#"{"reconnect": {"bogus": 1}}"#,
+            r#"{"reconnect": {"reconnect_delay": 1}}"#,
+            r#"{"reconnect.max_attempts": 1}"#,
+            r#"{"reconnect": 1}"#,
+            r#"{"timeout": 1, "timeout_ms": 1000}"#,
+            r#"{"reconnect_attempts": 1, "reconnect": {"maxAttempts": 2}}"#,
+            r#"{"idle_timeout": -1}"#,
+            r#"{"sse_fallback_after": "1s"}"#,
+            r#"{"reconnect_attempts": 1.5}"#,
+            r#"{"token": 1}"#,
+            r#"{"headers": [["x-a", 1]]}"#,
+            r#"{"headers": "x-a: 1"}"#,
             r#"[1]"#,
             r#"[]"#,
             r#""sse""#,

@@ -29,8 +29,7 @@ mod rt;
 mod run;
 
 pub use client::{
-    CancelOutcome, Client, ClientBuilder, ClientOptions, HeaderList, Reconnect, ReconnectOptions,
-    RunStatus, Transport,
+    CancelOutcome, Client, ClientBuilder, ClientOptions, Reconnect, RunStatus, Transport,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use follow::{EventStream, FollowOptions, cursor_from_decimal, cursor_from_f64};
