@@ -175,4 +175,11 @@ pub fn error_json(e: &Error) -> String {
     .to_string()
 }
 
+/// The core's error kinds (`ErrorKind::ALL`) as a JSON array of names: what the JS test checks
+/// the table of `js/src/errors.js` against.
+pub fn error_kinds_json() -> String {
+    let names: Vec<_> = longrun::ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+    serde_json::to_string(&names).expect("names serialize")
+}
+
 pub const ABORTED: &str = r#"{"kind":"Aborted","message":"the operation was aborted"}"#;

@@ -46,6 +46,22 @@ var kinds = map[C.longrun_code]Kind{
 	C.LONGRUN_CODE_PANIC:            KindInternal,
 }
 
+// coreKinds is the core's list of error kinds (longrun::ErrorKind::ALL), for the test that
+// the table above maps each of them, and nothing else.
+func coreKinds() []Kind {
+	var names []Kind
+	for i := 0; ; i++ {
+		name := C.longrun_error_kind_name(C.size_t(i))
+		if name == nil {
+			return names
+		}
+		names = append(names, Kind(C.GoString(name)))
+	}
+}
+
+// codeName is the C ABI's name of a code: the core's kind name for a kind's code.
+func codeName(code C.longrun_code) string { return C.GoString(C.longrun_code_name(C.int32_t(code))) }
+
 func kindOf(code C.longrun_code) Kind {
 	if k, ok := kinds[code]; ok {
 		return k

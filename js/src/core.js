@@ -318,7 +318,10 @@ export function makeApi(native, { settle } = {}) {
     }
   }
 
-  return { Client, Run };
+  /** The core's error kinds (`ErrorKind::ALL`); `errorClasses` has a class for each. */
+  const errorKinds = Object.freeze(JSON.parse(native.errorKinds()));
+
+  return { Client, Run, errorKinds };
 }
 
 export { LongrunError };

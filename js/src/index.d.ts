@@ -132,5 +132,7 @@ export declare class InvalidArgumentError extends LongrunError {}
 export declare class ServerError extends LongrunError {}
 
 export declare const errorClasses: Readonly<Record<ErrorKind, typeof LongrunError>>;
+/** The error kinds of the native build's core; `errorClasses` has a class for each. */
+export declare const errorKinds: readonly ErrorKind[];
 /** Which native build this module wraps. */
 export declare const build: "napi" | "wasm";

@@ -170,6 +170,11 @@ extern "C" {
 // is safe to pass.)
 const char *longrun_code_name(int32_t code);
 
+// A static, NUL-terminated name of the core's error kind number `index` (`longrun::ErrorKind::ALL`
+// in order: `"NotFound"`, …), or NULL past the last one: the list an SDK checks its table of
+// kinds against, so that a kind added to the core fails the SDK that lacks it.
+const char *longrun_error_kind_name(size_t index);
+
 // A static, NUL-terminated state name as on the wire (`"queued"`, …, `"canceled"`) for a
 // `longrun_state`, or `"unknown"` for a value that is no state.
 const char *longrun_state_name(int32_t state);

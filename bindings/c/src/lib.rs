@@ -370,6 +370,25 @@ fn code_from(code: i32) -> Option<longrun_code> {
     .find(|c| *c as i32 == code)
 }
 
+/// A static, NUL-terminated name of the core's error kind number `index` (`longrun::ErrorKind::ALL`
+/// in order: `"NotFound"`, …), or NULL past the last one: the list an SDK checks its table of
+/// kinds against, so that a kind added to the core fails the SDK that lacks it.
+#[unsafe(no_mangle)]
+pub extern "C" fn longrun_error_kind_name(index: usize) -> *const c_char {
+    static NAMES: std::sync::OnceLock<Vec<std::ffi::CString>> = std::sync::OnceLock::new();
+    guard_value(std::ptr::null(), || {
+        let names = NAMES.get_or_init(|| {
+            ErrorKind::ALL
+                .iter()
+                .map(|k| std::ffi::CString::new(k.as_str()).expect("kind names have no NUL"))
+                .collect()
+        });
+        names
+            .get(index)
+            .map_or(std::ptr::null(), |name| name.as_ptr())
+    })
+}
+
 /// A static, NUL-terminated state name as on the wire (`"queued"`, …, `"canceled"`) for a
 /// `longrun_state`, or `"unknown"` for a value that is no state.
 #[unsafe(no_mangle)]
@@ -1129,6 +1148,14 @@ mod tests {
             let name = unsafe { std::ffi::CStr::from_ptr(longrun_code_name(code as i32)) };
             assert_eq!(name.to_str().unwrap(), kind.as_str());
         }
+        let names: Vec<_> = (0..)
+            .map(|i| longrun_error_kind_name(i))
+            .take_while(|p| !p.is_null())
+            // SAFETY: static NUL-terminated strings.
+            .map(|p| unsafe { std::ffi::CStr::from_ptr(p) }.to_str().unwrap())
+            .collect();
+        let kinds: Vec<_> = ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names, kinds);
     }
 
     #[test]

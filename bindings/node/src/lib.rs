@@ -54,6 +54,12 @@ pub fn run_from_url(url: String) -> Result<String> {
     Ok(shared::run_json(&run(&url)?))
 }
 
+/// The core's error kind names, as a JSON array.
+#[napi]
+pub fn error_kinds() -> String {
+    shared::error_kinds_json()
+}
+
 #[napi]
 pub struct NativeClient {
     inner: longrun::Client,

@@ -38,6 +38,12 @@ pub fn run_from_url(url: &str) -> Result<String, JsValue> {
     Ok(shared::run_json(&run(url)?))
 }
 
+/// The core's error kind names, as a JSON array.
+#[wasm_bindgen(js_name = errorKinds)]
+pub fn error_kinds() -> String {
+    shared::error_kinds_json()
+}
+
 #[wasm_bindgen]
 pub struct NativeClient {
     inner: longrun::Client,
