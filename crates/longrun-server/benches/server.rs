@@ -28,6 +28,9 @@ const DRAIN_EVENTS: u64 = 10_000;
 const FOLLOWERS: usize = 1000;
 const FANOUT_EVENTS: u64 = 1000;
 const LATENCY_SAMPLES: usize = 2000;
+const IDLE_FOLLOWERS: usize = 10_000;
+const STALLED_FOLLOWERS: usize = 1000;
+const STALLED_RUN_EVENTS: u64 = 100_000;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -154,7 +157,22 @@ async fn bench() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!();
+    // LONGRUN_BENCH_PHASES=memory (or throughput) runs one part alone.
+    let only = std::env::var("LONGRUN_BENCH_PHASES").ok();
+    let runs = |phase: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|p| p == phase))
+    };
+    if runs("throughput") {
+        throughput().await;
+    }
+    if runs("memory") {
+        memory().await;
+    }
+}
 
+/// Submit rate and drains against peers, fan-out, latency.
+async fn throughput() {
     let longrun = ChildServer::start("--serve-longrun");
     let bare = ChildServer::start("--serve-bare");
 
@@ -244,16 +262,39 @@ async fn bench() {
         events as f64 / secs
     );
 
-    let per_follower = idle_follower_rss(&longrun).await;
-    println!(
-        "idle followers    RSS growth {:.1} KiB per idle SSE follower over {FOLLOWERS} followers  (goal <= 8 KiB)",
-        per_follower
-    );
-
     let (p50, p99) = first_event_latency(&longrun.base).await;
     println!(
         "latency           submit -> first handler event over SSE: p50 {:.0} us, p99 {:.0} us  (goal p99 < 2000 us)",
         p50, p99
+    );
+    drop(longrun);
+}
+
+async fn memory() {
+    // Memory figures, each on a fresh server process: a server warmed by the phases above
+    // would reuse their freed pages and report less than a new one pays.
+    let fresh = ChildServer::start("--serve-longrun");
+    let per_follower = idle_follower_rss(&fresh).await;
+    println!(
+        "idle followers    RSS growth {:.1} KiB per idle SSE follower over {IDLE_FOLLOWERS} followers, fresh server  (goal <= 8 KiB)",
+        per_follower
+    );
+    drop(fresh);
+
+    let fresh = ChildServer::start("--serve-longrun");
+    let stalled = stalled_followers(&fresh).await;
+    println!(
+        "stalled followers {STALLED_FOLLOWERS} never-reading SSE followers of a {STALLED_RUN_EVENTS}-event ended run beside one reader: its drain {:.3} s vs {:.3} s alone = {:.2}x  (goal <= 2x)",
+        stalled.drain_beside,
+        stalled.drain_alone,
+        stalled.drain_beside / stalled.drain_alone
+    );
+    println!(
+        "stalled followers RSS growth {:.1} KiB per stalled follower, fresh server  (goal <= 16 KiB); kernel TCP memory {} -> {} pages of tcp_mem {} (goal: well under)",
+        stalled.rss_per_follower_kib,
+        stalled.tcp_pages_before,
+        stalled.tcp_pages_during,
+        stalled.tcp_mem_max
     );
 }
 
@@ -311,7 +352,7 @@ async fn drain(url: &str) -> f64 {
         .unwrap();
     assert_eq!(res.status(), 200, "{url}: the 303 leads to the stream");
     let mut body = res.bytes_stream();
-    let (mut events, mut at_start) = (0, true);
+    let (mut events, mut at_start) = (0, LineStart::Yes);
     let mut tail: Vec<u8> = Vec::new();
     loop {
         let chunk = body
@@ -344,14 +385,29 @@ async fn submit(base: &str, object: &str, args: Value) -> String {
     format!("{base}{}", body["url"].as_str().unwrap())
 }
 
-/// Count SSE events (frames with an `id:` line) in a chunk.
-fn count_events(chunk: &[u8], at_line_start: &mut bool) -> u64 {
+/// Where a reader is in the line structure of an SSE body, across chunks.
+#[derive(Clone, Copy, PartialEq)]
+enum LineStart {
+    Yes,
+    /// The line began with `i`.
+    AfterI,
+    No,
+}
+
+/// Count SSE events (frames with an `id:` line) in a chunk; `at` carries over to the next
+/// chunk, which may cut anywhere.
+fn count_events(chunk: &[u8], at: &mut LineStart) -> u64 {
     let mut n = 0;
-    for (i, &b) in chunk.iter().enumerate() {
-        if *at_line_start && b == b'i' && chunk.get(i + 1) == Some(&b'd') {
-            n += 1;
-        }
-        *at_line_start = b == b'\n';
+    for &b in chunk {
+        *at = match (*at, b) {
+            (_, b'\n') => LineStart::Yes,
+            (LineStart::Yes, b'i') => LineStart::AfterI,
+            (LineStart::AfterI, b'd') => {
+                n += 1;
+                LineStart::No
+            }
+            _ => LineStart::No,
+        };
     }
     n
 }
@@ -379,7 +435,7 @@ async fn fan_out(base: &str, interval_ms: u64) -> (u64, f64) {
                     .await
                     .unwrap();
                 let mut body = res.bytes_stream();
-                let (mut n, mut at_start) = (0, true);
+                let (mut n, mut at_start) = (0, LineStart::Yes);
                 while let Some(chunk) = body.next().await {
                     n += count_events(&chunk.unwrap(), &mut at_start);
                 }
@@ -430,13 +486,103 @@ async fn idle_follower_rss(server: &ChildServer) -> f64 {
             held
         }
     };
-    let warm = attach(50).await;
     let before = server.rss_kib();
-    let held = attach(FOLLOWERS).await;
+    let held = attach(IDLE_FOLLOWERS).await;
     let after = server.rss_kib();
-    drop((warm, held));
+    drop(held);
     reqwest::Client::new().delete(&run).send().await.unwrap();
-    after.saturating_sub(before) as f64 / FOLLOWERS as f64
+    after.saturating_sub(before) as f64 / IDLE_FOLLOWERS as f64
+}
+
+struct Stalled {
+    drain_alone: f64,
+    drain_beside: f64,
+    rss_per_follower_kib: f64,
+    tcp_pages_before: u64,
+    tcp_pages_during: u64,
+    tcp_mem_max: u64,
+}
+
+/// Kernel TCP memory in use, in pages (`mem` of the TCP line of /proc/net/sockstat).
+fn tcp_pages() -> u64 {
+    let text = std::fs::read_to_string("/proc/net/sockstat").unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with("TCP:"))
+        .and_then(|l| l.split_whitespace().skip_while(|w| *w != "mem").nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// 1,000 followers that send their request and never read a byte, beside one that drains.
+async fn stalled_followers(server: &ChildServer) -> Stalled {
+    let run = submit(&server.base, "count", json!({"n": STALLED_RUN_EVENTS})).await;
+    let client = reqwest::Client::new();
+    // Wait for the run's end: the stalled followers then face the whole log.
+    let status = client
+        .get(format!("{run}?wait=60&last_event_id={STALLED_RUN_EVENTS}"))
+        .send()
+        .await
+        .unwrap();
+    status.bytes().await.unwrap();
+    let mut alone = Vec::new();
+    for _ in 0..3 {
+        alone.push(timed_drain(&client, &run).await);
+    }
+    let drain_alone = median(alone);
+    let (tcp_pages_before, before) = (tcp_pages(), server.rss_kib());
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let path = run.trim_start_matches(&server.base).to_owned();
+    let mut held = Vec::with_capacity(STALLED_FOLLOWERS);
+    for _ in 0..STALLED_FOLLOWERS {
+        let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+        tokio::io::AsyncWriteExt::write_all(&mut socket, request.as_bytes())
+            .await
+            .unwrap();
+        held.push(socket);
+    }
+    // The first drain beside them also waits while the server fills their buffers (a one-time
+    // cost per connection, bounded by the send buffer); the figure is taken once they are full
+    // and the server idles, as a stalled client looks after its first moments.
+    timed_drain(&client, &run).await;
+    let mut beside = Vec::new();
+    for _ in 0..3 {
+        beside.push(timed_drain(&client, &run).await);
+    }
+    let drain_beside = median(beside);
+    let (tcp_pages_during, after) = (tcp_pages(), server.rss_kib());
+    let tcp_mem_max = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_mem")
+        .ok()
+        .and_then(|t| t.split_whitespace().nth(2)?.parse().ok())
+        .unwrap_or(0);
+    drop(held);
+    Stalled {
+        drain_alone,
+        drain_beside,
+        rss_per_follower_kib: after.saturating_sub(before) as f64 / STALLED_FOLLOWERS as f64,
+        tcp_pages_before,
+        tcp_pages_during,
+        tcp_mem_max,
+    }
+}
+
+/// Seconds to read a run's whole SSE stream, counting its events.
+async fn timed_drain(client: &reqwest::Client, run: &str) -> f64 {
+    let start = Instant::now();
+    let res = client
+        .get(run)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    let mut body = res.bytes_stream();
+    let (mut n, mut at_start) = (0, LineStart::Yes);
+    while let Some(chunk) = body.next().await {
+        n += count_events(&chunk.unwrap(), &mut at_start);
+    }
+    assert_eq!(n, STALLED_RUN_EVENTS + 2, "the reader sees every event");
+    start.elapsed().as_secs_f64()
 }
 
 async fn first_event_latency(base: &str) -> (f64, f64) {
