@@ -92,7 +92,11 @@ async fn a_stalled_follower_is_cut_and_resumes_exactly_once_while_another_drains
         "the stream was cut short, at event {cursor}"
     );
     let next = read_to_end(client.follow_from(&run, cursor), cursor + 1).await;
-    assert_eq!(next, EVENTS + 2, "resumed with every event after the cursor");
+    assert_eq!(
+        next,
+        EVENTS + 2,
+        "resumed with every event after the cursor"
+    );
 }
 
 /// Read a follow to its end, checking that ids go up by one from `first`; the id after the last.
