@@ -31,7 +31,7 @@ func TestMain(m *testing.M) {
 	if bin == "" {
 		bin = "../../target/debug/longrun"
 	}
-	cmd := exec.Command(bin, "serve", "--listen", "127.0.0.1:0", "--keep-alive", "100ms")
+	cmd := exec.Command(bin, "serve", "--store", "memory", "--listen", "127.0.0.1:0", "--keep-alive", "100ms")
 	cmd.Stderr = os.Stderr
 	stdout, err := cmd.StdoutPipe()
 	if err == nil {

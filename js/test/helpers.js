@@ -9,7 +9,7 @@ export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "
 /** `longrun serve` on a free port (`cargo xtask js` builds it; LONGRUN_BIN overrides). */
 export async function startServer(args = []) {
   const bin = process.env.LONGRUN_BIN ?? path.join(root, "target/debug/longrun");
-  const child = spawn(bin, ["serve", "--listen", "127.0.0.1:0", ...args], {
+  const child = spawn(bin, ["serve", "--store", "memory", "--listen", "127.0.0.1:0", ...args], {
     stdio: ["ignore", "pipe", "ignore"],
   });
   const url = await new Promise((resolve, reject) => {

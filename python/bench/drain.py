@@ -108,7 +108,7 @@ def measure_round(drain: Callable[[str, str, Meter], Any], url: str, run_url: st
 
 
 def main() -> None:
-    server = subprocess.Popen([sys.argv[1], "serve", "--listen", "127.0.0.1:0"],
+    server = subprocess.Popen([sys.argv[1], "serve", "--store", "memory", "--listen", "127.0.0.1:0"],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert server.stdout is not None

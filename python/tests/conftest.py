@@ -30,7 +30,7 @@ class Server:
 
     def __init__(self, *flags: str) -> None:
         self.proc = subprocess.Popen(
-            [_binary(), "serve", "--listen", "127.0.0.1:0", *flags],
+            [_binary(), "serve", "--store", "memory", "--listen", "127.0.0.1:0", *flags],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,

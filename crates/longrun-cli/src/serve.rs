@@ -27,7 +27,7 @@ use clap::Args;
 use clap::builder::{FalseyValueParser, TypedValueParser};
 use longrun_proto::ObjectName;
 use longrun_server::exec::ExecSpec;
-use longrun_server::{BuildError, Config, Server};
+use longrun_server::{BuildError, Config, Server, StoreConfig};
 use serde::{Deserialize, Deserializer};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -79,6 +79,11 @@ layer! {
         /// [default: 127.0.0.1:8080]
         #[arg(long, env = "LONGRUN_LISTEN", value_name = "ADDR")]
         listen: Option<SocketAddr>,
+        /// Where runs are kept: sqlite:PATH survives restarts (add ?synchronous=full to survive
+        /// power loss too); memory forgets them [default: sqlite:longrun.db]
+        #[arg(long, env = "LONGRUN_STORE", value_name = "URL", value_parser = store_url)]
+        #[serde(deserialize_with = "store_key")]
+        store: Option<StoreConfig>,
         /// Largest submit body accepted [default: 1MiB]
         #[arg(long, env = "LONGRUN_BODY_LIMIT", value_name = "SIZE")]
         body_limit: Option<ByteSize>,
@@ -195,6 +200,7 @@ impl<T: Merge> Merge for Option<T> {
 }
 
 impl Merge for SocketAddr {}
+impl Merge for StoreConfig {}
 impl Merge for ByteSize {}
 impl Merge for Duration {}
 impl Merge for usize {}
@@ -209,6 +215,22 @@ impl Merge for Vec<(String, ExecSpec)> {
         upper
     }
 }
+
+fn store_url(text: &str) -> Result<StoreConfig, String> {
+    StoreConfig::parse(text)
+}
+
+/// `store = "sqlite:PATH"`.
+fn store_key<'de, D: Deserializer<'de>>(d: D) -> Result<Option<StoreConfig>, D::Error> {
+    let url = String::deserialize(d)?;
+    StoreConfig::parse(&url)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+/// What `longrun serve` keeps its runs in when nothing says otherwise: a file in the working
+/// directory, so a fresh `longrun serve` keeps its runs across restarts with no set-up.
+const DEFAULT_STORE: &str = "sqlite:longrun.db";
 
 fn duration(text: &str) -> Result<Duration, humantime::DurationError> {
     humantime::parse_duration(text)
@@ -234,6 +256,7 @@ fn exec_tables<'de, D: Deserializer<'de>>(
 #[derive(Debug)]
 struct Settings {
     listen: SocketAddr,
+    store: StoreConfig,
     config: Config,
     demo: bool,
     exec: BTreeMap<String, ExecSpec>,
@@ -245,6 +268,7 @@ impl Layer {
         // Destructured, not `..`: a new field does not compile until it is used here.
         let Layer {
             listen,
+            store,
             body_limit,
             retention,
             max_retained,
@@ -309,6 +333,9 @@ impl Layer {
         }
         Ok(Settings {
             listen: listen.unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("a valid address")),
+            store: store.unwrap_or_else(|| {
+                StoreConfig::parse(DEFAULT_STORE).expect("the default store is a store")
+            }),
             config,
             demo: demo.unwrap_or(true),
             exec,
@@ -396,7 +423,9 @@ fn settings(args: ServeArgs) -> Result<Settings, String> {
 }
 
 fn build_server(s: &Settings) -> Result<Server, String> {
-    let mut builder = Server::builder().config(s.config.clone());
+    let mut builder = Server::builder()
+        .config(s.config.clone())
+        .store(s.store.clone());
     if s.demo {
         builder = builder.demo();
     }
@@ -562,6 +591,12 @@ mod tests {
             r#""127.0.0.1:9""#,
             Some(("127.0.0.2:7", r#""127.0.0.2:7""#)),
         ),
+        sample(
+            "store",
+            "sqlite:t.db?synchronous=full",
+            r#""sqlite:t.db?synchronous=full""#,
+            Some(("memory", r#""memory""#)),
+        ),
         sample("body_limit", "2KiB", r#""2KiB""#, Some(("3KiB", "3072"))),
         sample("retention", "2h", r#""2h""#, Some(("3h", r#""3h""#))),
         sample("max_retained", "7", "7", Some(("70", "70"))),
@@ -618,6 +653,10 @@ mod tests {
     fn target() -> Settings {
         Settings {
             listen: "127.0.0.1:9".parse().unwrap(),
+            store: StoreConfig::Sqlite {
+                path: "t.db".into(),
+                full_sync: true,
+            },
             config: Config {
                 body_limit: 2048,
                 retention: Duration::from_secs(7200),
@@ -665,7 +704,7 @@ mod tests {
     #[test]
     fn the_target_differs_from_the_defaults_in_every_field() {
         let (target, defaults) = (target(), defaults());
-        assert_every_field_differs!(Settings, target, defaults; listen, config, demo, exec);
+        assert_every_field_differs!(Settings, target, defaults; listen, store, config, demo, exec);
         assert_every_field_differs!(
             Config, target.config, defaults.config;
             body_limit, retention, max_retained, max_active_runs, max_events_per_run,

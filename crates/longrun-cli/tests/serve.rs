@@ -21,6 +21,8 @@ fn serve_command(args: &[&str], env: &[(&str, &str)]) -> Command {
             cmd.env_remove(key);
         }
     }
+    // Runs in memory unless a test says otherwise: parallel servers must not share a file.
+    cmd.env("LONGRUN_STORE", "memory");
     cmd.args(args)
         .envs(env.iter().copied())
         .stdin(Stdio::null())
@@ -50,7 +52,11 @@ struct Serve {
 
 impl Serve {
     async fn start(args: &[&str], env: &[(&str, &str)]) -> Serve {
-        let mut child = serve_command(&[&["--listen", "127.0.0.1:0"], args].concat(), env)
+        Self::start_on("127.0.0.1:0", args, env).await
+    }
+
+    async fn start_on(listen: &str, args: &[&str], env: &[(&str, &str)]) -> Serve {
+        let mut child = serve_command(&[&["--listen", listen], args].concat(), env)
             .spawn()
             .unwrap();
         let stderr = collect(child.stderr.take().unwrap());
@@ -461,4 +467,127 @@ async fn sigterm_right_after_the_address_line_still_shuts_down_cleanly() {
     let serve = Serve::start(&[], &[]).await;
     let (status, stderr) = serve.terminate().await;
     assert!(status.success(), "{status}; stderr:\n{stderr}");
+}
+
+/// What a client sees of an ended run: its SSE body, its long-poll body, its HEAD headers.
+async fn served(s: &Serve, path: &str) -> (Vec<u8>, Vec<u8>, Option<String>, Option<String>) {
+    let sse = s
+        .http
+        .get(s.url(path))
+        .header("accept", "text/event-stream");
+    let sse = sse.send().await.unwrap().bytes().await.unwrap().to_vec();
+    let poll = s
+        .http
+        .get(s.url(&format!("{path}?wait=0")))
+        .send()
+        .await
+        .unwrap();
+    let poll = poll.bytes().await.unwrap().to_vec();
+    let head = s.http.head(s.url(path)).send().await.unwrap();
+    let header = |name: &str| {
+        head.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    (
+        sse,
+        poll,
+        header("longrun-state"),
+        header("longrun-last-event-id"),
+    )
+}
+
+/// `kill -9`, then a restart on the same SQLite file: every ended run is served byte for byte
+/// as before, a dropped run answers 410 again, and a run that was running ends with one
+/// `error` event saying so, which its follower, connected across the restart, receives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_serves_its_runs_again_from_its_sqlite_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite:{}", dir.path().join("runs.db").display());
+    let args = ["--store", store.as_str(), "--retry", "10ms"];
+    let mut first = Serve::start(&args, &[]).await;
+    let count = first.submit("count", json!({"n": 3})).await;
+    let echo = first
+        .submit("echo", json!({"a": [1.5, "x\ny", null]}))
+        .await;
+    let ephemeral = first.submit("ephemeral", json!({})).await;
+    for path in [&count, &echo] {
+        first.events(path).await;
+    }
+    // Followed to its end in one stream: with retention 0 it is dropped as it ends.
+    let stream = first
+        .http
+        .get(first.url(&ephemeral))
+        .header("accept", "text/event-stream");
+    let body = stream.send().await.unwrap().text().await.unwrap();
+    assert!(body.contains("event: success"), "{body}");
+    let gone = first.http.get(first.url(&ephemeral)).send().await.unwrap();
+    assert_eq!(
+        gone.status(),
+        410,
+        "a run of retention 0 is dropped at its end"
+    );
+    let before = [served(&first, &count).await, served(&first, &echo).await];
+
+    let sleep = first.submit("sleep", json!({"ms": 3_600_000})).await;
+    let client = longrun::Client::builder(first.base.as_str())
+        .reconnect(longrun::Reconnect {
+            max_attempts: 1000,
+            initial_delay: std::time::Duration::from_millis(20),
+            max_delay: std::time::Duration::from_millis(100),
+        })
+        .build()
+        .unwrap();
+    let run = longrun::Run::from_url(&first.url(&sleep)).unwrap();
+    let mut follower = client.follow(&run);
+    let queued = follower.next_raw_batch(1).await.unwrap();
+    assert_eq!((queued[0].id, queued[0].state), (0, State::Queued));
+
+    first.child.start_kill().unwrap(); // SIGKILL: no shutdown, no flush
+    first.child.wait().await.unwrap();
+    let addr = first.base.trim_start_matches("http://").to_owned();
+    let second = Serve::start_on(&addr, &args, &[]).await;
+
+    let after = [served(&second, &count).await, served(&second, &echo).await];
+    assert!(
+        before == after,
+        "ended runs are served byte for byte as before the crash"
+    );
+    let gone = second
+        .http
+        .get(second.url(&ephemeral))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 410, "tombstones survive the restart");
+
+    let rest = follower.next_raw_batch(16).await.unwrap();
+    assert_eq!(rest.len(), 1, "{rest:?}");
+    assert_eq!((rest[0].id, rest[0].state), (1, State::Error));
+    let value: Value = serde_json::from_str(rest[0].value.get()).unwrap();
+    assert_eq!(value["reason"], "interrupted", "{value}");
+    assert!(
+        follower.next_raw_batch(16).await.unwrap().is_empty(),
+        "the follow completes"
+    );
+    let events = second.events(&sleep).await;
+    assert_eq!(events.len(), 2);
+}
+
+/// One server per SQLite file: a second one on the same file refuses to start and says why.
+#[tokio::test]
+async fn a_second_server_on_the_same_sqlite_file_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite:{}", dir.path().join("runs.db").display());
+    let _first = Serve::start(&["--store", store.as_str()], &[]).await;
+    let out = serve_command(&["--listen", "127.0.0.1:0", "--store", store.as_str()], &[])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("another longrun server uses this file"),
+        "{stderr}"
+    );
 }

@@ -39,10 +39,12 @@ pub enum ProblemKind {
     ShuttingDown,
     /// 503: the run, or the server, has as many followers as it may.
     TooManyFollowers,
+    /// 503: the server could not write the run to its durable store.
+    StoreUnavailable,
 }
 
 impl ProblemKind {
-    pub const ALL: [ProblemKind; 16] = [
+    pub const ALL: [ProblemKind; 17] = [
         ProblemKind::InvalidJson,
         ProblemKind::ArgsNotObject,
         ProblemKind::InvalidCursor,
@@ -59,6 +61,7 @@ impl ProblemKind {
         ProblemKind::TooManyRuns,
         ProblemKind::ShuttingDown,
         ProblemKind::TooManyFollowers,
+        ProblemKind::StoreUnavailable,
     ];
 
     pub fn slug(self) -> &'static str {
@@ -79,6 +82,7 @@ impl ProblemKind {
             ProblemKind::TooManyRuns => "too-many-runs",
             ProblemKind::ShuttingDown => "shutting-down",
             ProblemKind::TooManyFollowers => "too-many-followers",
+            ProblemKind::StoreUnavailable => "store-unavailable",
         }
     }
 
@@ -97,7 +101,8 @@ impl ProblemKind {
             ProblemKind::InvalidArguments => 422,
             ProblemKind::TooManyRuns
             | ProblemKind::ShuttingDown
-            | ProblemKind::TooManyFollowers => 503,
+            | ProblemKind::TooManyFollowers
+            | ProblemKind::StoreUnavailable => 503,
         }
     }
 
@@ -119,6 +124,7 @@ impl ProblemKind {
             ProblemKind::TooManyRuns => "The server holds too many active runs",
             ProblemKind::ShuttingDown => "The server is shutting down",
             ProblemKind::TooManyFollowers => "The run or the server has too many followers",
+            ProblemKind::StoreUnavailable => "The server could not store the run",
         }
     }
 

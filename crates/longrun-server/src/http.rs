@@ -261,7 +261,25 @@ async fn submit(
         return Err(ApiError::new(ProblemKind::InvalidArguments, detail));
     }
     let run = match server.registry.submit(&server.config, &object, obj, args) {
-        Ok(run) => run,
+        Ok(submitted) => {
+            if let Some(durable) = submitted.durable {
+                // A 201 promises the run survives a restart: answer once it is committed.
+                if let Err(why) = durable
+                    .await
+                    .unwrap_or_else(|_| Err("the store stopped".into()))
+                {
+                    submitted
+                        .run
+                        .request_cancel(longrun_proto::CancelReason::Shutdown);
+                    return Err(ApiError::new(
+                        ProblemKind::StoreUnavailable,
+                        format!("the run could not be stored ({why}); retry later"),
+                    )
+                    .header(header::RETRY_AFTER, HeaderValue::from_static("1")));
+                }
+            }
+            submitted.run
+        }
         Err(SubmitError::ShuttingDown) => {
             return Err(ApiError::new(
                 ProblemKind::ShuttingDown,

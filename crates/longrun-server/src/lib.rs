@@ -22,6 +22,7 @@ mod handler;
 mod http;
 mod registry;
 mod run;
+mod store;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -31,6 +32,7 @@ use std::time::Duration;
 pub use config::Config;
 pub use handler::{Handler, HandlerResult, ObjectOptions, RunContext, RunError};
 pub use http::app;
+pub use store::StoreConfig;
 
 use handler::Object;
 use longrun_proto::ObjectName;
@@ -68,13 +70,15 @@ impl Server {
     /// Cancel every active run (reason `shutdown`) and wait until all have ended. New
     /// submits are refused from the moment this is called. `serve` calls it on shutdown.
     pub async fn shutdown(&self) {
-        self.registry.shutdown().await
+        self.registry.shutdown().await;
+        self.registry.flush().await;
     }
 }
 
 #[derive(Default)]
 pub struct ServerBuilder {
     config: Config,
+    store: StoreConfig,
     objects: BTreeMap<String, Object>,
     /// Names registered more than once, in the order seen: `build` refuses them.
     duplicates: Vec<String>,
@@ -87,6 +91,8 @@ pub enum BuildError {
     /// Two objects were registered under this name (a later one would silently have
     /// replaced the earlier).
     DuplicateObject(String),
+    /// The store could not be opened (its file, its lock, its schema); the text says why.
+    Store(String),
 }
 
 impl std::fmt::Display for BuildError {
@@ -98,6 +104,7 @@ impl std::fmt::Display for BuildError {
                     "two objects are named {name:?}; object names must be unique"
                 )
             }
+            BuildError::Store(why) => write!(f, "cannot open the store: {why}"),
         }
     }
 }
@@ -107,6 +114,12 @@ impl std::error::Error for BuildError {}
 impl ServerBuilder {
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
+        self
+    }
+
+    /// Where runs are kept ([`StoreConfig::Memory`] by default).
+    pub fn store(mut self, store: StoreConfig) -> Self {
+        self.store = store;
         self
     }
 
@@ -143,15 +156,33 @@ impl ServerBuilder {
         demo::register(self)
     }
 
-    /// The server, or the first name that was registered twice.
+    /// The server, or the first name that was registered twice, or why its store could not
+    /// be opened. A durable store is read back here: its ended runs and tombstones are served
+    /// again, and runs it held as running end as `error` with `"reason": "interrupted"`.
     pub fn build(self) -> Result<Server, BuildError> {
         if let Some(name) = self.duplicates.into_iter().next() {
             return Err(BuildError::DuplicateObject(name));
         }
+        let registry = match &self.store {
+            StoreConfig::Memory => Registry::new(None),
+            StoreConfig::Sqlite { path, full_sync } => {
+                let (journal, restored) =
+                    store::Journal::open(path, *full_sync).map_err(BuildError::Store)?;
+                if restored.interrupted > 0 {
+                    tracing::warn!(
+                        runs = restored.interrupted,
+                        "runs that were running when the server stopped ended as interrupted"
+                    );
+                }
+                let registry = Registry::new(Some(journal));
+                registry.restore(&self.config, restored);
+                registry
+            }
+        };
         Ok(Server {
             config: Arc::new(self.config),
             objects: Arc::new(self.objects),
-            registry: Arc::new(Registry::new()),
+            registry: Arc::new(registry),
             conns: Arc::new(conn::Connections::new()),
         })
     }

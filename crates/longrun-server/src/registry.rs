@@ -7,7 +7,7 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures::FutureExt;
 use longrun_proto::{CancelReason, RunId};
@@ -18,11 +18,16 @@ use tokio_util::task::TaskTracker;
 use crate::Config;
 use crate::handler::{Object, RunContext};
 use crate::run::Run;
+use crate::store::{Journal, Restored};
+use bytes::Bytes;
+use tokio::sync::oneshot;
 
 pub(crate) struct Registry {
     inner: Mutex<Inner>,
     /// Every run's driver task, so shutdown can wait for all of them.
     tasks: TaskTracker,
+    /// The durable store's writer, when runs are kept on disk too.
+    journal: Option<Arc<Journal>>,
 }
 
 #[derive(Default)]
@@ -49,11 +54,66 @@ pub(crate) enum SubmitError {
     ShuttingDown,
 }
 
+/// A run just created; with a durable store, `durable` answers once its event 0 is committed
+/// (a submit answers 201 only then).
+pub(crate) struct Submitted {
+    pub run: Arc<Run>,
+    pub durable: Option<oneshot::Receiver<Result<(), String>>>,
+}
+
+/// What a sweep dropped, for the journal.
+#[derive(Default)]
+struct Swept {
+    dropped: Vec<(RunId, String)>,
+    forgotten: Vec<RunId>,
+}
+
 impl Registry {
-    pub fn new() -> Self {
+    pub fn new(journal: Option<Arc<Journal>>) -> Self {
         Registry {
             inner: Mutex::new(Inner::default()),
             tasks: TaskTracker::new(),
+            journal,
+        }
+    }
+
+    /// Serve again what a durable store held: ended runs (each due to go when its retention
+    /// after its end passes) and tombstones.
+    pub fn restore(&self, config: &Config, restored: Restored) {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let mut inner = self.lock();
+        let left = |since: SystemTime, keep: Duration| {
+            keep.saturating_sub(wall.duration_since(since).unwrap_or_default())
+        };
+        for r in restored.runs {
+            let due = now + left(r.ended, r.retention);
+            let run = Arc::new(Run::restored(r.id, r.object, &r.events, r.json));
+            let seq = inner.seq;
+            inner.seq += 1;
+            inner.ended.insert((due, seq, run.id));
+            inner.runs.insert(run.id, run);
+        }
+        for t in restored.tombstones {
+            let due = now + left(t.dropped, config.tombstone_ttl);
+            inner.tombstones.insert(t.id, t.object);
+            inner.tombstone_order.push_back((due, t.id));
+        }
+        let swept = inner.sweep(config, now);
+        drop(inner);
+        self.journal_swept(swept);
+    }
+
+    fn journal_swept(&self, swept: Swept) {
+        if let Some(journal) = &self.journal {
+            journal.dropped(swept.dropped, swept.forgotten);
+        }
+    }
+
+    /// Wait until everything journaled so far is on disk (shutdown calls it last).
+    pub async fn flush(&self) {
+        if let Some(journal) = &self.journal {
+            journal.flush().await;
         }
     }
 
@@ -66,18 +126,22 @@ impl Registry {
             return Lookup::NotFound;
         };
         let mut inner = self.lock();
-        inner.sweep(config, Instant::now());
-        if let Some(run) = inner.runs.get(&id) {
-            return if run.object == object {
+        let swept = inner.sweep(config, Instant::now());
+        let found = if let Some(run) = inner.runs.get(&id) {
+            if run.object == object {
                 Lookup::Found(run.clone())
             } else {
                 Lookup::NotFound
-            };
-        }
-        match inner.tombstones.get(&id) {
-            Some(o) if o == object => Lookup::Gone,
-            _ => Lookup::NotFound,
-        }
+            }
+        } else {
+            match inner.tombstones.get(&id) {
+                Some(o) if o == object => Lookup::Gone,
+                _ => Lookup::NotFound,
+            }
+        };
+        drop(inner);
+        self.journal_swept(swept);
+        found
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -91,29 +155,40 @@ impl Registry {
         name: &str,
         object: &Object,
         args: Value,
-    ) -> Result<Arc<Run>, SubmitError> {
-        let run = {
+    ) -> Result<Submitted, SubmitError> {
+        let (run, swept) = {
             let mut inner = self.lock();
             if inner.shutting_down {
                 return Err(SubmitError::ShuttingDown);
             }
-            inner.sweep(config, Instant::now());
+            let swept = inner.sweep(config, Instant::now());
             if inner.active >= config.max_active_runs {
+                drop(inner);
+                self.journal_swept(swept);
                 return Err(SubmitError::TooManyRuns);
             }
             let run = Arc::new(Run::new(
                 RunId::from_uuid(uuid::Uuid::new_v4()),
                 name.to_owned(),
                 config.max_events_per_run,
+                self.journal.clone(),
             ));
             inner.runs.insert(run.id, run.clone());
             inner.active += 1;
-            run
+            (run, swept)
         };
+        self.journal_swept(swept);
         let retention = object
             .options
             .retention
             .map_or(config.retention, |r| r.min(config.retention));
+        // Journaled before the handler starts, so the writer takes event 0 before any other.
+        let durable = self.journal.as_ref().map(|journal| {
+            let event0 = Bytes::from(
+                serde_json::to_vec(&longrun_proto::Event::queued()).expect("events serialize"),
+            );
+            journal.create(run.id, &run.object, retention, event0)
+        });
         let driver = drive(
             self.clone(),
             config.clone(),
@@ -123,7 +198,7 @@ impl Registry {
             retention,
         );
         self.tasks.spawn(driver);
-        Ok(run)
+        Ok(Submitted { run, durable })
     }
 
     /// Stop accepting runs, cancel every active one with reason `shutdown`, and wait until
@@ -144,7 +219,13 @@ impl Registry {
     /// Record a run's end: the terminal event is appended under the registry lock, so that
     /// anyone who saw the terminal event and then asks the registry sees the run as ended
     /// (and, with retention 0, already gone).
-    fn end(&self, config: &Config, run: &Run, result: Result<Value, Value>, retention: Duration) {
+    fn end(
+        &self,
+        config: &Config,
+        run: &Arc<Run>,
+        result: Result<Value, Value>,
+        retention: Duration,
+    ) {
         let mut inner = self.lock();
         run.finish(result);
         inner.active -= 1;
@@ -152,17 +233,21 @@ impl Registry {
         let seq = inner.seq;
         inner.seq += 1;
         inner.ended.insert((now + retention, seq, run.id));
-        inner.sweep(config, now);
+        let swept = inner.sweep(config, now);
+        drop(inner);
+        self.journal_swept(swept);
     }
 
     /// Drop what is due now; called on every registry access and by the janitor.
     pub fn sweep(&self, config: &Config) {
-        self.lock().sweep(config, Instant::now());
+        let swept = self.lock().sweep(config, Instant::now());
+        self.journal_swept(swept);
     }
 }
 
 impl Inner {
-    fn sweep(&mut self, config: &Config, now: Instant) {
+    fn sweep(&mut self, config: &Config, now: Instant) -> Swept {
+        let mut swept = Swept::default();
         while let Some(&first) = self.ended.first() {
             let (due, _, id) = first;
             if due > now && self.ended.len() <= config.max_retained {
@@ -173,6 +258,7 @@ impl Inner {
                 self.tombstones.insert(id, run.object.clone());
                 self.tombstone_order
                     .push_back((now + config.tombstone_ttl, id));
+                swept.dropped.push((id, run.object.clone()));
             }
         }
         while let Some(&(due, id)) = self.tombstone_order.front() {
@@ -181,7 +267,9 @@ impl Inner {
             }
             self.tombstone_order.pop_front();
             self.tombstones.remove(&id);
+            swept.forgotten.push(id);
         }
+        swept
     }
 }
 

@@ -10,13 +10,15 @@
 //! stalls holds handles to bytes the log holds anyway, however far behind it is.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
 use longrun_proto::{CancelReason, Event, RunId, State, sse};
 use serde_json::Value;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
+
+use crate::store::Journal;
 
 /// Why a run is being stopped before its handler finished on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +44,11 @@ pub(crate) struct Run {
     /// Followers now (SSE streams and held long polls), against `max_followers_per_run`.
     followers: AtomicUsize,
     max_events: u64,
+    /// The durable store's writer, if any: appends become visible once it committed them.
+    journal: Option<Arc<Journal>>,
+    /// Set while the journal has been told about events it has not taken yet, so a busy run
+    /// sends it one notice per commit, not one per event.
+    journal_pending: AtomicBool,
 }
 
 /// About how many bytes of SSE frames one sealed segment holds, so one SSE write carries up
@@ -52,6 +59,7 @@ struct Entry {
     /// The SSE frame: its own allocation while unsealed, then a slice of its segment.
     sse: Bytes,
     json: Bytes,
+    state: State,
 }
 
 /// Frames of events `first..end`, contiguous.
@@ -66,9 +74,15 @@ struct Log {
     /// The id of the first event not in a segment yet, and its frames' total size.
     unsealed: u64,
     unsealed_bytes: usize,
+    /// The state of the newest event appended (visible or not).
     state: State,
     /// Set by the first stop request; decides the terminal event when the handler ends.
     stop: Option<Stop>,
+    /// How many events followers may read: all of them in memory, the committed ones with a
+    /// durable store (never an event a crash could take back).
+    visible: usize,
+    /// How many events the journal has taken.
+    journaled: usize,
 }
 
 /// What a read of the log found after a cursor.
@@ -94,8 +108,35 @@ pub(crate) enum CancelOutcome {
 }
 
 impl Run {
-    pub fn new(id: RunId, object: String, max_events: u64) -> Self {
-        let run = Run {
+    /// A new run holding event 0. With a journal, event 0 is journaled by the caller (the
+    /// submit waits for it) and counts as visible: nobody knows the run's id before then.
+    pub fn new(id: RunId, object: String, max_events: u64, journal: Option<Arc<Journal>>) -> Self {
+        let run = Self::empty(id, object, max_events, journal);
+        let mut log = run.lock();
+        log.push(&Event::queued());
+        log.visible = 1;
+        log.journaled = 1;
+        drop(log);
+        run.appended.send_replace(1);
+        run
+    }
+
+    /// A run read back from a durable store: every event visible and journaled.
+    pub fn restored(id: RunId, object: String, events: &[Event], json: Vec<Bytes>) -> Self {
+        let run = Self::empty(id, object, events.len() as u64 + 1, None);
+        let mut log = run.lock();
+        for (event, json) in events.iter().zip(json) {
+            log.push_encoded(event, json);
+        }
+        log.visible = events.len();
+        log.journaled = events.len();
+        drop(log);
+        run.appended.send_replace(events.len());
+        run
+    }
+
+    fn empty(id: RunId, object: String, max_events: u64, journal: Option<Arc<Journal>>) -> Self {
+        Run {
             id,
             object,
             log: Mutex::new(Log {
@@ -105,6 +146,8 @@ impl Run {
                 unsealed_bytes: 0,
                 state: State::Queued,
                 stop: None,
+                visible: 0,
+                journaled: 0,
             }),
             appended: watch::Sender::new(0),
             cancel: CancellationToken::new(),
@@ -112,9 +155,53 @@ impl Run {
             first_follower: Notify::new(),
             followers: AtomicUsize::new(0),
             max_events: max_events.max(2),
-        };
-        run.lock().push(&Event::queued());
-        run
+            journal,
+            journal_pending: AtomicBool::new(false),
+        }
+    }
+
+    /// After an append: in memory it is visible at once; with a journal, once committed.
+    fn appended(self: &Arc<Self>, len: usize) {
+        match &self.journal {
+            None => self.publish(len),
+            Some(journal) => {
+                if !self.journal_pending.swap(true, Ordering::SeqCst) {
+                    journal.dirty(self.clone());
+                }
+            }
+        }
+    }
+
+    /// Make the first `upto` events visible and wake the followers.
+    pub fn publish(&self, upto: usize) {
+        let mut log = self.lock();
+        log.visible = log.visible.max(upto.min(log.entries.len()));
+        let visible = log.visible;
+        drop(log);
+        self.appended.send_replace(visible);
+    }
+
+    /// For the journal: the events it has not taken yet (from which id), and whether they
+    /// end with the terminal event.
+    pub fn take_unjournaled(&self) -> (usize, Vec<Bytes>, bool) {
+        let mut log = self.lock();
+        // Cleared under the lock that appends take: an append after this sends a new notice.
+        self.journal_pending.store(false, Ordering::SeqCst);
+        let first = log.journaled;
+        let events: Vec<Bytes> = log.entries[first..]
+            .iter()
+            .map(|e| e.json.clone())
+            .collect();
+        log.journaled = log.entries.len();
+        let terminal = log.entries.last().is_some_and(|e| e.state.is_terminal());
+        let terminal = terminal && !events.is_empty();
+        (first, events, terminal)
+    }
+
+    /// A commit failed: what was taken since the last visible event is taken again.
+    pub fn unjournal(&self) {
+        let mut log = self.lock();
+        log.journaled = log.visible;
     }
 
     fn lock(&self) -> MutexGuard<'_, Log> {
@@ -129,13 +216,12 @@ impl Run {
 
     /// State and id of the newest event.
     pub fn status(&self) -> (State, u64) {
-        let log = self.lock();
-        (log.state, log.entries.len() as u64 - 1)
+        self.lock().visible_status()
     }
 
     /// Append a `running` event from the handler. Returns false when it was dropped: the run
     /// is stopping (cancel requested, or it hit the event limit) or already ended.
-    pub fn emit(&self, value: Value) -> bool {
+    pub fn emit(self: &Arc<Self>, value: Value) -> bool {
         let mut log = self.lock();
         if log.state.is_terminal() || log.stop.is_some() {
             return false;
@@ -155,14 +241,14 @@ impl Run {
         });
         let len = log.entries.len();
         drop(log);
-        self.appended.send_replace(len);
+        self.appended(len);
         true
     }
 
     /// Append the terminal event once the handler is done (or dropped). A stop request wins
     /// over the handler's own result, so a 202 to DELETE always ends in `canceled`.
     /// Does nothing if the run already ended.
-    pub fn finish(&self, result: Result<Value, Value>) {
+    pub fn finish(self: &Arc<Self>, result: Result<Value, Value>) {
         let mut log = self.lock();
         if log.state.is_terminal() {
             return;
@@ -182,7 +268,7 @@ impl Run {
         log.push(&Event { id, state, value });
         let len = log.entries.len();
         drop(log);
-        self.appended.send_replace(len);
+        self.appended(len);
         // Nobody needs the token any more; firing it lets helpers of the handler stop.
         self.cancel.cancel();
     }
@@ -209,18 +295,25 @@ impl Run {
     /// `next` is in (up to [`SEGMENT_BYTES`]), or the one next frame of the unsealed tail.
     pub fn read_sse(&self, next: u64) -> Batch {
         let log = self.lock();
-        let total = log.entries.len() as u64;
-        let state = log.state;
+        let total = log.visible as u64;
+        let (state, last) = log.visible_status();
         let (bytes, end) = if next >= total {
             (Bytes::new(), next)
         } else if next < log.unsealed {
-            // The segment holding `next`: the last one starting at or before it.
+            // The segment holding `next`: the last one starting at or before it, up to its
+            // end or the last visible event.
             let k = log.segments.partition_point(|s| s.first <= next) - 1;
             let seg = &log.segments[k];
-            let end = log.segments.get(k + 1).map_or(log.unsealed, |s| s.first);
-            let from =
-                log.entries[next as usize].sse.as_ptr() as usize - seg.bytes.as_ptr() as usize;
-            (seg.bytes.slice(from..), end)
+            let end = log
+                .segments
+                .get(k + 1)
+                .map_or(log.unsealed, |s| s.first)
+                .min(total);
+            let offset = |e: &Entry| e.sse.as_ptr() as usize - seg.bytes.as_ptr() as usize;
+            let from = offset(&log.entries[next as usize]);
+            let last_entry = &log.entries[end as usize - 1];
+            let to = offset(last_entry) + last_entry.sse.len();
+            (seg.bytes.slice(from..to), end)
         } else {
             (log.entries[next as usize].sse.clone(), next + 1)
         };
@@ -230,7 +323,7 @@ impl Run {
             next: end.max(next),
             finished: state.is_terminal() && end >= total,
             state,
-            last: total - 1,
+            last,
         }
     }
 
@@ -238,15 +331,15 @@ impl Run {
     /// reply is a copy: it is one answer, bounded by its event count.
     pub fn read_json(&self, next: u64, max_events: usize) -> Batch {
         let log = self.lock();
-        let total = log.entries.len() as u64;
+        let total = log.visible as u64;
         let start = next.min(total) as usize;
         let mut end = start;
         let mut size = 0;
-        while end < log.entries.len() && end - start < max_events {
+        while end < log.visible && end - start < max_events {
             size += log.entries[end].json.len() + 1;
             end += 1;
         }
-        let state = log.state;
+        let (state, last) = log.visible_status();
         let mut buf = BytesMut::with_capacity(size + 2);
         buf.extend_from_slice(b"[");
         for (i, e) in log.entries[start..end].iter().enumerate() {
@@ -263,7 +356,7 @@ impl Run {
             next: end as u64,
             finished: state.is_terminal() && end as u64 == total,
             state,
-            last: total - 1,
+            last,
         }
     }
 
@@ -300,13 +393,25 @@ impl Run {
 }
 
 impl Log {
+    /// The state and id of the newest visible event.
+    fn visible_status(&self) -> (State, u64) {
+        let last = self.visible.max(1) - 1;
+        (self.entries[last].state, last as u64)
+    }
+
     fn push(&mut self, event: &Event) {
         let json = serde_json::to_vec(event).expect("a serde_json::Value always serializes");
+        self.push_encoded(event, Bytes::from(json));
+    }
+
+    /// Append `event`, whose JSON is `json` (as served before a restart, byte for byte).
+    fn push_encoded(&mut self, event: &Event, json: Bytes) {
         let sse = sse::encode_event(event);
         self.unsealed_bytes += sse.len();
         self.entries.push(Entry {
             sse,
-            json: Bytes::from(json),
+            json,
+            state: event.state,
         });
         self.state = event.state;
         // Nothing follows a terminal event, so the tail is sealed then, whatever its size.

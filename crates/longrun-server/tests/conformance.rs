@@ -13,6 +13,7 @@
 mod common;
 mod scenarios;
 
+use longrun_server::StoreConfig;
 use scenarios::*;
 
 use std::collections::{BTreeSet, HashMap};
@@ -1206,8 +1207,10 @@ struct Clients {
 async fn run_all(
     files: &[(String, ScenarioFile)],
     mode: Mode,
+    store: StoreConfig,
 ) -> Vec<(&str, &Scenario, Result<Ran, String>)> {
-    let server = common::TestServer::demo().await;
+    let server =
+        common::TestServer::start(longrun_server::Server::builder().store(store).demo()).await;
     let builder = || reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
     let clients = Clients {
         pooled: builder().build().expect("an HTTP client"),
@@ -1288,8 +1291,23 @@ fn templates_and_value_comparison() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenarios_pass_against_the_reference_server() {
+    scenarios_pass_on(StoreConfig::Memory).await;
+}
+
+/// The same files, unchanged, against a server that keeps its runs in a SQLite file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenarios_pass_against_the_reference_server_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    scenarios_pass_on(StoreConfig::Sqlite {
+        path: dir.path().join("longrun.db"),
+        full_sync: false,
+    })
+    .await;
+}
+
+async fn scenarios_pass_on(store: StoreConfig) {
     let files = load();
-    let results = run_all(&files, Mode::Wire).await;
+    let results = run_all(&files, Mode::Wire, store).await;
 
     let known: BTreeSet<&str> = KNOWN_FAILURES.iter().copied().collect();
     let all: BTreeSet<&str> = results
@@ -1337,7 +1355,7 @@ async fn scenarios_pass_against_the_reference_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenarios_pass_without_their_http_steps() {
     let files = load();
-    let results = run_all(&files, Mode::Sdk).await;
+    let results = run_all(&files, Mode::Sdk, StoreConfig::Memory).await;
     let known: BTreeSet<&str> = KNOWN_FAILURES.iter().copied().collect();
     let (mut passed, mut skipped) = (0, 0);
     let mut problems = Vec::new();

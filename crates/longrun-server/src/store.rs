@@ -1,0 +1,520 @@
+//! Where runs are kept: in memory only, or also in a SQLite file that survives restarts.
+//!
+//! The in-memory log (`run.rs`) stays what every follower reads; a durable store is a journal
+//! behind it. Each append goes to the log at once, and becomes *visible* (readable by
+//! followers, counted by `HEAD`) only once the journal has committed it, so no follower ever
+//! sees an event that a crash could take back, and ids stay dense across restarts. One writer
+//! thread owns the SQLite connection and commits whatever is pending in one transaction (group
+//! commit): a busy run's events, new runs (a `201` waits for its run and event 0 to be
+//! committed), and what retention dropped.
+//!
+//! At start, the journal is read back: ended runs are served as before (the same ids, events
+//! and bytes), runs that were still running end with one `error` event whose value says the
+//! server stopped (`"reason": "interrupted"`), and tombstones answer 410 again.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use longrun_proto::{Event, RunId, State};
+use rusqlite::{Connection, params};
+use tokio::sync::oneshot;
+
+use crate::run::Run;
+
+/// The schema version this binary writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+/// How many pending commands one transaction takes at most.
+const GROUP: usize = 4096;
+
+/// After this many commits the WAL is checkpointed and truncated; between those, SQLite's own
+/// checkpoint runs every `WAL_PAGES` pages and `journal_size_limit` cuts the file back to
+/// `WAL_BYTES`: the WAL stays about a megabyte however long the server runs.
+const CHECKPOINT_EVERY: u64 = 64;
+const WAL_PAGES: i64 = 256;
+const WAL_BYTES: i64 = 1024 * 1024;
+
+/// Which store a server keeps its runs in (`longrun serve --store`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StoreConfig {
+    /// Runs live in this process only; a restart forgets them.
+    #[default]
+    Memory,
+    /// Runs are also written to this SQLite file and served again after a restart.
+    Sqlite {
+        path: PathBuf,
+        /// `synchronous=FULL` (survives power loss) instead of `NORMAL` (survives a crash of
+        /// the process, not of the machine).
+        full_sync: bool,
+    },
+}
+
+impl StoreConfig {
+    /// `memory`, `sqlite:PATH` or `sqlite:PATH?synchronous=full`.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        if url == "memory" {
+            return Ok(StoreConfig::Memory);
+        }
+        if let Some(rest) = url.strip_prefix("sqlite:") {
+            let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if path.is_empty() {
+                return Err(format!("{url:?}: name the file, e.g. sqlite:longrun.db"));
+            }
+            let full_sync = match query {
+                "" | "synchronous=normal" => false,
+                "synchronous=full" => true,
+                other => {
+                    return Err(format!(
+                        "{url:?}: unknown option {other:?} (synchronous=normal or synchronous=full)"
+                    ));
+                }
+            };
+            return Ok(StoreConfig::Sqlite {
+                path: PathBuf::from(path),
+                full_sync,
+            });
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Err(format!(
+                "{url:?}: the Postgres store is not built yet; use sqlite:PATH or memory"
+            ));
+        }
+        Err(format!(
+            "{url:?} is not a store: use sqlite:PATH (the default, sqlite:longrun.db) or memory"
+        ))
+    }
+}
+
+/// A run read back from the journal at start, ended (an interrupted one was ended then).
+pub(crate) struct RestoredRun {
+    pub id: RunId,
+    pub object: String,
+    pub events: Vec<Event>,
+    /// Each event's JSON exactly as it was served.
+    pub json: Vec<Bytes>,
+    /// When it ended, and how long it is kept after that.
+    pub ended: SystemTime,
+    pub retention: Duration,
+}
+
+pub(crate) struct RestoredTombstone {
+    pub id: RunId,
+    pub object: String,
+    pub dropped: SystemTime,
+}
+
+/// What the journal found at start.
+pub(crate) struct Restored {
+    pub runs: Vec<RestoredRun>,
+    pub tombstones: Vec<RestoredTombstone>,
+    /// Runs that were running when the server stopped, ended now as `interrupted`.
+    pub interrupted: usize,
+}
+
+enum Command {
+    Create {
+        id: RunId,
+        object: String,
+        retention: Duration,
+        event0: Bytes,
+        ack: oneshot::Sender<Result<(), String>>,
+    },
+    /// The run has appended events not journaled yet.
+    Dirty(Arc<Run>),
+    /// Retention dropped these runs (they become tombstones) and forgot these tombstones.
+    Drop {
+        runs: Vec<(RunId, String)>,
+        forgotten: Vec<RunId>,
+    },
+    Flush(oneshot::Sender<()>),
+}
+
+/// The handle to the writer thread of a SQLite store.
+pub(crate) struct Journal {
+    tx: mpsc::Sender<Command>,
+}
+
+fn millis(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn from_millis(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
+}
+
+fn sql_error(path: &Path, e: rusqlite::Error) -> String {
+    if let rusqlite::Error::SqliteFailure(f, _) = &e {
+        if matches!(
+            f.code,
+            rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+        ) {
+            return format!(
+                "{}: another longrun server uses this file (one server per SQLite file; give \
+                 this one another --store)",
+                path.display()
+            );
+        }
+    }
+    format!("{}: {e}", path.display())
+}
+
+impl Journal {
+    /// Open (or create) the file, migrate its schema, read back what it holds, end the runs
+    /// that were interrupted, and start the writer thread.
+    pub fn open(path: &Path, full_sync: bool) -> Result<(Arc<Journal>, Restored), String> {
+        let err = |e| sql_error(path, e);
+        let mut conn = Connection::open(path).map_err(err)?;
+        conn.busy_timeout(Duration::ZERO).map_err(err)?;
+        // One server per file: the exclusive lock is taken by the first write below and kept
+        // for the connection's life, so a second server fails at once with a clear message.
+        conn.pragma_update(None, "locking_mode", "EXCLUSIVE")
+            .map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(
+            None,
+            "synchronous",
+            if full_sync { "FULL" } else { "NORMAL" },
+        )
+        .map_err(err)?;
+        conn.pragma_update(None, "journal_size_limit", WAL_BYTES)
+            .map_err(err)?;
+        conn.pragma_update(None, "wal_autocheckpoint", WAL_PAGES)
+            .map_err(err)?;
+        migrate(&mut conn).map_err(|e| match e {
+            Migrate::Sql(e) => err(e),
+            Migrate::Newer(v) => format!(
+                "{}: its schema is version {v}, newer than this longrun knows ({SCHEMA_VERSION}); \
+                 use a newer longrun, or another file",
+                path.display()
+            ),
+        })?;
+        let restored = restore(&mut conn).map_err(err)?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("longrun-journal".into())
+            .spawn(move || writer(conn, rx))
+            .map_err(|e| format!("cannot start the journal thread: {e}"))?;
+        Ok((Arc::new(Journal { tx }), restored))
+    }
+
+    /// Journal a new run and its event 0; the answer comes once they are committed.
+    pub fn create(
+        &self,
+        id: RunId,
+        object: &str,
+        retention: Duration,
+        event0: Bytes,
+    ) -> oneshot::Receiver<Result<(), String>> {
+        let (ack, done) = oneshot::channel();
+        let _ = self.tx.send(Command::Create {
+            id,
+            object: object.to_owned(),
+            retention,
+            event0,
+            ack,
+        });
+        done
+    }
+
+    pub fn dirty(&self, run: Arc<Run>) {
+        let _ = self.tx.send(Command::Dirty(run));
+    }
+
+    pub fn dropped(&self, runs: Vec<(RunId, String)>, forgotten: Vec<RunId>) {
+        if !runs.is_empty() || !forgotten.is_empty() {
+            let _ = self.tx.send(Command::Drop { runs, forgotten });
+        }
+    }
+
+    /// Wait until everything sent before is committed and checkpointed into the file.
+    pub async fn flush(&self) {
+        let (ack, done) = oneshot::channel();
+        if self.tx.send(Command::Flush(ack)).is_ok() {
+            let _ = done.await;
+        }
+    }
+}
+
+enum Migrate {
+    Sql(rusqlite::Error),
+    Newer(i64),
+}
+
+impl From<rusqlite::Error> for Migrate {
+    fn from(e: rusqlite::Error) -> Self {
+        Migrate::Sql(e)
+    }
+}
+
+/// Versioned migrations, applied at start in one transaction each.
+fn migrate(conn: &mut Connection) -> Result<(), Migrate> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(Migrate::Newer(version));
+    }
+    if version < 1 {
+        let tx = conn.transaction()?;
+        tx.execute_batch(
+            "CREATE TABLE runs (
+                 id TEXT PRIMARY KEY,
+                 object TEXT NOT NULL,
+                 created_ms INTEGER NOT NULL,
+                 retention_ms INTEGER NOT NULL,
+                 ended_ms INTEGER
+             );
+             CREATE TABLE events (
+                 run TEXT NOT NULL,
+                 id INTEGER NOT NULL,
+                 event TEXT NOT NULL,
+                 PRIMARY KEY (run, id)
+             ) WITHOUT ROWID;
+             CREATE TABLE tombstones (
+                 id TEXT PRIMARY KEY,
+                 object TEXT NOT NULL,
+                 dropped_ms INTEGER NOT NULL
+             );
+             PRAGMA user_version = 1;",
+        )?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn interrupted_value() -> serde_json::Value {
+    serde_json::json!({
+        "message": "the server stopped while this run was running",
+        "reason": "interrupted",
+    })
+}
+
+/// Read every run and tombstone back; end the runs that never ended, durably.
+fn restore(conn: &mut Connection) -> rusqlite::Result<Restored> {
+    let now = SystemTime::now();
+    let tx = conn.transaction()?;
+    let mut runs = Vec::new();
+    let mut interrupted = 0;
+    {
+        let mut list = tx.prepare(
+            "SELECT id, object, retention_ms, ended_ms FROM runs ORDER BY created_ms, id",
+        )?;
+        let mut events = tx.prepare("SELECT id, event FROM events WHERE run = ?1 ORDER BY id")?;
+        let rows: Vec<(String, String, i64, Option<i64>)> = list
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<Result<_, _>>()?;
+        for (id_text, object, retention_ms, ended_ms) in rows {
+            let Ok(id) = RunId::parse(&id_text) else {
+                continue;
+            };
+            let mut evs = Vec::new();
+            let mut json = Vec::new();
+            for row in events.query_map([&id_text], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })? {
+                let (_, text) = row?;
+                match serde_json::from_str::<Event>(&text) {
+                    Ok(ev) if ev.id == evs.len() as u64 => {
+                        evs.push(ev);
+                        json.push(Bytes::from(text));
+                    }
+                    // Ids are dense by construction; anything else ends the log here.
+                    _ => break,
+                }
+            }
+            if evs.is_empty() {
+                continue;
+            }
+            let ended = match ended_ms {
+                Some(ms) if evs.last().is_some_and(|e| e.state.is_terminal()) => from_millis(ms),
+                _ => {
+                    let event = Event {
+                        id: evs.len() as u64,
+                        state: State::Error,
+                        value: interrupted_value(),
+                    };
+                    let text = serde_json::to_string(&event).expect("events serialize");
+                    tx.execute(
+                        "INSERT INTO events (run, id, event) VALUES (?1, ?2, ?3)",
+                        params![id_text, event.id as i64, text],
+                    )?;
+                    tx.execute(
+                        "UPDATE runs SET ended_ms = ?2 WHERE id = ?1",
+                        params![id_text, millis(now)],
+                    )?;
+                    evs.push(event);
+                    json.push(Bytes::from(text));
+                    interrupted += 1;
+                    now
+                }
+            };
+            runs.push(RestoredRun {
+                id,
+                object,
+                events: evs,
+                json,
+                ended,
+                retention: Duration::from_millis(retention_ms.max(0) as u64),
+            });
+        }
+    }
+    let tombstones = {
+        let mut list =
+            tx.prepare("SELECT id, object, dropped_ms FROM tombstones ORDER BY dropped_ms")?;
+        let rows: Vec<(String, String, i64)> = list
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        rows.into_iter()
+            .filter_map(|(id, object, ms)| {
+                Some(RestoredTombstone {
+                    id: RunId::parse(&id).ok()?,
+                    object,
+                    dropped: from_millis(ms),
+                })
+            })
+            .collect()
+    };
+    tx.commit()?;
+    Ok(Restored {
+        runs,
+        tombstones,
+        interrupted,
+    })
+}
+
+/// The writer thread: take what is pending, commit it in one transaction, then make it
+/// visible and answer who waits. Ends when every `Journal` handle is gone.
+fn writer(mut conn: Connection, rx: mpsc::Receiver<Command>) {
+    let mut commits = 0u64;
+    let mut retry: Vec<Command> = Vec::new();
+    loop {
+        let mut batch = std::mem::take(&mut retry);
+        if batch.is_empty() {
+            match rx.recv() {
+                Ok(cmd) => batch.push(cmd),
+                Err(_) => break,
+            }
+        }
+        while batch.len() < GROUP {
+            match rx.try_recv() {
+                Ok(cmd) => batch.push(cmd),
+                Err(_) => break,
+            }
+        }
+        match commit(&mut conn, &mut batch) {
+            Ok(published) => {
+                for (run, upto) in published {
+                    run.publish(upto);
+                }
+                commits += 1;
+                let flush = batch.iter().any(|c| matches!(c, Command::Flush(_)));
+                if flush || commits % CHECKPOINT_EVERY == 0 {
+                    let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+                }
+                for cmd in batch {
+                    match cmd {
+                        Command::Create { ack, .. } => {
+                            let _ = ack.send(Ok(()));
+                        }
+                        Command::Flush(ack) => {
+                            let _ = ack.send(());
+                        }
+                        Command::Dirty(_) | Command::Drop { .. } => {}
+                    }
+                }
+            }
+            Err(e) => {
+                // A failed commit (a full disk, say) loses nothing that was acknowledged:
+                // submits waiting on it are refused, and appended events stay invisible and
+                // are written again on the next try.
+                tracing::error!(error = %e, "the journal could not commit; retrying");
+                for cmd in batch {
+                    match cmd {
+                        Command::Create { ack, .. } => {
+                            let _ = ack.send(Err(e.to_string()));
+                        }
+                        Command::Dirty(run) => {
+                            run.unjournal();
+                            retry.push(Command::Dirty(run));
+                        }
+                        other => retry.push(other),
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+}
+
+/// One transaction for a batch; returns the runs to publish up to which event count.
+fn commit(
+    conn: &mut Connection,
+    batch: &mut [Command],
+) -> rusqlite::Result<Vec<(Arc<Run>, usize)>> {
+    let tx = conn.transaction()?;
+    let mut published = Vec::new();
+    {
+        let mut insert_event = tx
+            .prepare_cached("INSERT OR REPLACE INTO events (run, id, event) VALUES (?1, ?2, ?3)")?;
+        let now = millis(SystemTime::now());
+        for cmd in batch.iter() {
+            match cmd {
+                Command::Create {
+                    id,
+                    object,
+                    retention,
+                    event0,
+                    ..
+                } => {
+                    let id = id.to_string();
+                    tx.execute(
+                        "INSERT INTO runs (id, object, created_ms, retention_ms) VALUES (?1, ?2, ?3, ?4)",
+                        params![id, object, now, retention.as_millis() as i64],
+                    )?;
+                    insert_event.execute(params![
+                        id,
+                        0i64,
+                        std::str::from_utf8(event0).unwrap_or("null")
+                    ])?;
+                }
+                Command::Dirty(run) => {
+                    let (first, events, terminal) = run.take_unjournaled();
+                    let id = run.id.to_string();
+                    for (i, json) in events.iter().enumerate() {
+                        let text = std::str::from_utf8(json).expect("events are JSON text");
+                        insert_event.execute(params![id, (first + i) as i64, text])?;
+                    }
+                    if terminal {
+                        tx.execute(
+                            "UPDATE runs SET ended_ms = ?2 WHERE id = ?1",
+                            params![id, now],
+                        )?;
+                    }
+                    published.push((run.clone(), first + events.len()));
+                }
+                Command::Drop { runs, forgotten } => {
+                    for (id, object) in runs {
+                        let id = id.to_string();
+                        tx.execute("DELETE FROM events WHERE run = ?1", [&id])?;
+                        tx.execute("DELETE FROM runs WHERE id = ?1", [&id])?;
+                        tx.execute(
+                            "INSERT OR REPLACE INTO tombstones (id, object, dropped_ms) VALUES (?1, ?2, ?3)",
+                            params![id, object, now],
+                        )?;
+                    }
+                    for id in forgotten {
+                        tx.execute("DELETE FROM tombstones WHERE id = ?1", [id.to_string()])?;
+                    }
+                }
+                Command::Flush(_) => {}
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(published)
+}
