@@ -35,10 +35,20 @@ const STALLED_RUN_EVENTS: u64 = 100_000;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--serve-longrun") {
-        return serve(true);
+        return serve(true, longrun_server::StoreConfig::Memory);
+    }
+    if let Some(i) = args.iter().position(|a| a == "--serve-sqlite") {
+        let path = std::path::PathBuf::from(&args[i + 1]);
+        return serve(
+            true,
+            longrun_server::StoreConfig::Sqlite {
+                path,
+                full_sync: false,
+            },
+        );
     }
     if args.iter().any(|a| a == "--serve-bare") {
-        return serve(false);
+        return serve(false, longrun_server::StoreConfig::Memory);
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(bench());
@@ -46,7 +56,7 @@ fn main() {
 
 // ---------------------------------------------------------------- servers (child processes)
 
-fn serve(longrun: bool) {
+fn serve(longrun: bool, store: longrun_server::StoreConfig) {
     // Exit when the benchmark is gone, however it ended: its end closes our stdin.
     std::thread::spawn(|| {
         let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
@@ -58,6 +68,7 @@ fn serve(longrun: bool) {
         println!("{}", listener.local_addr().unwrap());
         if longrun {
             let server = longrun_server::Server::builder()
+                .store(store)
                 .demo()
                 .build()
                 .expect("the demo objects have unique names");
@@ -169,6 +180,68 @@ async fn bench() {
     if runs("memory") {
         memory().await;
     }
+    if runs("store") {
+        store().await;
+    }
+}
+
+/// The SQLite store against memory: whole short runs, and one busy run's appends.
+async fn store() {
+    let dir = tempfile::tempdir().unwrap();
+    let memory = ChildServer::start("--serve-longrun");
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.arg("--serve-sqlite").arg(dir.path().join("bench.db"));
+    let sqlite = ChildServer::spawn(cmd);
+    let mut short: [Vec<f64>; 2] = Default::default();
+    let mut busy: [Vec<f64>; 2] = Default::default();
+    for round in 0..=ROUNDS {
+        for (k, server) in [&memory, &sqlite].into_iter().enumerate() {
+            let rate = short_runs(&server.base).await;
+            let secs = drain(&format!("{}/count", server.base)).await;
+            if round > 0 {
+                short[k].push(rate);
+                busy[k].push(secs);
+            }
+        }
+    }
+    let [mem_rate, sql_rate] = short.map(median);
+    let [mem_secs, sql_secs] = busy.map(median);
+    println!(
+        "store             submit + 10 events + follow to the end, {SUBMIT_CONCURRENCY} at once: memory {mem_rate:>7.0} runs/s   sqlite {sql_rate:>7.0} runs/s   ratio {:.2}x  (goal >= 0.5x)",
+        sql_rate / mem_rate
+    );
+    println!(
+        "store             one busy run's {DRAIN_EVENTS} events to a follower: memory {:>9.0} events/s   sqlite {:>9.0} events/s (group commit)   ratio {:.2}x",
+        DRAIN_EVENTS as f64 / mem_secs,
+        DRAIN_EVENTS as f64 / sql_secs,
+        mem_secs / sql_secs
+    );
+}
+
+/// Runs per second, each submitted (count n=10) and followed by SSE to its end.
+async fn short_runs(base: &str) -> f64 {
+    let client = reqwest::Client::new();
+    let done = Arc::new(AtomicU64::new(0));
+    let until = Instant::now() + Duration::from_secs_f64(SUBMIT_SECONDS);
+    let workers: Vec<_> = (0..SUBMIT_CONCURRENCY)
+        .map(|_| {
+            let (client, base, done) = (client.clone(), base.to_owned(), done.clone());
+            tokio::spawn(async move {
+                while Instant::now() < until {
+                    let run = submit(&base, "count", json!({"n": 10})).await;
+                    let res = client.get(&run).header("accept", "text/event-stream");
+                    let body = res.send().await.unwrap().bytes().await.unwrap();
+                    assert!(body.ends_with(b"data: {\"n\":10}\n\n"));
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    for w in workers {
+        w.await.unwrap();
+    }
+    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
 /// Submit rate and drains against peers, fan-out, latency.
