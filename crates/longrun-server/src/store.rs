@@ -32,9 +32,10 @@ const GROUP: usize = 4096;
 
 /// After this many commits the WAL is checkpointed and truncated; between those, SQLite's own
 /// checkpoint runs every `WAL_PAGES` pages and `journal_size_limit` cuts the file back to
-/// `WAL_BYTES`: the WAL stays about a megabyte however long the server runs.
-const CHECKPOINT_EVERY: u64 = 64;
-const WAL_PAGES: i64 = 256;
+/// `WAL_BYTES`: the WAL stays a few megabytes however long the server runs (each checkpoint
+/// syncs the file, so they are kept rare).
+const CHECKPOINT_EVERY: u64 = 1024;
+const WAL_PAGES: i64 = 1000;
 const WAL_BYTES: i64 = 1024 * 1024;
 
 /// Which store a server keeps its runs in (`longrun serve --store`).
@@ -472,10 +473,10 @@ fn commit(
                     ..
                 } => {
                     let id = id.to_string();
-                    tx.execute(
+                    tx.prepare_cached(
                         "INSERT INTO runs (id, object, created_ms, retention_ms) VALUES (?1, ?2, ?3, ?4)",
-                        params![id, object, now, retention.as_millis() as i64],
-                    )?;
+                    )?
+                    .execute(params![id, object, now, retention.as_millis() as i64])?;
                     insert_event.execute(params![
                         id,
                         0i64,
@@ -490,25 +491,26 @@ fn commit(
                         insert_event.execute(params![id, (first + i) as i64, text])?;
                     }
                     if terminal {
-                        tx.execute(
-                            "UPDATE runs SET ended_ms = ?2 WHERE id = ?1",
-                            params![id, now],
-                        )?;
+                        tx.prepare_cached("UPDATE runs SET ended_ms = ?2 WHERE id = ?1")?
+                            .execute(params![id, now])?;
                     }
                     published.push((run.clone(), first + events.len()));
                 }
                 Command::Drop { runs, forgotten } => {
                     for (id, object) in runs {
                         let id = id.to_string();
-                        tx.execute("DELETE FROM events WHERE run = ?1", [&id])?;
-                        tx.execute("DELETE FROM runs WHERE id = ?1", [&id])?;
-                        tx.execute(
+                        tx.prepare_cached("DELETE FROM events WHERE run = ?1")?
+                            .execute([&id])?;
+                        tx.prepare_cached("DELETE FROM runs WHERE id = ?1")?
+                            .execute([&id])?;
+                        tx.prepare_cached(
                             "INSERT OR REPLACE INTO tombstones (id, object, dropped_ms) VALUES (?1, ?2, ?3)",
-                            params![id, object, now],
-                        )?;
+                        )?
+                        .execute(params![id, object, now])?;
                     }
                     for id in forgotten {
-                        tx.execute("DELETE FROM tombstones WHERE id = ?1", [id.to_string()])?;
+                        tx.prepare_cached("DELETE FROM tombstones WHERE id = ?1")?
+                            .execute([id.to_string()])?;
                     }
                 }
                 Command::Flush(_) => {}
