@@ -216,6 +216,19 @@ async fn store() {
         DRAIN_EVENTS as f64 / sql_secs,
         mem_secs / sql_secs
     );
+    let (events, secs) = fan_out(&sqlite.base, 0).await;
+    println!(
+        "store             fan-out replay on sqlite: {FOLLOWERS} SSE followers of one ended count run, {events} events in {secs:.2} s = {:>10.0} events/s",
+        events as f64 / secs
+    );
+    drop((memory, sqlite));
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.arg("--serve-sqlite").arg(dir.path().join("idle.db"));
+    let fresh = ChildServer::spawn(cmd);
+    println!(
+        "store             idle followers on sqlite: RSS growth {:.1} KiB per idle SSE follower over {IDLE_FOLLOWERS} followers, fresh server  (goal <= 8 KiB)",
+        idle_follower_rss(&fresh).await
+    );
 }
 
 /// Runs per second, each submitted (count n=10) and followed by SSE to its end.
