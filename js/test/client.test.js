@@ -3,6 +3,7 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import net from "node:net";
+import { readFile } from "node:fs/promises";
 import { builds, startServer } from "./helpers.js";
 
 let server;
@@ -62,6 +63,14 @@ for (const { name, api } of await builds()) {
       assert.ok(api.errorKinds.length > 0);
       assert.deepEqual(Object.keys(api.errorClasses).sort(), [...api.errorKinds].sort());
       for (const kind of api.errorKinds) assert.ok(api.errorClasses[kind].prototype instanceof LongrunError);
+    });
+
+    test("the TypeScript ErrorKind union names exactly the kinds of the native core", async () => {
+      const dts = await readFile(new URL("../src/index.d.ts", import.meta.url), "utf8");
+      const union = /export type ErrorKind =([^;]*);/.exec(dts);
+      assert.ok(union, "index.d.ts declares ErrorKind");
+      const typed = [...union[1].matchAll(/"([A-Za-z]+)"/g)].map((m) => m[1]);
+      assert.deepEqual(typed.sort(), [...api.errorKinds].sort());
     });
 
     test("a cursor that is not a non-negative integer is an InvalidArgumentError", async () => {
