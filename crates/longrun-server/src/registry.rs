@@ -189,15 +189,21 @@ impl Registry {
             );
             journal.create(run.id, &run.object, retention, event0)
         });
-        let driver = drive(
+        let mut driver = Box::pin(drive(
             self.clone(),
             config.clone(),
             run.clone(),
             object.handler.start(args, RunContext { run: run.clone() }),
             object.options.timeout,
             retention,
-        );
-        self.tasks.spawn(driver);
+        ));
+        // A handler that finishes at its first poll (echo, a cached answer) ends here, with no
+        // task and no hand-over to another worker. One that does not goes on in its own task,
+        // whose first poll registers every wake-up again (the no-op waker's are dropped).
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if driver.as_mut().poll(&mut cx).is_pending() {
+            self.tasks.spawn(driver);
+        }
         Ok(Submitted { run, durable })
     }
 
