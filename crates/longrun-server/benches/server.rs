@@ -247,18 +247,34 @@ async fn store() {
 
 /// Runs per second, each submitted (count n=10) and followed by SSE to its end.
 async fn short_runs(base: &str) -> f64 {
-    let client = reqwest::Client::new();
+    let (client, base) = (reqwest::Client::new(), base.to_owned());
+    per_second(move || {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let run = submit(&base, "count", json!({"n": 10})).await;
+            let res = client.get(&run).header("accept", "text/event-stream");
+            let body = res.send().await.unwrap().bytes().await.unwrap();
+            assert!(body.ends_with(b"data: {\"n\":10}\n\n"));
+        }
+    })
+    .await
+}
+
+/// How many times per second `SUBMIT_CONCURRENCY` workers complete `op`, each looping for
+/// `SUBMIT_SECONDS`.
+async fn per_second<F, Fut>(op: F) -> f64
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     let done = Arc::new(AtomicU64::new(0));
     let until = Instant::now() + Duration::from_secs_f64(SUBMIT_SECONDS);
     let workers: Vec<_> = (0..SUBMIT_CONCURRENCY)
         .map(|_| {
-            let (client, base, done) = (client.clone(), base.to_owned(), done.clone());
+            let (op, done) = (op.clone(), done.clone());
             tokio::spawn(async move {
                 while Instant::now() < until {
-                    let run = submit(&base, "count", json!({"n": 10})).await;
-                    let res = client.get(&run).header("accept", "text/event-stream");
-                    let body = res.send().await.unwrap().bytes().await.unwrap();
-                    assert!(body.ends_with(b"data: {\"n\":10}\n\n"));
+                    op().await;
                     done.fetch_add(1, Ordering::Relaxed);
                 }
             })
@@ -290,10 +306,10 @@ async fn throughput() {
     // Submit throughput: the same load on each server in turn, round after round.
     let mut rates: [Vec<f64>; 3] = Default::default();
     for round in 0..=ROUNDS {
-        let ours = submit_rate(&format!("{}/echo", longrun.base), 201).await;
-        let bare_rate = submit_rate(&format!("{}/echo", bare.base), 201).await;
+        let ours = submit_rate(&format!("{}/echo", longrun.base)).await;
+        let bare_rate = submit_rate(&format!("{}/echo", bare.base)).await;
         let seed_rate = match &seed {
-            Some(seed) => submit_rate(&format!("{}/echo/", seed.base), 201).await,
+            Some(seed) => submit_rate(&format!("{}/echo/", seed.base)).await,
             None => f64::NAN,
         };
         if round > 0 {
@@ -407,34 +423,23 @@ fn median(mut samples: Vec<f64>) -> f64 {
 }
 
 /// Submits per second to `url` from `SUBMIT_CONCURRENCY` connections for `SUBMIT_SECONDS`.
-async fn submit_rate(url: &str, status: u16) -> f64 {
-    let client = reqwest::Client::new();
-    let done = Arc::new(AtomicU64::new(0));
-    let until = Instant::now() + Duration::from_secs_f64(SUBMIT_SECONDS);
-    let workers: Vec<_> = (0..SUBMIT_CONCURRENCY)
-        .map(|_| {
-            let (client, url, done) = (client.clone(), url.to_owned(), done.clone());
-            tokio::spawn(async move {
-                while Instant::now() < until {
-                    let res = client
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .body(r#"{"a":1}"#)
-                        .send()
-                        .await
-                        .unwrap();
-                    assert_eq!(res.status(), status);
-                    res.bytes().await.unwrap();
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
-    let start = Instant::now();
-    for w in workers {
-        w.await.unwrap();
-    }
-    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+async fn submit_rate(url: &str) -> f64 {
+    let (client, url) = (reqwest::Client::new(), url.to_owned());
+    per_second(move || {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let res = client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(r#"{"a":1}"#)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 201);
+            res.bytes().await.unwrap();
+        }
+    })
+    .await
 }
 
 /// Seconds from submitting a `count` run of `DRAIN_EVENTS` to reading its terminal event over

@@ -45,8 +45,7 @@ impl Connections {
     /// A place for one more follower of `run`, or `None` when the run or the server has as
     /// many as it may.
     pub fn follow(self: &Arc<Self>, config: &Config, run: &Arc<Run>) -> Option<FollowerSlot> {
-        if self.followers.fetch_add(1, Ordering::SeqCst) >= config.max_followers {
-            self.followers.fetch_sub(1, Ordering::SeqCst);
+        if !take(&self.followers, config.max_followers) {
             return None;
         }
         if !run.add_follower(config.max_followers_per_run) {
@@ -58,6 +57,15 @@ impl Connections {
             conns: self.clone(),
         })
     }
+}
+
+/// Count one more in `counter` unless it holds `max` already.
+pub(crate) fn take(counter: &AtomicUsize, max: usize) -> bool {
+    counter
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .is_ok()
 }
 
 /// One follower counted; given back when dropped (the stream or the poll ended).

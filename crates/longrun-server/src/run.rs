@@ -369,11 +369,7 @@ impl Run {
 
     /// Count one more follower, unless the run has `max` already.
     pub fn add_follower(&self, max: usize) -> bool {
-        if self.followers.fetch_add(1, Ordering::SeqCst) >= max {
-            self.followers.fetch_sub(1, Ordering::SeqCst);
-            return false;
-        }
-        true
+        crate::conn::take(&self.followers, max)
     }
 
     pub fn remove_follower(&self) {
