@@ -14,14 +14,10 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use crate::{cargo, root, step};
+use crate::{cargo, ci, root, step};
 
 /// The seed implementation's module, fetched from the Go module proxy by go/seed.
 const SEED_MODULE: &str = "github.com/factorysh/go-longrun";
-
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
 
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from)

@@ -8,14 +8,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::{cargo, ensure_target, root, step};
+use crate::{apt_install, cargo, ci, ensure_target, root, step};
 
 /// Must equal the exact `wasm-bindgen` version pinned in bindings/wasm/Cargo.toml.
 const WASM_BINDGEN: &str = "0.2.130";
-
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
 
 fn js_dir() -> PathBuf {
     root().join("js")
@@ -172,17 +168,7 @@ fn ensure_chromium() -> Result<(), String> {
     if Path::new("/usr/bin/chromium").exists() || !ci() {
         return Ok(());
     }
-    let install = || {
-        step(
-            "install chromium",
-            Command::new("apt-get").args(["install", "-y", "chromium"]),
-        )
-    };
-    // A fresh machine may not have package lists yet.
-    install().or_else(|_| {
-        step("apt-get update", Command::new("apt-get").arg("update"))?;
-        install()
-    })
+    apt_install("chromium")
 }
 
 /// Every JS suite; the passed and failed counts of `node --test`.

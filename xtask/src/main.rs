@@ -3,10 +3,12 @@
 //!
 //! - `cargo xtask test`  — every suite the repository has; this is what CI runs.
 //! - `cargo xtask bench` — the benchmarks, printed side by side with their peers.
+//! - `cargo xtask pg -- CMD …` — CMD beside a throwaway PostgreSQL cluster (`pg.rs`).
 
 mod bench;
 mod go;
 mod js;
+mod pg;
 mod python;
 mod test;
 
@@ -20,6 +22,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::run(&args[1..]),
         Some("go") => go::run(&args[1..]),
         Some("js") => js::run(&args[1..]),
+        Some("pg") => pg::run(&args[1..]),
         Some("python") => python::run(&args[1..]),
         _ => {
             eprintln!(
@@ -27,7 +30,8 @@ fn main() -> ExitCode {
                  cargo xtask bench           run the benchmarks\n       \
                  cargo xtask go [--release] | test | bench   build the C library the Go module links (into go/lib), or its suite or benchmark alone\n       \
                  cargo xtask js build [--release] | test   the JS package: build its native halves, or its suites\n       \
-                 cargo xtask python test | bench   the Python SDK's suite or benchmark alone"
+                 cargo xtask python test | bench   the Python SDK's suite or benchmark alone\n       \
+                 cargo xtask pg [--] CMD [ARGS...]   run CMD beside a throwaway PostgreSQL cluster (LONGRUN_TEST_POSTGRES and PG* set), e.g. `cargo xtask pg -- psql -c 'select 1'`"
             );
             return ExitCode::from(2);
         }
@@ -83,4 +87,24 @@ fn ensure_target(target: &str) -> Result<(), String> {
         "add target",
         Command::new("rustup").args(["target", "add", target]),
     )
+}
+
+/// `CI=true`: a missing tool is an error, and what can be installed is.
+fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// `apt-get install -y PACKAGE` (Debian's packages, for CI), after `apt-get update` if the
+/// first try fails: a fresh machine may not have package lists yet.
+fn apt_install(package: &str) -> Result<(), String> {
+    let install = || {
+        step(
+            &format!("install {package}"),
+            Command::new("apt-get").args(["install", "-y", package]),
+        )
+    };
+    install().or_else(|_| {
+        step("apt-get update", Command::new("apt-get").arg("update"))?;
+        install()
+    })
 }

@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::{cargo, root, step};
+use crate::{cargo, ci, root, step};
 
 /// What the main venv needs from PyPI (the benchmark's peers included, so `bench` reuses it).
 const TOOLS: &[&str] = &[
@@ -22,10 +22,6 @@ const TOOLS: &[&str] = &[
 ];
 /// Oldest CPython the abi3 wheel supports (pyproject's `requires-python`).
 const OLDEST_MINOR: u32 = 9;
-
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
 
 fn python3() -> Option<PathBuf> {
     let name = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());

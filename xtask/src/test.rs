@@ -1,5 +1,6 @@
 //! `cargo xtask test`: formatting, lints, the wasm build of the shared crates, and every
-//! test suite. Later issues add the Python, JavaScript and Go suites here.
+//! test suite (the Rust one beside a throwaway PostgreSQL cluster, `pg.rs`), then the
+//! JavaScript, Python and Go suites.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -36,11 +37,17 @@ fn run_all(quick: bool) -> Result<(), String> {
         )?;
     }
     let mut totals = Totals::default();
-    counted(
-        "rust tests",
-        cargo().args(["test", "--workspace"]),
-        &mut totals,
-    )?;
+    {
+        // A throwaway PostgreSQL cluster for the Postgres store's tests, stopped (by the
+        // guard) when they end, passed or not. Without one they skip themselves.
+        let pg = crate::pg::start()?;
+        let mut rust = cargo();
+        rust.args(["test", "--workspace"]);
+        if let Some(pg) = &pg {
+            rust.env(crate::pg::ENV, pg.url());
+        }
+        counted("rust tests", &mut rust, &mut totals)?;
+    }
     // The JavaScript SDK: napi and wasm builds, tsc, node --test (Node, wasm-in-Node, Chromium).
     let (passed, failed) = crate::js::test()?;
     totals.passed += passed;
