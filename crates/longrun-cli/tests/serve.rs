@@ -591,3 +591,140 @@ async fn a_second_server_on_the_same_sqlite_file_refuses_to_start() {
         "{stderr}"
     );
 }
+
+#[path = "../../longrun-server/tests/common/postgres.rs"]
+mod postgres;
+
+/// Two `longrun serve` replicas on one Postgres database, each with a short lease.
+async fn replicas(test: &str, extra: &[&str]) -> Option<(Serve, Serve)> {
+    let url = postgres::database(test).await?;
+    let store = format!("{url}?lease=1s");
+    let args = [&["--store", store.as_str(), "--retry", "10ms"], extra].concat();
+    Some((
+        Serve::start(&args, &[]).await,
+        Serve::start(&args, &[]).await,
+    ))
+}
+
+fn assert_dense(events: &[Event], what: &str) {
+    let ids: Vec<u64> = events.iter().map(|e| e.id).collect();
+    let want: Vec<u64> = (0..events.len() as u64).collect();
+    assert_eq!(ids, want, "{what}: each event exactly once, in order");
+}
+
+/// A run submitted on one replica is followed on the other by SSE and by long polling (each
+/// event exactly once), answers HEAD there, and is canceled from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_one_postgres_serve_each_others_runs() {
+    let Some((a, b)) = replicas("replicas serve each other's runs", &[]).await else {
+        return;
+    };
+    let count = a.submit("count", json!({"n": 30, "interval_ms": 10})).await;
+    let (sse, polled) = tokio::join!(
+        async { decode_sse(&b.stream(&count).await.text().await.unwrap()).1 },
+        b.events(&count)
+    );
+    let on_a = a.events(&count).await;
+    assert_eq!(on_a.len(), 32, "queued, 30 running, success");
+    assert_dense(&sse, "SSE on B");
+    assert_dense(&polled, "long polling on B");
+    assert_eq!(sse, on_a, "B's stream is A's run");
+    assert_eq!(polled, on_a, "B's long polls are A's run");
+
+    let head = b.http.head(b.url(&count)).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    let header = |name: &str| head.headers()[name].to_str().unwrap().to_owned();
+    assert_eq!(header("longrun-state"), "success");
+    assert_eq!(header("longrun-last-event-id"), "31");
+
+    let sleep = a.submit("sleep", json!({"ms": 3_600_000})).await;
+    let canceled = b.http.delete(b.url(&sleep)).send().await.unwrap();
+    assert_eq!(
+        canceled.status(),
+        202,
+        "a cancel on B of a run executing on A"
+    );
+    let (on_a, on_b) = tokio::join!(a.events(&sleep), b.events(&sleep));
+    let last = on_a.last().unwrap();
+    assert_eq!(last.state, State::Canceled, "{on_a:?}");
+    assert_eq!(last.value["reason"], "client");
+    assert_eq!(on_a, on_b);
+    let again = b.http.delete(b.url(&sleep)).send().await.unwrap();
+    assert_eq!(
+        again.status(),
+        202,
+        "DELETE stays idempotent on every replica"
+    );
+    let ended = b.http.delete(b.url(&count)).send().await.unwrap();
+    assert_eq!(ended.status(), 409, "a run that ended in success");
+
+    let unknown = "/count/0f8fad5b-d9cb-469f-a165-70867728950e";
+    let missing = b.http.get(b.url(unknown)).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+}
+
+/// `kill -9` of the replica executing a run: the other ends it once the lease runs out, and
+/// the run's followers there complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_survivor_ends_the_runs_of_a_killed_replica() {
+    let Some((mut a, b)) = replicas("a survivor ends a killed replica's runs", &[]).await else {
+        return;
+    };
+    let sleep = a.submit("sleep", json!({"ms": 3_600_000})).await;
+    let (url, http) = (b.url(&sleep), b.http.clone());
+    let sse = tokio::spawn(async move {
+        let res = http
+            .get(url)
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap();
+        decode_sse(&res.text().await.unwrap()).1
+    });
+    // B holds the run as a mirror (it answered the follow) before A goes.
+    let queued = b
+        .http
+        .get(b.url(&format!("{sleep}?wait=0")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(queued.json::<Vec<Event>>().await.unwrap().len(), 1);
+    a.child.start_kill().unwrap(); // SIGKILL: no shutdown, the lease is never renewed
+    a.child.wait().await.unwrap();
+    let polled = b.events(&sleep).await;
+    let events = sse.await.unwrap();
+    assert_eq!(events, polled);
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[1].state, State::Error);
+    assert_eq!(events[1].value["reason"], "interrupted", "{:?}", events[1]);
+    let head = b.http.head(b.url(&sleep)).send().await.unwrap();
+    assert_eq!(head.headers()["longrun-state"], "error");
+}
+
+/// `max_active_runs` is one limit for all replicas of a database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_one_active_run_limit() {
+    let Some((a, b)) = replicas(
+        "replicas share max_active_runs",
+        &["--max-active-runs", "2"],
+    )
+    .await
+    else {
+        return;
+    };
+    let first = a.submit("sleep", json!({"ms": 3_600_000})).await;
+    b.submit("sleep", json!({"ms": 3_600_000})).await;
+    for s in [&a, &b] {
+        let refused = s.post("sleep", json!({"ms": 1})).await;
+        assert_eq!(
+            refused.status(),
+            503,
+            "two runs are active across the replicas"
+        );
+        assert!(refused.headers().contains_key("retry-after"));
+    }
+    let canceled = b.http.delete(b.url(&first)).send().await.unwrap();
+    assert_eq!(canceled.status(), 202);
+    a.events(&first).await;
+    b.submit("echo", json!({})).await;
+}

@@ -34,7 +34,7 @@ pub(crate) async fn follow(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let run = lookup(&server, &object, &id)?;
+    let run = lookup(&server, &object, &id).await?;
     let query: Vec<(String, String)> =
         form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes())
             .into_owned()

@@ -18,6 +18,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::Server;
 use crate::registry::{Lookup, SubmitError};
 use crate::run::{CancelOutcome, Run};
+use crate::store::CreateError;
 
 /// The router of a server: the protocol's routes, `/_health`, `/_openapi.json`, and
 /// problem+json for everything that does not match.
@@ -264,18 +265,21 @@ async fn submit(
         Ok(submitted) => {
             if let Some(durable) = submitted.durable {
                 // A 201 promises the run survives a restart: answer once it is committed.
-                if let Err(why) = durable
+                let stored = durable
                     .await
-                    .unwrap_or_else(|_| Err("the store stopped".into()))
-                {
+                    .unwrap_or_else(|_| Err(CreateError::Store("the store stopped".into())));
+                if let Err(why) = stored {
                     submitted
                         .run
                         .request_cancel(longrun_proto::CancelReason::Shutdown);
-                    return Err(ApiError::new(
-                        ProblemKind::StoreUnavailable,
-                        format!("the run could not be stored ({why}); retry later"),
-                    )
-                    .header(header::RETRY_AFTER, HeaderValue::from_static("1")));
+                    return Err(match why {
+                        CreateError::TooManyRuns => too_many_runs(&server),
+                        CreateError::Store(why) => ApiError::new(
+                            ProblemKind::StoreUnavailable,
+                            format!("the run could not be stored ({why}); retry later"),
+                        )
+                        .header(header::RETRY_AFTER, HeaderValue::from_static("1")),
+                    });
                 }
             }
             submitted.run
@@ -286,16 +290,7 @@ async fn submit(
                 "the server no longer accepts runs",
             ));
         }
-        Err(SubmitError::TooManyRuns) => {
-            return Err(ApiError::new(
-                ProblemKind::TooManyRuns,
-                format!(
-                    "the server already runs {} runs; retry later",
-                    server.config.max_active_runs
-                ),
-            )
-            .header(header::RETRY_AFTER, HeaderValue::from_static("1")));
-        }
+        Err(SubmitError::TooManyRuns) => return Err(too_many_runs(&server)),
     };
     let submitted = RunRef::new(&object, run.id, RunState::Queued);
     let status = if wants_event_stream(&headers) {
@@ -412,15 +407,39 @@ pub(crate) fn wants_event_stream(headers: &HeaderMap) -> bool {
         .any(|v| v.to_str().is_ok_and(h::accepts_event_stream))
 }
 
+fn too_many_runs(server: &Server) -> ApiError {
+    ApiError::new(
+        ProblemKind::TooManyRuns,
+        format!(
+            "the server already runs {} runs; retry later",
+            server.config.max_active_runs
+        ),
+    )
+    .header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+}
+
+fn store_unavailable(why: String) -> ApiError {
+    ApiError::new(
+        ProblemKind::StoreUnavailable,
+        format!("the store could not be read ({why}); retry later"),
+    )
+    .header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+}
+
 /// Find a run or answer 404/410.
-pub(crate) fn lookup(server: &Server, object: &str, id: &str) -> Result<Arc<Run>, ApiError> {
+pub(crate) async fn lookup(server: &Server, object: &str, id: &str) -> Result<Arc<Run>, ApiError> {
     if !server.objects.contains_key(object) {
         return Err(ApiError::new(
             ProblemKind::UnknownObject,
             format!("no object is named {object:?}"),
         ));
     }
-    match server.registry.lookup(&server.config, object, id) {
+    let found = server
+        .registry
+        .find(&server.config, object, id)
+        .await
+        .map_err(store_unavailable)?;
+    match found {
         Lookup::Found(run) => Ok(run),
         Lookup::NotFound => Err(ApiError::new(
             ProblemKind::RunNotFound,
@@ -448,7 +467,7 @@ async fn exists(
     State(server): State<Server>,
     Path((object, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let run = lookup(&server, &object, &id)?;
+    let run = lookup(&server, &object, &id).await?;
     let mut res = StatusCode::OK.into_response();
     status_headers(&run, res.headers_mut());
     Ok(res)
@@ -458,8 +477,13 @@ async fn cancel(
     State(server): State<Server>,
     Path((object, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let run = lookup(&server, &object, &id)?;
-    match run.request_cancel(longrun_proto::CancelReason::Client) {
+    let run = lookup(&server, &object, &id).await?;
+    let outcome = server
+        .registry
+        .cancel(&run, longrun_proto::CancelReason::Client)
+        .await
+        .map_err(store_unavailable)?;
+    match outcome {
         CancelOutcome::Accepted(state) => Ok(json_response(
             StatusCode::ACCEPTED,
             &RunRef::new(&object, run.id, state),

@@ -32,7 +32,7 @@ use std::time::Duration;
 pub use config::Config;
 pub use handler::{Handler, HandlerResult, ObjectOptions, RunContext, RunError};
 pub use http::app;
-pub use store::StoreConfig;
+pub use store::{DEFAULT_LEASE, StoreConfig};
 
 use handler::Object;
 use longrun_proto::ObjectName;
@@ -177,6 +177,19 @@ impl ServerBuilder {
                 let registry = Registry::new(Some(journal));
                 registry.restore(&self.config, restored);
                 registry
+            }
+            StoreConfig::Postgres { url, lease } => {
+                // Nothing is read back: runs are read from the database when asked for,
+                // and those of a replica that stopped are ended once its lease runs out.
+                let limits = store::Limits {
+                    max_active_runs: self.config.max_active_runs,
+                    tombstone_ttl: self.config.tombstone_ttl,
+                    max_tombstones: self.config.max_tombstones,
+                    lease: *lease,
+                };
+                Registry::new(Some(
+                    store::Journal::connect(url, limits).map_err(BuildError::Store)?,
+                ))
             }
         };
         Ok(Server {

@@ -4,7 +4,7 @@
 //! Memory is bounded by construction: active runs by `max_active_runs`, ended runs by
 //! `max_retained` and `retention`, tombstones by `max_tombstones` and `tombstone_ttl`.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -17,8 +17,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::Config;
 use crate::handler::{Object, RunContext};
+use crate::run::CancelOutcome;
 use crate::run::Run;
-use crate::store::{Journal, Restored};
+use crate::store::{CreateAck, Journal, Loaded, Restored};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
@@ -40,6 +41,8 @@ struct Inner {
     tombstones: HashMap<RunId, String>,
     /// Tombstones in creation order, for both expiry and the count limit.
     tombstone_order: VecDeque<(Instant, RunId)>,
+    /// Mirrors of runs another replica executes that had not ended when last looked at.
+    mirrors_open: HashSet<RunId>,
     shutting_down: bool,
 }
 
@@ -58,7 +61,7 @@ pub(crate) enum SubmitError {
 /// (a submit answers 201 only then).
 pub(crate) struct Submitted {
     pub run: Arc<Run>,
-    pub durable: Option<oneshot::Receiver<Result<(), String>>>,
+    pub durable: Option<oneshot::Receiver<CreateAck>>,
 }
 
 /// What a sweep dropped, for the journal.
@@ -121,10 +124,95 @@ impl Registry {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn lookup(&self, config: &Config, object: &str, id: &str) -> Lookup {
+    /// Find a run: in this process, or, with a shared store, in the database (then it is
+    /// served from here on as a mirror, fed from the store).
+    pub async fn find(&self, config: &Config, object: &str, id: &str) -> Result<Lookup, String> {
         let Ok(id) = RunId::parse(id) else {
-            return Lookup::NotFound;
+            return Ok(Lookup::NotFound);
         };
+        let found = self.lookup(config, object, id);
+        let Some(pg) = self.journal.as_deref().and_then(Journal::shared) else {
+            return Ok(found);
+        };
+        if !matches!(found, Lookup::NotFound) {
+            return Ok(found);
+        }
+        match pg.load(id).await? {
+            None => Ok(Lookup::NotFound),
+            Some(Loaded::Gone(o)) => Ok(if o == object {
+                Lookup::Gone
+            } else {
+                Lookup::NotFound
+            }),
+            Some(Loaded::Run {
+                seq,
+                object: o,
+                retention,
+                events,
+            }) => {
+                if o != object {
+                    return Ok(Lookup::NotFound);
+                }
+                let mirror = Arc::new(Run::mirror(id, o, retention, &events));
+                if mirror.len() == 0 {
+                    return Ok(Lookup::NotFound);
+                }
+                let (run, fresh) = {
+                    let mut inner = self.lock();
+                    match inner.runs.get(&id) {
+                        Some(existing) => (existing.clone(), false),
+                        None => {
+                            inner.runs.insert(id, mirror.clone());
+                            inner.mirrors_open.insert(id);
+                            (mirror, true)
+                        }
+                    }
+                };
+                if fresh {
+                    pg.watch(&run, seq).await;
+                }
+                self.sweep(config);
+                Ok(Lookup::Found(run))
+            }
+        }
+    }
+
+    /// Ask a run to stop: here, or through the shared store when another replica executes it.
+    pub async fn cancel(
+        &self,
+        run: &Arc<Run>,
+        reason: CancelReason,
+    ) -> Result<CancelOutcome, String> {
+        let Some(pg) = self.journal.as_deref().and_then(Journal::shared) else {
+            return Ok(run.request_cancel(reason));
+        };
+        if run.mirror_retention().is_none() {
+            return Ok(run.request_cancel(reason));
+        }
+        if pg.cancel(run.id, reason).await? {
+            let state = run.status().0;
+            // Its end may be committed already (the stop raced it): the run's own state is
+            // what the answer says then, as for a local run.
+            return Ok(
+                if state.is_terminal() && state != longrun_proto::State::Canceled {
+                    CancelOutcome::Ended(state)
+                } else {
+                    CancelOutcome::Accepted(state)
+                },
+            );
+        }
+        // It ended: the mirror may not have its terminal event yet.
+        pg.refresh(run).await;
+        let state = run.status().0;
+        Ok(match state {
+            longrun_proto::State::Canceled => CancelOutcome::Accepted(state),
+            s if s.is_terminal() => CancelOutcome::Ended(s),
+            // Gone from the database in between: nothing is left to stop.
+            s => CancelOutcome::Accepted(s),
+        })
+    }
+
+    fn lookup(&self, config: &Config, object: &str, id: RunId) -> Lookup {
         let mut inner = self.lock();
         let swept = inner.sweep(config, Instant::now());
         let found = if let Some(run) = inner.runs.get(&id) {
@@ -187,7 +275,7 @@ impl Registry {
             let event0 = Bytes::from(
                 serde_json::to_vec(&longrun_proto::Event::queued()).expect("events serialize"),
             );
-            journal.create(run.id, &run.object, retention, event0)
+            journal.create(&run, retention, event0)
         });
         let mut driver = Box::pin(drive(
             self.clone(),
@@ -213,7 +301,13 @@ impl Registry {
         let active: Vec<Arc<Run>> = {
             let mut inner = self.lock();
             inner.shutting_down = true;
-            inner.runs.values().cloned().collect()
+            // Mirrors are executed (and stopped) by their own replica.
+            inner
+                .runs
+                .values()
+                .filter(|run| run.mirror_retention().is_none())
+                .cloned()
+                .collect()
         };
         for run in active {
             run.request_cancel(CancelReason::Shutdown);
@@ -244,9 +338,42 @@ impl Registry {
         self.journal_swept(swept);
     }
 
-    /// Drop what is due now; called on every registry access and by the janitor.
+    /// Drop what is due now; called on every registry access and by the janitor, which also
+    /// schedules the mirrors that ended since.
     pub fn sweep(&self, config: &Config) {
-        let swept = self.lock().sweep(config, Instant::now());
+        let mut inner = self.lock();
+        let now = Instant::now();
+        if !inner.mirrors_open.is_empty() {
+            let ended: Vec<(RunId, Duration)> = inner
+                .mirrors_open
+                .iter()
+                .filter_map(|id| {
+                    let run = inner.runs.get(id)?;
+                    run.status()
+                        .0
+                        .is_terminal()
+                        .then(|| (*id, run.mirror_retention().unwrap_or_default()))
+                })
+                .collect();
+            for (id, retention) in ended {
+                inner.mirrors_open.remove(&id);
+                let seq = inner.seq;
+                inner.seq += 1;
+                inner.ended.insert((now + retention, seq, id));
+            }
+            let runs = &inner.runs;
+            let gone: Vec<RunId> = inner
+                .mirrors_open
+                .iter()
+                .filter(|id| !runs.contains_key(id))
+                .copied()
+                .collect();
+            for id in gone {
+                inner.mirrors_open.remove(&id);
+            }
+        }
+        let swept = inner.sweep(config, now);
+        drop(inner);
         self.journal_swept(swept);
     }
 }

@@ -49,6 +49,9 @@ pub(crate) struct Run {
     /// Set while the journal has been told about events it has not taken yet, so a busy run
     /// sends it one notice per commit, not one per event.
     journal_pending: AtomicBool,
+    /// For a run another replica executes (a mirror of its rows in a shared store): how long
+    /// it is kept once it ended.
+    mirror: Option<std::time::Duration>,
 }
 
 /// About how many bytes of SSE frames one sealed segment holds, so one SSE write carries up
@@ -124,15 +127,73 @@ impl Run {
     /// A run read back from a durable store: every event visible and journaled.
     pub fn restored(id: RunId, object: String, events: &[Event], json: Vec<Bytes>) -> Self {
         let run = Self::empty(id, object, events.len() as u64 + 1, None);
-        let mut log = run.lock();
+        run.fill(events, json);
+        run
+    }
+
+    /// A run another replica executes, as the shared store holds it so far: it grows by
+    /// [`Run::mirror_append`] and is never executed here.
+    pub fn mirror(
+        id: RunId,
+        object: String,
+        retention: std::time::Duration,
+        json: &[String],
+    ) -> Self {
+        let mut run = Self::empty(id, object, u64::MAX, None);
+        run.mirror = Some(retention);
+        run.mirror_append(0, json.iter().map(String::as_str));
+        run
+    }
+
+    /// Whether this is a mirror, and then how long it is kept once it ended.
+    pub fn mirror_retention(&self) -> Option<std::time::Duration> {
+        self.mirror
+    }
+
+    /// Append the events the shared store holds from id `first` on (each event's JSON as
+    /// stored); those already here are skipped, so overlapping reads are harmless. Stops at
+    /// anything that is not the next event.
+    pub fn mirror_append<'a>(&self, first: u64, json: impl Iterator<Item = &'a str>) {
+        let mut log = self.lock();
+        for (i, text) in json.enumerate() {
+            let id = first + i as u64;
+            let len = log.entries.len() as u64;
+            if id < len {
+                continue;
+            }
+            if log.state.is_terminal() {
+                break;
+            }
+            match serde_json::from_str::<Event>(text) {
+                Ok(event) if event.id == len && id == len => {
+                    log.push_encoded(&event, Bytes::copy_from_slice(text.as_bytes()));
+                }
+                _ => break,
+            }
+        }
+        log.visible = log.entries.len();
+        log.journaled = log.entries.len();
+        let visible = log.visible;
+        drop(log);
+        if visible > 0 {
+            self.appended.send_replace(visible);
+        }
+    }
+
+    /// How many events the log holds.
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    fn fill(&self, events: &[Event], json: Vec<Bytes>) {
+        let mut log = self.lock();
         for (event, json) in events.iter().zip(json) {
             log.push_encoded(event, json);
         }
         log.visible = events.len();
         log.journaled = events.len();
         drop(log);
-        run.appended.send_replace(events.len());
-        run
+        self.appended.send_replace(events.len());
     }
 
     fn empty(id: RunId, object: String, max_events: u64, journal: Option<Arc<Journal>>) -> Self {
@@ -157,6 +218,7 @@ impl Run {
             max_events: max_events.max(2),
             journal,
             journal_pending: AtomicBool::new(false),
+            mirror: None,
         }
     }
 

@@ -11,11 +11,14 @@
 //! At start, the journal is read back: ended runs are served as before (the same ids, events
 //! and bytes), runs that were still running end with one `error` event whose value says the
 //! server stopped (`"reason": "interrupted"`), and tombstones answer 410 again.
+//!
+//! The Postgres store (`postgres.rs`) is the same journal shared by several replicas: a run
+//! another replica executes is served here as a *mirror*, a log fed from the database.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::mpsc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -24,6 +27,9 @@ use rusqlite::{Connection, params};
 use tokio::sync::oneshot;
 
 use crate::run::Run;
+
+mod postgres;
+pub(crate) use postgres::{Limits, Loaded};
 
 /// The schema version this binary writes (`PRAGMA user_version`).
 const SCHEMA_VERSION: i64 = 1;
@@ -52,7 +58,18 @@ pub enum StoreConfig {
         /// the process, not of the machine).
         full_sync: bool,
     },
+    /// Runs are kept in Postgres and shared by every replica that names the same database.
+    Postgres {
+        /// The connection URL without longrun's own options.
+        url: String,
+        /// How long a replica's lease on the runs it executes lasts without renewal: when a
+        /// replica dies, another ends its in-flight runs within this time.
+        lease: Duration,
+    },
 }
+
+/// The default lease of a Postgres replica on its runs.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(15);
 
 impl StoreConfig {
     /// `memory`, `sqlite:PATH` or `sqlite:PATH?synchronous=full`.
@@ -81,12 +98,11 @@ impl StoreConfig {
             });
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Err(format!(
-                "{url:?}: the Postgres store is not built yet; use sqlite:PATH or memory"
-            ));
+            return postgres::parse(url);
         }
         Err(format!(
-            "{url:?} is not a store: use sqlite:PATH (the default, sqlite:longrun.db) or memory"
+            "{url:?} is not a store: use sqlite:PATH (the default, sqlite:longrun.db), \
+             postgres://… or memory"
         ))
     }
 }
@@ -117,13 +133,25 @@ pub(crate) struct Restored {
     pub interrupted: usize,
 }
 
-enum Command {
+/// Why a run could not be created in the store.
+#[derive(Debug)]
+pub(crate) enum CreateError {
+    /// The replicas sharing the store run `max_active_runs` already.
+    TooManyRuns,
+    Store(String),
+}
+
+pub(crate) type CreateAck = Result<(), CreateError>;
+
+pub(crate) enum Command {
     Create {
         id: RunId,
+        /// The run itself, for a shared store that forwards stop requests to it.
+        run: Weak<Run>,
         object: String,
         retention: Duration,
         event0: Bytes,
-        ack: oneshot::Sender<Result<(), String>>,
+        ack: oneshot::Sender<CreateAck>,
     },
     /// The run has appended events not journaled yet.
     Dirty(Arc<Run>),
@@ -135,9 +163,11 @@ enum Command {
     Flush(oneshot::Sender<()>),
 }
 
-/// The handle to the writer thread of a SQLite store.
-pub(crate) struct Journal {
-    tx: mpsc::Sender<Command>,
+/// The handle to a durable store's writer.
+pub(crate) enum Journal {
+    /// A writer thread owning the SQLite connection.
+    Sqlite(mpsc::Sender<Command>),
+    Postgres(postgres::Handle),
 }
 
 fn millis(t: SystemTime) -> i64 {
@@ -202,20 +232,44 @@ impl Journal {
             .name("longrun-journal".into())
             .spawn(move || writer(conn, rx))
             .map_err(|e| format!("cannot start the journal thread: {e}"))?;
-        Ok((Arc::new(Journal { tx }), restored))
+        Ok((Arc::new(Journal::Sqlite(tx)), restored))
+    }
+
+    /// Connect to Postgres, migrate its schema, register this replica and end the runs of
+    /// replicas whose lease ran out.
+    pub fn connect(url: &str, limits: postgres::Limits) -> Result<Arc<Journal>, String> {
+        Ok(Arc::new(Journal::Postgres(postgres::Handle::connect(
+            url, limits,
+        )?)))
+    }
+
+    fn send(&self, cmd: Command) -> bool {
+        match self {
+            Journal::Sqlite(tx) => tx.send(cmd).is_ok(),
+            Journal::Postgres(pg) => pg.send(cmd),
+        }
+    }
+
+    /// The Postgres handle when the store is shared with other replicas.
+    pub fn shared(&self) -> Option<&postgres::Handle> {
+        match self {
+            Journal::Sqlite(_) => None,
+            Journal::Postgres(pg) => Some(pg),
+        }
     }
 
     /// Journal a new run and its event 0; the answer comes once they are committed.
     pub fn create(
         &self,
-        id: RunId,
-        object: &str,
+        run: &Arc<Run>,
         retention: Duration,
         event0: Bytes,
-    ) -> oneshot::Receiver<Result<(), String>> {
+    ) -> oneshot::Receiver<CreateAck> {
         let (ack, done) = oneshot::channel();
-        let _ = self.tx.send(Command::Create {
+        let (id, object) = (run.id, &run.object);
+        self.send(Command::Create {
             id,
+            run: Arc::downgrade(run),
             object: object.to_owned(),
             retention,
             event0,
@@ -225,19 +279,19 @@ impl Journal {
     }
 
     pub fn dirty(&self, run: Arc<Run>) {
-        let _ = self.tx.send(Command::Dirty(run));
+        self.send(Command::Dirty(run));
     }
 
     pub fn dropped(&self, runs: Vec<(RunId, String)>, forgotten: Vec<RunId>) {
         if !runs.is_empty() || !forgotten.is_empty() {
-            let _ = self.tx.send(Command::Drop { runs, forgotten });
+            self.send(Command::Drop { runs, forgotten });
         }
     }
 
     /// Wait until everything sent before is committed and checkpointed into the file.
     pub async fn flush(&self) {
         let (ack, done) = oneshot::channel();
-        if self.tx.send(Command::Flush(ack)).is_ok() {
+        if self.send(Command::Flush(ack)) {
             let _ = done.await;
         }
     }
@@ -292,7 +346,7 @@ fn migrate(conn: &mut Connection) -> Result<(), Migrate> {
     Ok(())
 }
 
-fn interrupted_value() -> serde_json::Value {
+pub(crate) fn interrupted_value() -> serde_json::Value {
     serde_json::json!({
         "message": "the server stopped while this run was running",
         "reason": "interrupted",
@@ -416,48 +470,62 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Command>) {
         }
         match commit(&mut conn, &mut batch, &mut seqs) {
             Ok(published) => {
-                for (run, upto) in published {
-                    run.publish(upto);
-                }
                 commits += 1;
                 let flush = batch.iter().any(|c| matches!(c, Command::Flush(_)));
                 if flush || commits % CHECKPOINT_EVERY == 0 {
                     let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
                 }
-                for cmd in batch {
-                    match cmd {
-                        Command::Create { ack, .. } => {
-                            let _ = ack.send(Ok(()));
-                        }
-                        Command::Flush(ack) => {
-                            let _ = ack.send(());
-                        }
-                        Command::Dirty(_) | Command::Drop { .. } => {}
-                    }
-                }
+                committed(batch, published, &mut HashMap::new());
             }
             Err(e) => {
-                // A failed commit (a full disk, say) loses nothing that was acknowledged:
-                // submits waiting on it are refused, and appended events stay invisible and
-                // are written again on the next try.
-                tracing::error!(error = %e, "the journal could not commit; retrying");
-                for cmd in batch {
-                    match cmd {
-                        Command::Create { ack, .. } => {
-                            let _ = ack.send(Err(e.to_string()));
-                        }
-                        Command::Dirty(run) => {
-                            run.unjournal();
-                            retry.push(Command::Dirty(run));
-                        }
-                        other => retry.push(other),
-                    }
-                }
+                failed(batch, &e.to_string(), &mut retry);
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
     }
     let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+}
+
+/// After a commit: make what it wrote visible and answer who waits. A create refused by the
+/// store (`refused`) is answered with its reason instead.
+fn committed(
+    batch: Vec<Command>,
+    published: Vec<(Arc<Run>, usize)>,
+    refused: &mut HashMap<RunId, CreateError>,
+) {
+    for (run, upto) in published {
+        run.publish(upto);
+    }
+    for cmd in batch {
+        match cmd {
+            Command::Create { ack, id, .. } => {
+                let _ = ack.send(refused.remove(&id).map_or(Ok(()), Err));
+            }
+            Command::Flush(ack) => {
+                let _ = ack.send(());
+            }
+            Command::Dirty(_) | Command::Drop { .. } => {}
+        }
+    }
+}
+
+/// After a failed commit (a full disk, a lost connection): nothing that was acknowledged is
+/// lost. Submits waiting on it are refused, appended events stay invisible and are written
+/// again on the next try, with everything else in the batch.
+fn failed(batch: Vec<Command>, error: &str, retry: &mut Vec<Command>) {
+    tracing::error!(error, "the journal could not commit; retrying");
+    for cmd in batch {
+        match cmd {
+            Command::Create { ack, .. } => {
+                let _ = ack.send(Err(CreateError::Store(error.to_owned())));
+            }
+            Command::Dirty(run) => {
+                run.unjournal();
+                retry.push(Command::Dirty(run));
+            }
+            other => retry.push(other),
+        }
+    }
 }
 
 /// One transaction for a batch; returns the runs to publish up to which event count.
@@ -485,6 +553,9 @@ fn commit_inner(
 ) -> rusqlite::Result<Vec<(Arc<Run>, usize)>> {
     let tx = conn.transaction()?;
     let mut published = Vec::new();
+    // Runs whose terminal event this commits: forgotten only once it is committed, so a
+    // retry after a failed commit still writes it.
+    let mut ended = Vec::new();
     {
         let mut insert_event = tx
             .prepare_cached("INSERT OR REPLACE INTO events (run, id, event) VALUES (?1, ?2, ?3)")?;
@@ -525,7 +596,7 @@ fn commit_inner(
                     if terminal {
                         tx.prepare_cached("UPDATE runs SET ended_ms = ?2 WHERE seq = ?1")?
                             .execute(params![seq, now])?;
-                        seqs.remove(&run.id);
+                        ended.push(run.id);
                     }
                     published.push((run.clone(), first + events.len()));
                 }
@@ -553,5 +624,8 @@ fn commit_inner(
         }
     }
     tx.commit()?;
+    for id in ended {
+        seqs.remove(&id);
+    }
     Ok(published)
 }

@@ -1305,6 +1305,15 @@ async fn scenarios_pass_against_the_reference_server_on_sqlite() {
     .await;
 }
 
+/// The same files, unchanged, against a server that keeps its runs in Postgres.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenarios_pass_against_the_reference_server_on_postgres() {
+    let Some(url) = common::postgres::database("conformance on postgres").await else {
+        return;
+    };
+    scenarios_pass_on(StoreConfig::parse(&url).expect("a Postgres URL")).await;
+}
+
 async fn scenarios_pass_on(store: StoreConfig) {
     let files = load();
     let results = run_all(&files, Mode::Wire, store).await;

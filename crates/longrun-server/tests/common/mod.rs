@@ -2,6 +2,8 @@
 //! and a raw HTTP/1.1 client for asserting exact bytes on the wire.
 #![allow(dead_code)] // each test binary uses its own part of this module
 
+pub mod postgres;
+
 use std::net::SocketAddr;
 
 use longrun_server::{Config, Server, ServerBuilder};

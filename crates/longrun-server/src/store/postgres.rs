@@ -1,0 +1,878 @@
+//! The Postgres store: one database shared by several `longrun serve` replicas.
+//!
+//! Each replica journals the runs it executes exactly as the SQLite store does (group
+//! commit; an event is visible once committed), and serves the runs other replicas execute
+//! as *mirrors*: an in-memory log (`Run::mirror`) fed from the `events` table. Every commit
+//! notifies `longrun_events` with the ids of the runs it appended to; a replica that mirrors
+//! one of them reads the rows after its mirror's length. The listening connection is open
+//! before any mirror is made, and a new mirror is read once more after it is registered, so
+//! no event falls between a notification and a read; a periodic read of every mirror is the
+//! safety net for a lost connection.
+//!
+//! A stop request for a run another replica executes is recorded in its row and notified on
+//! `longrun_stops`; its owner cancels it. Each replica holds a lease (its `replicas` row,
+//! renewed every third of the lease): runs whose owner's lease ran out are ended by whichever
+//! replica notices first, with the same `interrupted` error a SQLite restart writes.
+//! `max_active_runs` is one limit over the whole database (counted under an advisory lock
+//! in the transaction that creates runs); retention runs in the database too, so runs whose
+//! replica died still go.
+//!
+//! The connections live on a thread of their own with a small runtime: `build()` is not
+//! async, and the journal keeps committing whatever the server's runtime is doing. The
+//! clients' futures are runtime-agnostic, so handlers await reads directly.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use longrun_proto::{CancelReason, Event, RunId, State};
+use tokio::sync::{Notify, mpsc};
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+use super::{
+    Command, CreateError, DEFAULT_LEASE, GROUP, StoreConfig, committed, failed, interrupted_value,
+    millis,
+};
+use crate::run::Run;
+
+/// The schema version this binary writes (`longrun.meta`).
+const SCHEMA_VERSION: i32 = 1;
+
+/// Advisory lock keys: migrations, run creation (the shared active-run count), reaping.
+const MIGRATE_LOCK: i64 = 0x6c6f_6e67_0001;
+const CREATE_LOCK: i64 = 0x6c6f_6e67_0002;
+const REAP_LOCK: i64 = 0x6c6f_6e67_0003;
+
+/// `postgres://…[?lease=15s]`: longrun's own option is taken off; the rest is libpq's.
+pub(super) fn parse(url: &str) -> Result<StoreConfig, String> {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut lease = DEFAULT_LEASE;
+    let mut rest = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.strip_prefix("lease=") {
+            Some(text) => {
+                lease = humantime::parse_duration(text)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| {
+                        format!("{}: lease={text:?} is not a duration like 15s", redact(url))
+                    })?;
+            }
+            None => rest.push(pair),
+        }
+    }
+    let url = if rest.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    url.parse::<tokio_postgres::Config>()
+        .map_err(|e| format!("{}: {e}", redact(&url)))?;
+    Ok(StoreConfig::Postgres { url, lease })
+}
+
+/// The URL without its password, for messages and logs.
+pub(crate) fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn pg_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("postgres: {}", db.message()),
+        None => match std::error::Error::source(e) {
+            Some(source) => format!("postgres: {e}: {source}"),
+            None => format!("postgres: {e}"),
+        },
+    }
+}
+
+/// What the server's settings mean for the shared database.
+#[derive(Debug, Clone)]
+pub(crate) struct Limits {
+    pub max_active_runs: usize,
+    pub tombstone_ttl: Duration,
+    pub max_tombstones: usize,
+    pub lease: Duration,
+}
+
+/// A run as the database holds it, for a replica that does not execute it.
+pub(crate) enum Loaded {
+    Run {
+        seq: i64,
+        object: String,
+        retention: Duration,
+        /// Each event's JSON as it was served.
+        events: Vec<String>,
+    },
+    /// A tombstone of this object.
+    Gone(String),
+}
+
+/// The handle the server holds: the journal's queue, and the reading connection.
+pub(crate) struct Handle {
+    journal: mpsc::UnboundedSender<Command>,
+    reader: Arc<Client>,
+    shared: Arc<Shared>,
+}
+
+/// What the connections' tasks and the server share.
+struct Shared {
+    replica: String,
+    /// Runs of other replicas served here, by id: their row's `seq`, the log.
+    mirrors: Mutex<HashMap<RunId, (i64, Weak<Run>)>>,
+    /// Runs this replica executes and has not ended, for stop requests from other replicas.
+    owned: Mutex<HashMap<RunId, Weak<Run>>>,
+    /// What notifications asked for since the last look: mirrors to read, runs to stop.
+    /// Bounded by the runs mirrored and owned here.
+    pending: Mutex<Pending>,
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct Pending {
+    events: HashSet<RunId>,
+    stops: HashMap<RunId, CancelReason>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    fn notified(&self, channel: &str, payload: &str) {
+        match channel {
+            "longrun_events" => {
+                let Ok(id) = RunId::parse(payload) else {
+                    return;
+                };
+                if lock(&self.mirrors).contains_key(&id) {
+                    lock(&self.pending).events.insert(id);
+                    self.wake.notify_one();
+                }
+            }
+            "longrun_stops" => {
+                let Some((id, reason)) = payload.split_once(' ') else {
+                    return;
+                };
+                let (Ok(id), Some(reason)) = (RunId::parse(id), parse_reason(reason)) else {
+                    return;
+                };
+                if lock(&self.owned).contains_key(&id) {
+                    lock(&self.pending).stops.entry(id).or_insert(reason);
+                    self.wake.notify_one();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn stop(&self, id: RunId, reason: CancelReason) {
+        let run = lock(&self.owned).get(&id).and_then(Weak::upgrade);
+        if let Some(run) = run {
+            run.request_cancel(reason);
+        }
+    }
+}
+
+fn parse_reason(text: &str) -> Option<CancelReason> {
+    [
+        CancelReason::Client,
+        CancelReason::Deadline,
+        CancelReason::Shutdown,
+    ]
+    .into_iter()
+    .find(|r| r.as_str() == text)
+}
+
+impl Handle {
+    /// Connect, migrate, register this replica, end the runs of dead replicas, and start the
+    /// journal; returns once all of that is done (or failed).
+    pub fn connect(url: &str, limits: Limits) -> Result<Handle, String> {
+        let (ready, started) = std::sync::mpsc::channel();
+        let url = url.to_owned();
+        std::thread::Builder::new()
+            .name("longrun-postgres".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready.send(Err(format!("cannot start the Postgres runtime: {e}")));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    match start(&url, limits).await {
+                        Ok((handle, background)) => {
+                            let _ = ready.send(Ok(handle));
+                            background.await;
+                        }
+                        Err(e) => {
+                            let _ = ready.send(Err(e));
+                        }
+                    }
+                });
+            })
+            .map_err(|e| format!("cannot start the Postgres thread: {e}"))?;
+        started
+            .recv()
+            .map_err(|_| "the Postgres thread stopped".to_owned())?
+    }
+
+    pub(super) fn send(&self, cmd: Command) -> bool {
+        self.journal.send(cmd).is_ok()
+    }
+
+    /// Read a run (or its tombstone) that this replica does not hold.
+    pub async fn load(&self, id: RunId) -> Result<Option<Loaded>, String> {
+        let key = id.to_string();
+        let row = self
+            .reader
+            .query_opt(
+                "SELECT seq, object, retention_ms FROM longrun.runs WHERE id = $1",
+                &[&key],
+            )
+            .await
+            .map_err(|e| pg_error(&e))?;
+        if let Some(row) = row {
+            let seq: i64 = row.get(0);
+            let events = self
+                .reader
+                .query(
+                    "SELECT event FROM longrun.events WHERE run = $1 ORDER BY id",
+                    &[&seq],
+                )
+                .await
+                .map_err(|e| pg_error(&e))?;
+            // Dropped between the two reads: it is a tombstone now.
+            if !events.is_empty() {
+                return Ok(Some(Loaded::Run {
+                    seq,
+                    object: row.get(1),
+                    retention: Duration::from_millis(row.get::<_, i64>(2).max(0) as u64),
+                    events: events.iter().map(|r| r.get(0)).collect(),
+                }));
+            }
+        }
+        let tomb = self
+            .reader
+            .query_opt(
+                "SELECT object FROM longrun.tombstones WHERE id = $1",
+                &[&key],
+            )
+            .await
+            .map_err(|e| pg_error(&e))?;
+        Ok(tomb.map(|r| Loaded::Gone(r.get(0))))
+    }
+
+    /// Serve `run` as a mirror of row `seq` from now on, and read what was committed since
+    /// it was loaded (a notification before this would have found no mirror).
+    pub async fn watch(&self, run: &Arc<Run>, seq: i64) {
+        lock(&self.shared.mirrors).insert(run.id, (seq, Arc::downgrade(run)));
+        refresh(&self.shared, &self.reader, &[run.id]).await;
+    }
+
+    /// Read the new events of `run` now (a cancel that found it ended wants its end).
+    pub async fn refresh(&self, run: &Run) {
+        refresh(&self.shared, &self.reader, &[run.id]).await;
+    }
+
+    /// Record a stop request for a run another replica executes; false when it has ended
+    /// (or is gone).
+    pub async fn cancel(&self, id: RunId, reason: CancelReason) -> Result<bool, String> {
+        let rows = self
+            .reader
+            .query(
+                "WITH u AS (UPDATE longrun.runs SET stop = COALESCE(stop, $2) \
+                 WHERE id = $1 AND ended_ms IS NULL RETURNING id) \
+                 SELECT pg_notify('longrun_stops', id || ' ' || $2) FROM u",
+                &[&id.to_string(), &reason.as_str()],
+            )
+            .await
+            .map_err(|e| pg_error(&e))?;
+        Ok(!rows.is_empty())
+    }
+}
+
+/// Read the events after each mirror's length, in one query for all of them.
+async fn refresh(shared: &Shared, reader: &Client, ids: &[RunId]) {
+    let mut runs: HashMap<i64, Arc<Run>> = HashMap::new();
+    {
+        let mut mirrors = lock(&shared.mirrors);
+        for id in ids {
+            match mirrors.get(id).map(|(seq, run)| (*seq, run.upgrade())) {
+                Some((seq, Some(run))) => {
+                    runs.insert(seq, run);
+                }
+                Some((_, None)) => {
+                    mirrors.remove(id);
+                }
+                None => {}
+            }
+        }
+    }
+    if runs.is_empty() {
+        return;
+    }
+    let (seqs, after): (Vec<i64>, Vec<i64>) = runs
+        .iter()
+        .filter(|(_, run)| !run.status().0.is_terminal())
+        .map(|(seq, run)| (*seq, run.len() as i64))
+        .unzip();
+    if seqs.is_empty() {
+        return;
+    }
+    let rows = match reader
+        .query(
+            "SELECT e.run, e.id, e.event FROM unnest($1::int8[], $2::int8[]) AS w(run, after) \
+             JOIN longrun.events e ON e.run = w.run AND e.id >= w.after ORDER BY e.run, e.id",
+            &[&seqs, &after],
+        )
+        .await
+    {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!(error = %pg_error(&e), "could not read mirrored runs; the next tick retries");
+            return;
+        }
+    };
+    let mut at = 0;
+    while at < rows.len() {
+        let seq: i64 = rows[at].get(0);
+        let end = rows[at..]
+            .iter()
+            .position(|r| r.get::<_, i64>(0) != seq)
+            .map_or(rows.len(), |n| at + n);
+        if let Some(run) = runs.get(&seq) {
+            let first = rows[at].get::<_, i64>(1).max(0) as u64;
+            run.mirror_append(first, rows[at..end].iter().map(|r| r.get::<_, &str>(2)));
+        }
+        at = end;
+    }
+}
+
+type Background = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+async fn start(url: &str, limits: Limits) -> Result<(Handle, Background), String> {
+    let where_ = redact(url);
+    let (mut writer, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .map_err(|e| format!("{where_}: {}", pg_error(&e)))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::error!(error = %pg_error(&e), "the journal's Postgres connection failed");
+        }
+    });
+    migrate(&mut writer)
+        .await
+        .map_err(|e| format!("{where_}: {e}"))?;
+    let replica = uuid::Uuid::new_v4().to_string();
+    let shared = Arc::new(Shared {
+        replica,
+        mirrors: Mutex::new(HashMap::new()),
+        owned: Mutex::new(HashMap::new()),
+        pending: Mutex::new(Pending::default()),
+        wake: Notify::new(),
+    });
+    let (reader, mut conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .map_err(|e| format!("{where_}: {}", pg_error(&e)))?;
+    let listening = shared.clone();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(n)) => listening.notified(n.channel(), n.payload()),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %pg_error(&e), "the Postgres listening connection failed");
+                    break;
+                }
+            }
+        }
+    });
+    reader
+        .batch_execute("LISTEN longrun_events; LISTEN longrun_stops;")
+        .await
+        .map_err(|e| format!("{where_}: {}", pg_error(&e)))?;
+    let reader = Arc::new(reader);
+    renew(&writer, &shared, &limits)
+        .await
+        .map_err(|e| format!("{where_}: {}", pg_error(&e)))?;
+    maintain(&mut writer, &shared, &limits)
+        .await
+        .map_err(|e| format!("{where_}: {}", pg_error(&e)))?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handle = Handle {
+        journal: tx,
+        reader: reader.clone(),
+        shared: shared.clone(),
+    };
+    let background = Box::pin(async move {
+        let notes = notes(shared.clone(), reader.clone());
+        tokio::select! {
+            _ = write(writer, rx, shared, reader, limits) => {}
+            _ = notes => {}
+        }
+    });
+    Ok((handle, background))
+}
+
+/// Versioned migrations under an advisory lock, so replicas starting together migrate once.
+async fn migrate(client: &mut Client) -> Result<(), String> {
+    let e = |e: tokio_postgres::Error| pg_error(&e);
+    let tx = client.transaction().await.map_err(e)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK])
+        .await
+        .map_err(e)?;
+    tx.batch_execute(
+        "CREATE SCHEMA IF NOT EXISTS longrun;
+         CREATE TABLE IF NOT EXISTS longrun.meta (version INTEGER NOT NULL);",
+    )
+    .await
+    .map_err(e)?;
+    let version: i32 = tx
+        .query_opt("SELECT version FROM longrun.meta", &[])
+        .await
+        .map_err(e)?
+        .map_or(0, |r| r.get(0));
+    if version > SCHEMA_VERSION {
+        return Err(format!(
+            "its schema is version {version}, newer than this longrun knows ({SCHEMA_VERSION}); \
+             use a newer longrun, or another database"
+        ));
+    }
+    if version < 1 {
+        tx.batch_execute(
+            // The same tables as the SQLite store, plus who executes a run (`owner`, a
+            // replica) and a stop request recorded for it by another replica.
+            "CREATE TABLE longrun.replicas (
+                 id TEXT PRIMARY KEY,
+                 lease_until_ms BIGINT NOT NULL
+             );
+             CREATE TABLE longrun.runs (
+                 seq BIGSERIAL PRIMARY KEY,
+                 id TEXT NOT NULL UNIQUE,
+                 object TEXT NOT NULL,
+                 created_ms BIGINT NOT NULL,
+                 retention_ms BIGINT NOT NULL,
+                 ended_ms BIGINT,
+                 owner TEXT,
+                 stop TEXT
+             );
+             CREATE INDEX runs_active ON longrun.runs (owner) WHERE ended_ms IS NULL;
+             CREATE INDEX runs_due ON longrun.runs ((ended_ms + retention_ms))
+                 WHERE ended_ms IS NOT NULL;
+             CREATE TABLE longrun.events (
+                 run BIGINT NOT NULL REFERENCES longrun.runs (seq) ON DELETE CASCADE,
+                 id BIGINT NOT NULL,
+                 event TEXT NOT NULL,
+                 PRIMARY KEY (run, id)
+             );
+             CREATE TABLE longrun.tombstones (
+                 id TEXT PRIMARY KEY,
+                 object TEXT NOT NULL,
+                 dropped_ms BIGINT NOT NULL
+             );
+             CREATE INDEX tombstones_dropped ON longrun.tombstones (dropped_ms);
+             DELETE FROM longrun.meta;
+             INSERT INTO longrun.meta (version) VALUES (1);",
+        )
+        .await
+        .map_err(e)?;
+    }
+    tx.commit().await.map_err(e)
+}
+
+fn now_ms() -> i64 {
+    millis(SystemTime::now())
+}
+
+/// Renew this replica's lease (or take one again after it was thought dead).
+async fn renew(
+    client: &Client,
+    shared: &Shared,
+    limits: &Limits,
+) -> Result<(), tokio_postgres::Error> {
+    let until = now_ms() + limits.lease.as_millis() as i64;
+    let renewed = client
+        .execute(
+            "UPDATE longrun.replicas SET lease_until_ms = $2 WHERE id = $1",
+            &[&shared.replica, &until],
+        )
+        .await?;
+    if renewed == 0 {
+        client
+            .execute(
+                "INSERT INTO longrun.replicas (id, lease_until_ms) VALUES ($1, $2)",
+                &[&shared.replica, &until],
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// End the runs whose replica's lease ran out, apply retention in the database, and pick up
+/// stop requests a lost notification did not bring.
+async fn maintain(
+    client: &mut Client,
+    shared: &Shared,
+    limits: &Limits,
+) -> Result<(), tokio_postgres::Error> {
+    let now = now_ms();
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&REAP_LOCK])
+        .await?;
+    tx.execute(
+        "DELETE FROM longrun.replicas WHERE lease_until_ms < $1",
+        &[&now],
+    )
+    .await?;
+    let orphans = tx
+        .query(
+            "SELECT r.seq, r.id, (SELECT max(e.id) FROM longrun.events e WHERE e.run = r.seq) \
+             FROM longrun.runs r WHERE r.ended_ms IS NULL AND NOT EXISTS \
+             (SELECT 1 FROM longrun.replicas p WHERE p.id = r.owner)",
+            &[],
+        )
+        .await?;
+    for row in &orphans {
+        let (seq, id): (i64, String) = (row.get(0), row.get(1));
+        let next = row.get::<_, Option<i64>>(2).map_or(0, |last| last + 1);
+        let event = Event {
+            id: next as u64,
+            state: State::Error,
+            value: interrupted_value(),
+        };
+        let text = serde_json::to_string(&event).expect("events serialize");
+        tx.execute(
+            "INSERT INTO longrun.events (run, id, event) VALUES ($1, $2, $3)",
+            &[&seq, &next, &text],
+        )
+        .await?;
+        tx.execute(
+            "UPDATE longrun.runs SET ended_ms = $2 WHERE seq = $1",
+            &[&seq, &now],
+        )
+        .await?;
+        tx.execute("SELECT pg_notify('longrun_events', $1)", &[&id])
+            .await?;
+    }
+    if !orphans.is_empty() {
+        tracing::warn!(
+            runs = orphans.len(),
+            "runs whose replica stopped renewing its lease ended as interrupted"
+        );
+    }
+    tx.execute(
+        "WITH gone AS (DELETE FROM longrun.runs WHERE ended_ms IS NOT NULL \
+         AND ended_ms + retention_ms <= $1 RETURNING id, object) \
+         INSERT INTO longrun.tombstones (id, object, dropped_ms) \
+         SELECT id, object, $1 FROM gone ON CONFLICT (id) DO NOTHING",
+        &[&now],
+    )
+    .await?;
+    let forget_before = now - limits.tombstone_ttl.as_millis() as i64;
+    tx.execute(
+        "DELETE FROM longrun.tombstones WHERE dropped_ms <= $1",
+        &[&forget_before],
+    )
+    .await?;
+    tx.execute(
+        "DELETE FROM longrun.tombstones WHERE id IN (SELECT id FROM longrun.tombstones \
+         ORDER BY dropped_ms DESC OFFSET $1)",
+        &[&(limits.max_tombstones as i64)],
+    )
+    .await?;
+    let stops = tx
+        .query(
+            "SELECT id, stop FROM longrun.runs WHERE owner = $1 AND stop IS NOT NULL \
+             AND ended_ms IS NULL",
+            &[&shared.replica],
+        )
+        .await?;
+    tx.commit().await?;
+    for row in stops {
+        if let (Ok(id), Some(reason)) = (
+            RunId::parse(row.get::<_, &str>(0)),
+            parse_reason(row.get::<_, &str>(1)),
+        ) {
+            shared.stop(id, reason);
+        }
+    }
+    Ok(())
+}
+
+/// Act on notifications: read mirrors that others appended to, stop runs others canceled.
+async fn notes(shared: Arc<Shared>, reader: Arc<Client>) {
+    loop {
+        shared.wake.notified().await;
+        let pending = std::mem::take(&mut *lock(&shared.pending));
+        for (id, reason) in pending.stops {
+            shared.stop(id, reason);
+        }
+        let ids: Vec<RunId> = pending.events.into_iter().collect();
+        if !ids.is_empty() {
+            refresh(&shared, &reader, &ids).await;
+        }
+    }
+}
+
+/// The journal: commit what is pending in one transaction, as the SQLite writer does; renew
+/// the lease and maintain the database every third of the lease. Ends when the server drops
+/// its handle.
+async fn write(
+    mut client: Client,
+    mut rx: mpsc::UnboundedReceiver<Command>,
+    shared: Arc<Shared>,
+    reader: Arc<Client>,
+    limits: Limits,
+) {
+    let mut seqs: HashMap<RunId, i64> = HashMap::new();
+    let mut retry: Vec<Command> = Vec::new();
+    let mut tick = tokio::time::interval((limits.lease / 3).max(Duration::from_millis(50)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let mut batch = std::mem::take(&mut retry);
+        if batch.is_empty() {
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => batch.push(cmd),
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    if let Err(e) = renew(&client, &shared, &limits).await {
+                        tracing::error!(error = %pg_error(&e), "could not renew this replica's lease");
+                    }
+                    if let Err(e) = maintain(&mut client, &shared, &limits).await {
+                        tracing::error!(error = %pg_error(&e), "could not maintain the Postgres store");
+                    }
+                    // The safety net for a lost notification.
+                    let all: Vec<RunId> = lock(&shared.mirrors).keys().copied().collect();
+                    refresh(&shared, &reader, &all).await;
+                    continue;
+                }
+            }
+        }
+        while batch.len() < GROUP {
+            match rx.try_recv() {
+                Ok(cmd) => batch.push(cmd),
+                Err(_) => break,
+            }
+        }
+        match commit(&mut client, &mut batch, &mut seqs, &shared, &limits).await {
+            Ok((published, mut refused)) => committed(batch, published, &mut refused),
+            Err(e) => {
+                failed(batch, &pg_error(&e), &mut retry);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let _ = client
+        .execute(
+            "DELETE FROM longrun.replicas WHERE id = $1",
+            &[&shared.replica],
+        )
+        .await;
+}
+
+type Committed = (Vec<(Arc<Run>, usize)>, HashMap<RunId, CreateError>);
+
+/// What a commit took from one run's log.
+struct Taken {
+    run: Arc<Run>,
+    seq: i64,
+    first: usize,
+    events: Vec<Bytes>,
+    terminal: bool,
+}
+
+async fn commit(
+    client: &mut Client,
+    batch: &mut [Command],
+    seqs: &mut HashMap<RunId, i64>,
+    shared: &Shared,
+    limits: &Limits,
+) -> Result<Committed, tokio_postgres::Error> {
+    let now = now_ms();
+    let tx = client.transaction().await?;
+    let mut refused = HashMap::new();
+    // New runs first (their events may be in this batch too), counted against the one
+    // limit all replicas share.
+    let creates: Vec<_> = batch
+        .iter()
+        .filter_map(|c| match c {
+            Command::Create {
+                id,
+                run,
+                object,
+                retention,
+                event0,
+                ..
+            } => Some((id, run, object, retention, event0)),
+            _ => None,
+        })
+        .collect();
+    let mut new_seqs: HashMap<RunId, i64> = HashMap::new();
+    let (mut ev_run, mut ev_id, mut ev_text): (Vec<i64>, Vec<i64>, Vec<&str>) =
+        (Vec::new(), Vec::new(), Vec::new());
+    let mut taken: Vec<Taken> = Vec::new();
+    if !creates.is_empty() {
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CREATE_LOCK])
+            .await?;
+        let active: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM longrun.runs WHERE ended_ms IS NULL",
+                &[],
+            )
+            .await?
+            .get(0);
+        let room = (limits.max_active_runs as i64 - active).max(0) as usize;
+        let (mut ids, mut objects, mut retentions) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, (id, _, object, retention, _)) in creates.iter().enumerate() {
+            if i < room {
+                ids.push(id.to_string());
+                objects.push(object.as_str());
+                retentions.push(retention.as_millis() as i64);
+            } else {
+                refused.insert(**id, CreateError::TooManyRuns);
+            }
+        }
+        let rows = tx
+            .query(
+                "INSERT INTO longrun.runs (id, object, retention_ms, created_ms, owner) \
+                 SELECT i, o, r, $4, $5 FROM unnest($1::text[], $2::text[], $3::int8[]) \
+                 AS u(i, o, r) RETURNING id, seq",
+                &[&ids, &objects, &retentions, &now, &shared.replica],
+            )
+            .await?;
+        for row in rows {
+            if let Ok(id) = RunId::parse(row.get::<_, &str>(0)) {
+                new_seqs.insert(id, row.get(1));
+            }
+        }
+    }
+    for (id, _, _, _, event0) in &creates {
+        if let Some(seq) = new_seqs.get(id) {
+            ev_run.push(*seq);
+            ev_id.push(0);
+            ev_text.push(std::str::from_utf8(event0).unwrap_or("null"));
+        }
+    }
+    let mut ended = Vec::new();
+    let mut touched = Vec::new();
+    for cmd in batch.iter() {
+        if let Command::Dirty(run) = cmd {
+            let Some(&seq) = seqs.get(&run.id).or_else(|| new_seqs.get(&run.id)) else {
+                // Its creation failed or was refused: nothing to keep.
+                let _ = run.take_unjournaled();
+                continue;
+            };
+            let (first, events, terminal) = run.take_unjournaled();
+            if terminal {
+                ended.push(seq);
+            }
+            touched.push(run.id.to_string());
+            taken.push(Taken {
+                run: run.clone(),
+                seq,
+                first,
+                events,
+                terminal,
+            });
+        }
+    }
+    for t in &taken {
+        for (i, json) in t.events.iter().enumerate() {
+            ev_run.push(t.seq);
+            ev_id.push((t.first + i) as i64);
+            ev_text.push(std::str::from_utf8(json).expect("events are JSON text"));
+        }
+    }
+    if !ev_run.is_empty() {
+        // A run another replica ended (this one's lease ran out) takes no more events.
+        tx.execute(
+            "INSERT INTO longrun.events (run, id, event) \
+             SELECT u.run, u.id, u.event FROM unnest($1::int8[], $2::int8[], $3::text[]) \
+             AS u(run, id, event) JOIN longrun.runs r ON r.seq = u.run AND r.ended_ms IS NULL \
+             ON CONFLICT DO NOTHING",
+            &[&ev_run, &ev_id, &ev_text],
+        )
+        .await?;
+    }
+    if !ended.is_empty() {
+        tx.execute(
+            "UPDATE longrun.runs SET ended_ms = $2 WHERE seq = ANY($1) AND ended_ms IS NULL",
+            &[&ended, &now],
+        )
+        .await?;
+    }
+    if !touched.is_empty() {
+        tx.execute(
+            "SELECT pg_notify('longrun_events', i) FROM unnest($1::text[]) AS u(i)",
+            &[&touched],
+        )
+        .await?;
+    }
+    for cmd in batch.iter() {
+        if let Command::Drop { runs, forgotten } = cmd {
+            let (ids, objects): (Vec<String>, Vec<&str>) = runs
+                .iter()
+                .map(|(id, object)| (id.to_string(), object.as_str()))
+                .unzip();
+            if !ids.is_empty() {
+                tx.execute("DELETE FROM longrun.runs WHERE id = ANY($1)", &[&ids])
+                    .await?;
+                tx.execute(
+                    "INSERT INTO longrun.tombstones (id, object, dropped_ms) \
+                     SELECT i, o, $3 FROM unnest($1::text[], $2::text[]) AS u(i, o) \
+                     ON CONFLICT (id) DO NOTHING",
+                    &[&ids, &objects, &now],
+                )
+                .await?;
+            }
+            let forgotten: Vec<String> = forgotten.iter().map(RunId::to_string).collect();
+            if !forgotten.is_empty() {
+                tx.execute(
+                    "DELETE FROM longrun.tombstones WHERE id = ANY($1)",
+                    &[&forgotten],
+                )
+                .await?;
+            }
+        }
+    }
+    // If this fails nothing of the batch is kept, and what was taken is taken again on the
+    // retry: the bookkeeping below moves on only once committed.
+    tx.commit().await?;
+    {
+        let mut owned = lock(&shared.owned);
+        for (id, run, ..) in &creates {
+            if let Some(&seq) = new_seqs.get(id) {
+                seqs.insert(**id, seq);
+                owned.insert(**id, Weak::clone(run));
+            }
+        }
+        for t in taken.iter().filter(|t| t.terminal) {
+            seqs.remove(&t.run.id);
+            owned.remove(&t.run.id);
+        }
+    }
+    let published = taken
+        .into_iter()
+        .map(|t| (t.run, t.first + t.events.len()))
+        .collect();
+    Ok((published, refused))
+}
