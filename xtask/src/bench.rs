@@ -16,13 +16,21 @@ pub fn run(args: &[String]) -> Result<(), String> {
         }
         let mut cmd = cargo();
         cmd.args(["bench", "-p", package, "--bench", bench]);
+        // Held until the benchmark is done: the Postgres store is measured on a throwaway
+        // cluster beside memory and SQLite.
+        let mut cluster = None;
         if name == "server" {
             // The seed's own Go server, measured beside ours in the same run.
             if let Some(seed) = crate::go::seed_server()? {
                 cmd.env("LONGRUN_SEED_SERVER", seed);
             }
+            cluster = crate::pg::start()?;
+            if let Some(pg) = &cluster {
+                cmd.env(crate::pg::ENV, pg.url());
+            }
         }
         crate::step(&format!("{name} benchmark"), &mut cmd)?;
+        drop(cluster);
     }
     if args.is_empty() || args.iter().any(|a| a == "js") {
         crate::js::bench()?;

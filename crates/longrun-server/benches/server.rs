@@ -32,20 +32,17 @@ const IDLE_FOLLOWERS: usize = 10_000;
 const STALLED_FOLLOWERS: usize = 1000;
 const STALLED_RUN_EVENTS: u64 = 100_000;
 
+#[path = "../tests/common/postgres.rs"]
+mod postgres;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--serve-longrun") {
         return serve(true, longrun_server::StoreConfig::Memory);
     }
-    if let Some(i) = args.iter().position(|a| a == "--serve-sqlite") {
-        let path = std::path::PathBuf::from(&args[i + 1]);
-        return serve(
-            true,
-            longrun_server::StoreConfig::Sqlite {
-                path,
-                full_sync: false,
-            },
-        );
+    if let Some(i) = args.iter().position(|a| a == "--serve-store") {
+        let store = longrun_server::StoreConfig::parse(&args[i + 1]).expect("a store URL");
+        return serve(true, store);
     }
     if args.iter().any(|a| a == "--serve-bare") {
         return serve(false, longrun_server::StoreConfig::Memory);
@@ -199,17 +196,27 @@ async fn bench() {
     }
 }
 
-/// The SQLite store against memory: whole short runs, and one busy run's appends.
+/// The durable stores against memory: whole short runs, one busy run's appends, fan-out and
+/// idle followers (Postgres on the throwaway cluster `cargo xtask bench` starts, if any).
 async fn store() {
     let dir = tempfile::tempdir().unwrap();
+    let store_server = |url: String| {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.arg("--serve-store").arg(url);
+        ChildServer::spawn(cmd)
+    };
+    let sqlite_url = |name: &str| format!("sqlite:{}", dir.path().join(name).display());
     let memory = ChildServer::start("--serve-longrun");
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.arg("--serve-sqlite").arg(dir.path().join("bench.db"));
-    let sqlite = ChildServer::spawn(cmd);
-    let mut short: [Vec<f64>; 2] = Default::default();
-    let mut busy: [Vec<f64>; 2] = Default::default();
+    let sqlite = store_server(sqlite_url("bench.db"));
+    let postgres = postgres::database("bench store").await.map(store_server);
+    let mut servers = vec![("memory", &memory), ("sqlite", &sqlite)];
+    if let Some(pg) = &postgres {
+        servers.push(("postgres", pg));
+    }
+    let mut short: Vec<Vec<f64>> = vec![Vec::new(); servers.len()];
+    let mut busy: Vec<Vec<f64>> = vec![Vec::new(); servers.len()];
     for round in 0..=ROUNDS {
-        for (k, server) in [&memory, &sqlite].into_iter().enumerate() {
+        for (k, (_, server)) in servers.iter().enumerate() {
             let rate = short_runs(&server.base).await;
             let secs = drain(&format!("{}/count", server.base)).await;
             if round > 0 {
@@ -218,27 +225,47 @@ async fn store() {
             }
         }
     }
-    let [mem_rate, sql_rate] = short.map(median);
-    let [mem_secs, sql_secs] = busy.map(median);
+    let rates: Vec<f64> = short.into_iter().map(median).collect();
+    let secs: Vec<f64> = busy.into_iter().map(median).collect();
+    let line = |values: &[f64], unit: &str| {
+        servers
+            .iter()
+            .zip(values)
+            .map(|((name, _), v)| format!("{name} {v:>9.0} {unit}"))
+            .collect::<Vec<_>>()
+            .join("   ")
+    };
+    let ratios = |values: &[f64]| {
+        servers[1..]
+            .iter()
+            .zip(&values[1..])
+            .map(|((name, _), v)| format!("{name}/memory {:.2}x", v / values[0]))
+            .collect::<Vec<_>>()
+            .join("   ")
+    };
     println!(
-        "store             submit + 10 events + follow to the end, {SUBMIT_CONCURRENCY} at once: memory {mem_rate:>7.0} runs/s   sqlite {sql_rate:>7.0} runs/s   ratio {:.2}x  (goal >= 0.5x)",
-        sql_rate / mem_rate
+        "store             submit + 10 events + follow to the end, {SUBMIT_CONCURRENCY} at once: {}   {}  (goal sqlite >= 0.5x)",
+        line(&rates, "runs/s"),
+        ratios(&rates)
     );
+    let events: Vec<f64> = secs.iter().map(|s| DRAIN_EVENTS as f64 / s).collect();
     println!(
-        "store             one busy run's {DRAIN_EVENTS} events to a follower: memory {:>9.0} events/s   sqlite {:>9.0} events/s (group commit)   ratio {:.2}x",
-        DRAIN_EVENTS as f64 / mem_secs,
-        DRAIN_EVENTS as f64 / sql_secs,
-        mem_secs / sql_secs
+        "store             one busy run's {DRAIN_EVENTS} events to a follower (group commit): {}   {}",
+        line(&events, "events/s"),
+        ratios(&events)
     );
+    if postgres.is_none() {
+        println!(
+            "store             postgres: SKIPPED (no cluster; `cargo xtask bench` starts one when Debian's postgresql is installed)"
+        );
+    }
     let (events, secs) = fan_out(&sqlite.base, 0).await;
     println!(
         "store             fan-out replay on sqlite: {FOLLOWERS} SSE followers of one ended count run, {events} events in {secs:.2} s = {:>10.0} events/s",
         events as f64 / secs
     );
-    drop((memory, sqlite));
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.arg("--serve-sqlite").arg(dir.path().join("idle.db"));
-    let fresh = ChildServer::spawn(cmd);
+    drop((memory, sqlite, postgres));
+    let fresh = store_server(sqlite_url("idle.db"));
     println!(
         "store             idle followers on sqlite: RSS growth {:.1} KiB per idle SSE follower over {IDLE_FOLLOWERS} followers, fresh server  (goal <= 8 KiB)",
         idle_follower_rss(&fresh).await

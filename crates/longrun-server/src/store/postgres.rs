@@ -29,7 +29,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use longrun_proto::{CancelReason, Event, RunId, State};
 use tokio::sync::{Notify, mpsc};
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client, NoTls, Statement};
 
 use super::{
     Command, CreateError, DEFAULT_LEASE, GROUP, StoreConfig, committed, failed, interrupted_value,
@@ -641,6 +641,13 @@ async fn write(
     reader: Arc<Client>,
     limits: Limits,
 ) {
+    let st = match Statements::prepare(&client).await {
+        Ok(st) => st,
+        Err(e) => {
+            tracing::error!(error = %pg_error(&e), "could not prepare the journal's statements");
+            return;
+        }
+    };
     let mut seqs: HashMap<RunId, i64> = HashMap::new();
     let mut retry: Vec<Command> = Vec::new();
     let mut tick = tokio::time::interval((limits.lease / 3).max(Duration::from_millis(50)));
@@ -673,7 +680,7 @@ async fn write(
                 Err(_) => break,
             }
         }
-        match commit(&mut client, &mut batch, &mut seqs, &shared, &limits).await {
+        match commit(&mut client, &st, &mut batch, &mut seqs, &shared, &limits).await {
             Ok((published, mut refused)) => committed(batch, published, &mut refused),
             Err(e) => {
                 failed(batch, &pg_error(&e), &mut retry);
@@ -700,8 +707,67 @@ struct Taken {
     terminal: bool,
 }
 
+/// The journal's statements, prepared once per connection.
+struct Statements {
+    lock: Statement,
+    active: Statement,
+    runs: Statement,
+    events: Statement,
+    ended: Statement,
+    notify: Statement,
+    drop_runs: Statement,
+    tombstones: Statement,
+    forget: Statement,
+}
+
+impl Statements {
+    async fn prepare(client: &Client) -> Result<Self, tokio_postgres::Error> {
+        let (lock, active, runs, events, ended) = tokio::try_join!(
+            client.prepare("SELECT pg_advisory_xact_lock($1)"),
+            client.prepare("SELECT count(*) FROM longrun.runs WHERE ended_ms IS NULL"),
+            client.prepare(
+                "INSERT INTO longrun.runs (id, object, retention_ms, created_ms, owner) \
+                 SELECT i, o, r, $4, $5 FROM unnest($1::text[], $2::text[], $3::int8[]) \
+                 AS u(i, o, r) RETURNING id, seq"
+            ),
+            // A run another replica ended (this one's lease ran out) takes no more events.
+            client.prepare(
+                "INSERT INTO longrun.events (run, id, event) \
+                 SELECT u.run, u.id, u.event FROM unnest($1::int8[], $2::int8[], $3::text[]) \
+                 AS u(run, id, event) JOIN longrun.runs r ON r.seq = u.run \
+                 AND r.ended_ms IS NULL ON CONFLICT DO NOTHING"
+            ),
+            client.prepare(
+                "UPDATE longrun.runs SET ended_ms = $2 WHERE seq = ANY($1) AND ended_ms IS NULL"
+            ),
+        )?;
+        let (notify, drop_runs, tombstones, forget) = tokio::try_join!(
+            client.prepare("SELECT pg_notify('longrun_events', i) FROM unnest($1::text[]) AS u(i)"),
+            client.prepare("DELETE FROM longrun.runs WHERE id = ANY($1)"),
+            client.prepare(
+                "INSERT INTO longrun.tombstones (id, object, dropped_ms) \
+                 SELECT i, o, $3 FROM unnest($1::text[], $2::text[]) AS u(i, o) \
+                 ON CONFLICT (id) DO NOTHING"
+            ),
+            client.prepare("DELETE FROM longrun.tombstones WHERE id = ANY($1)"),
+        )?;
+        Ok(Statements {
+            lock,
+            active,
+            runs,
+            events,
+            ended,
+            notify,
+            drop_runs,
+            tombstones,
+            forget,
+        })
+    }
+}
+
 async fn commit(
     client: &mut Client,
+    st: &Statements,
     batch: &mut [Command],
     seqs: &mut HashMap<RunId, i64>,
     shared: &Shared,
@@ -731,15 +797,12 @@ async fn commit(
         (Vec::new(), Vec::new(), Vec::new());
     let mut taken: Vec<Taken> = Vec::new();
     if !creates.is_empty() {
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CREATE_LOCK])
-            .await?;
-        let active: i64 = tx
-            .query_one(
-                "SELECT count(*) FROM longrun.runs WHERE ended_ms IS NULL",
-                &[],
-            )
-            .await?
-            .get(0);
+        // Pipelined: the count runs once the lock is held (its own snapshot, after the lock).
+        let (_, active) = tokio::try_join!(
+            tx.execute(&st.lock, &[&CREATE_LOCK]),
+            tx.query_one(&st.active, &[])
+        )?;
+        let active: i64 = active.get(0);
         let room = (limits.max_active_runs as i64 - active).max(0) as usize;
         let (mut ids, mut objects, mut retentions) = (Vec::new(), Vec::new(), Vec::new());
         for (i, (id, _, object, retention, _)) in creates.iter().enumerate() {
@@ -753,9 +816,7 @@ async fn commit(
         }
         let rows = tx
             .query(
-                "INSERT INTO longrun.runs (id, object, retention_ms, created_ms, owner) \
-                 SELECT i, o, r, $4, $5 FROM unnest($1::text[], $2::text[], $3::int8[]) \
-                 AS u(i, o, r) RETURNING id, seq",
+                &st.runs,
                 &[&ids, &objects, &retentions, &now, &shared.replica],
             )
             .await?;
@@ -802,58 +863,43 @@ async fn commit(
             ev_text.push(std::str::from_utf8(json).expect("events are JSON text"));
         }
     }
-    if !ev_run.is_empty() {
-        // A run another replica ended (this one's lease ran out) takes no more events.
-        tx.execute(
-            "INSERT INTO longrun.events (run, id, event) \
-             SELECT u.run, u.id, u.event FROM unnest($1::int8[], $2::int8[], $3::text[]) \
-             AS u(run, id, event) JOIN longrun.runs r ON r.seq = u.run AND r.ended_ms IS NULL \
-             ON CONFLICT DO NOTHING",
-            &[&ev_run, &ev_id, &ev_text],
-        )
-        .await?;
-    }
-    if !ended.is_empty() {
-        tx.execute(
-            "UPDATE longrun.runs SET ended_ms = $2 WHERE seq = ANY($1) AND ended_ms IS NULL",
-            &[&ended, &now],
-        )
-        .await?;
-    }
-    if !touched.is_empty() {
-        tx.execute(
-            "SELECT pg_notify('longrun_events', i) FROM unnest($1::text[]) AS u(i)",
-            &[&touched],
-        )
-        .await?;
-    }
+    let (mut dropped, mut objects, mut forgotten) = (Vec::new(), Vec::new(), Vec::new());
     for cmd in batch.iter() {
-        if let Command::Drop { runs, forgotten } = cmd {
-            let (ids, objects): (Vec<String>, Vec<&str>) = runs
-                .iter()
-                .map(|(id, object)| (id.to_string(), object.as_str()))
-                .unzip();
-            if !ids.is_empty() {
-                tx.execute("DELETE FROM longrun.runs WHERE id = ANY($1)", &[&ids])
-                    .await?;
-                tx.execute(
-                    "INSERT INTO longrun.tombstones (id, object, dropped_ms) \
-                     SELECT i, o, $3 FROM unnest($1::text[], $2::text[]) AS u(i, o) \
-                     ON CONFLICT (id) DO NOTHING",
-                    &[&ids, &objects, &now],
-                )
-                .await?;
+        if let Command::Drop { runs, forgotten: f } = cmd {
+            for (id, object) in runs {
+                dropped.push(id.to_string());
+                objects.push(object.as_str());
             }
-            let forgotten: Vec<String> = forgotten.iter().map(RunId::to_string).collect();
-            if !forgotten.is_empty() {
-                tx.execute(
-                    "DELETE FROM longrun.tombstones WHERE id = ANY($1)",
-                    &[&forgotten],
-                )
-                .await?;
-            }
+            forgotten.extend(f.iter().map(RunId::to_string));
         }
     }
+    // The rest of the transaction in one round trip: statements are sent together and run
+    // in order.
+    type Params<'a, const N: usize> = [&'a (dyn tokio_postgres::types::ToSql + Sync); N];
+    let events: Params<3> = [&ev_run, &ev_id, &ev_text];
+    let ends: Params<2> = [&ended, &now];
+    let notes: Params<1> = [&touched];
+    let drops: Params<1> = [&dropped];
+    let tombs: Params<3> = [&dropped, &objects, &now];
+    let forgets: Params<1> = [&forgotten];
+    let mut writes = Vec::new();
+    if !ev_run.is_empty() {
+        writes.push(tx.execute(&st.events, &events));
+    }
+    if !ended.is_empty() {
+        writes.push(tx.execute(&st.ended, &ends));
+    }
+    if !touched.is_empty() {
+        writes.push(tx.execute(&st.notify, &notes));
+    }
+    if !dropped.is_empty() {
+        writes.push(tx.execute(&st.drop_runs, &drops));
+        writes.push(tx.execute(&st.tombstones, &tombs));
+    }
+    if !forgotten.is_empty() {
+        writes.push(tx.execute(&st.forget, &forgets));
+    }
+    futures::future::try_join_all(writes).await?;
     // If this fails nothing of the batch is kept, and what was taken is taken again on the
     // retry: the bookkeeping below moves on only once committed.
     tx.commit().await?;
