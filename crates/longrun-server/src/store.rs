@@ -32,7 +32,7 @@ mod postgres;
 pub(crate) use postgres::{Limits, Loaded};
 
 /// The schema version this binary writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// How many pending commands one transaction takes at most.
 const GROUP: usize = 4096;
@@ -127,6 +127,8 @@ pub(crate) struct RestoredTombstone {
 
 /// What the journal found at start.
 pub(crate) struct Restored {
+    /// The row of every run read back, for the writer.
+    seqs: HashMap<RunId, i64>,
     pub runs: Vec<RestoredRun>,
     pub tombstones: Vec<RestoredTombstone>,
     /// Runs that were running when the server stopped, ended now as `interrupted`.
@@ -226,11 +228,12 @@ impl Journal {
                 path.display()
             ),
         })?;
-        let restored = restore(&mut conn).map_err(err)?;
+        let mut restored = restore(&mut conn).map_err(err)?;
+        let seqs = std::mem::take(&mut restored.seqs);
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("longrun-journal".into())
-            .spawn(move || writer(conn, rx))
+            .spawn(move || writer(conn, rx, seqs))
             .map_err(|e| format!("cannot start the journal thread: {e}"))?;
         Ok((Arc::new(Journal::Sqlite(tx)), restored))
     }
@@ -343,6 +346,26 @@ fn migrate(conn: &mut Connection) -> Result<(), Migrate> {
         )?;
         tx.commit()?;
     }
+    if version < 2 {
+        // v2: no index on the run id. Ids are random, so each new run wrote one more random
+        // index page per commit; the writer keeps id → seq for the runs it holds instead.
+        let tx = conn.transaction()?;
+        tx.execute_batch(
+            "CREATE TABLE runs_v2 (
+                 seq INTEGER PRIMARY KEY,
+                 id TEXT NOT NULL,
+                 object TEXT NOT NULL,
+                 created_ms INTEGER NOT NULL,
+                 retention_ms INTEGER NOT NULL,
+                 ended_ms INTEGER
+             );
+             INSERT INTO runs_v2 SELECT seq, id, object, created_ms, retention_ms, ended_ms FROM runs;
+             DROP TABLE runs;
+             ALTER TABLE runs_v2 RENAME TO runs;
+             PRAGMA user_version = 2;",
+        )?;
+        tx.commit()?;
+    }
     Ok(())
 }
 
@@ -358,6 +381,7 @@ fn restore(conn: &mut Connection) -> rusqlite::Result<Restored> {
     let now = SystemTime::now();
     let tx = conn.transaction()?;
     let mut runs = Vec::new();
+    let mut seqs = HashMap::new();
     let mut interrupted = 0;
     {
         let mut list =
@@ -413,6 +437,7 @@ fn restore(conn: &mut Connection) -> rusqlite::Result<Restored> {
                     now
                 }
             };
+            seqs.insert(id, seq);
             runs.push(RestoredRun {
                 id,
                 object,
@@ -441,6 +466,7 @@ fn restore(conn: &mut Connection) -> rusqlite::Result<Restored> {
     };
     tx.commit()?;
     Ok(Restored {
+        seqs,
         runs,
         tombstones,
         interrupted,
@@ -449,9 +475,9 @@ fn restore(conn: &mut Connection) -> rusqlite::Result<Restored> {
 
 /// The writer thread: take what is pending, commit it in one transaction, then make it
 /// visible and answer who waits. Ends when every `Journal` handle is gone.
-fn writer(mut conn: Connection, rx: mpsc::Receiver<Command>) {
-    // The sequence number of every run that may still append (created, not ended).
-    let mut seqs: HashMap<RunId, i64> = HashMap::new();
+fn writer(mut conn: Connection, rx: mpsc::Receiver<Command>, mut seqs: HashMap<RunId, i64>) {
+    // The row of every run the file holds, until retention drops it (bounded as the runs in
+    // memory are: `max_active_runs` + `max_retained`).
     let mut commits = 0u64;
     let mut retry: Vec<Command> = Vec::new();
     loop {
@@ -553,9 +579,9 @@ fn commit_inner(
 ) -> rusqlite::Result<Vec<(Arc<Run>, usize)>> {
     let tx = conn.transaction()?;
     let mut published = Vec::new();
-    // Runs whose terminal event this commits: forgotten only once it is committed, so a
-    // retry after a failed commit still writes it.
-    let mut ended = Vec::new();
+    // Runs whose rows this deletes: forgotten only once that is committed, so a retry after
+    // a failed commit deletes them still.
+    let mut gone = Vec::new();
     {
         let mut insert_event = tx
             .prepare_cached("INSERT OR REPLACE INTO events (run, id, event) VALUES (?1, ?2, ?3)")?;
@@ -596,19 +622,20 @@ fn commit_inner(
                     if terminal {
                         tx.prepare_cached("UPDATE runs SET ended_ms = ?2 WHERE seq = ?1")?
                             .execute(params![seq, now])?;
-                        ended.push(run.id);
                     }
                     published.push((run.clone(), first + events.len()));
                 }
                 Command::Drop { runs, forgotten } => {
                     for (id, object) in runs {
+                        // A run without a row here was never stored (its submit was refused).
+                        if let Some(&seq) = seqs.get(id) {
+                            tx.prepare_cached("DELETE FROM events WHERE run = ?1")?
+                                .execute([seq])?;
+                            tx.prepare_cached("DELETE FROM runs WHERE seq = ?1")?
+                                .execute([seq])?;
+                            gone.push(*id);
+                        }
                         let id = id.to_string();
-                        tx.prepare_cached(
-                            "DELETE FROM events WHERE run = (SELECT seq FROM runs WHERE id = ?1)",
-                        )?
-                        .execute([&id])?;
-                        tx.prepare_cached("DELETE FROM runs WHERE id = ?1")?
-                            .execute([&id])?;
                         tx.prepare_cached(
                             "INSERT OR REPLACE INTO tombstones (id, object, dropped_ms) VALUES (?1, ?2, ?3)",
                         )?
@@ -624,7 +651,7 @@ fn commit_inner(
         }
     }
     tx.commit()?;
-    for id in ended {
+    for id in gone {
         seqs.remove(&id);
     }
     Ok(published)

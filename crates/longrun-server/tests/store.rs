@@ -68,3 +68,74 @@ async fn runs_through_retention_leave_the_file_bounded() {
          (after 1,000 runs: {after_first:?})"
     );
 }
+
+/// A file written by the first schema (runs indexed by id) is migrated at start, and what it
+/// held is served as before; a file from a newer schema is refused with a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemas_migrate_forward_and_never_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.db");
+    let id = "0f8fad5b-d9cb-469f-a165-70867728950e";
+    let events = [
+        r#"{"id":0,"state":"queued","value":null}"#,
+        r#"{"id":1,"state":"success","value":{"a":1}}"#,
+    ];
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE runs (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE,
+                 object TEXT NOT NULL, created_ms INTEGER NOT NULL,
+                 retention_ms INTEGER NOT NULL, ended_ms INTEGER);
+             CREATE TABLE events (run INTEGER NOT NULL, id INTEGER NOT NULL,
+                 event TEXT NOT NULL, PRIMARY KEY (run, id)) WITHOUT ROWID;
+             CREATE TABLE tombstones (id TEXT PRIMARY KEY, object TEXT NOT NULL,
+                 dropped_ms INTEGER NOT NULL);
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        conn.execute(
+            "INSERT INTO runs VALUES (1, ?1, 'echo', ?2, 600000, ?2)",
+            rusqlite::params![id, now],
+        )
+        .unwrap();
+        for (i, e) in events.iter().enumerate() {
+            conn.execute(
+                "INSERT INTO events VALUES (1, ?1, ?2)",
+                rusqlite::params![i as i64, e],
+            )
+            .unwrap();
+        }
+    }
+    let store = || StoreConfig::Sqlite {
+        path: path.clone(),
+        full_sync: false,
+    };
+    let t = TestServer::start(Server::builder().store(store()).demo()).await;
+    let body = reqwest::get(t.url(&format!("/echo/{id}?wait=0")))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, format!("[{}]", events.join(",")));
+    t.server.shutdown().await;
+    drop(t);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
+    conn.pragma_update(None, "user_version", 99).unwrap();
+    drop(conn);
+    let Err(e) = Server::builder().store(store()).demo().build() else {
+        panic!("a newer schema must be refused");
+    };
+    assert!(
+        e.to_string().contains("newer than this longrun knows"),
+        "{e}"
+    );
+}
