@@ -661,6 +661,27 @@ async fn replicas_on_one_postgres_serve_each_others_runs() {
     let unknown = "/count/0f8fad5b-d9cb-469f-a165-70867728950e";
     let missing = b.http.get(b.url(unknown)).send().await.unwrap();
     assert_eq!(missing.status(), 404);
+
+    // Runs B never looked at, then A stops (SIGTERM writes everything): B serves them from
+    // the database alone, and a dropped run (retention 0) is a tombstone there too.
+    let echo = a.submit("echo", json!({"x": [1, "two"]})).await;
+    let ephemeral = a.submit("ephemeral", json!({})).await;
+    let echoed = a.events(&echo).await;
+    let body = a.stream(&ephemeral).await.text().await.unwrap();
+    assert!(body.contains("event: success"), "{body}");
+    let (status, stderr) = a.terminate().await;
+    assert!(status.success(), "{status}: {stderr}");
+    assert_eq!(b.events(&echo).await, echoed);
+    for res in [
+        b.http.get(b.url(&ephemeral)).send().await.unwrap(),
+        b.http.head(b.url(&ephemeral)).send().await.unwrap(),
+    ] {
+        assert_eq!(
+            res.status(),
+            410,
+            "a tombstone answers 410 on every replica"
+        );
+    }
 }
 
 /// `kill -9` of the replica executing a run: the other ends it once the lease runs out, and

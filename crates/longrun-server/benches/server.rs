@@ -35,6 +35,10 @@ const STALLED_RUN_EVENTS: u64 = 100_000;
 #[path = "../tests/common/postgres.rs"]
 mod postgres;
 
+/// The allocator `longrun serve` ships with, so the servers measured here are what it runs.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--serve-longrun") {
@@ -188,8 +192,12 @@ async fn bench() {
     if runs("throughput") {
         throughput().await;
     }
+    // `memory` is both; `idle` the idle followers alone.
+    if runs("memory") || runs("idle") {
+        idle().await;
+    }
     if runs("memory") {
-        memory().await;
+        stalled().await;
     }
     if runs("store") {
         store().await;
@@ -413,17 +421,19 @@ async fn throughput() {
     drop(longrun);
 }
 
-async fn memory() {
-    // Memory figures, each on a fresh server process: a server warmed by the phases above
-    // would reuse their freed pages and report less than a new one pays.
+// Memory figures, each on a fresh server process: a server warmed by the phases above would
+// reuse their freed pages and report less than a new one pays.
+
+async fn idle() {
     let fresh = ChildServer::start("--serve-longrun");
     let per_follower = idle_follower_rss(&fresh).await;
     println!(
         "idle followers    RSS growth {:.1} KiB per idle SSE follower over {IDLE_FOLLOWERS} followers, fresh server  (goal <= 8 KiB)",
         per_follower
     );
-    drop(fresh);
+}
 
+async fn stalled() {
     let fresh = ChildServer::start("--serve-longrun");
     let stalled = stalled_followers(&fresh).await;
     println!(
