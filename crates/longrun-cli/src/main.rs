@@ -32,14 +32,49 @@ struct Cli {
 enum Command {
     /// Run the longrun/1 reference server.
     Serve(Box<serve::ServeArgs>),
+    /// Make tokens for a server's auth file.
+    #[command(subcommand)]
+    Token(TokenCommand),
     #[command(flatten)]
     Client(client::Command),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a fresh random token (give it to the caller) and the lines that let it in (paste
+    /// them under the tenant in the auth file, which keeps only the token's hash).
+    New {
+        /// The scopes the token gets: submit, submit:OBJECT, read, cancel, admin
+        #[arg(long = "scope", value_name = "SCOPE", value_delimiter = ',', default_values = ["submit", "read", "cancel"])]
+        scopes: Vec<String>,
+    },
+}
+
+fn token(command: TokenCommand) -> std::process::ExitCode {
+    let TokenCommand::New { scopes } = command;
+    match longrun_server::auth::new_token() {
+        Ok((token, hash)) => {
+            let scopes: Vec<String> = scopes.iter().map(|s| format!("{s:?}")).collect();
+            println!("{token}");
+            println!();
+            println!("# under the tenant's [[tenant]] in the auth file:");
+            println!("[[tenant.token]]");
+            println!("hash = \"{hash}\"");
+            println!("scopes = [{}]", scopes.join(", "));
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("longrun token new: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve::main(*args),
+        Command::Token(command) => token(command),
         Command::Client(command) => client::main(cli.global, command),
     }
 }

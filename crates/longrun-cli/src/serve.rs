@@ -27,7 +27,7 @@ use clap::Args;
 use clap::builder::{FalseyValueParser, TypedValueParser};
 use longrun_proto::ObjectName;
 use longrun_server::exec::ExecSpec;
-use longrun_server::{BuildError, Config, Server, StoreConfig};
+use longrun_server::{Auth, BuildError, Config, Server, StoreConfig};
 use serde::{Deserialize, Deserializer};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -84,6 +84,22 @@ layer! {
         #[arg(long, env = "LONGRUN_STORE", value_name = "URL", value_parser = store_url)]
         #[serde(deserialize_with = "store_key")]
         store: Option<StoreConfig>,
+        /// Tenants and their tokens' hashes (TOML; reloaded on SIGHUP): every run route then
+        /// needs `Authorization: Bearer <token>` (none by default: the server is open)
+        #[arg(long, env = "LONGRUN_AUTH", value_name = "FILE")]
+        auth: Option<PathBuf>,
+        /// Listen on a non-loopback address without --auth (anyone who can reach it may submit
+        /// and cancel) [default: false]
+        #[arg(
+            long = "allow-unauthenticated",
+            env = "LONGRUN_ALLOW_UNAUTHENTICATED",
+            value_name = "BOOL",
+            num_args = 0..=1,
+            require_equals = true,
+            default_missing_value = "true",
+            value_parser = FalseyValueParser::new(),
+        )]
+        allow_unauthenticated: Option<bool>,
         /// Largest submit body accepted [default: 1MiB]
         #[arg(long, env = "LONGRUN_BODY_LIMIT", value_name = "SIZE")]
         body_limit: Option<ByteSize>,
@@ -200,6 +216,7 @@ impl<T: Merge> Merge for Option<T> {
 }
 
 impl Merge for SocketAddr {}
+impl Merge for PathBuf {}
 impl Merge for StoreConfig {}
 impl Merge for ByteSize {}
 impl Merge for Duration {}
@@ -257,6 +274,8 @@ fn exec_tables<'de, D: Deserializer<'de>>(
 struct Settings {
     listen: SocketAddr,
     store: StoreConfig,
+    auth: Option<PathBuf>,
+    allow_unauthenticated: bool,
     config: Config,
     demo: bool,
     exec: BTreeMap<String, ExecSpec>,
@@ -269,6 +288,8 @@ impl Layer {
         let Layer {
             listen,
             store,
+            auth,
+            allow_unauthenticated,
             body_limit,
             retention,
             max_retained,
@@ -336,6 +357,8 @@ impl Layer {
             store: store.unwrap_or_else(|| {
                 StoreConfig::parse(DEFAULT_STORE).expect("the default store is a store")
             }),
+            auth,
+            allow_unauthenticated: allow_unauthenticated.unwrap_or(false),
             config,
             demo: demo.unwrap_or(true),
             exec,
@@ -426,6 +449,17 @@ fn build_server(s: &Settings) -> Result<Server, String> {
     let mut builder = Server::builder()
         .config(s.config.clone())
         .store(s.store.clone());
+    if let Some(path) = &s.auth {
+        builder = builder.auth(Auth::load(path)?);
+    } else if !s.listen.ip().is_loopback() && !s.allow_unauthenticated {
+        return Err(format!(
+            "refusing to listen on {} without --auth: anyone who reaches it could submit and \
+             cancel runs. Give tenants and tokens (--auth FILE; `longrun token new` makes a \
+             token), listen on 127.0.0.1, or pass --allow-unauthenticated if something in \
+             front of it checks callers",
+            s.listen
+        ));
+    }
     if s.demo {
         builder = builder.demo();
     }
@@ -477,6 +511,27 @@ pub fn main(args: ServeArgs) -> ExitCode {
     }
 }
 
+/// SIGHUP reads the auth file again: the next requests are checked against it, open streams
+/// go on. A file that no longer parses keeps the tenants in force and says why.
+fn reload_on_hangup(path: PathBuf, server: Server) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            match Auth::load(&path) {
+                Ok(auth) => {
+                    server.set_auth(auth);
+                    tracing::info!(file = %path.display(), "auth file reloaded");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "auth file not reloaded; the previous one stays in force")
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
 async fn run(settings: Settings, server: Server) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -492,6 +547,9 @@ async fn run(settings: Settings, server: Server) -> std::io::Result<()> {
     // The handlers go in before the address is printed: whoever reads it may send SIGTERM at
     // once, and without a handler that signal would kill the process instead of draining it.
     let shutdown = shutdown_signal()?;
+    if let Some(path) = settings.auth.clone() {
+        reload_on_hangup(path, server.clone())?;
+    }
     // On stdout, one line, so scripts and tests can learn the port when --listen used port 0.
     println!("longrun listening on http://{addr}");
     longrun_server::serve(listener, server, shutdown).await
@@ -597,6 +655,18 @@ mod tests {
             r#""sqlite:t.db?synchronous=full""#,
             Some(("memory", r#""memory""#)),
         ),
+        sample(
+            "auth",
+            "tenants.toml",
+            r#""tenants.toml""#,
+            Some(("other.toml", r#""other.toml""#)),
+        ),
+        sample(
+            "allow_unauthenticated",
+            "true",
+            "true",
+            Some(("false", "false")),
+        ),
         sample("body_limit", "2KiB", r#""2KiB""#, Some(("3KiB", "3072"))),
         sample("retention", "2h", r#""2h""#, Some(("3h", r#""3h""#))),
         sample("max_retained", "7", "7", Some(("70", "70"))),
@@ -657,6 +727,8 @@ mod tests {
                 path: "t.db".into(),
                 full_sync: true,
             },
+            auth: Some("tenants.toml".into()),
+            allow_unauthenticated: true,
             config: Config {
                 body_limit: 2048,
                 retention: Duration::from_secs(7200),
@@ -704,7 +776,10 @@ mod tests {
     #[test]
     fn the_target_differs_from_the_defaults_in_every_field() {
         let (target, defaults) = (target(), defaults());
-        assert_every_field_differs!(Settings, target, defaults; listen, store, config, demo, exec);
+        assert_every_field_differs!(
+            Settings, target, defaults;
+            listen, store, auth, allow_unauthenticated, config, demo, exec
+        );
         assert_every_field_differs!(
             Config, target.config, defaults.config;
             body_limit, retention, max_retained, max_active_runs, max_events_per_run,
@@ -838,7 +913,7 @@ mod tests {
             match documented_default(&arg) {
                 Some(default) => flags.push(flag(id, &default)),
                 None => assert!(
-                    ["cors_origins", "exec"].contains(&id),
+                    ["auth", "cors_origins", "exec"].contains(&id),
                     "--{id} does not say its default: {:?}",
                     arg.get_help()
                 ),

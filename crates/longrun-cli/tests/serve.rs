@@ -749,3 +749,113 @@ async fn replicas_share_one_active_run_limit() {
     a.events(&first).await;
     b.submit("echo", json!({})).await;
 }
+
+/// Without --auth, `longrun serve` refuses a non-loopback address unless told it is fine.
+#[tokio::test]
+async fn an_open_server_refuses_a_public_address() {
+    let out = serve_command(&["--listen", "0.0.0.0:0"], &[])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("without --auth"), "{stderr}");
+    assert!(stderr.contains("--allow-unauthenticated"), "{stderr}");
+    let open = Serve::start_on("0.0.0.0:0", &["--allow-unauthenticated"], &[]).await;
+    let (status, stderr) = open.terminate().await;
+    assert!(status.success(), "{stderr}");
+}
+
+fn auth_file(tokens: &[(&str, &str)]) -> String {
+    tokens
+        .iter()
+        .map(|(tenant, token)| {
+            format!(
+                "[[tenant]]\nname = \"{tenant}\"\n[[tenant.token]]\nhash = \"{}\"\nscopes = [\"submit\", \"read\", \"cancel\"]\n",
+                longrun_server::auth::token_hash(token)
+            )
+        })
+        .collect()
+}
+
+/// `--auth FILE`: a token made by `longrun token new` gets in; SIGHUP reads the file again,
+/// and a token taken out of it stops working while the rest go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_from_an_auth_file_reloaded_on_sighup() {
+    let made = std::process::Command::new(env!("CARGO_BIN_EXE_longrun"))
+        .args(["token", "new"])
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let printed = String::from_utf8(made.stdout).unwrap();
+    let token = printed.lines().next().unwrap().to_owned();
+    let snippet: String = printed.lines().skip(1).collect::<Vec<_>>().join("\n");
+    assert!(
+        !snippet.contains(&token),
+        "the lines to paste never hold the token"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("auth.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[tenant]]\nname = \"acme\"\n{snippet}\n{}",
+            auth_file(&[("beta", "lrt_beta")])
+        ),
+    )
+    .unwrap();
+    let mut child = serve_command(
+        &["--listen", "127.0.0.1:0", "--auth", path.to_str().unwrap()],
+        &[],
+    )
+    .spawn()
+    .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).await.unwrap();
+    let base = line
+        .trim_end()
+        .strip_prefix("longrun listening on ")
+        .unwrap()
+        .to_owned();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let http = reqwest::Client::new();
+    let submit = |token: &str| {
+        http.post(format!("{base}/echo"))
+            .bearer_auth(token)
+            .json(&json!({}))
+            .send()
+    };
+    assert_eq!(submit(&token).await.unwrap().status(), 201);
+    assert_eq!(submit("lrt_beta").await.unwrap().status(), 201);
+    let anonymous = http
+        .post(format!("{base}/echo"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert!(
+        anonymous.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer")
+    );
+
+    std::fs::write(&path, auth_file(&[("beta", "lrt_beta")])).unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    while let Some(line) = stderr.next_line().await.unwrap() {
+        if line.contains("auth file reloaded") {
+            break;
+        }
+    }
+    assert_eq!(
+        submit(&token).await.unwrap().status(),
+        401,
+        "a removed token"
+    );
+    assert_eq!(submit("lrt_beta").await.unwrap().status(), 201);
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+}

@@ -15,6 +15,10 @@ pub enum ProblemKind {
     InvalidCursor,
     /// 400: `wait` is not a non-negative number of seconds.
     InvalidWait,
+    /// 401: the server needs a token (`Authorization: Bearer`) and got none it knows.
+    Unauthorized,
+    /// 403: the caller's token does not allow this.
+    Forbidden,
     /// 404: no route has this path.
     NotFound,
     /// 404: no object of this name.
@@ -44,11 +48,13 @@ pub enum ProblemKind {
 }
 
 impl ProblemKind {
-    pub const ALL: [ProblemKind; 17] = [
+    pub const ALL: [ProblemKind; 19] = [
         ProblemKind::InvalidJson,
         ProblemKind::ArgsNotObject,
         ProblemKind::InvalidCursor,
         ProblemKind::InvalidWait,
+        ProblemKind::Unauthorized,
+        ProblemKind::Forbidden,
         ProblemKind::NotFound,
         ProblemKind::UnknownObject,
         ProblemKind::RunNotFound,
@@ -70,6 +76,8 @@ impl ProblemKind {
             ProblemKind::ArgsNotObject => "args-not-object",
             ProblemKind::InvalidCursor => "invalid-cursor",
             ProblemKind::InvalidWait => "invalid-wait",
+            ProblemKind::Unauthorized => "unauthorized",
+            ProblemKind::Forbidden => "forbidden",
             ProblemKind::NotFound => "not-found",
             ProblemKind::UnknownObject => "unknown-object",
             ProblemKind::RunNotFound => "run-not-found",
@@ -92,6 +100,8 @@ impl ProblemKind {
             | ProblemKind::ArgsNotObject
             | ProblemKind::InvalidCursor
             | ProblemKind::InvalidWait => 400,
+            ProblemKind::Unauthorized => 401,
+            ProblemKind::Forbidden => 403,
             ProblemKind::NotFound | ProblemKind::UnknownObject | ProblemKind::RunNotFound => 404,
             ProblemKind::MethodNotAllowed => 405,
             ProblemKind::RunEnded => 409,
@@ -112,6 +122,8 @@ impl ProblemKind {
             ProblemKind::ArgsNotObject => "The arguments must be a JSON object",
             ProblemKind::InvalidCursor => "The cursor is not a non-negative integer",
             ProblemKind::InvalidWait => "The wait parameter is not a non-negative number",
+            ProblemKind::Unauthorized => "A token is needed",
+            ProblemKind::Forbidden => "The token does not allow this",
             ProblemKind::NotFound => "No such route",
             ProblemKind::UnknownObject => "No such object",
             ProblemKind::RunNotFound => "No such run",

@@ -21,6 +21,7 @@ use longrun_proto::{ProblemKind, sse};
 use tokio::sync::watch;
 
 use crate::Server;
+use crate::auth::{Caller, Scope};
 use crate::conn::FollowerSlot;
 use crate::http::{ApiError, lookup, put_status_headers, status_headers, wants_event_stream};
 use crate::run::Run;
@@ -29,12 +30,14 @@ use crate::run::Run;
 pub const POLL_BATCH_EVENTS: usize = 10_000;
 
 pub(crate) async fn follow(
+    caller: Caller,
     State(server): State<Server>,
     Path((object, id)): Path<(String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let run = lookup(&server, &object, &id).await?;
+    caller.require(Scope::Read, &object)?;
+    let run = lookup(&server, &caller, &object, &id).await?;
     let query: Vec<(String, String)> =
         form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes())
             .into_owned()

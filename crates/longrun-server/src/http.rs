@@ -16,6 +16,7 @@ use std::time::Duration;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::Server;
+use crate::auth::{Caller, Scope};
 use crate::registry::{Lookup, SubmitError};
 use crate::run::{CancelOutcome, Run};
 use crate::store::CreateError;
@@ -226,6 +227,7 @@ fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Response 
 }
 
 async fn submit(
+    caller: Caller,
     State(server): State<Server>,
     Path(object): Path<String>,
     headers: HeaderMap,
@@ -238,6 +240,9 @@ async fn submit(
         );
         return Err(refuse_body(&headers, body, err).await);
     };
+    if let Err(err) = caller.require(Scope::Submit, &object) {
+        return Err(refuse_body(&headers, body, err).await);
+    }
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         if !ct.to_str().is_ok_and(h::is_json_content_type) {
             let err = ApiError::new(
@@ -261,7 +266,10 @@ async fn submit(
     if let Err(detail) = obj.handler.validate(map) {
         return Err(ApiError::new(ProblemKind::InvalidArguments, detail));
     }
-    let run = match server.registry.submit(&server.config, &object, obj, args) {
+    let run = match server
+        .registry
+        .submit(&server.config, &object, obj, caller.owner(), args)
+    {
         Ok(submitted) => {
             if let Some(durable) = submitted.durable {
                 // A 201 promises the run survives a restart: answer once it is committed.
@@ -427,7 +435,12 @@ fn store_unavailable(why: String) -> ApiError {
 }
 
 /// Find a run or answer 404/410.
-pub(crate) async fn lookup(server: &Server, object: &str, id: &str) -> Result<Arc<Run>, ApiError> {
+pub(crate) async fn lookup(
+    server: &Server,
+    caller: &Caller,
+    object: &str,
+    id: &str,
+) -> Result<Arc<Run>, ApiError> {
     if !server.objects.contains_key(object) {
         return Err(ApiError::new(
             ProblemKind::UnknownObject,
@@ -436,7 +449,7 @@ pub(crate) async fn lookup(server: &Server, object: &str, id: &str) -> Result<Ar
     }
     let found = server
         .registry
-        .find(&server.config, object, id)
+        .find(&server.config, caller, object, id)
         .await
         .map_err(store_unavailable)?;
     match found {
@@ -464,20 +477,24 @@ pub(crate) fn put_status_headers(state: RunState, last: u64, headers: &mut Heade
 }
 
 async fn exists(
+    caller: Caller,
     State(server): State<Server>,
     Path((object, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let run = lookup(&server, &object, &id).await?;
+    caller.require(Scope::Read, &object)?;
+    let run = lookup(&server, &caller, &object, &id).await?;
     let mut res = StatusCode::OK.into_response();
     status_headers(&run, res.headers_mut());
     Ok(res)
 }
 
 async fn cancel(
+    caller: Caller,
     State(server): State<Server>,
     Path((object, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let run = lookup(&server, &object, &id).await?;
+    caller.require(Scope::Cancel, &object)?;
+    let run = lookup(&server, &caller, &object, &id).await?;
     let outcome = server
         .registry
         .cancel(&run, longrun_proto::CancelReason::Client)

@@ -13,6 +13,7 @@
 //! # }
 //! ```
 
+pub mod auth;
 mod config;
 mod conn;
 mod demo;
@@ -26,9 +27,10 @@ mod store;
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+pub use auth::Auth;
 pub use config::Config;
 pub use handler::{Handler, HandlerResult, ObjectOptions, RunContext, RunError};
 pub use http::app;
@@ -45,6 +47,8 @@ pub struct Server {
     pub(crate) objects: Arc<BTreeMap<String, Object>>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) conns: Arc<conn::Connections>,
+    /// The tenants and tokens, when the server has an auth file; replaced whole on reload.
+    auth: Arc<RwLock<Option<Arc<Auth>>>>,
 }
 
 impl Server {
@@ -54,6 +58,17 @@ impl Server {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The tenants and tokens in force (`None`: the server is open).
+    pub fn auth(&self) -> Option<Arc<Auth>> {
+        self.auth.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Put new tenants and tokens in force (a reloaded auth file): requests from now on are
+    /// checked against them; open streams go on.
+    pub fn set_auth(&self, auth: Auth) {
+        *self.auth.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(auth));
     }
 
     /// The registered object names, sorted.
@@ -71,7 +86,7 @@ impl Server {
     /// submits are refused from the moment this is called. `serve` calls it on shutdown.
     pub async fn shutdown(&self) {
         self.registry.shutdown().await;
-        self.registry.flush().await;
+        self.registry.close().await;
     }
 }
 
@@ -82,6 +97,7 @@ pub struct ServerBuilder {
     objects: BTreeMap<String, Object>,
     /// Names registered more than once, in the order seen: `build` refuses them.
     duplicates: Vec<String>,
+    auth: Option<Auth>,
 }
 
 /// Why [`ServerBuilder::build`] refused to build a server.
@@ -114,6 +130,12 @@ impl std::error::Error for BuildError {}
 impl ServerBuilder {
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
+        self
+    }
+
+    /// Require a tenant's token on every run route (without, the server is open).
+    pub fn auth(mut self, auth: Auth) -> Self {
+        self.auth = Some(auth);
         self
     }
 
@@ -197,6 +219,7 @@ impl ServerBuilder {
             objects: Arc::new(self.objects),
             registry: Arc::new(registry),
             conns: Arc::new(conn::Connections::new()),
+            auth: Arc::new(RwLock::new(self.auth.map(Arc::new))),
         })
     }
 }

@@ -16,10 +16,11 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use crate::Config;
+use crate::auth::Caller;
 use crate::handler::{Object, RunContext};
 use crate::run::CancelOutcome;
 use crate::run::Run;
-use crate::store::{CreateAck, Journal, Loaded, Restored};
+use crate::store::{CreateAck, Journal, Loaded, Owner, Restored};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
@@ -38,7 +39,8 @@ struct Inner {
     /// Ended runs by the time they are due to be dropped (`seq` breaks ties in end order).
     ended: BTreeSet<(Instant, u64, RunId)>,
     seq: u64,
-    tombstones: HashMap<RunId, String>,
+    /// Each dropped run's object and tenant.
+    tombstones: HashMap<RunId, (String, Owner)>,
     /// Tombstones in creation order, for both expiry and the count limit.
     tombstone_order: VecDeque<(Instant, RunId)>,
     /// Mirrors of runs another replica executes that had not ended when last looked at.
@@ -67,7 +69,7 @@ pub(crate) struct Submitted {
 /// What a sweep dropped, for the journal.
 #[derive(Default)]
 struct Swept {
-    dropped: Vec<(RunId, String)>,
+    dropped: Vec<(RunId, String, Owner)>,
     forgotten: Vec<RunId>,
 }
 
@@ -91,7 +93,9 @@ impl Registry {
         };
         for r in restored.runs {
             let due = now + left(r.ended, r.retention);
-            let run = Arc::new(Run::restored(r.id, r.object, &r.events, r.json));
+            let mut run = Run::restored(r.id, r.object, &r.events, r.json);
+            run.tenant = r.tenant;
+            let run = Arc::new(run);
             let seq = inner.seq;
             inner.seq += 1;
             inner.ended.insert((due, seq, run.id));
@@ -99,7 +103,7 @@ impl Registry {
         }
         for t in restored.tombstones {
             let due = now + left(t.dropped, config.tombstone_ttl);
-            inner.tombstones.insert(t.id, t.object);
+            inner.tombstones.insert(t.id, (t.object, t.tenant));
             inner.tombstone_order.push_back((due, t.id));
         }
         let swept = inner.sweep(config, now);
@@ -113,10 +117,11 @@ impl Registry {
         }
     }
 
-    /// Wait until everything journaled so far is on disk (shutdown calls it last).
-    pub async fn flush(&self) {
+    /// Wait until everything journaled so far is on disk, then close the store (shutdown
+    /// calls it last, so the file is free for another server once it returns).
+    pub async fn close(&self) {
         if let Some(journal) = &self.journal {
-            journal.flush().await;
+            journal.close().await;
         }
     }
 
@@ -126,11 +131,17 @@ impl Registry {
 
     /// Find a run: in this process, or, with a shared store, in the database (then it is
     /// served from here on as a mirror, fed from the store).
-    pub async fn find(&self, config: &Config, object: &str, id: &str) -> Result<Lookup, String> {
+    pub async fn find(
+        &self,
+        config: &Config,
+        caller: &Caller,
+        object: &str,
+        id: &str,
+    ) -> Result<Lookup, String> {
         let Ok(id) = RunId::parse(id) else {
             return Ok(Lookup::NotFound);
         };
-        let found = self.lookup(config, object, id);
+        let found = self.lookup(config, caller, object, id);
         let Some(pg) = self.journal.as_deref().and_then(Journal::shared) else {
             return Ok(found);
         };
@@ -139,7 +150,7 @@ impl Registry {
         }
         match pg.load(id).await? {
             None => Ok(Lookup::NotFound),
-            Some(Loaded::Gone(o)) => Ok(if o == object {
+            Some(Loaded::Gone(o, tenant)) => Ok(if o == object && caller.sees(tenant.as_deref()) {
                 Lookup::Gone
             } else {
                 Lookup::NotFound
@@ -147,13 +158,16 @@ impl Registry {
             Some(Loaded::Run {
                 seq,
                 object: o,
+                tenant,
                 retention,
                 events,
             }) => {
-                if o != object {
+                if o != object || !caller.sees(tenant.as_deref()) {
                     return Ok(Lookup::NotFound);
                 }
-                let mirror = Arc::new(Run::mirror(id, o, retention, &events));
+                let mut mirror = Run::mirror(id, o, retention, &events);
+                mirror.tenant = tenant;
+                let mirror = Arc::new(mirror);
                 if mirror.len() == 0 {
                     return Ok(Lookup::NotFound);
                 }
@@ -212,18 +226,18 @@ impl Registry {
         })
     }
 
-    fn lookup(&self, config: &Config, object: &str, id: RunId) -> Lookup {
+    fn lookup(&self, config: &Config, caller: &Caller, object: &str, id: RunId) -> Lookup {
         let mut inner = self.lock();
         let swept = inner.sweep(config, Instant::now());
         let found = if let Some(run) = inner.runs.get(&id) {
-            if run.object == object {
+            if run.object == object && caller.sees(run.tenant.as_deref()) {
                 Lookup::Found(run.clone())
             } else {
                 Lookup::NotFound
             }
         } else {
             match inner.tombstones.get(&id) {
-                Some(o) if o == object => Lookup::Gone,
+                Some((o, tenant)) if o == object && caller.sees(tenant.as_deref()) => Lookup::Gone,
                 _ => Lookup::NotFound,
             }
         };
@@ -242,6 +256,7 @@ impl Registry {
         config: &Arc<Config>,
         name: &str,
         object: &Object,
+        tenant: Option<&str>,
         args: Value,
     ) -> Result<Submitted, SubmitError> {
         let (run, swept) = {
@@ -255,12 +270,14 @@ impl Registry {
                 self.journal_swept(swept);
                 return Err(SubmitError::TooManyRuns);
             }
-            let run = Arc::new(Run::new(
+            let mut run = Run::new(
                 RunId::from_uuid(uuid::Uuid::new_v4()),
                 name.to_owned(),
                 config.max_events_per_run,
                 self.journal.clone(),
-            ));
+            );
+            run.tenant = tenant.map(Arc::from);
+            let run = Arc::new(run);
             inner.runs.insert(run.id, run.clone());
             inner.active += 1;
             (run, swept)
@@ -388,10 +405,13 @@ impl Inner {
             }
             self.ended.pop_first();
             if let Some(run) = self.runs.remove(&id) {
-                self.tombstones.insert(id, run.object.clone());
+                self.tombstones
+                    .insert(id, (run.object.clone(), run.tenant.clone()));
                 self.tombstone_order
                     .push_back((now + config.tombstone_ttl, id));
-                swept.dropped.push((id, run.object.clone()));
+                swept
+                    .dropped
+                    .push((id, run.object.clone(), run.tenant.clone()));
             }
         }
         while let Some(&(due, id)) = self.tombstone_order.front() {

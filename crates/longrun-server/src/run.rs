@@ -31,6 +31,8 @@ pub(crate) enum Stop {
 pub(crate) struct Run {
     pub id: RunId,
     pub object: String,
+    /// The tenant that submitted it (with an auth file); other tenants do not see it.
+    pub tenant: Option<Arc<str>>,
     log: Mutex<Log>,
     /// Bumped (to the log length) on every append; followers wait on their own receiver,
     /// which remembers what they have seen, so no wake-up is ever lost and no queue grows.
@@ -200,6 +202,7 @@ impl Run {
         Run {
             id,
             object,
+            tenant: None,
             log: Mutex::new(Log {
                 entries: Vec::new(),
                 segments: Vec::new(),

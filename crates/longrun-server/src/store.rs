@@ -32,7 +32,7 @@ mod postgres;
 pub(crate) use postgres::{Limits, Loaded};
 
 /// The schema version this binary writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// How many pending commands one transaction takes at most.
 const GROUP: usize = 4096;
@@ -107,10 +107,14 @@ impl StoreConfig {
     }
 }
 
+/// The tenant a run belongs to (`None` on a server without an auth file).
+pub(crate) type Owner = Option<Arc<str>>;
+
 /// A run read back from the journal at start, ended (an interrupted one was ended then).
 pub(crate) struct RestoredRun {
     pub id: RunId,
     pub object: String,
+    pub tenant: Owner,
     pub events: Vec<Event>,
     /// Each event's JSON exactly as it was served.
     pub json: Vec<Bytes>,
@@ -122,6 +126,7 @@ pub(crate) struct RestoredRun {
 pub(crate) struct RestoredTombstone {
     pub id: RunId,
     pub object: String,
+    pub tenant: Owner,
     pub dropped: SystemTime,
 }
 
@@ -151,6 +156,7 @@ pub(crate) enum Command {
         /// The run itself, for a shared store that forwards stop requests to it.
         run: Weak<Run>,
         object: String,
+        tenant: Owner,
         retention: Duration,
         event0: Bytes,
         ack: oneshot::Sender<CreateAck>,
@@ -159,10 +165,12 @@ pub(crate) enum Command {
     Dirty(Arc<Run>),
     /// Retention dropped these runs (they become tombstones) and forgot these tombstones.
     Drop {
-        runs: Vec<(RunId, String)>,
+        runs: Vec<(RunId, String, Owner)>,
         forgotten: Vec<RunId>,
     },
-    Flush(oneshot::Sender<()>),
+    /// Commit what is pending, then close the store (its file or connections are free once
+    /// this is answered).
+    Close(oneshot::Sender<()>),
 }
 
 /// The handle to a durable store's writer.
@@ -272,6 +280,7 @@ impl Journal {
         let (id, object) = (run.id, &run.object);
         self.send(Command::Create {
             id,
+            tenant: run.tenant.clone(),
             run: Arc::downgrade(run),
             object: object.to_owned(),
             retention,
@@ -285,19 +294,31 @@ impl Journal {
         self.send(Command::Dirty(run));
     }
 
-    pub fn dropped(&self, runs: Vec<(RunId, String)>, forgotten: Vec<RunId>) {
+    pub fn dropped(&self, runs: Vec<(RunId, String, Owner)>, forgotten: Vec<RunId>) {
         if !runs.is_empty() || !forgotten.is_empty() {
             self.send(Command::Drop { runs, forgotten });
         }
     }
 
-    /// Wait until everything sent before is committed and checkpointed into the file.
-    pub async fn flush(&self) {
+    /// Commit everything sent before, then close: later commands are dropped.
+    pub async fn close(&self) {
         let (ack, done) = oneshot::channel();
-        if self.send(Command::Flush(ack)) {
+        if self.send(Command::Close(ack)) {
             let _ = done.await;
         }
     }
+}
+
+/// Take the close requests out of a batch (they are answered once the store is closed).
+fn closing(batch: &mut Vec<Command>, acks: &mut Vec<oneshot::Sender<()>>) {
+    let mut kept = Vec::with_capacity(batch.len());
+    for cmd in batch.drain(..) {
+        match cmd {
+            Command::Close(ack) => acks.push(ack),
+            other => kept.push(other),
+        }
+    }
+    *batch = kept;
 }
 
 enum Migrate {
@@ -366,6 +387,16 @@ fn migrate(conn: &mut Connection) -> Result<(), Migrate> {
         )?;
         tx.commit()?;
     }
+    if version < 3 {
+        // v3: the tenant a run (and its tombstone) belongs to; NULL without an auth file.
+        let tx = conn.transaction()?;
+        tx.execute_batch(
+            "ALTER TABLE runs ADD COLUMN tenant TEXT;
+             ALTER TABLE tombstones ADD COLUMN tenant TEXT;
+             PRAGMA user_version = 3;",
+        )?;
+        tx.commit()?;
+    }
     Ok(())
 }
 
@@ -384,15 +415,24 @@ fn restore(conn: &mut Connection) -> rusqlite::Result<Restored> {
     let mut seqs = HashMap::new();
     let mut interrupted = 0;
     {
-        let mut list =
-            tx.prepare("SELECT seq, id, object, retention_ms, ended_ms FROM runs ORDER BY seq")?;
+        let mut list = tx.prepare(
+            "SELECT seq, id, object, retention_ms, ended_ms, tenant FROM runs ORDER BY seq",
+        )?;
         let mut events = tx.prepare("SELECT id, event FROM events WHERE run = ?1 ORDER BY id")?;
-        let rows: Vec<(i64, String, String, i64, Option<i64>)> = list
+        type Row = (i64, String, String, i64, Option<i64>, Option<String>);
+        let rows: Vec<Row> = list
             .query_map([], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
             })?
             .collect::<Result<_, _>>()?;
-        for (seq, id_text, object, retention_ms, ended_ms) in rows {
+        for (seq, id_text, object, retention_ms, ended_ms, tenant) in rows {
             let Ok(id) = RunId::parse(&id_text) else {
                 continue;
             };
@@ -441,6 +481,7 @@ fn restore(conn: &mut Connection) -> rusqlite::Result<Restored> {
             runs.push(RestoredRun {
                 id,
                 object,
+                tenant: tenant.map(Arc::from),
                 events: evs,
                 json,
                 ended,
@@ -449,16 +490,17 @@ fn restore(conn: &mut Connection) -> rusqlite::Result<Restored> {
         }
     }
     let tombstones = {
-        let mut list =
-            tx.prepare("SELECT id, object, dropped_ms FROM tombstones ORDER BY dropped_ms")?;
-        let rows: Vec<(String, String, i64)> = list
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        let mut list = tx
+            .prepare("SELECT id, object, dropped_ms, tenant FROM tombstones ORDER BY dropped_ms")?;
+        let rows: Vec<(String, String, i64, Option<String>)> = list
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
             .collect::<Result<_, _>>()?;
         rows.into_iter()
-            .filter_map(|(id, object, ms)| {
+            .filter_map(|(id, object, ms, tenant)| {
                 Some(RestoredTombstone {
                     id: RunId::parse(&id).ok()?,
                     object,
+                    tenant: tenant.map(Arc::from),
                     dropped: from_millis(ms),
                 })
             })
@@ -480,6 +522,7 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Command>, mut seqs: HashMap<R
     // memory are: `max_active_runs` + `max_retained`).
     let mut commits = 0u64;
     let mut retry: Vec<Command> = Vec::new();
+    let mut close = Vec::new();
     loop {
         let mut batch = std::mem::take(&mut retry);
         if batch.is_empty() {
@@ -494,14 +537,17 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Command>, mut seqs: HashMap<R
                 Err(_) => break,
             }
         }
+        closing(&mut batch, &mut close);
         match commit(&mut conn, &mut batch, &mut seqs) {
             Ok(published) => {
                 commits += 1;
-                let flush = batch.iter().any(|c| matches!(c, Command::Flush(_)));
-                if flush || commits % CHECKPOINT_EVERY == 0 {
+                if commits % CHECKPOINT_EVERY == 0 {
                     let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
                 }
                 committed(batch, published, &mut HashMap::new());
+                if !close.is_empty() {
+                    break;
+                }
             }
             Err(e) => {
                 failed(batch, &e.to_string(), &mut retry);
@@ -510,6 +556,11 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Command>, mut seqs: HashMap<R
         }
     }
     let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+    // The file's lock goes with the connection, before anyone hears it is closed.
+    drop(conn);
+    for ack in close {
+        let _ = ack.send(());
+    }
 }
 
 /// After a commit: make what it wrote visible and answer who waits. A create refused by the
@@ -527,10 +578,7 @@ fn committed(
             Command::Create { ack, id, .. } => {
                 let _ = ack.send(refused.remove(&id).map_or(Ok(()), Err));
             }
-            Command::Flush(ack) => {
-                let _ = ack.send(());
-            }
-            Command::Dirty(_) | Command::Drop { .. } => {}
+            Command::Dirty(_) | Command::Drop { .. } | Command::Close(_) => {}
         }
     }
 }
@@ -591,14 +639,22 @@ fn commit_inner(
                 Command::Create {
                     id,
                     object,
+                    tenant,
                     retention,
                     event0,
                     ..
                 } => {
                     tx.prepare_cached(
-                        "INSERT INTO runs (id, object, created_ms, retention_ms) VALUES (?1, ?2, ?3, ?4)",
+                        "INSERT INTO runs (id, object, created_ms, retention_ms, tenant) \
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
                     )?
-                    .execute(params![id.to_string(), object, now, retention.as_millis() as i64])?;
+                    .execute(params![
+                        id.to_string(),
+                        object,
+                        now,
+                        retention.as_millis() as i64,
+                        tenant.as_deref()
+                    ])?;
                     let seq = tx.last_insert_rowid();
                     seqs.insert(*id, seq);
                     created.push(*id);
@@ -626,7 +682,7 @@ fn commit_inner(
                     published.push((run.clone(), first + events.len()));
                 }
                 Command::Drop { runs, forgotten } => {
-                    for (id, object) in runs {
+                    for (id, object, tenant) in runs {
                         // A run without a row here was never stored (its submit was refused).
                         if let Some(&seq) = seqs.get(id) {
                             tx.prepare_cached("DELETE FROM events WHERE run = ?1")?
@@ -637,16 +693,22 @@ fn commit_inner(
                         }
                         let id = id.to_string();
                         tx.prepare_cached(
-                            "INSERT OR REPLACE INTO tombstones (id, object, dropped_ms) VALUES (?1, ?2, ?3)",
+                            "INSERT OR REPLACE INTO tombstones (id, object, dropped_ms, tenant) \
+                             VALUES (?1, ?2, ?3, ?4)",
                         )?
-                        .execute(params![id, object, now])?;
+                        .execute(params![
+                            id,
+                            object,
+                            now,
+                            tenant.as_deref()
+                        ])?;
                     }
                     for id in forgotten {
                         tx.prepare_cached("DELETE FROM tombstones WHERE id = ?1")?
                             .execute([id.to_string()])?;
                     }
                 }
-                Command::Flush(_) => {}
+                Command::Close(_) => {}
             }
         }
     }

@@ -32,13 +32,13 @@ use tokio::sync::{Notify, mpsc};
 use tokio_postgres::{AsyncMessage, Client, NoTls, Statement};
 
 use super::{
-    Command, CreateError, DEFAULT_LEASE, GROUP, StoreConfig, committed, failed, interrupted_value,
-    millis,
+    Command, CreateError, DEFAULT_LEASE, GROUP, Owner, StoreConfig, closing, committed, failed,
+    interrupted_value, millis,
 };
 use crate::run::Run;
 
 /// The schema version this binary writes (`longrun.meta`).
-const SCHEMA_VERSION: i32 = 1;
+const SCHEMA_VERSION: i32 = 2;
 
 /// Advisory lock keys: migrations, run creation (the shared active-run count), reaping.
 const MIGRATE_LOCK: i64 = 0x6c6f_6e67_0001;
@@ -111,12 +111,13 @@ pub(crate) enum Loaded {
     Run {
         seq: i64,
         object: String,
+        tenant: Owner,
         retention: Duration,
         /// Each event's JSON as it was served.
         events: Vec<String>,
     },
-    /// A tombstone of this object.
-    Gone(String),
+    /// A tombstone of this object and tenant.
+    Gone(String, Owner),
 }
 
 /// The handle the server holds: the journal's queue, and the reading connection.
@@ -242,7 +243,7 @@ impl Handle {
         let row = self
             .reader
             .query_opt(
-                "SELECT seq, object, retention_ms FROM longrun.runs WHERE id = $1",
+                "SELECT seq, object, retention_ms, tenant FROM longrun.runs WHERE id = $1",
                 &[&key],
             )
             .await
@@ -262,6 +263,7 @@ impl Handle {
                 return Ok(Some(Loaded::Run {
                     seq,
                     object: row.get(1),
+                    tenant: row.get::<_, Option<&str>>(3).map(Arc::from),
                     retention: Duration::from_millis(row.get::<_, i64>(2).max(0) as u64),
                     events: events.iter().map(|r| r.get(0)).collect(),
                 }));
@@ -270,12 +272,12 @@ impl Handle {
         let tomb = self
             .reader
             .query_opt(
-                "SELECT object FROM longrun.tombstones WHERE id = $1",
+                "SELECT object, tenant FROM longrun.tombstones WHERE id = $1",
                 &[&key],
             )
             .await
             .map_err(|e| pg_error(&e))?;
-        Ok(tomb.map(|r| Loaded::Gone(r.get(0))))
+        Ok(tomb.map(|r| Loaded::Gone(r.get(0), r.get::<_, Option<&str>>(1).map(Arc::from))))
     }
 
     /// Serve `run` as a mirror of row `seq` from now on, and read what was committed since
@@ -494,6 +496,16 @@ async fn migrate(client: &mut Client) -> Result<(), String> {
         .await
         .map_err(e)?;
     }
+    if version < 2 {
+        // v2: the tenant a run (and its tombstone) belongs to; NULL without an auth file.
+        tx.batch_execute(
+            "ALTER TABLE longrun.runs ADD COLUMN tenant TEXT;
+             ALTER TABLE longrun.tombstones ADD COLUMN tenant TEXT;
+             UPDATE longrun.meta SET version = 2;",
+        )
+        .await
+        .map_err(e)?;
+    }
     tx.commit().await.map_err(e)
 }
 
@@ -579,9 +591,9 @@ async fn maintain(
     }
     tx.execute(
         "WITH gone AS (DELETE FROM longrun.runs WHERE ended_ms IS NOT NULL \
-         AND ended_ms + retention_ms <= $1 RETURNING id, object) \
-         INSERT INTO longrun.tombstones (id, object, dropped_ms) \
-         SELECT id, object, $1 FROM gone ON CONFLICT (id) DO NOTHING",
+         AND ended_ms + retention_ms <= $1 RETURNING id, object, tenant) \
+         INSERT INTO longrun.tombstones (id, object, dropped_ms, tenant) \
+         SELECT id, object, $1, tenant FROM gone ON CONFLICT (id) DO NOTHING",
         &[&now],
     )
     .await?;
@@ -650,6 +662,7 @@ async fn write(
     };
     let mut seqs: HashMap<RunId, i64> = HashMap::new();
     let mut retry: Vec<Command> = Vec::new();
+    let mut close = Vec::new();
     let mut tick = tokio::time::interval((limits.lease / 3).max(Duration::from_millis(50)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -680,20 +693,31 @@ async fn write(
                 Err(_) => break,
             }
         }
+        closing(&mut batch, &mut close);
         match commit(&mut client, &st, &mut batch, &mut seqs, &shared, &limits).await {
-            Ok((published, mut refused)) => committed(batch, published, &mut refused),
+            Ok((published, mut refused)) => {
+                committed(batch, published, &mut refused);
+                if !close.is_empty() {
+                    break;
+                }
+            }
             Err(e) => {
                 failed(batch, &pg_error(&e), &mut retry);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }
+    // A replica that stops cleanly has no runs in flight: its lease goes at once.
     let _ = client
         .execute(
             "DELETE FROM longrun.replicas WHERE id = $1",
             &[&shared.replica],
         )
         .await;
+    drop(client);
+    for ack in close {
+        let _ = ack.send(());
+    }
 }
 
 type Committed = (Vec<(Arc<Run>, usize)>, HashMap<RunId, CreateError>);
@@ -726,9 +750,10 @@ impl Statements {
             client.prepare("SELECT pg_advisory_xact_lock($1)"),
             client.prepare("SELECT count(*) FROM longrun.runs WHERE ended_ms IS NULL"),
             client.prepare(
-                "INSERT INTO longrun.runs (id, object, retention_ms, created_ms, owner) \
-                 SELECT i, o, r, $4, $5 FROM unnest($1::text[], $2::text[], $3::int8[]) \
-                 AS u(i, o, r) RETURNING id, seq"
+                "INSERT INTO longrun.runs (id, object, retention_ms, created_ms, owner, tenant) \
+                 SELECT i, o, r, $4, $5, t FROM \
+                 unnest($1::text[], $2::text[], $3::int8[], $6::text[]) AS u(i, o, r, t) \
+                 RETURNING id, seq"
             ),
             // A run another replica ended (this one's lease ran out) takes no more events.
             client.prepare(
@@ -745,8 +770,8 @@ impl Statements {
             client.prepare("SELECT pg_notify('longrun_events', i) FROM unnest($1::text[]) AS u(i)"),
             client.prepare("DELETE FROM longrun.runs WHERE id = ANY($1)"),
             client.prepare(
-                "INSERT INTO longrun.tombstones (id, object, dropped_ms) \
-                 SELECT i, o, $3 FROM unnest($1::text[], $2::text[]) AS u(i, o) \
+                "INSERT INTO longrun.tombstones (id, object, dropped_ms, tenant) \
+                 SELECT i, o, $3, t FROM unnest($1::text[], $2::text[], $4::text[]) AS u(i, o, t) \
                  ON CONFLICT (id) DO NOTHING"
             ),
             client.prepare("DELETE FROM longrun.tombstones WHERE id = ANY($1)"),
@@ -785,10 +810,11 @@ async fn commit(
                 id,
                 run,
                 object,
+                tenant,
                 retention,
                 event0,
                 ..
-            } => Some((id, run, object, retention, event0)),
+            } => Some((id, run, (object, tenant), retention, event0)),
             _ => None,
         })
         .collect();
@@ -805,10 +831,12 @@ async fn commit(
         let active: i64 = active.get(0);
         let room = (limits.max_active_runs as i64 - active).max(0) as usize;
         let (mut ids, mut objects, mut retentions) = (Vec::new(), Vec::new(), Vec::new());
-        for (i, (id, _, object, retention, _)) in creates.iter().enumerate() {
+        let mut tenants: Vec<Option<&str>> = Vec::new();
+        for (i, (id, _, (object, tenant), retention, _)) in creates.iter().enumerate() {
             if i < room {
                 ids.push(id.to_string());
                 objects.push(object.as_str());
+                tenants.push(tenant.as_deref());
                 retentions.push(retention.as_millis() as i64);
             } else {
                 refused.insert(**id, CreateError::TooManyRuns);
@@ -817,7 +845,7 @@ async fn commit(
         let rows = tx
             .query(
                 &st.runs,
-                &[&ids, &objects, &retentions, &now, &shared.replica],
+                &[&ids, &objects, &retentions, &now, &shared.replica, &tenants],
             )
             .await?;
         for row in rows {
@@ -864,11 +892,13 @@ async fn commit(
         }
     }
     let (mut dropped, mut objects, mut forgotten) = (Vec::new(), Vec::new(), Vec::new());
+    let mut dropped_tenants: Vec<Option<&str>> = Vec::new();
     for cmd in batch.iter() {
         if let Command::Drop { runs, forgotten: f } = cmd {
-            for (id, object) in runs {
+            for (id, object, tenant) in runs {
                 dropped.push(id.to_string());
                 objects.push(object.as_str());
+                dropped_tenants.push(tenant.as_deref());
             }
             forgotten.extend(f.iter().map(RunId::to_string));
         }
@@ -880,7 +910,7 @@ async fn commit(
     let ends: Params<2> = [&ended, &now];
     let notes: Params<1> = [&touched];
     let drops: Params<1> = [&dropped];
-    let tombs: Params<3> = [&dropped, &objects, &now];
+    let tombs: Params<4> = [&dropped, &objects, &now, &dropped_tenants];
     let forgets: Params<1> = [&forgotten];
     let mut writes = Vec::new();
     if !ev_run.is_empty() {

@@ -1,0 +1,282 @@
+//! Tenants and tokens (`longrun serve --auth FILE`).
+//!
+//! The auth file names tenants; each has tokens, stored as SHA-256 hashes (never the token),
+//! each with its scopes: `submit` (every object) or `submit:NAME` (one object), `read`
+//! (follow, `HEAD`), `cancel`, `admin` (every tenant's runs). A request names its token in `Authorization:
+//! Bearer …`; a run belongs to the tenant that submitted it and is invisible (404, on every
+//! verb) to every other tenant but an admin. Without an auth file the server is open.
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, header};
+use longrun_proto::ProblemKind;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::Server;
+use crate::http::ApiError;
+
+/// The largest auth file read, and the longest token looked at.
+const MAX_FILE_BYTES: u64 = 1024 * 1024;
+const MAX_TOKEN_BYTES: usize = 256;
+
+/// What a tenant may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Submit,
+    Read,
+    Cancel,
+}
+
+/// What one token allows, and for which tenant.
+#[derive(Debug)]
+pub struct Tenant {
+    pub name: String,
+    /// `None`: every object; else these.
+    submit: Option<BTreeSet<String>>,
+    read: bool,
+    cancel: bool,
+    admin: bool,
+}
+
+impl Tenant {
+    fn may(&self, scope: Scope, object: &str) -> bool {
+        self.admin
+            || match scope {
+                Scope::Submit => self.submit.as_ref().is_none_or(|o| o.contains(object)),
+                Scope::Read => self.read,
+                Scope::Cancel => self.cancel,
+            }
+    }
+}
+
+/// The tenants and their tokens' hashes, as read from an auth file.
+#[derive(Debug)]
+pub struct Auth {
+    tokens: Vec<([u8; 32], Arc<Tenant>)>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    tenant: Vec<TenantFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantFile {
+    name: String,
+    token: Vec<TokenFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenFile {
+    hash: String,
+    scopes: Vec<String>,
+}
+
+/// `sha256:` and the hash of a token in lowercase hex: what an auth file lists.
+pub fn token_hash(token: &str) -> String {
+    format!("sha256:{}", hex(&Sha256::digest(token.as_bytes())))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_hash(text: &str) -> Option<[u8; 32]> {
+    let digits = text.strip_prefix("sha256:")?;
+    if digits.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(digits.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// A fresh token (`lrt_` and 256 random bits in hex) and the hash to paste into the file.
+pub fn new_token() -> Result<(String, String), String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| format!("no random source: {e}"))?;
+    let token = format!("lrt_{}", hex(&bytes));
+    let hash = token_hash(&token);
+    Ok((token, hash))
+}
+
+impl Auth {
+    /// Parse and check an auth file's text: every tenant named once, every token hash well
+    /// formed and listed once, every scope known.
+    pub fn from_toml(text: &str) -> Result<Auth, String> {
+        let file: File = toml::from_str(text).map_err(|e| e.to_string())?;
+        if file.tenant.is_empty() {
+            return Err("no [[tenant]] is defined".into());
+        }
+        let mut names = HashSet::new();
+        let mut seen = HashSet::new();
+        let mut tokens = Vec::new();
+        for t in file.tenant {
+            if t.name.is_empty() || !names.insert(t.name.clone()) {
+                return Err(format!(
+                    "tenant {:?}: every tenant needs a name of its own",
+                    t.name
+                ));
+            }
+            if t.token.is_empty() {
+                return Err(format!(
+                    "tenant {:?}: give it at least one [[tenant.token]]",
+                    t.name
+                ));
+            }
+            for token in t.token {
+                let Some(hash) = parse_hash(&token.hash) else {
+                    return Err(format!(
+                        "tenant {:?}: {:?} is not a token hash like sha256:<64 hex digits> \
+                         (`longrun token new` prints one); the file never holds tokens",
+                        t.name, token.hash
+                    ));
+                };
+                if !seen.insert(hash) {
+                    return Err(format!("tenant {:?}: a token hash is listed twice", t.name));
+                }
+                let grant = grant(&t.name, &token.scopes)?;
+                tokens.push((hash, Arc::new(grant)));
+            }
+        }
+        Ok(Auth { tokens })
+    }
+}
+
+fn grant(tenant: &str, scopes: &[String]) -> Result<Tenant, String> {
+    let mut grant = Tenant {
+        name: tenant.to_owned(),
+        submit: Some(BTreeSet::new()),
+        read: false,
+        cancel: false,
+        admin: false,
+    };
+    for scope in scopes {
+        match scope.as_str() {
+            "submit" => grant.submit = None,
+            "read" => grant.read = true,
+            "cancel" => grant.cancel = true,
+            "admin" => grant.admin = true,
+            other => match other.strip_prefix("submit:") {
+                Some(object) if !object.is_empty() => {
+                    if let Some(objects) = &mut grant.submit {
+                        objects.insert(object.to_owned());
+                    }
+                }
+                _ => {
+                    return Err(format!(
+                        "tenant {tenant:?}: unknown scope {other:?} (submit, submit:OBJECT, \
+                         read, cancel, admin)"
+                    ));
+                }
+            },
+        }
+    }
+    Ok(grant)
+}
+
+impl Auth {
+    /// Read an auth file (at most 1 MiB).
+    pub fn load(path: &Path) -> Result<Auth, String> {
+        let why = |e: String| format!("auth file {}: {e}", path.display());
+        let size = std::fs::metadata(path)
+            .map_err(|e| why(e.to_string()))?
+            .len();
+        if size > MAX_FILE_BYTES {
+            return Err(why(format!(
+                "{size} bytes; at most {MAX_FILE_BYTES} are read"
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| why(e.to_string()))?;
+        Auth::from_toml(&text).map_err(why)
+    }
+
+    /// The tenant of a token. Every hash is compared, in constant time, whichever matches.
+    fn tenant(&self, token: &str) -> Option<Arc<Tenant>> {
+        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut found = None;
+        for (known, tenant) in &self.tokens {
+            if bool::from(known.ct_eq(&hash)) {
+                found = Some(tenant.clone());
+            }
+        }
+        found
+    }
+}
+
+/// Who is calling: a tenant, or anyone when the server has no auth file.
+pub(crate) struct Caller(Option<Arc<Tenant>>);
+
+impl Caller {
+    /// 403 unless the caller may do `scope` (on `object`, for a submit).
+    pub fn require(&self, scope: Scope, object: &str) -> Result<(), ApiError> {
+        match &self.0 {
+            Some(t) if !t.may(scope, object) => Err(ApiError::new(
+                ProblemKind::Forbidden,
+                match scope {
+                    Scope::Submit => format!("tenant {:?} may not submit to {object:?}", t.name),
+                    Scope::Read => format!("tenant {:?} may not read runs", t.name),
+                    Scope::Cancel => format!("tenant {:?} may not cancel runs", t.name),
+                },
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The tenant a new run belongs to.
+    pub fn owner(&self) -> Option<&str> {
+        self.0.as_deref().map(|t| t.name.as_str())
+    }
+
+    /// Whether a run of `owner` exists for this caller.
+    pub fn sees(&self, owner: Option<&str>) -> bool {
+        match &self.0 {
+            None => true,
+            Some(t) => t.admin || owner == Some(t.name.as_str()),
+        }
+    }
+}
+
+fn unauthorized(detail: &str) -> ApiError {
+    ApiError::new(ProblemKind::Unauthorized, detail).header(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"longrun\""),
+    )
+}
+
+impl FromRequestParts<Server> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, server: &Server) -> Result<Self, ApiError> {
+        let Some(auth) = server.auth() else {
+            return Ok(Caller(None));
+        };
+        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+            return Err(unauthorized("send a token: Authorization: Bearer <token>"));
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                let (scheme, token) = v.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            })
+            .filter(|t| !t.is_empty() && t.len() <= MAX_TOKEN_BYTES);
+        match token.and_then(|t| auth.tenant(t)) {
+            Some(tenant) => Ok(Caller(Some(tenant))),
+            None => Err(unauthorized("the token is not known to this server")),
+        }
+    }
+}
