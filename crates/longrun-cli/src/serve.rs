@@ -162,6 +162,13 @@ layer! {
         /// Most followers of all runs at once (more than 0) [default: 100000]
         #[arg(long, env = "LONGRUN_MAX_FOLLOWERS", value_name = "N")]
         max_followers: Option<usize>,
+        /// How long a submit's Idempotency-Key is remembered [default: 1day]
+        #[arg(long, env = "LONGRUN_IDEMPOTENCY_TTL", value_name = "DUR", value_parser = duration)]
+        #[serde(with = "humantime_serde")]
+        idempotency_ttl: Option<Duration>,
+        /// Most idempotency keys remembered, oldest forgotten first [default: 100000]
+        #[arg(long, env = "LONGRUN_MAX_IDEMPOTENCY_KEYS", value_name = "N")]
+        max_idempotency_keys: Option<usize>,
         /// Let browser pages from this origin call the server (CORS), e.g.
         /// http://localhost:3000; `*` allows any origin (repeatable; env: comma-separated;
         /// none by default)
@@ -306,6 +313,8 @@ impl Layer {
             stall_timeout,
             max_followers_per_run,
             max_followers,
+            idempotency_ttl,
+            max_idempotency_keys,
             cors_origins,
             demo,
             exec: exec_layers,
@@ -342,6 +351,8 @@ impl Layer {
             stall_timeout: stall_timeout.unwrap_or(d.stall_timeout),
             max_followers_per_run: max_followers_per_run.unwrap_or(d.max_followers_per_run),
             max_followers: max_followers.unwrap_or(d.max_followers),
+            idempotency_ttl: idempotency_ttl.unwrap_or(d.idempotency_ttl),
+            max_idempotency_keys: max_idempotency_keys.unwrap_or(d.max_idempotency_keys),
         };
         check(&config)?;
         let mut exec = BTreeMap::new();
@@ -411,6 +422,7 @@ fn check(c: &Config) -> Result<(), String> {
         ("poll_wait_default", c.poll_wait_default),
         ("poll_wait_max", c.poll_wait_max),
         ("stall_timeout", c.stall_timeout),
+        ("idempotency_ttl", c.idempotency_ttl),
     ];
     for (id, duration) in durations {
         // The server adds them to the clock.
@@ -688,6 +700,8 @@ mod tests {
         sample("stall_timeout", "7s", r#""7s""#, Some(("70s", r#""70s""#))),
         sample("max_followers_per_run", "12", "12", Some(("120", "120"))),
         sample("max_followers", "13", "13", Some(("130", "130"))),
+        sample("idempotency_ttl", "5h", r#""5h""#, Some(("6h", r#""6h""#))),
+        sample("max_idempotency_keys", "14", "14", Some(("140", "140"))),
         sample(
             "cors_origins",
             "http://a.example,http://b.example",
@@ -747,6 +761,8 @@ mod tests {
                 stall_timeout: Duration::from_secs(7),
                 max_followers_per_run: 12,
                 max_followers: 13,
+                idempotency_ttl: Duration::from_secs(5 * 3600),
+                max_idempotency_keys: 14,
             },
             demo: false,
             exec: BTreeMap::from([(
@@ -785,7 +801,7 @@ mod tests {
             body_limit, retention, max_retained, max_active_runs, max_events_per_run,
             tombstone_ttl, max_tombstones, keep_alive, retry, grace, poll_wait_default,
             poll_wait_max, cors_origins, send_buffer, stall_timeout, max_followers_per_run,
-            max_followers,
+            max_followers, idempotency_ttl, max_idempotency_keys,
         );
     }
 

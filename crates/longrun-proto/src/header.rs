@@ -4,6 +4,12 @@
 pub const LAST_EVENT_ID: &str = "last-event-id";
 /// The run's current state, on `HEAD` and `GET` replies.
 pub const LONGRUN_STATE: &str = "longrun-state";
+/// A submit's idempotency key (spec §4.3): the same key gets the first reply again.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// On a reply to a submit that repeated an idempotency key: `true`.
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+/// The longest idempotency key accepted.
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 /// The id of the run's newest event, on `HEAD` and `GET` replies.
 pub const LONGRUN_LAST_EVENT_ID: &str = "longrun-last-event-id";
 

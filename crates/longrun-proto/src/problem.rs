@@ -15,6 +15,8 @@ pub enum ProblemKind {
     InvalidCursor,
     /// 400: `wait` is not a non-negative number of seconds.
     InvalidWait,
+    /// 400: the `Idempotency-Key` header is empty, too long or not visible ASCII.
+    InvalidIdempotencyKey,
     /// 401: the server needs a token (`Authorization: Bearer`) and got none it knows.
     Unauthorized,
     /// 403: the caller's token does not allow this.
@@ -37,6 +39,8 @@ pub enum ProblemKind {
     UnsupportedMediaType,
     /// 422: the object rejected the arguments.
     InvalidArguments,
+    /// 422: the idempotency key was used before for another object or other arguments.
+    IdempotencyKeyReused,
     /// 503: the server holds as many active runs as it may.
     TooManyRuns,
     /// 503: the server is shutting down.
@@ -48,7 +52,9 @@ pub enum ProblemKind {
 }
 
 impl ProblemKind {
-    pub const ALL: [ProblemKind; 19] = [
+    pub const ALL: [ProblemKind; 21] = [
+        ProblemKind::InvalidIdempotencyKey,
+        ProblemKind::IdempotencyKeyReused,
         ProblemKind::InvalidJson,
         ProblemKind::ArgsNotObject,
         ProblemKind::InvalidCursor,
@@ -76,6 +82,8 @@ impl ProblemKind {
             ProblemKind::ArgsNotObject => "args-not-object",
             ProblemKind::InvalidCursor => "invalid-cursor",
             ProblemKind::InvalidWait => "invalid-wait",
+            ProblemKind::InvalidIdempotencyKey => "invalid-idempotency-key",
+            ProblemKind::IdempotencyKeyReused => "idempotency-key-reused",
             ProblemKind::Unauthorized => "unauthorized",
             ProblemKind::Forbidden => "forbidden",
             ProblemKind::NotFound => "not-found",
@@ -99,7 +107,8 @@ impl ProblemKind {
             ProblemKind::InvalidJson
             | ProblemKind::ArgsNotObject
             | ProblemKind::InvalidCursor
-            | ProblemKind::InvalidWait => 400,
+            | ProblemKind::InvalidWait
+            | ProblemKind::InvalidIdempotencyKey => 400,
             ProblemKind::Unauthorized => 401,
             ProblemKind::Forbidden => 403,
             ProblemKind::NotFound | ProblemKind::UnknownObject | ProblemKind::RunNotFound => 404,
@@ -108,7 +117,7 @@ impl ProblemKind {
             ProblemKind::RunGone => 410,
             ProblemKind::BodyTooLarge => 413,
             ProblemKind::UnsupportedMediaType => 415,
-            ProblemKind::InvalidArguments => 422,
+            ProblemKind::InvalidArguments | ProblemKind::IdempotencyKeyReused => 422,
             ProblemKind::TooManyRuns
             | ProblemKind::ShuttingDown
             | ProblemKind::TooManyFollowers
@@ -122,6 +131,8 @@ impl ProblemKind {
             ProblemKind::ArgsNotObject => "The arguments must be a JSON object",
             ProblemKind::InvalidCursor => "The cursor is not a non-negative integer",
             ProblemKind::InvalidWait => "The wait parameter is not a non-negative number",
+            ProblemKind::InvalidIdempotencyKey => "The idempotency key is not valid",
+            ProblemKind::IdempotencyKeyReused => "The idempotency key was used for another request",
             ProblemKind::Unauthorized => "A token is needed",
             ProblemKind::Forbidden => "The token does not allow this",
             ProblemKind::NotFound => "No such route",

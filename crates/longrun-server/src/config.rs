@@ -41,6 +41,11 @@ pub struct Config {
     pub max_followers_per_run: usize,
     /// Most followers of all runs at once (503 beyond).
     pub max_followers: usize,
+    /// How long a submit's idempotency key is remembered (the same key then answers the
+    /// first reply again).
+    pub idempotency_ttl: Duration,
+    /// How many idempotency keys are remembered at most, oldest forgotten first.
+    pub max_idempotency_keys: usize,
 }
 
 impl Default for Config {
@@ -63,6 +68,8 @@ impl Default for Config {
             stall_timeout: Duration::from_secs(30),
             max_followers_per_run: 10_000,
             max_followers: 100_000,
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+            max_idempotency_keys: 100_000,
         }
     }
 }

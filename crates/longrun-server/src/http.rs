@@ -17,9 +17,11 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::Server;
 use crate::auth::{Caller, Scope};
+use crate::registry::{Claim, KeyState};
 use crate::registry::{Lookup, SubmitError};
 use crate::run::{CancelOutcome, Run};
-use crate::store::CreateError;
+use crate::store::{CreateError, IdemKey};
+use longrun_proto::RunId;
 
 /// The router of a server: the protocol's routes, `/_health`, `/_openapi.json`, and
 /// problem+json for everything that does not match.
@@ -66,6 +68,7 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
             .allow_methods([Method::GET, Method::HEAD, Method::POST, Method::DELETE])
             .allow_headers([
                 name(h::LAST_EVENT_ID),
+                name(h::IDEMPOTENCY_KEY),
                 header::AUTHORIZATION,
                 header::CONTENT_TYPE,
                 header::ACCEPT,
@@ -74,6 +77,8 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
                 header::LOCATION,
                 name(h::LONGRUN_STATE),
                 name(h::LONGRUN_LAST_EVENT_ID),
+                name(h::IDEMPOTENT_REPLAYED),
+                header::WWW_AUTHENTICATE,
             ])
             .max_age(std::time::Duration::from_secs(3600)),
     )
@@ -266,42 +271,61 @@ async fn submit(
     if let Err(detail) = obj.handler.validate(map) {
         return Err(ApiError::new(ProblemKind::InvalidArguments, detail));
     }
-    let run = match server
-        .registry
-        .submit(&server.config, &object, obj, caller.owner(), args)
-    {
-        Ok(submitted) => {
-            if let Some(durable) = submitted.durable {
-                // A 201 promises the run survives a restart: answer once it is committed.
-                let stored = durable
+    let idem = idempotency_key(&headers)?.map(|key| {
+        let scope = caller.owner().unwrap_or_default().to_owned();
+        (IdemKey { scope, key }, fingerprint(&object, &args))
+    });
+    // A key whose first submit was refused is free again, and a key another replica stored
+    // first answers from there: a few rounds at most.
+    for _ in 0..4 {
+        let mut guard = None;
+        if let Some((key, fp)) = &idem {
+            if let Some(pg) = server.registry.shared() {
+                let found = pg
+                    .find_key(key, server.config.idempotency_ttl)
                     .await
-                    .unwrap_or_else(|_| Err(CreateError::Store("the store stopped".into())));
-                if let Err(why) = stored {
-                    submitted
-                        .run
-                        .request_cancel(longrun_proto::CancelReason::Shutdown);
-                    return Err(match why {
-                        CreateError::TooManyRuns => too_many_runs(&server),
-                        CreateError::Store(why) => ApiError::new(
-                            ProblemKind::StoreUnavailable,
-                            format!("the run could not be stored ({why}); retry later"),
-                        )
-                        .header(header::RETRY_AFTER, HeaderValue::from_static("1")),
-                    });
+                    .map_err(store_unavailable)?;
+                if let Some(record) = found {
+                    if record.fingerprint != *fp || record.object != object {
+                        return Err(key_reused());
+                    }
+                    return Ok(submit_reply(&headers, &object, record.run, true));
                 }
             }
-            submitted.run
+            match server.registry.claim(key, fp, &object) {
+                Claim::New => guard = Some(KeyGuard::new(&server, key)),
+                Claim::Replay { run, object } => {
+                    return Ok(submit_reply(&headers, &object, run, true));
+                }
+                Claim::Reused => return Err(key_reused()),
+                Claim::Wait(mut first) => {
+                    let _ = first.wait_for(|s| *s != KeyState::Pending).await;
+                    continue;
+                }
+            }
         }
-        Err(SubmitError::ShuttingDown) => {
-            return Err(ApiError::new(
-                ProblemKind::ShuttingDown,
-                "the server no longer accepts runs",
-            ));
+        match create(&server, &caller, &object, obj, args.clone(), idem.clone()).await {
+            Ok(run) => {
+                if let Some(guard) = guard {
+                    guard.stored();
+                }
+                return Ok(submit_reply(&headers, &object, run, false));
+            }
+            // Dropping the guard frees the key.
+            Err(None) => continue,
+            Err(Some(e)) => return Err(e),
         }
-        Err(SubmitError::TooManyRuns) => return Err(too_many_runs(&server)),
-    };
-    let submitted = RunRef::new(&object, run.id, RunState::Queued);
-    let status = if wants_event_stream(&headers) {
+    }
+    Err(store_unavailable(
+        "the idempotency key could not be settled".into(),
+    ))
+}
+
+/// The reply to a submit: `201` (or `303` to the stream), `Location`, the run; marked when it
+/// is the reply to an earlier submit with the same idempotency key.
+fn submit_reply(headers: &HeaderMap, object: &str, run: RunId, replayed: bool) -> Response {
+    let submitted = RunRef::new(object, run, RunState::Queued);
+    let status = if wants_event_stream(headers) {
         StatusCode::SEE_OTHER
     } else {
         StatusCode::CREATED
@@ -311,7 +335,129 @@ async fn submit(
         header::LOCATION,
         HeaderValue::from_str(&submitted.url).expect("object names and ids are header-safe"),
     );
-    Ok(res)
+    if replayed {
+        res.headers_mut()
+            .insert(h::IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
+    res
+}
+
+/// A claimed idempotency key: settled as stored, or, dropped before that (refused, or the
+/// request went away), freed, so that whoever waits on it tries again.
+struct KeyGuard {
+    server: Server,
+    key: Option<IdemKey>,
+}
+
+impl KeyGuard {
+    fn new(server: &Server, key: &IdemKey) -> Self {
+        KeyGuard {
+            server: server.clone(),
+            key: Some(key.clone()),
+        }
+    }
+
+    fn stored(mut self) {
+        if let Some(key) = self.key.take() {
+            self.server.registry.settle(&self.server.config, &key, true);
+        }
+    }
+}
+
+impl Drop for KeyGuard {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.server
+                .registry
+                .settle(&self.server.config, &key, false);
+        }
+    }
+}
+
+/// The `Idempotency-Key` header: 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(h::IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let bytes = value.as_bytes();
+    if bytes.is_empty()
+        || bytes.len() > h::MAX_IDEMPOTENCY_KEY
+        || !bytes.iter().all(|b| b.is_ascii_graphic())
+    {
+        return Err(ApiError::new(
+            ProblemKind::InvalidIdempotencyKey,
+            format!(
+                "Idempotency-Key must be 1 to {} visible ASCII characters",
+                h::MAX_IDEMPOTENCY_KEY
+            ),
+        ));
+    }
+    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+/// What a key's first submit is compared by: the object and the arguments as JSON (object
+/// members in sorted order, so the same arguments in any order are the same request).
+fn fingerprint(object: &str, args: &Value) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(object.as_bytes());
+    hash.update([0]);
+    hash.update(serde_json::to_vec(args).expect("JSON values serialize"));
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn key_reused() -> ApiError {
+    ApiError::new(
+        ProblemKind::IdempotencyKeyReused,
+        "this Idempotency-Key was sent before with another object or other arguments",
+    )
+}
+
+/// Create the run and wait until it is stored. `Err(None)`: another replica stored its
+/// idempotency key first (ask again).
+async fn create(
+    server: &Server,
+    caller: &Caller,
+    object: &str,
+    obj: &crate::handler::Object,
+    args: Value,
+    key: Option<(IdemKey, String)>,
+) -> Result<RunId, Option<ApiError>> {
+    let submitted = server
+        .registry
+        .submit(&server.config, object, obj, caller.owner(), args, key)
+        .map_err(|e| {
+            Some(match e {
+                SubmitError::ShuttingDown => ApiError::new(
+                    ProblemKind::ShuttingDown,
+                    "the server no longer accepts runs",
+                ),
+                SubmitError::TooManyRuns => too_many_runs(server),
+            })
+        })?;
+    if let Some(durable) = submitted.durable {
+        // A 201 promises the run survives a restart: answer once it is committed.
+        let stored = durable
+            .await
+            .unwrap_or_else(|_| Err(CreateError::Store("the store stopped".into())));
+        if let Err(why) = stored {
+            submitted
+                .run
+                .request_cancel(longrun_proto::CancelReason::Shutdown);
+            return Err(match why {
+                CreateError::DuplicateKey => None,
+                CreateError::TooManyRuns => Some(too_many_runs(server)),
+                CreateError::Store(why) => Some(
+                    ApiError::new(
+                        ProblemKind::StoreUnavailable,
+                        format!("the run could not be stored ({why}); retry later"),
+                    )
+                    .header(header::RETRY_AFTER, HeaderValue::from_static("1")),
+                ),
+            });
+        }
+    }
+    Ok(submitted.run.id)
 }
 
 /// How much of a refused request body the server still reads, and for how long, before it

@@ -185,11 +185,15 @@ impl ServerBuilder {
         if let Some(name) = self.duplicates.into_iter().next() {
             return Err(BuildError::DuplicateObject(name));
         }
+        let keys = store::KeyLimits {
+            idempotency_ttl: self.config.idempotency_ttl,
+            max_idempotency_keys: self.config.max_idempotency_keys,
+        };
         let registry = match &self.store {
             StoreConfig::Memory => Registry::new(None),
             StoreConfig::Sqlite { path, full_sync } => {
                 let (journal, restored) =
-                    store::Journal::open(path, *full_sync).map_err(BuildError::Store)?;
+                    store::Journal::open(path, *full_sync, keys).map_err(BuildError::Store)?;
                 if restored.interrupted > 0 {
                     tracing::warn!(
                         runs = restored.interrupted,
@@ -207,6 +211,7 @@ impl ServerBuilder {
                     max_active_runs: self.config.max_active_runs,
                     tombstone_ttl: self.config.tombstone_ttl,
                     max_tombstones: self.config.max_tombstones,
+                    keys,
                     lease: *lease,
                 };
                 Registry::new(Some(

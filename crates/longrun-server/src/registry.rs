@@ -20,9 +20,10 @@ use crate::auth::Caller;
 use crate::handler::{Object, RunContext};
 use crate::run::CancelOutcome;
 use crate::run::Run;
-use crate::store::{CreateAck, Journal, Loaded, Owner, Restored};
+use crate::store::{CreateAck, IdemKey, Journal, KeyRecord, Loaded, Owner, Restored};
 use bytes::Bytes;
 use tokio::sync::oneshot;
+use tokio::sync::watch;
 
 pub(crate) struct Registry {
     inner: Mutex<Inner>,
@@ -45,7 +46,44 @@ struct Inner {
     tombstone_order: VecDeque<(Instant, RunId)>,
     /// Mirrors of runs another replica executes that had not ended when last looked at.
     mirrors_open: HashSet<RunId>,
+    /// Idempotency keys: what each was first sent with and the run it made.
+    keys: HashMap<IdemKey, KeyEntry>,
+    /// Stored keys by when they are forgotten (with the entry's generation, so an entry
+    /// removed and claimed again is not forgotten by its old place here).
+    key_order: VecDeque<(Instant, u64, IdemKey)>,
+    key_generation: u64,
     shutting_down: bool,
+}
+
+struct KeyEntry {
+    fingerprint: String,
+    object: String,
+    run: Option<RunId>,
+    generation: u64,
+    state: watch::Sender<KeyState>,
+}
+
+/// Where the first submit of a key is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyState {
+    /// Its run is being created and stored.
+    Pending,
+    /// Its run is stored: the key answers with it.
+    Stored,
+    /// It was refused: the key is free again.
+    Failed,
+}
+
+/// What an idempotency key means for a submit.
+pub(crate) enum Claim {
+    /// The key is new (now claimed): create the run.
+    New,
+    /// The key made this run already.
+    Replay { run: RunId, object: String },
+    /// The first submit with this key is still being stored: wait, then claim again.
+    Wait(watch::Receiver<KeyState>),
+    /// The key was sent before with another object or other arguments.
+    Reused,
 }
 
 pub(crate) enum Lookup {
@@ -106,9 +144,67 @@ impl Registry {
             inner.tombstones.insert(t.id, (t.object, t.tenant));
             inner.tombstone_order.push_back((due, t.id));
         }
+        for (key, record) in restored.keys {
+            let due = now + left(record.created, config.idempotency_ttl);
+            inner.remember_key(key, record, due);
+        }
         let swept = inner.sweep(config, now);
         drop(inner);
         self.journal_swept(swept);
+    }
+
+    /// The shared store, when the runs are shared with other replicas.
+    pub fn shared(&self) -> Option<&crate::store::postgres::Handle> {
+        self.journal.as_deref().and_then(Journal::shared)
+    }
+
+    /// Claim an idempotency key for a submit of `object` whose request hashes to
+    /// `fingerprint`, or learn what it already means.
+    pub fn claim(&self, key: &IdemKey, fingerprint: &str, object: &str) -> Claim {
+        let mut inner = self.lock();
+        if let Some(entry) = inner.keys.get(key) {
+            if entry.fingerprint != fingerprint || entry.object != object {
+                return Claim::Reused;
+            }
+            return match (*entry.state.borrow(), entry.run) {
+                (KeyState::Stored, Some(run)) => Claim::Replay {
+                    run,
+                    object: entry.object.clone(),
+                },
+                _ => Claim::Wait(entry.state.subscribe()),
+            };
+        }
+        inner.key_generation += 1;
+        let generation = inner.key_generation;
+        inner.keys.insert(
+            key.clone(),
+            KeyEntry {
+                fingerprint: fingerprint.to_owned(),
+                object: object.to_owned(),
+                run: None,
+                generation,
+                state: watch::Sender::new(KeyState::Pending),
+            },
+        );
+        Claim::New
+    }
+
+    /// The claimed key's run is stored (`ok`), or was refused (the key is free again).
+    pub fn settle(&self, config: &Config, key: &IdemKey, ok: bool) {
+        let mut inner = self.lock();
+        if ok {
+            let generation = match inner.keys.get(key) {
+                Some(entry) => {
+                    entry.state.send_replace(KeyState::Stored);
+                    entry.generation
+                }
+                None => return,
+            };
+            let due = Instant::now() + config.idempotency_ttl;
+            inner.key_order.push_back((due, generation, key.clone()));
+        } else if let Some(entry) = inner.keys.remove(key) {
+            entry.state.send_replace(KeyState::Failed);
+        }
     }
 
     fn journal_swept(&self, swept: Swept) {
@@ -258,6 +354,7 @@ impl Registry {
         object: &Object,
         tenant: Option<&str>,
         args: Value,
+        key: Option<(IdemKey, String)>,
     ) -> Result<Submitted, SubmitError> {
         let (run, swept) = {
             let mut inner = self.lock();
@@ -278,6 +375,9 @@ impl Registry {
             );
             run.tenant = tenant.map(Arc::from);
             let run = Arc::new(run);
+            if let Some(entry) = key.as_ref().and_then(|(k, _)| inner.keys.get_mut(k)) {
+                entry.run = Some(run.id);
+            }
             inner.runs.insert(run.id, run.clone());
             inner.active += 1;
             (run, swept)
@@ -292,7 +392,7 @@ impl Registry {
             let event0 = Bytes::from(
                 serde_json::to_vec(&longrun_proto::Event::queued()).expect("events serialize"),
             );
-            journal.create(&run, retention, event0)
+            journal.create(&run, retention, event0, key)
         });
         let mut driver = Box::pin(drive(
             self.clone(),
@@ -396,8 +496,40 @@ impl Registry {
 }
 
 impl Inner {
+    /// A key stored before (read back from the store), forgotten at `due`.
+    fn remember_key(&mut self, key: IdemKey, record: KeyRecord, due: Instant) {
+        self.key_generation += 1;
+        let generation = self.key_generation;
+        self.keys.insert(
+            key.clone(),
+            KeyEntry {
+                fingerprint: record.fingerprint,
+                object: record.object,
+                run: Some(record.run),
+                generation,
+                state: watch::Sender::new(KeyState::Stored),
+            },
+        );
+        self.key_order.push_back((due, generation, key));
+    }
+
     fn sweep(&mut self, config: &Config, now: Instant) -> Swept {
         let mut swept = Swept::default();
+        while let Some((due, generation, _)) = self.key_order.front() {
+            if *due > now && self.key_order.len() <= config.max_idempotency_keys {
+                break;
+            }
+            let generation = *generation;
+            if let Some((_, _, key)) = self.key_order.pop_front() {
+                if self
+                    .keys
+                    .get(&key)
+                    .is_some_and(|e| e.generation == generation)
+                {
+                    self.keys.remove(&key);
+                }
+            }
+        }
         while let Some(&first) = self.ended.first() {
             let (due, _, id) = first;
             if due > now && self.ended.len() <= config.max_retained {

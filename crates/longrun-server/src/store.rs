@@ -28,11 +28,11 @@ use tokio::sync::oneshot;
 
 use crate::run::Run;
 
-mod postgres;
+pub(crate) mod postgres;
 pub(crate) use postgres::{Limits, Loaded};
 
 /// The schema version this binary writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// How many pending commands one transaction takes at most.
 const GROUP: usize = 4096;
@@ -110,6 +110,23 @@ impl StoreConfig {
 /// The tenant a run belongs to (`None` on a server without an auth file).
 pub(crate) type Owner = Option<Arc<str>>;
 
+/// A submit's idempotency key as stored with its run: whose (the tenant, `""` on an open
+/// server), the key, and a hash of the object and arguments it was first sent with.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct IdemKey {
+    pub scope: String,
+    pub key: String,
+}
+
+/// A remembered key: what it was sent with, and the run it made.
+#[derive(Debug, Clone)]
+pub(crate) struct KeyRecord {
+    pub fingerprint: String,
+    pub run: RunId,
+    pub object: String,
+    pub created: SystemTime,
+}
+
 /// A run read back from the journal at start, ended (an interrupted one was ended then).
 pub(crate) struct RestoredRun {
     pub id: RunId,
@@ -132,6 +149,8 @@ pub(crate) struct RestoredTombstone {
 
 /// What the journal found at start.
 pub(crate) struct Restored {
+    /// Idempotency keys still remembered, oldest first.
+    pub keys: Vec<(IdemKey, KeyRecord)>,
     /// The row of every run read back, for the writer.
     seqs: HashMap<RunId, i64>,
     pub runs: Vec<RestoredRun>,
@@ -145,6 +164,8 @@ pub(crate) struct Restored {
 pub(crate) enum CreateError {
     /// The replicas sharing the store run `max_active_runs` already.
     TooManyRuns,
+    /// Another replica stored this idempotency key first.
+    DuplicateKey,
     Store(String),
 }
 
@@ -159,6 +180,7 @@ pub(crate) enum Command {
         tenant: Owner,
         retention: Duration,
         event0: Bytes,
+        key: Option<(IdemKey, String)>,
         ack: oneshot::Sender<CreateAck>,
     },
     /// The run has appended events not journaled yet.
@@ -208,7 +230,11 @@ fn sql_error(path: &Path, e: rusqlite::Error) -> String {
 impl Journal {
     /// Open (or create) the file, migrate its schema, read back what it holds, end the runs
     /// that were interrupted, and start the writer thread.
-    pub fn open(path: &Path, full_sync: bool) -> Result<(Arc<Journal>, Restored), String> {
+    pub fn open(
+        path: &Path,
+        full_sync: bool,
+        limits: KeyLimits,
+    ) -> Result<(Arc<Journal>, Restored), String> {
         let err = |e| sql_error(path, e);
         let mut conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(Duration::ZERO).map_err(err)?;
@@ -236,12 +262,12 @@ impl Journal {
                 path.display()
             ),
         })?;
-        let mut restored = restore(&mut conn).map_err(err)?;
+        let mut restored = restore(&mut conn, limits.idempotency_ttl).map_err(err)?;
         let seqs = std::mem::take(&mut restored.seqs);
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("longrun-journal".into())
-            .spawn(move || writer(conn, rx, seqs))
+            .spawn(move || writer(conn, rx, seqs, limits))
             .map_err(|e| format!("cannot start the journal thread: {e}"))?;
         Ok((Arc::new(Journal::Sqlite(tx)), restored))
     }
@@ -275,6 +301,7 @@ impl Journal {
         run: &Arc<Run>,
         retention: Duration,
         event0: Bytes,
+        key: Option<(IdemKey, String)>,
     ) -> oneshot::Receiver<CreateAck> {
         let (ack, done) = oneshot::channel();
         let (id, object) = (run.id, &run.object);
@@ -285,6 +312,7 @@ impl Journal {
             object: object.to_owned(),
             retention,
             event0,
+            key,
             ack,
         });
         done
@@ -397,6 +425,24 @@ fn migrate(conn: &mut Connection) -> Result<(), Migrate> {
         )?;
         tx.commit()?;
     }
+    if version < 4 {
+        // v4: idempotency keys, written with the run they made.
+        let tx = conn.transaction()?;
+        tx.execute_batch(
+            "CREATE TABLE idempotency (
+                 scope TEXT NOT NULL,
+                 key TEXT NOT NULL,
+                 fingerprint TEXT NOT NULL,
+                 run TEXT NOT NULL,
+                 object TEXT NOT NULL,
+                 created_ms INTEGER NOT NULL,
+                 PRIMARY KEY (scope, key)
+             ) WITHOUT ROWID;
+             CREATE INDEX idempotency_created ON idempotency (created_ms);
+             PRAGMA user_version = 4;",
+        )?;
+        tx.commit()?;
+    }
     Ok(())
 }
 
@@ -408,7 +454,7 @@ pub(crate) fn interrupted_value() -> serde_json::Value {
 }
 
 /// Read every run and tombstone back; end the runs that never ended, durably.
-fn restore(conn: &mut Connection) -> rusqlite::Result<Restored> {
+fn restore(conn: &mut Connection, key_ttl: Duration) -> rusqlite::Result<Restored> {
     let now = SystemTime::now();
     let tx = conn.transaction()?;
     let mut runs = Vec::new();
@@ -506,8 +552,42 @@ fn restore(conn: &mut Connection) -> rusqlite::Result<Restored> {
             })
             .collect()
     };
+    let keys = {
+        let since = millis(now) - key_ttl.as_millis() as i64;
+        let mut list = tx.prepare(
+            "SELECT scope, key, fingerprint, run, object, created_ms FROM idempotency \
+             WHERE created_ms > ?1 ORDER BY created_ms",
+        )?;
+        type Row = (String, String, String, String, String, i64);
+        let rows: Vec<Row> = list
+            .query_map([since], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        rows.into_iter()
+            .filter_map(|(scope, key, fingerprint, run, object, ms)| {
+                Some((
+                    IdemKey { scope, key },
+                    KeyRecord {
+                        fingerprint,
+                        run: RunId::parse(&run).ok()?,
+                        object,
+                        created: from_millis(ms),
+                    },
+                ))
+            })
+            .collect()
+    };
     tx.commit()?;
     Ok(Restored {
+        keys,
         seqs,
         runs,
         tombstones,
@@ -517,7 +597,19 @@ fn restore(conn: &mut Connection) -> rusqlite::Result<Restored> {
 
 /// The writer thread: take what is pending, commit it in one transaction, then make it
 /// visible and answer who waits. Ends when every `Journal` handle is gone.
-fn writer(mut conn: Connection, rx: mpsc::Receiver<Command>, mut seqs: HashMap<RunId, i64>) {
+/// How long, and how many, idempotency keys a store keeps.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KeyLimits {
+    pub idempotency_ttl: Duration,
+    pub max_idempotency_keys: usize,
+}
+
+fn writer(
+    mut conn: Connection,
+    rx: mpsc::Receiver<Command>,
+    mut seqs: HashMap<RunId, i64>,
+    limits: KeyLimits,
+) {
     // The row of every run the file holds, until retention drops it (bounded as the runs in
     // memory are: `max_active_runs` + `max_retained`).
     let mut commits = 0u64;
@@ -542,6 +634,7 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Command>, mut seqs: HashMap<R
             Ok(published) => {
                 commits += 1;
                 if commits % CHECKPOINT_EVERY == 0 {
+                    forget_keys(&conn, limits);
                     let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
                 }
                 committed(batch, published, &mut HashMap::new());
@@ -561,6 +654,17 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Command>, mut seqs: HashMap<R
     for ack in close {
         let _ = ack.send(());
     }
+}
+
+/// Delete the idempotency keys past their time, and the oldest beyond the count.
+fn forget_keys(conn: &Connection, limits: KeyLimits) {
+    let before = millis(SystemTime::now()) - limits.idempotency_ttl.as_millis() as i64;
+    let _ = conn.execute("DELETE FROM idempotency WHERE created_ms <= ?1", [before]);
+    let _ = conn.execute(
+        "DELETE FROM idempotency WHERE created_ms < (SELECT created_ms FROM idempotency \
+         ORDER BY created_ms DESC LIMIT 1 OFFSET ?1)",
+        [limits.max_idempotency_keys as i64],
+    );
 }
 
 /// After a commit: make what it wrote visible and answer who waits. A create refused by the
@@ -642,8 +746,24 @@ fn commit_inner(
                     tenant,
                     retention,
                     event0,
+                    key,
                     ..
                 } => {
+                    if let Some((k, fingerprint)) = key {
+                        tx.prepare_cached(
+                            "INSERT OR REPLACE INTO idempotency \
+                             (scope, key, fingerprint, run, object, created_ms) \
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        )?
+                        .execute(params![
+                            k.scope,
+                            k.key,
+                            fingerprint,
+                            id.to_string(),
+                            object,
+                            now
+                        ])?;
+                    }
                     tx.prepare_cached(
                         "INSERT INTO runs (id, object, created_ms, retention_ms, tenant) \
                          VALUES (?1, ?2, ?3, ?4, ?5)",

@@ -39,7 +39,7 @@ async fn a_preflight_from_an_allowed_origin_is_answered() {
                 ("Access-Control-Request-Method", "POST"),
                 (
                     "Access-Control-Request-Headers",
-                    "content-type,authorization,last-event-id",
+                    "content-type,authorization,last-event-id,idempotency-key",
                 ),
             ],
             "",
@@ -52,7 +52,12 @@ async fn a_preflight_from_an_allowed_origin_is_answered() {
         assert!(methods.contains(&m.to_owned()), "{methods:?}");
     }
     let headers = list(res.header("access-control-allow-headers"));
-    for h in ["authorization", "content-type", "last-event-id"] {
+    for h in [
+        "authorization",
+        "content-type",
+        "idempotency-key",
+        "last-event-id",
+    ] {
         assert!(headers.contains(&h.to_owned()), "{headers:?}");
     }
 }
@@ -72,7 +77,13 @@ async fn an_actual_request_exposes_location_and_longrun_headers() {
     assert_eq!(res.header("access-control-allow-origin"), Some(ORIGIN));
     assert_eq!(
         list(res.header("access-control-expose-headers")),
-        ["location", "longrun-last-event-id", "longrun-state"]
+        [
+            "idempotent-replayed",
+            "location",
+            "longrun-last-event-id",
+            "longrun-state",
+            "www-authenticate"
+        ]
     );
     // Errors carry the headers too, so a page can read the problem.
     let res = t

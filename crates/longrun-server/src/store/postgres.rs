@@ -32,13 +32,13 @@ use tokio::sync::{Notify, mpsc};
 use tokio_postgres::{AsyncMessage, Client, NoTls, Statement};
 
 use super::{
-    Command, CreateError, DEFAULT_LEASE, GROUP, Owner, StoreConfig, closing, committed, failed,
-    interrupted_value, millis,
+    Command, CreateError, DEFAULT_LEASE, GROUP, IdemKey, KeyRecord, Owner, StoreConfig, closing,
+    committed, failed, interrupted_value, millis,
 };
 use crate::run::Run;
 
 /// The schema version this binary writes (`longrun.meta`).
-const SCHEMA_VERSION: i32 = 2;
+const SCHEMA_VERSION: i32 = 3;
 
 /// Advisory lock keys: migrations, run creation (the shared active-run count), reaping.
 const MIGRATE_LOCK: i64 = 0x6c6f_6e67_0001;
@@ -103,6 +103,7 @@ pub(crate) struct Limits {
     pub max_active_runs: usize,
     pub tombstone_ttl: Duration,
     pub max_tombstones: usize,
+    pub keys: super::KeyLimits,
     pub lease: Duration,
 }
 
@@ -278,6 +279,32 @@ impl Handle {
             .await
             .map_err(|e| pg_error(&e))?;
         Ok(tomb.map(|r| Loaded::Gone(r.get(0), r.get::<_, Option<&str>>(1).map(Arc::from))))
+    }
+
+    /// What an idempotency key made, if another replica (or this one) stored it.
+    pub async fn find_key(
+        &self,
+        key: &IdemKey,
+        ttl: Duration,
+    ) -> Result<Option<KeyRecord>, String> {
+        let since = now_ms() - ttl.as_millis() as i64;
+        let row = self
+            .reader
+            .query_opt(
+                "SELECT fingerprint, run, object, created_ms FROM longrun.idempotency \
+                 WHERE scope = $1 AND key = $2 AND created_ms > $3",
+                &[&key.scope, &key.key, &since],
+            )
+            .await
+            .map_err(|e| pg_error(&e))?;
+        Ok(row.and_then(|r| {
+            Some(KeyRecord {
+                fingerprint: r.get(0),
+                run: RunId::parse(r.get::<_, &str>(1)).ok()?,
+                object: r.get(2),
+                created: super::from_millis(r.get(3)),
+            })
+        }))
     }
 
     /// Serve `run` as a mirror of row `seq` from now on, and read what was committed since
@@ -506,6 +533,25 @@ async fn migrate(client: &mut Client) -> Result<(), String> {
         .await
         .map_err(e)?;
     }
+    if version < 3 {
+        // v3: idempotency keys, written with the run they made; the key is unique across
+        // replicas, so two racing duplicates make one run.
+        tx.batch_execute(
+            "CREATE TABLE longrun.idempotency (
+                 scope TEXT NOT NULL,
+                 key TEXT NOT NULL,
+                 fingerprint TEXT NOT NULL,
+                 run TEXT NOT NULL,
+                 object TEXT NOT NULL,
+                 created_ms BIGINT NOT NULL,
+                 PRIMARY KEY (scope, key)
+             );
+             CREATE INDEX idempotency_created ON longrun.idempotency (created_ms);
+             UPDATE longrun.meta SET version = 3;",
+        )
+        .await
+        .map_err(e)?;
+    }
     tx.commit().await.map_err(e)
 }
 
@@ -607,6 +653,18 @@ async fn maintain(
         "DELETE FROM longrun.tombstones WHERE id IN (SELECT id FROM longrun.tombstones \
          ORDER BY dropped_ms DESC OFFSET $1)",
         &[&(limits.max_tombstones as i64)],
+    )
+    .await?;
+    let keys_before = now - limits.keys.idempotency_ttl.as_millis() as i64;
+    tx.execute(
+        "DELETE FROM longrun.idempotency WHERE created_ms <= $1",
+        &[&keys_before],
+    )
+    .await?;
+    tx.execute(
+        "DELETE FROM longrun.idempotency WHERE created_ms < (SELECT created_ms FROM \
+         longrun.idempotency ORDER BY created_ms DESC LIMIT 1 OFFSET $1)",
+        &[&(limits.keys.max_idempotency_keys as i64)],
     )
     .await?;
     let stops = tx
@@ -733,6 +791,7 @@ struct Taken {
 
 /// The journal's statements, prepared once per connection.
 struct Statements {
+    keys: Statement,
     lock: Statement,
     active: Statement,
     runs: Statement,
@@ -766,6 +825,14 @@ impl Statements {
                 "UPDATE longrun.runs SET ended_ms = $2 WHERE seq = ANY($1) AND ended_ms IS NULL"
             ),
         )?;
+        let keys = client
+            .prepare(
+                "INSERT INTO longrun.idempotency (scope, key, fingerprint, run, object, created_ms) \
+                 SELECT s, k, f, r, o, $6 FROM \
+                 unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
+                 AS u(s, k, f, r, o) ON CONFLICT DO NOTHING RETURNING scope, key",
+            )
+            .await?;
         let (notify, drop_runs, tombstones, forget) = tokio::try_join!(
             client.prepare("SELECT pg_notify('longrun_events', i) FROM unnest($1::text[]) AS u(i)"),
             client.prepare("DELETE FROM longrun.runs WHERE id = ANY($1)"),
@@ -777,6 +844,7 @@ impl Statements {
             client.prepare("DELETE FROM longrun.tombstones WHERE id = ANY($1)"),
         )?;
         Ok(Statements {
+            keys,
             lock,
             active,
             runs,
@@ -813,8 +881,9 @@ async fn commit(
                 tenant,
                 retention,
                 event0,
+                key,
                 ..
-            } => Some((id, run, (object, tenant), retention, event0)),
+            } => Some((id, run, (object, tenant, key), retention, event0)),
             _ => None,
         })
         .collect();
@@ -830,10 +899,38 @@ async fn commit(
         )?;
         let active: i64 = active.get(0);
         let room = (limits.max_active_runs as i64 - active).max(0) as usize;
+        // Keys first: a key another replica stored (or a duplicate in this batch) refuses
+        // its run, so two racing duplicates make one run.
+        let keyed: Vec<_> = creates
+            .iter()
+            .take(room)
+            .filter_map(|(id, _, (object, _, key), _, _)| {
+                key.as_ref().map(|(k, fp)| (id, object, k, fp))
+            })
+            .collect();
+        let mut taken_keys: HashSet<(String, String)> = HashSet::new();
+        if !keyed.is_empty() {
+            let scopes: Vec<&str> = keyed.iter().map(|(_, _, k, _)| k.scope.as_str()).collect();
+            let names: Vec<&str> = keyed.iter().map(|(_, _, k, _)| k.key.as_str()).collect();
+            let fps: Vec<&str> = keyed.iter().map(|(_, _, _, fp)| fp.as_str()).collect();
+            let runs: Vec<String> = keyed.iter().map(|(id, ..)| id.to_string()).collect();
+            let objs: Vec<&str> = keyed.iter().map(|(_, o, ..)| o.as_str()).collect();
+            let rows = tx
+                .query(&st.keys, &[&scopes, &names, &fps, &runs, &objs, &now])
+                .await?;
+            for row in rows {
+                taken_keys.insert((row.get(0), row.get(1)));
+            }
+        }
         let (mut ids, mut objects, mut retentions) = (Vec::new(), Vec::new(), Vec::new());
         let mut tenants: Vec<Option<&str>> = Vec::new();
-        for (i, (id, _, (object, tenant), retention, _)) in creates.iter().enumerate() {
-            if i < room {
+        for (i, (id, _, (object, tenant, key), retention, _)) in creates.iter().enumerate() {
+            let duplicate = key
+                .as_ref()
+                .is_some_and(|(k, _)| !taken_keys.contains(&(k.scope.clone(), k.key.clone())));
+            if duplicate && i < room {
+                refused.insert(**id, CreateError::DuplicateKey);
+            } else if i < room {
                 ids.push(id.to_string());
                 objects.push(object.as_str());
                 tenants.push(tenant.as_deref());
@@ -936,6 +1033,7 @@ async fn commit(
     {
         let mut owned = lock(&shared.owned);
         for (id, run, ..) in &creates {
+            let run: &Weak<Run> = run;
             if let Some(&seq) = new_seqs.get(id) {
                 seqs.insert(**id, seq);
                 owned.insert(**id, Weak::clone(run));
