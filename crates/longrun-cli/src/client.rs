@@ -25,11 +25,14 @@ macro_rules! exit_codes {
   0    success: the run succeeded; submit and cancel were accepted; exists: the run exists
   1    the run ended in error (its message on stderr); exists: the run does not exist or is gone;
        or a local failure (e.g. stdout cannot be written)
-  2    usage error: bad flags or arguments, or the server refused them (4xx other than 404/410)
+  2    usage error: bad flags or arguments, or the server refused them (4xx other than
+       401/403/404/410)
   3    the run ended canceled
   4    --timeout passed (the run goes on, unless --cancel-on-timeout)
   5    the server cannot be reached, failed (5xx), or answered something longrun/1 does not allow
   6    not found or gone: the run (follow, wait, cancel) or the object (submit)
+  7    not let in: no token or one the server does not know (401), or the token does not
+       allow this (403)
   130  interrupted by Ctrl-C (stderr says whether the run was canceled)"
     };
 }
@@ -44,6 +47,7 @@ mod code {
     pub const TIMEOUT: u8 = 4;
     pub const UNREACHABLE: u8 = 5;
     pub const NOT_FOUND: u8 = 6;
+    pub const NOT_ALLOWED: u8 = 7;
     /// 128 + SIGINT, what shells report for a command stopped by Ctrl-C.
     pub const INTERRUPTED: u8 = 130;
 }
@@ -62,20 +66,47 @@ pub struct Global {
         help_heading = "Client options"
     )]
     server: String,
-    /// Send `Authorization: Bearer TOKEN` with every request.
+    /// Send `Authorization: Bearer TOKEN` with every request (a server with --auth needs one).
+    /// Prefer LONGRUN_TOKEN or --token-file: a flag's value is visible to other users in `ps`.
     #[arg(
         long,
         global = true,
         env = "LONGRUN_TOKEN",
         hide_env_values = true,
         value_name = "TOKEN",
+        conflicts_with = "token_file",
         help_heading = "Client options"
     )]
-    token: Option<String>,
+    token: Option<Secret>,
+    /// Read the token from FILE (its first line; surrounding whitespace is ignored).
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        help_heading = "Client options"
+    )]
+    token_file: Option<std::path::PathBuf>,
     /// Machine-readable output: one JSON event per line ({"id","state","value"}) for follow,
     /// JSON for everything else.
     #[arg(long, global = true, help_heading = "Client options")]
     json: bool,
+}
+
+/// A token from the command line or the environment: never shown, not even by `Debug`.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Secret, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -152,6 +183,11 @@ pub struct SubmitArgs {
     /// With --follow or --wait: on Ctrl-C, cancel the run, then exit.
     #[arg(long, requires = "watch")]
     cancel_on_interrupt: bool,
+    /// Send Idempotency-Key: KEY (1 to 255 visible ASCII characters): submitting again with
+    /// the same key and arguments gives the same run instead of a second one, so the submit
+    /// is also retried when the connection fails before the reply.
+    #[arg(long, value_name = "KEY")]
+    idempotency_key: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -285,12 +321,35 @@ async fn dispatch(global: &Global, command: Command) -> Outcome {
     }
 }
 
-fn connect(base: &str, global: &Global) -> longrun::Result<Client> {
+/// The token of --token, LONGRUN_TOKEN or --token-file, if any.
+fn token(global: &Global) -> Result<Option<String>, Failure> {
+    if let Some(Secret(token)) = &global.token {
+        return Ok(Some(token.clone()));
+    }
+    let Some(path) = &global.token_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Failure::usage(format!(
+            "cannot read the token file {}: {e}",
+            path.display()
+        ))
+    })?;
+    match text.lines().next().map(str::trim) {
+        Some(token) if !token.is_empty() => Ok(Some(token.to_owned())),
+        _ => Err(Failure::usage(format!(
+            "the token file {} is empty",
+            path.display()
+        ))),
+    }
+}
+
+fn connect(base: &str, global: &Global) -> Result<longrun::Result<Client>, Failure> {
     let mut builder = Client::builder(base);
-    if let Some(token) = &global.token {
+    if let Some(token) = token(global)? {
         builder = builder.token(token);
     }
-    builder.build()
+    Ok(builder.build())
 }
 
 /// The run named on the command line, and a client for its server. A full URL names its own
@@ -311,7 +370,7 @@ fn run_client(global: &Global, arg: &RunArg) -> Result<(Client, Run), Failure> {
             Failure::usage(format!("{:?} is not a run\n  {HINT}", arg.url))
         }
     })?;
-    let client = connect(run.url().as_str(), global).map_err(|e| Failure::usage(e.to_string()))?;
+    let client = connect(run.url().as_str(), global)?.map_err(|e| Failure::usage(e.to_string()))?;
     Ok((client, run))
 }
 
@@ -330,6 +389,7 @@ fn exit_code(kind: ErrorKind) -> u8 {
         ErrorKind::Timeout => code::TIMEOUT,
         ErrorKind::Transport | ErrorKind::Server | ErrorKind::Protocol => code::UNREACHABLE,
         ErrorKind::NotFound | ErrorKind::Gone => code::NOT_FOUND,
+        ErrorKind::Unauthorized | ErrorKind::Forbidden => code::NOT_ALLOWED,
         // A kind newer than this binary: not success, and nothing more specific to say.
         _ => code::FAILED,
     }
@@ -353,8 +413,25 @@ fn failure(e: Error, target: Target<'_>) -> Failure {
         (ErrorKind::NotFound, Target::Run(_)) => {
             Some("check the run URL; a server forgets runs some time after they end".to_owned())
         }
-        (ErrorKind::InvalidArgument, _) if matches!(e.status(), Some(401 | 403)) => {
-            Some("check --token (or LONGRUN_TOKEN)".to_owned())
+        (ErrorKind::Unauthorized, _) => Some(
+            "give the server's token with --token-file FILE, LONGRUN_TOKEN or --token \
+             (`longrun token new` makes one for its auth file)"
+                .to_owned(),
+        ),
+        (ErrorKind::Forbidden, _) => Some(
+            "the token lacks the scope for this (submit, submit:OBJECT, read or cancel); \
+             use a token that has it"
+                .to_owned(),
+        ),
+        (ErrorKind::InvalidArgument, _)
+            if e.problem()
+                .is_some_and(|p| p.type_uri == "urn:longrun:problem:idempotency-key-reused") =>
+        {
+            Some(
+                "this --idempotency-key was used for another submit: give a new key for new \
+                 arguments"
+                    .to_owned(),
+            )
         }
         (ErrorKind::InvalidArgument, Target::Object { name, .. }) => {
             Some(format!("check the arguments {name} takes"))
@@ -388,7 +465,7 @@ fn print_line(line: &str) -> Outcome {
 async fn submit(global: &Global, a: SubmitArgs) -> Outcome {
     let source = a.args.as_deref().map(Source::parse);
     let value = args::build(source.as_ref(), &a.items).map_err(Failure::usage)?;
-    let client = connect(&global.server, global).map_err(|e| {
+    let client = connect(&global.server, global)?.map_err(|e| {
         Failure::usage(format!(
             "{e}\n  set --server (or LONGRUN_SERVER) to the server's URL, e.g. http://127.0.0.1:8080"
         ))
@@ -397,8 +474,11 @@ async fn submit(global: &Global, a: SubmitArgs) -> Outcome {
         name: &a.object,
         server: &global.server,
     };
+    let options = longrun::SubmitOptions {
+        idempotency_key: a.idempotency_key.clone(),
+    };
     let run = client
-        .submit(&a.object, value)
+        .submit_with(&a.object, value, options)
         .await
         .map_err(|e| failure(e, target))?;
     if a.follow || a.wait {
@@ -711,6 +791,8 @@ mod tests {
         }
         assert_eq!(exit_code(ErrorKind::NotFound), code::NOT_FOUND);
         assert_eq!(exit_code(ErrorKind::Transport), code::UNREACHABLE);
+        assert_eq!(exit_code(ErrorKind::Unauthorized), code::NOT_ALLOWED);
+        assert_eq!(exit_code(ErrorKind::Forbidden), code::NOT_ALLOWED);
     }
 
     #[test]

@@ -16,23 +16,28 @@ const UNKNOWN_ID: &str = "0f8fad5b-d9cb-469f-a165-70867728950e";
 /// test process (each test works on runs of its own).
 fn server() -> &'static str {
     static BASE: OnceLock<String> = OnceLock::new();
-    BASE.get_or_init(|| {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Runtime::new().unwrap();
-            runtime.block_on(async {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let server = longrun_server::Server::builder()
-                    .demo()
-                    .build()
-                    .expect("the demo objects have unique names");
-                longrun_server::serve(listener, server, std::future::pending()).await
-            })
-        });
-        base
-    })
+    BASE.get_or_init(|| spawn_server(longrun_server::Server::builder))
+}
+
+/// A demo server (from `builder`, plus the demo objects) on a thread of its own; its base URL.
+fn spawn_server(
+    builder: impl FnOnce() -> longrun_server::ServerBuilder + Send + 'static,
+) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let server = builder()
+                .demo()
+                .build()
+                .expect("the demo objects have unique names");
+            longrun_server::serve(listener, server, std::future::pending()).await
+        })
+    });
+    base
 }
 
 /// `longrun ARGS` against the shared server (by LONGRUN_SERVER), with no other `LONGRUN_*`
@@ -551,4 +556,150 @@ fn interrupt_without_a_terminal_leaves_the_run_going() {
     );
     assert_eq!(run(&["exists", &url]).expect(0).stdout, "queued\n");
     run(&["cancel", &url]).expect(0);
+}
+
+// ---- A server with tenants: --token, LONGRUN_TOKEN, --token-file, --idempotency-key ----
+
+const TOKEN: &str = "lrt_cli_test_all_scopes";
+const READ_TOKEN: &str = "lrt_cli_test_read_only";
+
+/// A demo server with one tenant (a token for everything and one that only reads), shared by
+/// the tests of this binary.
+fn auth_server() -> &'static str {
+    static BASE: OnceLock<String> = OnceLock::new();
+    BASE.get_or_init(|| {
+        use longrun_server::auth::token_hash;
+        let toml = format!(
+            "[[tenant]]\nname = \"cli\"\n\
+             [[tenant.token]]\nhash = \"{}\"\nscopes = [\"submit\", \"read\", \"cancel\"]\n\
+             [[tenant.token]]\nhash = \"{}\"\nscopes = [\"read\"]\n",
+            token_hash(TOKEN),
+            token_hash(READ_TOKEN),
+        );
+        let auth = longrun_server::Auth::from_toml(&toml).unwrap();
+        spawn_server(move || longrun_server::Server::builder().auth(auth))
+    })
+}
+
+/// `longrun ARGS` against the server with tenants.
+fn on_auth_server(args: &[&str], token_env: Option<&str>) -> Ran {
+    let mut cmd = longrun(args);
+    cmd.env("LONGRUN_SERVER", auth_server());
+    if let Some(token) = token_env {
+        cmd.env("LONGRUN_TOKEN", token);
+    }
+    Ran::of(cmd.output().unwrap())
+}
+
+#[track_caller]
+fn shows_no_token(ran: &Ran) {
+    for token in [TOKEN, READ_TOKEN, "lrt_unknown"] {
+        assert!(!ran.stdout.contains(token), "{ran:#?}");
+        assert!(!ran.stderr.contains(token), "{ran:#?}");
+    }
+}
+
+#[test]
+fn without_a_token_or_with_an_unknown_one_exits_7() {
+    for (args, env) in [
+        (vec!["submit", "echo"], None),
+        (vec!["submit", "echo"], Some("lrt_unknown")),
+        (vec!["--token", "lrt_unknown", "submit", "echo"], None),
+    ] {
+        let ran = on_auth_server(&args, env).expect(7);
+        assert_eq!(ran.stdout, "");
+        assert!(ran.stderr.contains("unauthorized (401)"), "{ran:#?}");
+        assert!(ran.stderr.contains("--token-file"), "{ran:#?}");
+        shows_no_token(&ran);
+    }
+}
+
+#[test]
+fn a_token_from_the_flag_the_environment_or_a_file_gets_in() {
+    let ran = on_auth_server(
+        &["--token", TOKEN, "submit", "echo", "a:=1", "--wait"],
+        None,
+    )
+    .expect(0);
+    assert_eq!(ran.stdout.trim(), r#"{"a":1}"#);
+    shows_no_token(&ran);
+    let url = on_auth_server(&["submit", "echo", "b:=2"], Some(TOKEN)).expect(0);
+    shows_no_token(&url);
+    let url = url.stdout.trim().to_owned();
+    let ran = on_auth_server(&["wait", &url], Some(TOKEN)).expect(0);
+    assert_eq!(ran.stdout.trim(), r#"{"b":2}"#);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let file = dir.join("token");
+    std::fs::write(&file, format!("  {TOKEN}\n")).unwrap();
+    let file = file.to_str().unwrap();
+    let ran = on_auth_server(&["--token-file", file, "exists", &url], None).expect(0);
+    assert_eq!(ran.stdout.trim(), "success");
+    // --token with --token-file is a usage error.
+    let ran = on_auth_server(
+        &["--token", TOKEN, "--token-file", file, "exists", &url],
+        None,
+    )
+    .expect(2);
+    shows_no_token(&ran);
+    std::fs::write(dir.join("empty"), "\n").unwrap();
+    let empty = dir.join("empty");
+    let ran = on_auth_server(
+        &["--token-file", empty.to_str().unwrap(), "exists", &url],
+        None,
+    )
+    .expect(2);
+    assert!(ran.stderr.contains("is empty"), "{ran:#?}");
+    let missing = dir.join("missing");
+    let ran = on_auth_server(
+        &["--token-file", missing.to_str().unwrap(), "exists", &url],
+        None,
+    )
+    .expect(2);
+    assert!(
+        ran.stderr.contains("cannot read the token file"),
+        "{ran:#?}"
+    );
+}
+
+#[test]
+fn a_token_without_the_scope_exits_7() {
+    let ran = on_auth_server(&["submit", "echo"], Some(READ_TOKEN)).expect(7);
+    assert!(ran.stderr.contains("forbidden (403)"), "{ran:#?}");
+    assert!(ran.stderr.contains("scope"), "{ran:#?}");
+    shows_no_token(&ran);
+    let url = on_auth_server(&["submit", "sleep", "ms:=60000"], Some(TOKEN)).expect(0);
+    let url = url.stdout.trim().to_owned();
+    // It may read, not cancel.
+    on_auth_server(&["exists", &url], Some(READ_TOKEN)).expect(0);
+    let ran = on_auth_server(&["cancel", &url], Some(READ_TOKEN)).expect(7);
+    assert!(ran.stderr.contains("forbidden"), "{ran:#?}");
+    on_auth_server(&["cancel", &url], Some(TOKEN)).expect(0);
+}
+
+/// Needs the server's `Idempotency-Key` (spec §4.3).
+#[test]
+fn submit_with_an_idempotency_key_twice_prints_the_same_run() {
+    let key = format!("cli-{}", std::process::id());
+    let first = on_auth_server(
+        &["submit", "echo", "a:=1", "--idempotency-key", &key],
+        Some(TOKEN),
+    )
+    .expect(0);
+    let again = on_auth_server(
+        &["submit", "echo", "a:=1", "--idempotency-key", &key],
+        Some(TOKEN),
+    )
+    .expect(0);
+    assert_eq!(first.stdout, again.stdout);
+    let other = on_auth_server(
+        &["submit", "echo", "a:=2", "--idempotency-key", &key],
+        Some(TOKEN),
+    )
+    .expect(2);
+    assert_eq!(other.stdout, "");
+    assert!(other.stderr.contains("a new key"), "{other:#?}");
+    let bad = run(&["submit", "echo", "--idempotency-key", "has space"]).expect(2);
+    assert!(bad.stderr.contains("idempotency key"), "{bad:#?}");
 }

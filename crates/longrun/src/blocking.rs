@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::{
     CancelOutcome, ClientBuilder, Error, Event, EventStream, FollowOptions, RawEvent, Result, Run,
-    RunStatus,
+    RunStatus, SubmitOptions,
 };
 
 #[derive(Clone, Debug)]
@@ -56,6 +56,16 @@ impl Client {
 
     pub fn submit(&self, object: &str, args: impl Serialize) -> Result<Run> {
         self.rt.block_on(self.inner.submit(object, args))
+    }
+
+    pub fn submit_with(
+        &self,
+        object: &str,
+        args: impl Serialize,
+        options: SubmitOptions,
+    ) -> Result<Run> {
+        self.rt
+            .block_on(self.inner.submit_with(object, args, options))
     }
 
     pub fn follow(&self, run: &Run) -> Events {

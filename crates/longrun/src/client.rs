@@ -54,7 +54,7 @@ impl std::str::FromStr for Transport {
 /// settings nested under `reconnect` or flat (`reconnect_attempts`, `reconnect_delay`,
 /// `reconnect_max_delay`, as Python's keyword arguments are). A setting added here reaches
 /// every binding without code in any of them.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct ClientOptions {
     token: Option<String>,
     headers: Option<Vec<(String, String)>>,
@@ -67,6 +67,41 @@ pub struct ClientOptions {
     reconnect_attempts: Option<u32>,
     reconnect_delay: Option<Duration>,
     reconnect_max_delay: Option<Duration>,
+}
+
+/// Never the token or a header's value: they may be secrets.
+impl std::fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("token", &self.token.as_ref().map(|_| Redacted))
+            .field("headers", &self.headers.as_deref().map(header_names))
+            .field("timeout", &self.timeout)
+            .field("transport", &self.transport)
+            .field("user_agent", &self.user_agent)
+            .field("poll_wait", &self.poll_wait)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("sse_fallback_after", &self.sse_fallback_after)
+            .field("reconnect_attempts", &self.reconnect_attempts)
+            .field("reconnect_delay", &self.reconnect_delay)
+            .field("reconnect_max_delay", &self.reconnect_max_delay)
+            .finish()
+    }
+}
+
+/// What Debug shows for a secret.
+struct Redacted;
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+fn header_names(headers: &[(String, String)]) -> Vec<(&str, Redacted)> {
+    headers
+        .iter()
+        .map(|(name, _)| (name.as_str(), Redacted))
+        .collect()
 }
 
 /// Where a member is: at the top, or in the `reconnect` object.
@@ -313,7 +348,7 @@ impl Reconnect {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientBuilder {
     base_url: String,
     headers: Vec<(String, String)>,
@@ -325,6 +360,24 @@ pub struct ClientBuilder {
     poll_wait: Duration,
     idle_timeout: Duration,
     sse_fallback_after: Duration,
+}
+
+/// Never the token or a header's value: they may be secrets.
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("base_url", &self.base_url)
+            .field("headers", &header_names(&self.headers))
+            .field("token", &self.token.as_ref().map(|_| Redacted))
+            .field("timeout", &self.timeout)
+            .field("reconnect", &self.reconnect)
+            .field("transport", &self.transport)
+            .field("user_agent", &self.user_agent)
+            .field("poll_wait", &self.poll_wait)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("sse_fallback_after", &self.sse_fallback_after)
+            .finish()
+    }
 }
 
 impl ClientBuilder {
@@ -349,7 +402,8 @@ impl ClientBuilder {
         self
     }
 
-    /// Send `Authorization: Bearer <token>` with every request.
+    /// Send `Authorization: Bearer <token>` with every request (a server with tenants needs
+    /// one, spec §22.1). The token is never shown: not by `Debug`, not in an error.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
         self
@@ -542,6 +596,35 @@ pub(crate) async fn error_from(res: reqwest::Response, what: &str) -> Error {
     Error::from_status(status, problem, what)
 }
 
+/// The request header of a submit's idempotency key (spec §4.3).
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// What a submit may say besides its object and arguments.
+#[derive(Debug, Clone, Default)]
+pub struct SubmitOptions {
+    /// Sent as `Idempotency-Key`: 1 to 255 visible ASCII characters (`!` to `~`), e.g. a UUID.
+    /// The server answers a submit that repeats a key (of the same tenant) with the first
+    /// submit's reply, so no second run is made; the same key with another object or other
+    /// arguments is refused (422 `idempotency-key-reused`, an `InvalidArgument`). With a key,
+    /// a submit whose connection fails before the reply is sent again, with the same key,
+    /// under the client's [`Reconnect`] policy; without one it is never sent twice.
+    pub idempotency_key: Option<String>,
+}
+
+/// Check an idempotency key before it is sent: the server would refuse it anyway (400).
+fn idempotency_key(key: &str) -> Result<HeaderValue> {
+    const MAX: usize = 255;
+    if key.is_empty() || key.len() > MAX || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Error::invalid(format!(
+            "an idempotency key is 1 to {MAX} visible ASCII characters (! to ~), without \
+             spaces; this one has {} bytes",
+            key.len()
+        )));
+    }
+    HeaderValue::from_str(key)
+        .map_err(|_| Error::invalid("the idempotency key is not a header value"))
+}
+
 /// What a HEAD reports about a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunStatus {
@@ -594,6 +677,17 @@ impl Client {
 
     /// Start a run of `object` with `args` (anything that serializes to a JSON object).
     pub async fn submit(&self, object: &str, args: impl Serialize) -> Result<Run> {
+        self.submit_with(object, args, SubmitOptions::default())
+            .await
+    }
+
+    /// [`Client::submit`] with options: an idempotency key (see [`SubmitOptions`]).
+    pub async fn submit_with(
+        &self,
+        object: &str,
+        args: impl Serialize,
+        options: SubmitOptions,
+    ) -> Result<Run> {
         let name = ObjectName::new(object).map_err(|e| Error::invalid(e.to_string()))?;
         let args = serde_json::to_value(args)
             .map_err(|e| Error::invalid(format!("the arguments do not serialize to JSON: {e}")))?;
@@ -602,29 +696,60 @@ impl Client {
                 "the arguments must be a JSON object, not {args}"
             )));
         }
+        let key = options
+            .idempotency_key
+            .as_deref()
+            .map(idempotency_key)
+            .transpose()?;
         let url = self
             .inner
             .base
             .join(name.as_str())
             .map_err(|e| Error::invalid(e.to_string()))?;
-        let req = self
-            .inner
-            .http
-            .post(url)
-            .header(reqwest::header::ACCEPT, h::JSON)
-            .json(&args);
         let what = format!("object {object:?}");
         let doing = format!("submitting to {object}");
-        let body = self
-            .inner
-            .exchange(&doing, async {
-                let res = self.inner.send(req, &doing).await?;
-                if res.status().as_u16() != 201 {
-                    return Err(error_from(res, &what).await);
+        let mut failures = 0u32;
+        let body = loop {
+            let mut req = self
+                .inner
+                .http
+                .post(url.clone())
+                .header(reqwest::header::ACCEPT, h::JSON)
+                .json(&args);
+            if let Some(key) = &key {
+                req = req.header(IDEMPOTENCY_KEY, key.clone());
+            }
+            let attempt = self
+                .inner
+                .exchange(&doing, async {
+                    let res = self.inner.send(req, &doing).await?;
+                    if res.status().as_u16() != 201 {
+                        return Err(error_from(res, &what).await);
+                    }
+                    res.bytes().await.map_err(|e| Error::transport(&e))
+                })
+                .await;
+            match attempt {
+                // Without a key a lost reply may have made a run: sending again could make a
+                // second one (spec §4.2). With one, the server answers a repeat with the first
+                // reply, so a submit whose connection failed is sent again, as a follow
+                // reconnects.
+                Err(e @ Error::Transport { .. }) if key.is_some() => {
+                    failures += 1;
+                    let policy = self.inner.reconnect();
+                    if failures > policy.max_attempts {
+                        break Err(e);
+                    }
+                    rt::sleep(crate::follow::backoff(
+                        policy.initial_delay,
+                        policy.max_delay,
+                        failures,
+                    ))
+                    .await;
                 }
-                res.bytes().await.map_err(|e| Error::transport(&e))
-            })
-            .await?;
+                other => break other,
+            }
+        }?;
         let submitted: RunRef = serde_json::from_slice(&body)
             .map_err(|e| Error::Protocol(format!("the submit answer is not a run: {e}")))?;
         Run::at(

@@ -32,10 +32,14 @@ pub enum ErrorKind {
     InvalidArgument,
     /// The server failed or refused for its own reasons (5xx, e.g. shutting down).
     Server,
+    /// The server needs a token and got none it knows (401): give the client one.
+    Unauthorized,
+    /// The token does not allow this (403): it lacks the scope for this verb or object.
+    Forbidden,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 9] = [
+    pub const ALL: [ErrorKind; 11] = [
         ErrorKind::NotFound,
         ErrorKind::Gone,
         ErrorKind::Canceled,
@@ -45,6 +49,8 @@ impl ErrorKind {
         ErrorKind::Transport,
         ErrorKind::InvalidArgument,
         ErrorKind::Server,
+        ErrorKind::Unauthorized,
+        ErrorKind::Forbidden,
     ];
 
     /// The name bindings and the conformance scenarios use.
@@ -59,6 +65,8 @@ impl ErrorKind {
             ErrorKind::Transport => "Transport",
             ErrorKind::InvalidArgument => "InvalidArgument",
             ErrorKind::Server => "Server",
+            ErrorKind::Unauthorized => "Unauthorized",
+            ErrorKind::Forbidden => "Forbidden",
         }
     }
 }
@@ -103,6 +111,14 @@ pub enum Error {
         status: u16,
         problem: Option<Box<Problem>>,
     },
+    /// (The message never shows the token.)
+    #[error(
+        "unauthorized (401): the server needs a token it knows{}",
+        detail(problem)
+    )]
+    Unauthorized { problem: Option<Box<Problem>> },
+    #[error("forbidden (403): the token does not allow this{}", detail(problem))]
+    Forbidden { problem: Option<Box<Problem>> },
 }
 
 fn detail(problem: &Option<Box<Problem>>) -> String {
@@ -131,6 +147,8 @@ impl Error {
             Error::Transport { .. } => ErrorKind::Transport,
             Error::InvalidArgument { .. } => ErrorKind::InvalidArgument,
             Error::Server { .. } => ErrorKind::Server,
+            Error::Unauthorized { .. } => ErrorKind::Unauthorized,
+            Error::Forbidden { .. } => ErrorKind::Forbidden,
         }
     }
 
@@ -140,7 +158,9 @@ impl Error {
             Error::NotFound { problem, .. }
             | Error::Gone { problem, .. }
             | Error::InvalidArgument { problem, .. }
-            | Error::Server { problem, .. } => problem.as_deref(),
+            | Error::Server { problem, .. }
+            | Error::Unauthorized { problem }
+            | Error::Forbidden { problem } => problem.as_deref(),
             _ => None,
         }
     }
@@ -152,6 +172,8 @@ impl Error {
             Error::Gone { .. } => Some(410),
             Error::InvalidArgument { status, .. } => *status,
             Error::Server { status, .. } => Some(*status),
+            Error::Unauthorized { .. } => Some(401),
+            Error::Forbidden { .. } => Some(403),
             _ => None,
         }
     }
@@ -196,6 +218,8 @@ impl Error {
                 url: what.to_owned(),
                 problem,
             },
+            401 => Error::Unauthorized { problem },
+            403 => Error::Forbidden { problem },
             400..=499 => Error::InvalidArgument {
                 message: problem.as_ref().map_or_else(
                     || format!("the server refused the request ({status})"),

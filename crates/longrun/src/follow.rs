@@ -328,7 +328,7 @@ async fn poll_once(inner: &Inner, run: &Run, cursor: &Cursor) -> Result<(Vec<Raw
 
 /// The delay before reconnect attempt `failures` (1-based): exponential from `base`, capped,
 /// with jitter so a crowd of followers does not come back in one wave.
-fn backoff(base: Duration, max: Duration, failures: u32) -> Duration {
+pub(crate) fn backoff(base: Duration, max: Duration, failures: u32) -> Duration {
     let exp = base.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
     let d = exp.min(max);
     d.mul_f64(0.5 + fastrand::f64() * 0.5)

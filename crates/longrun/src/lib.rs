@@ -18,6 +18,25 @@
 //! let value = client.wait(&run, None).await?; // the success value, or a typed error
 //! # Ok(()) }
 //! ```
+//!
+//! A server with tenants (spec §22.1) needs a token: [`ClientBuilder::token`] sends
+//! `Authorization: Bearer …` with every request (and is never shown by `Debug` or an error);
+//! without one, or with one it does not know, calls fail with [`ErrorKind::Unauthorized`], and
+//! with one that lacks the scope with [`ErrorKind::Forbidden`]. An idempotency key
+//! ([`SubmitOptions`]) makes a submit safe to repeat: the server answers the same key with the
+//! same run, so the client sends a keyed submit again when its connection fails before the
+//! reply (and never sends a submit without a key twice).
+//!
+//! ```no_run
+//! # async fn example() -> longrun::Result<()> {
+//! use longrun::{Client, SubmitOptions};
+//! let client = Client::builder("https://longrun.example").token("lrt_…").build()?;
+//! let options = SubmitOptions {
+//!     idempotency_key: Some("order-17".into()),
+//! };
+//! let run = client.submit_with("echo", serde_json::json!({"a": 1}), options).await?;
+//! # Ok(()) }
+//! ```
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod blocking;
@@ -29,7 +48,8 @@ mod rt;
 mod run;
 
 pub use client::{
-    CancelOutcome, Client, ClientBuilder, ClientOptions, Reconnect, RunStatus, Transport,
+    CancelOutcome, Client, ClientBuilder, ClientOptions, Reconnect, RunStatus, SubmitOptions,
+    Transport,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use follow::{EventStream, FollowOptions, cursor_from_decimal, cursor_from_f64};

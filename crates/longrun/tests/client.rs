@@ -13,7 +13,7 @@ use futures::StreamExt;
 use longrun::blocking::Next;
 use longrun::{
     CancelOutcome, Client, ErrorKind, Event, EventStream, FollowOptions, Progress, Reconnect, Run,
-    State, Transport,
+    State, SubmitOptions, Transport,
 };
 use longrun_server::{RunContext, Server, ServerBuilder};
 use serde_json::{Value, json};
@@ -832,6 +832,35 @@ async fn raw_batches_and_parsed_events_are_one_stream() {
 
 /// A server that answers every request with a canned answer (201 with a run for POST, 204 to
 /// an event stream request) and keeps the head of each request it got.
+/// Read a request's head (up to the blank line); `None` if the connection ends first.
+async fn read_head(socket: &mut TcpStream) -> Option<String> {
+    let mut buf = Vec::new();
+    let mut chunk = [0; 4096];
+    loop {
+        if let Some(end) = head_end(&buf) {
+            return Some(String::from_utf8_lossy(&buf[..end]).into_owned());
+        }
+        match socket.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// A 201 for a submit of `echo`, the run [`UNKNOWN_ID`], closing the connection.
+fn submitted_answer() -> String {
+    let body = json!({
+        "id": UNKNOWN_ID, "object": "echo", "state": "queued",
+        "url": format!("/echo/{UNKNOWN_ID}"),
+    })
+    .to_string();
+    format!(
+        "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
 async fn recording_server() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -841,30 +870,12 @@ async fn recording_server() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
         while let Ok((mut socket, _)) = listener.accept().await {
             let record = record.clone();
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0; 4096];
-                let end = loop {
-                    if let Some(end) = head_end(&buf) {
-                        break end;
-                    }
-                    match socket.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
+                let Some(head) = read_head(&mut socket).await else {
+                    return;
                 };
-                let head = String::from_utf8_lossy(&buf[..end]).into_owned();
                 record.lock().unwrap().push(head.clone());
                 let answer = if head.starts_with("POST ") {
-                    let body = json!({
-                        "id": UNKNOWN_ID, "object": "echo", "state": "queued",
-                        "url": format!("/echo/{UNKNOWN_ID}"),
-                    })
-                    .to_string();
-                    format!(
-                        "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\n\
-                         content-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    )
+                    submitted_answer()
                 } else {
                     "HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n".to_owned()
                 };
@@ -1159,4 +1170,270 @@ async fn runs_on_another_server_are_refused_not_contacted() {
         .unwrap_err();
     assert_eq!(first.kind(), longrun::ErrorKind::InvalidArgument);
     assert!(futures::StreamExt::next(&mut events).await.is_none());
+}
+
+// ---- Tenants: the token, 401 and 403, idempotency keys ----
+
+const ACME: &str = "lrt_acme_all";
+const ACME_READ: &str = "lrt_acme_read";
+const GLOBEX: &str = "lrt_globex_all";
+
+/// A demo server with two tenants: acme (one token for everything, one that only reads) and
+/// globex.
+async fn tenants() -> String {
+    use longrun_server::auth::token_hash;
+    let toml = format!(
+        "[[tenant]]\nname = \"acme\"\n\
+         [[tenant.token]]\nhash = \"{}\"\nscopes = [\"submit\", \"read\", \"cancel\"]\n\
+         [[tenant.token]]\nhash = \"{}\"\nscopes = [\"read\"]\n\
+         [[tenant]]\nname = \"globex\"\n\
+         [[tenant.token]]\nhash = \"{}\"\nscopes = [\"submit\", \"read\", \"cancel\"]\n",
+        token_hash(ACME),
+        token_hash(ACME_READ),
+        token_hash(GLOBEX),
+    );
+    let auth = longrun_server::Auth::from_toml(&toml).unwrap();
+    format!(
+        "http://{}",
+        start(Server::builder().demo().auth(auth)).await
+    )
+}
+
+fn with_token(base: &str, token: &str) -> Client {
+    Client::builder(base).token(token).build().unwrap()
+}
+
+#[tokio::test]
+async fn a_token_lets_a_tenant_in_and_its_runs_are_its_own() {
+    let base = tenants().await;
+    let acme = with_token(&base, ACME);
+    let run = acme.submit("echo", json!({"a": 1})).await.unwrap();
+    assert_eq!(acme.wait(&run, None).await.unwrap(), json!({"a": 1}));
+    assert!(acme.exists(&run).await.unwrap());
+    // Another tenant's run does not exist for globex, on every verb.
+    let globex = with_token(&base, GLOBEX);
+    assert!(!globex.exists(&run).await.unwrap());
+    follow_and_wait_fail_with(&globex, &run, ErrorKind::NotFound).await;
+    let err = globex.cancel(&run).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+}
+
+#[tokio::test]
+async fn no_token_or_an_unknown_one_is_unauthorized_and_a_missing_scope_forbidden() {
+    let base = tenants().await;
+    let run = with_token(&base, ACME)
+        .submit("sleep", json!({"ms": 60000}))
+        .await
+        .unwrap();
+    for client in [Client::new(&base).unwrap(), with_token(&base, "lrt_nobody")] {
+        let err = client.submit("echo", json!({})).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unauthorized, "{err}");
+        assert_eq!(err.status(), Some(401));
+        assert_eq!(
+            err.problem().map(|p| p.type_uri.as_str()),
+            Some("urn:longrun:problem:unauthorized")
+        );
+        assert_eq!(ErrorKind::Unauthorized.as_str(), "Unauthorized");
+        for err in [
+            client.status(&run).await.unwrap_err(),
+            client.cancel(&run).await.unwrap_err(),
+        ] {
+            assert_eq!(err.kind(), ErrorKind::Unauthorized, "{err}");
+        }
+        // Not retried: a follow fails at once.
+        follow_and_wait_fail_with(&client, &run, ErrorKind::Unauthorized).await;
+    }
+    let reader = with_token(&base, ACME_READ);
+    assert!(reader.exists(&run).await.unwrap());
+    for err in [
+        reader.submit("echo", json!({})).await.unwrap_err(),
+        reader.cancel(&run).await.map(|_| ()).unwrap_err(),
+    ] {
+        assert_eq!(err.kind(), ErrorKind::Forbidden, "{err}");
+        assert_eq!(err.status(), Some(403));
+        assert_eq!(
+            err.problem().map(|p| p.type_uri.as_str()),
+            Some("urn:longrun:problem:forbidden")
+        );
+    }
+    with_token(&base, ACME).cancel(&run).await.unwrap();
+}
+
+#[test]
+fn the_token_is_never_shown() {
+    let secret = "lrt_s3cret_never_shown";
+    let builder = Client::builder("http://127.0.0.1:1")
+        .token(secret)
+        .header("X-Api-Key", secret);
+    let shown = format!("{builder:?}");
+    assert!(!shown.contains(secret), "{shown}");
+    assert!(
+        shown.contains("x-api-key") || shown.contains("X-Api-Key"),
+        "{shown}"
+    );
+    let options = longrun::ClientOptions::from_json(&format!(
+        r#"{{"token": "{secret}", "headers": {{"X-Api-Key": "{secret}"}}}}"#
+    ))
+    .unwrap();
+    let shown = format!("{options:?}");
+    assert!(!shown.contains(secret), "{shown}");
+    let client = builder.build().unwrap();
+    assert!(!format!("{client:?}").contains(secret));
+    // A token a header cannot carry: the error does not repeat it.
+    let bad = "lrt_line\nbreak";
+    let err = Client::builder("http://h").token(bad).build().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    assert!(!err.to_string().contains("lrt_line"), "{err}");
+}
+
+#[tokio::test]
+async fn the_token_is_not_in_the_errors_of_a_refused_call() {
+    let base = tenants().await;
+    let client = with_token(&base, ACME_READ);
+    let err = client.submit("echo", json!({})).await.unwrap_err();
+    assert!(!format!("{err} {err:?}").contains(ACME_READ), "{err:?}");
+}
+
+fn keyed(key: &str) -> SubmitOptions {
+    SubmitOptions {
+        idempotency_key: Some(key.to_owned()),
+    }
+}
+
+/// Needs the server's `Idempotency-Key` (spec §4.3).
+#[tokio::test]
+async fn the_same_idempotency_key_answers_the_same_run_and_other_arguments_are_refused() {
+    let base = tenants().await;
+    let acme = with_token(&base, ACME);
+    let first = acme
+        .submit_with("echo", json!({"a": 1}), keyed("order-17"))
+        .await
+        .unwrap();
+    let again = acme
+        .submit_with("echo", json!({"a": 1}), keyed("order-17"))
+        .await
+        .unwrap();
+    assert_eq!(first.id(), again.id());
+    let other = acme
+        .submit_with("echo", json!({"a": 2}), keyed("order-17"))
+        .await
+        .unwrap_err();
+    assert_eq!(other.kind(), ErrorKind::InvalidArgument, "{other}");
+    assert_eq!(other.status(), Some(422));
+    assert_eq!(
+        other.problem().map(|p| p.type_uri.as_str()),
+        Some("urn:longrun:problem:idempotency-key-reused")
+    );
+    // Keys are per tenant: globex's order-17 is a run of its own.
+    let globex = with_token(&base, GLOBEX)
+        .submit_with("echo", json!({"a": 1}), keyed("order-17"))
+        .await
+        .unwrap();
+    assert_ne!(globex.id(), first.id());
+    // Without a key every submit is a new run.
+    let a = acme.submit("echo", json!({"a": 1})).await.unwrap();
+    let b = acme.submit("echo", json!({"a": 1})).await.unwrap();
+    assert_ne!(a.id(), b.id());
+}
+
+#[tokio::test]
+async fn bad_idempotency_keys_are_invalid_arguments_before_anything_is_sent() {
+    let long = "k".repeat(256);
+    let client = Client::new(&closed_port().await).unwrap();
+    for key in [
+        "",
+        "has space",
+        "tab\tkey",
+        "naïve",
+        "line\nbreak",
+        long.as_str(),
+    ] {
+        let err = client
+            .submit_with("echo", json!({}), keyed(key))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{key:?}: {err}");
+    }
+}
+
+/// A server whose first `cuts` connections are closed once a request's head has arrived, with
+/// no answer (a reply lost on the way); then it answers 201. It records every request's head.
+async fn cutting_server(cuts: usize) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = heads.clone();
+    tokio::spawn(async move {
+        let mut accepted = 0;
+        while let Ok((mut socket, _)) = listener.accept().await {
+            accepted += 1;
+            let Some(head) = read_head(&mut socket).await else {
+                continue;
+            };
+            record.lock().unwrap().push(head);
+            if accepted <= cuts {
+                // Reset, not a clean close: SO_LINGER 0.
+                let _ = socket2::SockRef::from(&socket).set_linger(Some(Duration::ZERO));
+                drop(socket);
+                continue;
+            }
+            let answer = submitted_answer();
+            let _ = socket.write_all(answer.as_bytes()).await;
+            let _ = socket.shutdown().await;
+        }
+    });
+    (format!("http://{addr}"), heads)
+}
+
+#[tokio::test]
+async fn a_keyed_submit_whose_connection_is_cut_is_sent_again_with_the_same_key() {
+    let (base, heads) = cutting_server(2).await;
+    let client = Client::builder(&base)
+        .reconnect(fast_reconnect(3))
+        .build()
+        .unwrap();
+    let run = client
+        .submit_with("echo", json!({"a": 1}), keyed("order-17"))
+        .await
+        .unwrap();
+    assert_eq!(run.id().to_string(), UNKNOWN_ID);
+    let heads = heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 3, "{heads:?}");
+    for head in &heads {
+        assert!(head.starts_with("POST /echo HTTP/1.1\r\n"), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("\r\nidempotency-key: order-17\r\n"),
+            "{head}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_keyed_submit_gives_up_after_the_reconnect_attempts() {
+    let (base, heads) = cutting_server(usize::MAX).await;
+    let client = Client::builder(&base)
+        .reconnect(fast_reconnect(2))
+        .build()
+        .unwrap();
+    let err = client
+        .submit_with("echo", json!({}), keyed("k"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Transport, "{err}");
+    assert_eq!(heads.lock().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn a_submit_without_a_key_is_never_sent_twice() {
+    let (base, heads) = cutting_server(1).await;
+    let client = Client::builder(&base)
+        .reconnect(fast_reconnect(3))
+        .build()
+        .unwrap();
+    let err = client.submit("echo", json!({})).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Transport, "{err}");
+    let heads = heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    assert!(!heads[0].to_ascii_lowercase().contains("idempotency-key"));
 }
