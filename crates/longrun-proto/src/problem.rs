@@ -41,6 +41,8 @@ pub enum ProblemKind {
     InvalidArguments,
     /// 422: the idempotency key was used before for another object or other arguments.
     IdempotencyKeyReused,
+    /// 429: the tenant's rate or follower limit (spec §22.1) is reached.
+    RateLimited,
     /// 503: the server holds as many active runs as it may.
     TooManyRuns,
     /// 503: the server is shutting down.
@@ -52,7 +54,8 @@ pub enum ProblemKind {
 }
 
 impl ProblemKind {
-    pub const ALL: [ProblemKind; 21] = [
+    pub const ALL: [ProblemKind; 22] = [
+        ProblemKind::RateLimited,
         ProblemKind::InvalidIdempotencyKey,
         ProblemKind::IdempotencyKeyReused,
         ProblemKind::InvalidJson,
@@ -84,6 +87,7 @@ impl ProblemKind {
             ProblemKind::InvalidWait => "invalid-wait",
             ProblemKind::InvalidIdempotencyKey => "invalid-idempotency-key",
             ProblemKind::IdempotencyKeyReused => "idempotency-key-reused",
+            ProblemKind::RateLimited => "rate-limited",
             ProblemKind::Unauthorized => "unauthorized",
             ProblemKind::Forbidden => "forbidden",
             ProblemKind::NotFound => "not-found",
@@ -111,6 +115,7 @@ impl ProblemKind {
             | ProblemKind::InvalidIdempotencyKey => 400,
             ProblemKind::Unauthorized => 401,
             ProblemKind::Forbidden => 403,
+            ProblemKind::RateLimited => 429,
             ProblemKind::NotFound | ProblemKind::UnknownObject | ProblemKind::RunNotFound => 404,
             ProblemKind::MethodNotAllowed => 405,
             ProblemKind::RunEnded => 409,
@@ -133,6 +138,7 @@ impl ProblemKind {
             ProblemKind::InvalidWait => "The wait parameter is not a non-negative number",
             ProblemKind::InvalidIdempotencyKey => "The idempotency key is not valid",
             ProblemKind::IdempotencyKeyReused => "The idempotency key was used for another request",
+            ProblemKind::RateLimited => "The tenant's limit is reached",
             ProblemKind::Unauthorized => "A token is needed",
             ProblemKind::Forbidden => "The token does not allow this",
             ProblemKind::NotFound => "No such route",

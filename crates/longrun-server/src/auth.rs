@@ -7,8 +7,14 @@
 //! verb) to every other tenant but an admin. Without an auth file the server is open.
 
 use std::collections::{BTreeSet, HashSet};
+use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -37,6 +43,7 @@ pub enum Scope {
 #[derive(Debug)]
 pub struct Tenant {
     pub name: String,
+    limits: Arc<TenantLimits>,
     /// `None`: every object; else these.
     submit: Option<BTreeSet<String>>,
     read: bool,
@@ -73,6 +80,72 @@ struct File {
 struct TenantFile {
     name: String,
     token: Vec<TokenFile>,
+    #[serde(default)]
+    limits: LimitsFile,
+}
+
+/// `limits = { submits_per_second = 5, submit_burst = 10, max_followers = 100 }`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    submits_per_second: Option<f64>,
+    submit_burst: Option<u32>,
+    max_followers: Option<usize>,
+}
+
+/// One tenant's limits in this process, shared by all its tokens.
+struct TenantLimits {
+    submits: Option<DefaultDirectRateLimiter>,
+    followers: Option<(AtomicUsize, usize)>,
+}
+
+impl std::fmt::Debug for TenantLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantLimits")
+            .field("submits", &self.submits.is_some())
+            .field("followers", &self.followers.as_ref().map(|(_, max)| max))
+            .finish()
+    }
+}
+
+impl LimitsFile {
+    fn build(self, tenant: &str) -> Result<TenantLimits, String> {
+        let submits = match self.submits_per_second {
+            None => {
+                if self.submit_burst.is_some() {
+                    return Err(format!(
+                        "tenant {tenant:?}: submit_burst needs submits_per_second"
+                    ));
+                }
+                None
+            }
+            Some(rate) => {
+                let period = (rate.is_finite() && rate > 0.0)
+                    .then(|| Duration::try_from_secs_f64(1.0 / rate).ok())
+                    .flatten()
+                    .and_then(Quota::with_period)
+                    .ok_or_else(|| {
+                        format!("tenant {tenant:?}: submits_per_second must be more than 0")
+                    })?;
+                let burst = self
+                    .submit_burst
+                    .unwrap_or_else(|| rate.ceil().max(1.0) as u32);
+                let burst = NonZeroU32::new(burst)
+                    .ok_or_else(|| format!("tenant {tenant:?}: submit_burst must be at least 1"))?;
+                Some(RateLimiter::direct(period.allow_burst(burst)))
+            }
+        };
+        let followers = match self.max_followers {
+            Some(0) => {
+                return Err(format!(
+                    "tenant {tenant:?}: max_followers must be more than 0"
+                ));
+            }
+            Some(max) => Some((AtomicUsize::new(0), max)),
+            None => None,
+        };
+        Ok(TenantLimits { submits, followers })
+    }
 }
 
 #[derive(Deserialize)]
@@ -136,6 +209,7 @@ impl Auth {
                     t.name
                 ));
             }
+            let limits = Arc::new(t.limits.build(&t.name)?);
             for token in t.token {
                 let Some(hash) = parse_hash(&token.hash) else {
                     return Err(format!(
@@ -147,7 +221,7 @@ impl Auth {
                 if !seen.insert(hash) {
                     return Err(format!("tenant {:?}: a token hash is listed twice", t.name));
                 }
-                let grant = grant(&t.name, &token.scopes)?;
+                let grant = grant(&t.name, &token.scopes, limits.clone())?;
                 tokens.push((hash, Arc::new(grant)));
             }
         }
@@ -155,9 +229,10 @@ impl Auth {
     }
 }
 
-fn grant(tenant: &str, scopes: &[String]) -> Result<Tenant, String> {
+fn grant(tenant: &str, scopes: &[String], limits: Arc<TenantLimits>) -> Result<Tenant, String> {
     let mut grant = Tenant {
         name: tenant.to_owned(),
+        limits,
         submit: Some(BTreeSet::new()),
         read: false,
         cancel: false,
@@ -235,6 +310,51 @@ impl Caller {
         }
     }
 
+    /// 429 when the tenant submits faster than its rate allows; `Retry-After` says when the
+    /// next one would be let in.
+    pub fn admit_submit(&self) -> Result<(), ApiError> {
+        let Some(limiter) = self.0.as_ref().and_then(|t| t.limits.submits.as_ref()) else {
+            return Ok(());
+        };
+        limiter.check().map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            ApiError::new(
+                ProblemKind::RateLimited,
+                format!(
+                    "tenant {:?} submits faster than its limit",
+                    self.tenant_name()
+                ),
+            )
+            .header(header::RETRY_AFTER, HeaderValue::from(secs.max(1)))
+        })
+    }
+
+    /// A follower counted against the tenant's limit (given back when dropped), or 429.
+    pub fn admit_follower(&self) -> Result<Option<TenantFollower>, ApiError> {
+        let Some(limits) = self.0.as_ref().map(|t| &t.limits) else {
+            return Ok(None);
+        };
+        let Some((count, max)) = &limits.followers else {
+            return Ok(None);
+        };
+        if !crate::conn::take(count, *max) {
+            return Err(ApiError::new(
+                ProblemKind::RateLimited,
+                format!(
+                    "tenant {:?} has {max} followers, as many as it may",
+                    self.tenant_name()
+                ),
+            )
+            .header(header::RETRY_AFTER, HeaderValue::from_static("1")));
+        }
+        Ok(Some(TenantFollower(limits.clone())))
+    }
+
+    fn tenant_name(&self) -> &str {
+        self.owner().unwrap_or_default()
+    }
+
     /// The tenant a new run belongs to.
     pub fn owner(&self) -> Option<&str> {
         self.0.as_deref().map(|t| t.name.as_str())
@@ -245,6 +365,17 @@ impl Caller {
         match &self.0 {
             None => true,
             Some(t) => t.admin || owner == Some(t.name.as_str()),
+        }
+    }
+}
+
+/// One follower of a tenant with a follower limit; given back when dropped.
+pub(crate) struct TenantFollower(Arc<TenantLimits>);
+
+impl Drop for TenantFollower {
+    fn drop(&mut self) {
+        if let Some((count, _)) = &self.0.followers {
+            count.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }

@@ -55,6 +55,7 @@ impl Connections {
         Some(FollowerSlot {
             run: run.clone(),
             conns: self.clone(),
+            tenant: None,
         })
     }
 }
@@ -72,6 +73,15 @@ pub(crate) fn take(counter: &AtomicUsize, max: usize) -> bool {
 pub(crate) struct FollowerSlot {
     run: Arc<Run>,
     conns: Arc<Connections>,
+    /// The tenant's count, when it has a follower limit.
+    tenant: Option<crate::auth::TenantFollower>,
+}
+
+impl FollowerSlot {
+    pub fn with_tenant(mut self, tenant: Option<crate::auth::TenantFollower>) -> Self {
+        self.tenant = tenant;
+        self
+    }
 }
 
 impl Drop for FollowerSlot {

@@ -46,12 +46,14 @@ pub(crate) async fn follow(
     // The first event a follower has not seen yet.
     let next = cursor.map_or(0, |c| c.saturating_add(1));
     if wants_event_stream(&headers) {
-        let slot = follower_slot(&server, &run)?;
+        let tenant = caller.admit_follower()?;
+        let slot = follower_slot(&server, &run)?.with_tenant(tenant);
         run.mark_followed();
         Ok(follow_sse(&server, run, next, slot))
     } else {
         let wait = wait(&server, &query)?;
-        let slot = follower_slot(&server, &run)?;
+        let tenant = caller.admit_follower()?;
+        let slot = follower_slot(&server, &run)?.with_tenant(tenant);
         run.mark_followed();
         let res = follow_poll(run, next, wait).await;
         drop(slot);

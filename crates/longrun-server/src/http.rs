@@ -245,7 +245,10 @@ async fn submit(
         );
         return Err(refuse_body(&headers, body, err).await);
     };
-    if let Err(err) = caller.require(Scope::Submit, &object) {
+    if let Err(err) = caller
+        .require(Scope::Submit, &object)
+        .and_then(|()| caller.admit_submit())
+    {
         return Err(refuse_body(&headers, body, err).await);
     }
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {

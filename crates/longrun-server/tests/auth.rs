@@ -349,6 +349,13 @@ fn auth_files_are_checked() {
             "listed twice",
         ),
         ("[[tenant]]\nname = \"a\"\nsecret = 1\n", "unknown field"),
+        (
+            &format!(
+                "[[tenant]]\nname = \"a\"\nlimits = {{ submits_per_second = 0 }}\n[[tenant.token]]\nhash = \"{}\"\nscopes = [\"read\"]\n",
+                token_hash("x")
+            ),
+            "more than 0",
+        ),
     ];
     for (text, why) in bad {
         let e = Auth::from_toml(text).unwrap_err();
@@ -357,4 +364,78 @@ fn auth_files_are_checked() {
     let (token, hash) = longrun_server::auth::new_token().unwrap();
     assert!(token.starts_with("lrt_") && token.len() == 68, "{token}");
     assert_eq!(hash, token_hash(&token));
+}
+
+/// A tenant's limits: submits beyond its burst get 429 with `Retry-After`, followers beyond
+/// its count too; another tenant is not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_beyond_its_limits_gets_429_and_others_do_not() {
+    let text = format!(
+        r#"
+        [[tenant]]
+        name = "small"
+        # One submit per 1000 s, two at once: the third in a row is refused.
+        limits = {{ submits_per_second = 0.001, submit_burst = 2, max_followers = 1 }}
+        [[tenant.token]]
+        hash = "{}"
+        scopes = ["submit", "read"]
+
+        [[tenant]]
+        name = "big"
+        [[tenant.token]]
+        hash = "{}"
+        scopes = ["submit", "read"]
+        "#,
+        token_hash("lrt_small"),
+        token_hash("lrt_big")
+    );
+    let t = TestServer::start(
+        Server::builder()
+            .auth(Auth::from_toml(&text).unwrap())
+            .demo(),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let first = submit(&http, &t, "lrt_small", "sleep", json!({"ms": 3_600_000})).await;
+    submit(&http, &t, "lrt_small", "echo", json!({})).await;
+    let refused = http
+        .post(t.url("/echo"))
+        .bearer_auth("lrt_small")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 429);
+    let retry: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1, "{retry}");
+    assert_eq!(
+        problem_type(refused).await,
+        ProblemKind::RateLimited.type_uri()
+    );
+    for _ in 0..3 {
+        submit(&http, &t, "lrt_big", "echo", json!({})).await;
+    }
+
+    let stream = http
+        .get(t.url(&first))
+        .bearer_auth("lrt_small")
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let second = http
+        .get(t.url(&format!("{first}?wait=0")))
+        .bearer_auth("lrt_small")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(second.status(), 429, "one follower at a time");
+    assert!(second.headers().contains_key("retry-after"));
+    drop(stream);
+    t.stop().await.unwrap();
 }
