@@ -533,3 +533,77 @@ func TestResumeThroughACuttingProxyIsExactlyOnceInOrder(t *testing.T) {
 		})
 	}
 }
+
+// A server with tenants: the token lets a tenant in, none or an unknown one is ErrUnauthorized,
+// a token without the scope ErrForbidden, another tenant's run ErrNotFound.
+func TestTokensAndTenants(t *testing.T) {
+	ctx := context.Background()
+	c := newClient(t, authURL, longrun.WithToken(authToken))
+	run, err := c.Submit(ctx, "echo", map[string]any{"a": 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, err := c.Wait(ctx, run); err != nil || string(v) != `{"a":1}` {
+		t.Fatalf("wait: %s %v", v, err)
+	}
+	for _, anon := range []*longrun.Client{newClient(t, authURL), newClient(t, authURL, longrun.WithToken("lrt_nobody"))} {
+		_, err := anon.Submit(ctx, "echo", nil)
+		var e *longrun.Error
+		if !errors.Is(err, longrun.ErrUnauthorized) || !errors.As(err, &e) || e.Status != 401 || e.Kind != longrun.KindUnauthorized {
+			t.Fatalf("no token: %#v", err)
+		}
+		var problem struct{ Type string }
+		if json.Unmarshal(e.Problem, &problem) != nil || problem.Type != "urn:longrun:problem:unauthorized" {
+			t.Fatalf("problem: %s", e.Problem)
+		}
+		if strings.Contains(err.Error(), "lrt_nobody") {
+			t.Fatalf("the token is in the message: %v", err)
+		}
+		if _, err := anon.Exists(ctx, run); !errors.Is(err, longrun.ErrUnauthorized) {
+			t.Fatalf("exists without a token: %v", err)
+		}
+	}
+	reader := newClient(t, authURL, longrun.WithToken(readToken))
+	if ok, err := reader.Exists(ctx, run); err != nil || !ok {
+		t.Fatalf("a reader reads: %v %v", ok, err)
+	}
+	_, err = reader.Submit(ctx, "echo", nil)
+	var e *longrun.Error
+	if !errors.Is(err, longrun.ErrForbidden) || !errors.As(err, &e) || e.Status != 403 || errors.Is(err, longrun.ErrUnauthorized) {
+		t.Fatalf("a reader submits: %#v", err)
+	}
+	other := newClient(t, authURL, longrun.WithToken(otherToken))
+	if ok, err := other.Exists(ctx, run); err != nil || ok {
+		t.Fatalf("another tenant's run: %v %v", ok, err)
+	}
+}
+
+// The same idempotency key gets the same run; other arguments with it are refused; a bad key
+// is refused by the client.
+func TestIdempotencyKey(t *testing.T) {
+	ctx := context.Background()
+	c := newClient(t, authURL, longrun.WithToken(authToken))
+	key := fmt.Sprintf("go-%d", time.Now().UnixNano())
+	first, err := c.Submit(ctx, "echo", map[string]any{"a": 1}, longrun.WithIdempotencyKey(key))
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := c.Submit(ctx, "echo", map[string]any{"a": 1}, longrun.WithIdempotencyKey(key))
+	if err != nil || again.ID != first.ID {
+		t.Fatalf("again: %+v %v (first %+v)", again, err, first)
+	}
+	_, err = c.Submit(ctx, "echo", map[string]any{"a": 2}, longrun.WithIdempotencyKey(key))
+	var e *longrun.Error
+	if !errors.Is(err, longrun.ErrInvalidArgument) || !errors.As(err, &e) || e.Status != 422 || !strings.Contains(string(e.Problem), "idempotency-key-reused") {
+		t.Fatalf("other arguments: %#v", err)
+	}
+	for _, bad := range []string{"", "has space", strings.Repeat("k", 256)} {
+		if _, err := c.Submit(ctx, "echo", nil, longrun.WithIdempotencyKey(bad)); !errors.Is(err, longrun.ErrInvalidArgument) {
+			t.Fatalf("key %q: %v", bad, err)
+		}
+	}
+	plain, err := c.Submit(ctx, "echo", map[string]any{"a": 1})
+	if err != nil || plain.ID == first.ID {
+		t.Fatalf("without a key: %+v %v", plain, err)
+	}
+}

@@ -23,6 +23,8 @@ const (
 	KindTransport       Kind = "Transport"       // the network failed and retrying did not help
 	KindInvalidArgument Kind = "InvalidArgument" // refused as invalid (4xx), or a bad argument to the client
 	KindServer          Kind = "Server"          // the server failed (5xx)
+	KindUnauthorized    Kind = "Unauthorized"    // no token, or one the server does not know (401)
+	KindForbidden       Kind = "Forbidden"       // the token does not allow this (403)
 	// KindInternal is a bug in this package or the library under it (a caught panic, a NULL
 	// handed to C); it never comes from the server.
 	KindInternal Kind = "Internal"
@@ -41,6 +43,8 @@ var kinds = map[C.longrun_code]Kind{
 	C.LONGRUN_CODE_TRANSPORT:        KindTransport,
 	C.LONGRUN_CODE_INVALID_ARGUMENT: KindInvalidArgument,
 	C.LONGRUN_CODE_SERVER:           KindServer,
+	C.LONGRUN_CODE_UNAUTHORIZED:     KindUnauthorized,
+	C.LONGRUN_CODE_FORBIDDEN:        KindForbidden,
 	C.LONGRUN_CODE_INVALID_UTF8:     KindInvalidArgument, // a Go string that is not UTF-8
 	C.LONGRUN_CODE_NULL_ARGUMENT:    KindInternal,
 	C.LONGRUN_CODE_PANIC:            KindInternal,
@@ -85,6 +89,8 @@ var (
 	ErrTransport       error = sentinel(KindTransport)
 	ErrInvalidArgument error = sentinel(KindInvalidArgument)
 	ErrServer          error = sentinel(KindServer)
+	ErrUnauthorized    error = sentinel(KindUnauthorized)
+	ErrForbidden       error = sentinel(KindForbidden)
 	ErrInternal        error = sentinel(KindInternal)
 )
 

@@ -126,7 +126,9 @@ type Option func(*options)
 
 func ms(d time.Duration) *int64 { v := d.Milliseconds(); return &v }
 
-// WithToken sends `Authorization: Bearer <token>` with every request.
+// WithToken sends `Authorization: Bearer <token>` with every request; a server with tenants
+// answers a call without a known token with ErrUnauthorized (401), and one the token does not
+// allow with ErrForbidden (403). The token is never part of an error's message.
 func WithToken(token string) Option { return func(o *options) { o.Token = &token } }
 
 // WithHeader sends a header with every request.
@@ -289,9 +291,32 @@ func (c *Client) Run(object, id string) (Run, error) {
 	return run, err
 }
 
+// SubmitOption sets up one Submit.
+type SubmitOption func(*submitOptions)
+
+type submitOptions struct {
+	idempotencyKey *string
+}
+
+// WithIdempotencyKey sends `Idempotency-Key: key` (1 to 255 visible ASCII characters, e.g. a
+// UUID): the server answers a submit that repeats the key with the first submit's run, and
+// refuses the key with another object or other arguments (ErrInvalidArgument, status 422).
+// With a key, a submit whose connection fails before the reply is sent again with the same
+// key (under the client's Reconnect policy); without one it is never sent twice.
+func WithIdempotencyKey(key string) SubmitOption {
+	return func(o *submitOptions) { o.idempotencyKey = &key }
+}
+
+// noBytes lends C a non-NULL pointer for an empty string (NULL means "none").
+var noBytes [1]byte
+
 // Submit starts a run of object with args: anything that encodes (encoding/json) to a JSON
 // object, or nil for none.
-func (c *Client) Submit(ctx context.Context, object string, args any) (Run, error) {
+func (c *Client) Submit(ctx context.Context, object string, args any, opts ...SubmitOption) (Run, error) {
+	var so submitOptions
+	for _, opt := range opts {
+		opt(&so)
+	}
 	var body []byte
 	if args != nil {
 		var err error
@@ -303,8 +328,16 @@ func (c *Client) Submit(ctx context.Context, object string, args any) (Run, erro
 	err := c.call(ctx, nil, func(h *C.longrun_client, _ *C.longrun_run, intr *C.longrun_interrupt, cerr **C.longrun_error) C.longrun_code {
 		op, on := cstr(object)
 		ap, an := cbytes(body)
+		var kp *C.uint8_t
+		var kn C.size_t
+		if so.idempotencyKey != nil {
+			kp, kn = cstr(*so.idempotencyKey)
+			if kn == 0 {
+				kp = (*C.uint8_t)(unsafe.Pointer(&noBytes[0]))
+			}
+		}
 		var r *C.longrun_run
-		code := C.longrun_client_submit(h, op, on, ap, an, intr, &r, cerr)
+		code := C.longrun_client_submit_with_key(h, op, on, ap, an, kp, kn, intr, &r, cerr)
 		if code == C.LONGRUN_CODE_OK {
 			run = goRun(r)
 		}

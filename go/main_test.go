@@ -2,9 +2,11 @@ package longrun_test
 
 import (
 	"bufio"
+	"crypto/sha256"
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -13,14 +15,68 @@ import (
 // settings, as spec/conformance/README.md asks).
 var serverURL string
 
-// TestMain starts the server: the binary named by LONGRUN_BIN (cargo xtask sets it), else the
+// authURL is a second server, with tenants (`--auth`): one tenant whose token authToken may
+// do everything and readToken only read, and a second tenant with otherToken.
+var authURL string
+
+const (
+	authToken  = "lrt_go_test_all"
+	readToken  = "lrt_go_test_read"
+	otherToken = "lrt_go_test_other"
+)
+
+// authFile is the auth file of authURL's server, as `longrun token new` would have it.
+func authFile() string {
+	hash := func(token string) string { return fmt.Sprintf("sha256:%x", sha256.Sum256([]byte(token))) }
+	return fmt.Sprintf(`[[tenant]]
+name = "go"
+[[tenant.token]]
+hash = %q
+scopes = ["submit", "read", "cancel"]
+[[tenant.token]]
+hash = %q
+scopes = ["read"]
+[[tenant]]
+name = "other"
+[[tenant.token]]
+hash = %q
+scopes = ["submit", "read", "cancel"]
+`, hash(authToken), hash(readToken), hash(otherToken))
+}
+
+// TestMain starts the servers: the binary named by LONGRUN_BIN (cargo xtask sets it), else the
 // workspace's debug build (`cargo build -p longrun-cli`).
 func TestMain(m *testing.M) {
 	bin := os.Getenv("LONGRUN_BIN")
 	if bin == "" {
 		bin = "../target/debug/longrun"
 	}
-	cmd := exec.Command(bin, "serve", "--store", "memory", "--listen", "127.0.0.1:0")
+	dir, err := os.MkdirTemp("", "longrun-go-test")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	auth := filepath.Join(dir, "tenants.toml")
+	if err := os.WriteFile(auth, []byte(authFile()), 0o600); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	var open, tenants *exec.Cmd
+	serverURL, open = startServer(bin)
+	authURL, tenants = startServer(bin, "--auth", auth)
+	code := m.Run()
+	for _, cmd := range []*exec.Cmd{open, tenants} {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	}
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// startServer starts `longrun serve --store memory` with extra flags; its base URL.
+func startServer(bin string, extra ...string) (string, *exec.Cmd) {
+	args := append([]string{"serve", "--store", "memory", "--listen", "127.0.0.1:0"}, extra...)
+	cmd := exec.Command(bin, args...)
 	cmd.Stderr = os.Stderr
 	stdout, err := cmd.StdoutPipe()
 	if err == nil {
@@ -31,13 +87,14 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	lines := bufio.NewScanner(stdout)
+	url := ""
 	for lines.Scan() {
-		if url, ok := strings.CutPrefix(lines.Text(), "longrun listening on "); ok {
-			serverURL = strings.TrimSpace(url)
+		if u, ok := strings.CutPrefix(lines.Text(), "longrun listening on "); ok {
+			url = strings.TrimSpace(u)
 			break
 		}
 	}
-	if serverURL == "" {
+	if url == "" {
 		fmt.Fprintln(os.Stderr, "the longrun server did not say where it listens")
 		_ = cmd.Process.Kill()
 		os.Exit(1)
@@ -46,8 +103,5 @@ func TestMain(m *testing.M) {
 		for lines.Scan() {
 		}
 	}()
-	code := m.Run()
-	_ = cmd.Process.Kill()
-	_ = cmd.Wait()
-	os.Exit(code)
+	return url, cmd
 }

@@ -54,6 +54,10 @@ typedef enum {
   LONGRUN_CODE_INVALID_ARGUMENT = 8,
   // The server failed or refused for its own reasons (5xx).
   LONGRUN_CODE_SERVER = 9,
+  // The server needs a token and got none it knows (401).
+  LONGRUN_CODE_UNAUTHORIZED = 10,
+  // The token does not allow this (403).
+  LONGRUN_CODE_FORBIDDEN = 11,
   // A required pointer argument was NULL.
   LONGRUN_CODE_NULL_ARGUMENT = 100,
   // A string argument was not UTF-8.
@@ -332,6 +336,23 @@ longrun_code longrun_client_submit(const longrun_client *client,
                                    const longrun_interrupt *interrupt,
                                    longrun_run **run,
                                    longrun_error **err);
+
+// `longrun_client_submit` with an idempotency key (`Idempotency-Key`; NULL: none): the server
+// answers a repeat of the key with the same run, and the submit is sent again, with the same
+// key, when its connection fails before the reply.
+//
+// # Safety
+// Pointers are NULL, live handles, or valid for their lengths / for writing.
+longrun_code longrun_client_submit_with_key(const longrun_client *client,
+                                            const uint8_t *object,
+                                            size_t object_len,
+                                            const uint8_t *args,
+                                            size_t args_len,
+                                            const uint8_t *idempotency_key,
+                                            size_t idempotency_key_len,
+                                            const longrun_interrupt *interrupt,
+                                            longrun_run **run,
+                                            longrun_error **err);
 
 // Ask the server to cancel a run; `*outcome` says whether it was accepted or the run had
 // already ended. `interrupt` may be NULL.

@@ -70,6 +70,10 @@ pub enum longrun_code {
     InvalidArgument = 8,
     /// The server failed or refused for its own reasons (5xx).
     Server = 9,
+    /// The server needs a token and got none it knows (401).
+    Unauthorized = 10,
+    /// The token does not allow this (403).
+    Forbidden = 11,
     /// A required pointer argument was NULL.
     NullArgument = 100,
     /// A string argument was not UTF-8.
@@ -217,6 +221,8 @@ fn code_of(kind: ErrorKind) -> longrun_code {
         ErrorKind::Transport => longrun_code::Transport,
         ErrorKind::InvalidArgument => longrun_code::InvalidArgument,
         ErrorKind::Server => longrun_code::Server,
+        ErrorKind::Unauthorized => longrun_code::Unauthorized,
+        ErrorKind::Forbidden => longrun_code::Forbidden,
         _ => longrun_code::Protocol,
     }
 }
@@ -340,6 +346,8 @@ pub extern "C" fn longrun_code_name(code: i32) -> *const c_char {
         Some(longrun_code::Transport) => b"Transport\0",
         Some(longrun_code::InvalidArgument) => b"InvalidArgument\0",
         Some(longrun_code::Server) => b"Server\0",
+        Some(longrun_code::Unauthorized) => b"Unauthorized\0",
+        Some(longrun_code::Forbidden) => b"Forbidden\0",
         Some(longrun_code::NullArgument) => b"NullArgument\0",
         Some(longrun_code::InvalidUtf8) => b"InvalidUtf8\0",
         Some(longrun_code::Interrupted) => b"Interrupted\0",
@@ -361,6 +369,8 @@ fn code_from(code: i32) -> Option<longrun_code> {
         Transport,
         InvalidArgument,
         Server,
+        Unauthorized,
+        Forbidden,
         NullArgument,
         InvalidUtf8,
         Interrupted,
@@ -800,10 +810,51 @@ pub unsafe extern "C" fn longrun_client_submit(
 ) -> longrun_code {
     // SAFETY: the caller's contract, passed on.
     unsafe {
+        longrun_client_submit_with_key(
+            client,
+            object,
+            object_len,
+            args,
+            args_len,
+            std::ptr::null(),
+            0,
+            interrupt,
+            run,
+            err,
+        )
+    }
+}
+
+/// `longrun_client_submit` with an idempotency key (`Idempotency-Key`; NULL: none): the server
+/// answers a repeat of the key with the same run, and the submit is sent again, with the same
+/// key, when its connection fails before the reply.
+///
+/// # Safety
+/// Pointers are NULL, live handles, or valid for their lengths / for writing.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn longrun_client_submit_with_key(
+    client: *const longrun_client,
+    object: *const u8,
+    object_len: usize,
+    args: *const u8,
+    args_len: usize,
+    idempotency_key: *const u8,
+    idempotency_key_len: usize,
+    interrupt: *const longrun_interrupt,
+    run: *mut *mut longrun_run,
+    err: *mut *mut longrun_error,
+) -> longrun_code {
+    // SAFETY: the caller's contract, passed on.
+    unsafe {
         guard(err, || {
             let client = handle(client, "client")?;
             let object = str_arg(object, object_len, "object")?;
             let args = str_arg(args, args_len, "args")?;
+            let key = if idempotency_key.is_null() {
+                None
+            } else {
+                Some(str_arg(idempotency_key, idempotency_key_len, "idempotency_key")?.to_owned())
+            };
             let run = out(run, "run")?;
             let args: serde_json::Value = if args.is_empty() {
                 serde_json::Value::Object(Default::default())
@@ -811,10 +862,13 @@ pub unsafe extern "C" fn longrun_client_submit(
                 serde_json::from_str(args)
                     .map_err(|e| invalid(format!("the arguments are not valid JSON: {e}")))?
             };
+            let options = longrun::SubmitOptions {
+                idempotency_key: key,
+            };
             let submitted = block(
                 &client.rt,
                 interrupt.as_ref(),
-                client.client.submit(object, args),
+                client.client.submit_with(object, args, options),
             )?;
             *run = longrun_run::boxed(submitted);
             Ok(())
