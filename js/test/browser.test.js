@@ -4,23 +4,15 @@
 // origin), follows it to the end and POSTs what it saw back to this test.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { createServer } from "node:http";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
-import { root, startServer } from "./helpers.js";
+import { chromiumMissing, inChromium, root, startServer } from "./helpers.js";
 
-const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const pkg = path.join(root, "js");
 const TYPES = { ".js": "text/javascript", ".wasm": "application/wasm", ".html": "text/html" };
 
-const missing = !existsSync(CHROMIUM);
-if (missing) {
-  const msg = `SKIP browser test: no Chromium at ${CHROMIUM} (apt-get install -y chromium)`;
-  if (process.env.CI === "true") throw new Error(msg);
-  console.error(`\n!!!!!!!! ${msg} !!!!!!!!\n`);
-}
+const missing = chromiumMissing("browser test");
 
 let page, api, reported;
 before(async () => {
@@ -83,46 +75,17 @@ function html(server) {
 }
 
 test("Chromium follows a run cross-origin through the browser build", { skip: missing && "no Chromium", timeout: 120_000 }, async () => {
-  const profile = mkdtempSync(path.join(tmpdir(), "longrun-chromium-"));
   const url = `http://localhost:${page.address().port}/`;
-  const chromium = spawn(
-    CHROMIUM,
-    [
-      "--headless",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-      `--user-data-dir=${profile}`,
-      url,
-    ],
-    // Its own process group, so the renderer and helper processes go with it.
-    { stdio: "ignore", detached: true },
+  const r = await inChromium(url, reported);
+  assert.equal(r.error, undefined, `the page failed: ${r.error}`);
+  assert.equal(r.build, "wasm");
+  assert.ok(r.url.startsWith(api.url), r.url);
+  assert.deepEqual(
+    r.events.map((e) => [e.id, e.state]),
+    [[0, "queued"], [1, "running"], [2, "running"], [3, "running"], [4, "running"], [5, "running"], [6, "success"]],
   );
-  try {
-    const exited = new Promise((_, reject) => chromium.once("exit", (code) => reject(new Error(`chromium exited (${code}) before the page reported`))));
-    const r = await Promise.race([reported, exited]);
-    assert.equal(r.error, undefined, `the page failed: ${r.error}`);
-    assert.equal(r.build, "wasm");
-    assert.ok(r.url.startsWith(api.url), r.url);
-    assert.deepEqual(
-      r.events.map((e) => [e.id, e.state]),
-      [[0, "queued"], [1, "running"], [2, "running"], [3, "running"], [4, "running"], [5, "running"], [6, "success"]],
-    );
-    assert.deepEqual(r.events[6].value, { n: 5 });
-    assert.deepEqual(r.progress, ["1/5", "2/5", "3/5", "4/5", "5/5"]);
-    assert.deepEqual(r.status, { state: "success", lastEventId: 6 });
-    assert.deepEqual(r.value, { n: 5 });
-  } finally {
-    const exit = new Promise((r) => (chromium.exitCode !== null ? r() : chromium.once("exit", r)));
-    try {
-      process.kill(-chromium.pid, "SIGTERM");
-    } catch {}
-    await exit;
-    // Helpers may still be closing files in the profile for a moment.
-    rmSync(profile, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
-  }
+  assert.deepEqual(r.events[6].value, { n: 5 });
+  assert.deepEqual(r.progress, ["1/5", "2/5", "3/5", "4/5", "5/5"]);
+  assert.deepEqual(r.status, { state: "success", lastEventId: 6 });
+  assert.deepEqual(r.value, { n: 5 });
 });

@@ -1,5 +1,7 @@
 // Shared by the test files: the reference server as a child process, and both builds.
 import { spawn } from "node:child_process";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import path from "node:path";
@@ -35,4 +37,52 @@ export async function builds() {
     { name: "napi", api: await import("longrun") },
     { name: "wasm", api: await import("longrun/wasm") },
   ];
+}
+
+export const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
+
+/** Whether Chromium is missing: an error in CI, a loud skip elsewhere. */
+export function chromiumMissing(what) {
+  if (existsSync(CHROMIUM)) return false;
+  const msg = `SKIP ${what}: no Chromium at ${CHROMIUM} (apt-get install -y chromium)`;
+  if (process.env.CI === "true") throw new Error(msg);
+  console.error(`\n!!!!!!!! ${msg} !!!!!!!!\n`);
+  return true;
+}
+
+/**
+ * Open `url` in headless Chromium and return what the page reports (`reported`, a promise the
+ * test's page server resolves); the browser and its profile are gone when this returns.
+ */
+export async function inChromium(url, reported) {
+  const profile = mkdtempSync(path.join(tmpdir(), "longrun-chromium-"));
+  const chromium = spawn(
+    CHROMIUM,
+    [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+      `--user-data-dir=${profile}`,
+      url,
+    ],
+    // Its own process group, so the renderer and helper processes go with it.
+    { stdio: "ignore", detached: true },
+  );
+  try {
+    const exited = new Promise((_, reject) => chromium.once("exit", (code) => reject(new Error(`chromium exited (${code}) before the page reported`))));
+    return await Promise.race([reported, exited]);
+  } finally {
+    const exit = new Promise((r) => (chromium.exitCode !== null ? r() : chromium.once("exit", r)));
+    try {
+      process.kill(-chromium.pid, "SIGTERM");
+    } catch {}
+    await exit;
+    // Helpers may still be closing files in the profile for a moment.
+    rmSync(profile, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
+  }
 }

@@ -18,7 +18,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderValue, Method, header};
 use longrun_proto::ProblemKind;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -66,13 +66,32 @@ impl Tenant {
 #[derive(Debug)]
 pub struct Auth {
     tokens: Vec<([u8; 32], Arc<Tenant>)>,
+    /// Each tenant's limits by name, for read tokens.
+    tenants: std::collections::HashMap<String, Arc<TenantLimits>>,
+    read_secret: [u8; 32],
+    read_ttl: Duration,
 }
+
+/// How long a read token lasts unless the auth file says otherwise.
+pub const READ_TOKEN_TTL: Duration = Duration::from_secs(3600);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
     #[serde(default)]
     tenant: Vec<TenantFile>,
+    #[serde(default)]
+    read_tokens: ReadTokensFile,
+}
+
+/// `[read_tokens]`: the key read tokens are signed with (shared by replicas; random per
+/// process when absent) and how long one lasts.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReadTokensFile {
+    secret: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    ttl: Option<Duration>,
 }
 
 #[derive(Deserialize)]
@@ -164,6 +183,16 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 fn parse_hash(text: &str) -> Option<[u8; 32]> {
     let digits = text.strip_prefix("sha256:")?;
     if digits.len() != 64 {
@@ -196,6 +225,7 @@ impl Auth {
         let mut names = HashSet::new();
         let mut seen = HashSet::new();
         let mut tokens = Vec::new();
+        let mut tenants = std::collections::HashMap::new();
         for t in file.tenant {
             if t.name.is_empty() || !names.insert(t.name.clone()) {
                 return Err(format!(
@@ -210,6 +240,7 @@ impl Auth {
                 ));
             }
             let limits = Arc::new(t.limits.build(&t.name)?);
+            tenants.insert(t.name.clone(), limits.clone());
             for token in t.token {
                 let Some(hash) = parse_hash(&token.hash) else {
                     return Err(format!(
@@ -225,7 +256,27 @@ impl Auth {
                 tokens.push((hash, Arc::new(grant)));
             }
         }
-        Ok(Auth { tokens })
+        let read_secret = match &file.read_tokens.secret {
+            Some(text) if text.len() >= 32 => Sha256::digest(text.as_bytes()).into(),
+            Some(_) => {
+                return Err("[read_tokens] secret must be at least 32 characters".into());
+            }
+            None => {
+                let mut bytes = [0u8; 32];
+                getrandom::fill(&mut bytes).map_err(|e| format!("no random source: {e}"))?;
+                bytes
+            }
+        };
+        let read_ttl = file.read_tokens.ttl.unwrap_or(READ_TOKEN_TTL);
+        if read_ttl.is_zero() || read_ttl > Duration::from_secs(30 * 24 * 3600) {
+            return Err("[read_tokens] ttl must be between 1s and 30days".into());
+        }
+        Ok(Auth {
+            tokens,
+            tenants,
+            read_secret,
+            read_ttl,
+        })
     }
 }
 
@@ -276,6 +327,55 @@ impl Auth {
         }
         let text = std::fs::read_to_string(path).map_err(|e| why(e.to_string()))?;
         Auth::from_toml(&text).map_err(why)
+    }
+
+    fn read_signature(&self, path: &str, tenant: &str, expires: u64) -> [u8; 32] {
+        use hmac::{Hmac, Mac};
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.read_secret).expect("any key size");
+        mac.update(format!("{path}\n{tenant}\n{expires}").as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    /// A read token for the run at `path` (`/{object}/{id}`) of `tenant`, and when it ends
+    /// (seconds since the epoch).
+    pub(crate) fn read_token(&self, path: &str, tenant: &str) -> (String, u64) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let expires = (now + self.read_ttl).as_secs();
+        let sig = self.read_signature(path, tenant, expires);
+        (
+            format!("lrr_{expires}_{}_{}", hex(tenant.as_bytes()), hex(&sig)),
+            expires,
+        )
+    }
+
+    /// The tenant a read token for `path` was made for, if it is genuine and not expired.
+    fn read_tenant(&self, token: &str, path: &str) -> Option<Arc<Tenant>> {
+        let mut parts = token.strip_prefix("lrr_")?.splitn(3, '_');
+        let expires: u64 = parts.next()?.parse().ok()?;
+        let tenant = String::from_utf8(unhex(parts.next()?)?).ok()?;
+        let sig = unhex(parts.next()?)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        if expires <= now {
+            return None;
+        }
+        let want = self.read_signature(path, &tenant, expires);
+        if !bool::from(want.as_slice().ct_eq(&sig)) {
+            return None;
+        }
+        let limits = self.tenants.get(&tenant)?.clone();
+        Some(Arc::new(Tenant {
+            name: tenant,
+            limits,
+            submit: Some(BTreeSet::new()),
+            read: true,
+            cancel: false,
+            admin: false,
+        }))
     }
 
     /// The tenant of a token. Every hash is compared, in constant time, whichever matches.
@@ -380,6 +480,14 @@ impl Drop for TenantFollower {
     }
 }
 
+/// `access_token=` of a query.
+fn access_token(query: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "access_token")
+        .map(|(_, v)| v.into_owned())
+        .filter(|t| !t.is_empty() && t.len() <= MAX_TOKEN_BYTES)
+}
+
 fn unauthorized(detail: &str) -> ApiError {
     ApiError::new(ProblemKind::Unauthorized, detail).header(
         header::WWW_AUTHENTICATE,
@@ -395,6 +503,19 @@ impl FromRequestParts<Server> for Caller {
             return Ok(Caller(None));
         };
         let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+            // A page's native EventSource cannot send headers: a read token for this very run
+            // in the query lets it follow (GET and HEAD only).
+            let read = matches!(parts.method, Method::GET | Method::HEAD)
+                .then(|| access_token(parts.uri.query()?))
+                .flatten();
+            if let Some(token) = read {
+                return match auth.read_tenant(&token, parts.uri.path()) {
+                    Some(tenant) => Ok(Caller(Some(tenant))),
+                    None => Err(unauthorized(
+                        "the read token is not for this run, or it expired",
+                    )),
+                };
+            }
             return Err(unauthorized("send a token: Authorization: Bearer <token>"));
         };
         let token = value

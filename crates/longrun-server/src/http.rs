@@ -36,6 +36,7 @@ pub fn app(server: Server) -> Router {
             "/{object}/{id}",
             get(crate::follow::follow).head(exists).delete(cancel),
         )
+        .route("/{object}/{id}/read-token", post(read_token))
         .fallback(|| async { ApiError::new(ProblemKind::NotFound, "no route has this path") })
         .layer(middleware::from_fn(bare_errors_to_problems))
         .with_state(server);
@@ -635,6 +636,32 @@ async fn exists(
     let mut res = StatusCode::OK.into_response();
     status_headers(&run, res.headers_mut());
     Ok(res)
+}
+
+/// `POST /{object}/{id}/read-token`: a URL a page's native `EventSource` (which cannot send
+/// `Authorization`) can follow this one run by, for a while (spec §22.2).
+async fn read_token(
+    caller: Caller,
+    State(server): State<Server>,
+    Path((object, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::Read, &object)?;
+    let run = lookup(&server, &caller, &object, &id).await?;
+    let path = longrun_proto::run_path(&object, &run.id);
+    let body = match (server.auth(), run.tenant.as_deref()) {
+        (Some(auth), Some(tenant)) => {
+            let (token, expires) = auth.read_token(&path, tenant);
+            serde_json::json!({
+                "token": token,
+                "url": format!("{path}?access_token={token}"),
+                "expires": expires,
+            })
+        }
+        // An open server needs no token; a run made before the server had tenants has no
+        // tenant to sign for, and only admins see it.
+        _ => serde_json::json!({ "token": null, "url": path, "expires": null }),
+    };
+    Ok(json_response(StatusCode::OK, &body))
 }
 
 async fn cancel(

@@ -439,3 +439,65 @@ async fn a_tenant_beyond_its_limits_gets_429_and_others_do_not() {
     drop(stream);
     t.stop().await.unwrap();
 }
+
+/// A read token lets a page's native EventSource (no headers) follow one run: that run only,
+/// GET and HEAD only, for its tenant only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_token_follows_one_run_without_a_header() {
+    // Default retention: the run is still there when its token is minted and after its end.
+    let t = TestServer::start(Server::builder().auth(auth()).demo()).await;
+    let http = reqwest::Client::new();
+    let run = submit(&http, &t, ACME, "count", json!({"n": 3})).await;
+    let other = submit(&http, &t, ACME, "sleep", json!({"ms": 3_600_000})).await;
+    let minted = http
+        .post(t.url(&format!("{run}/read-token")))
+        .bearer_auth(ACME_READER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(minted.status(), 200);
+    let minted: Value = minted.json().await.unwrap();
+    let (url, token) = (
+        minted["url"].as_str().unwrap().to_owned(),
+        minted["token"].as_str().unwrap().to_owned(),
+    );
+    assert!(
+        url.starts_with(&format!("{run}?access_token=lrr_")),
+        "{url}"
+    );
+    assert!(minted["expires"].as_u64().is_some());
+    let body = http
+        .get(t.url(&url))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(body.contains("event: success"), "{body}");
+    assert_eq!(http.head(t.url(&url)).send().await.unwrap().status(), 200);
+    let cancel = http.delete(t.url(&format!("{other}?access_token={token}")));
+    assert_eq!(
+        cancel.send().await.unwrap().status(),
+        401,
+        "read tokens only read"
+    );
+    let elsewhere = http.get(t.url(&format!("{other}?access_token={token}&wait=0")));
+    assert_eq!(
+        elsewhere.send().await.unwrap().status(),
+        401,
+        "bound to its run"
+    );
+    let forged = format!("{}0", &token[..token.len() - 1]);
+    let forged = http.get(t.url(&format!("{run}?access_token={forged}&wait=0")));
+    assert_eq!(forged.send().await.unwrap().status(), 401);
+    let beta = http
+        .post(t.url(&format!("{run}/read-token")))
+        .bearer_auth(BETA)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(beta.status(), 404, "another tenant's run");
+    t.stop().await.unwrap();
+}
