@@ -255,10 +255,15 @@ export function makeApi(native, { settle } = {}) {
       return toRun(callSync(() => this.#native.run(object, id)));
     }
 
-    /** Start a run of `object` with `args` (a JSON object; none: `{}`). */
-    async submit(object, args) {
+    /**
+     * Start a run of `object` with `args` (a JSON object; none: `{}`). `options.idempotencyKey`
+     * is sent as `Idempotency-Key`: the same key gets the same run back, and a keyed submit
+     * whose connection fails before the reply is sent again (by the core) with the same key.
+     */
+    async submit(object, args, options = {}) {
       const json = args === undefined ? undefined : JSON.stringify(args);
-      return toRun(await call(() => this.#native.submit(object, json)));
+      const key = options?.idempotencyKey ?? undefined;
+      return toRun(await call(() => this.#native.submit(object, json, key)));
     }
 
     /** The run's state and newest event id; NotFoundError when it does not exist. */

@@ -44,6 +44,10 @@ export class TransportError extends LongrunError {}
 export class InvalidArgumentError extends LongrunError {}
 /** The server failed or refused for its own reasons (5xx). */
 export class ServerError extends LongrunError {}
+/** No token, or one the server does not know (401): give the client a `token`. */
+export class UnauthorizedError extends LongrunError {}
+/** The token does not allow this (403): it lacks the scope for this verb or object. */
+export class ForbiddenError extends LongrunError {}
 
 /** ErrorKind → class: the one table. */
 export const errorClasses = Object.freeze({
@@ -56,6 +60,8 @@ export const errorClasses = Object.freeze({
   Transport: TransportError,
   InvalidArgument: InvalidArgumentError,
   Server: ServerError,
+  Unauthorized: UnauthorizedError,
+  Forbidden: ForbiddenError,
 });
 
 /** The error a native failure `info` ({kind, message, status, value, problem}) stands for. */

@@ -33,7 +33,10 @@ export interface Follow extends AsyncIterator<RunEvent, void, undefined> {
 }
 
 export interface ClientOptions {
-  /** Sent as `Authorization: Bearer <token>`. */
+  /**
+   * Sent as `Authorization: Bearer <token>`; a server with tenants needs one (else
+   * `UnauthorizedError`; a token without the scope: `ForbiddenError`). Never in an error.
+   */
   token?: string;
   /** Time limit of one request, in ms (default 30000). */
   timeoutMs?: number;
@@ -45,6 +48,16 @@ export interface ClientOptions {
   idleTimeoutMs?: number;
   sseFallbackAfterMs?: number;
   reconnect?: { maxAttempts?: number; initialDelayMs?: number; maxDelayMs?: number };
+}
+
+export interface SubmitOptions {
+  /**
+   * Sent as `Idempotency-Key` (1 to 255 visible ASCII characters, e.g. a UUID): a submit that
+   * repeats the key gets the first one's run; with other arguments it is refused
+   * (`InvalidArgumentError`, status 422). A keyed submit whose connection fails before the
+   * reply is sent again with the same key; one without a key never is.
+   */
+  idempotencyKey?: string;
 }
 
 export interface FollowOptions {
@@ -93,7 +106,11 @@ export declare class Client {
   constructor(url: string, options?: ClientOptions);
   readonly baseUrl: string;
   run(object: string, id: string): Run;
-  submit(object: string, args?: { [key: string]: Json | undefined }): Promise<Run>;
+  submit(
+    object: string,
+    args?: { [key: string]: Json | undefined },
+    options?: SubmitOptions,
+  ): Promise<Run>;
   status(run: RunLike): Promise<RunStatus>;
   exists(run: RunLike): Promise<boolean>;
   cancel(run: RunLike): Promise<CancelOutcome>;
@@ -110,7 +127,9 @@ export type ErrorKind =
   | "Protocol"
   | "Transport"
   | "InvalidArgument"
-  | "Server";
+  | "Server"
+  | "Unauthorized"
+  | "Forbidden";
 
 export declare class LongrunError extends Error {
   readonly kind: ErrorKind;
@@ -130,6 +149,8 @@ export declare class ProtocolError extends LongrunError {}
 export declare class TransportError extends LongrunError {}
 export declare class InvalidArgumentError extends LongrunError {}
 export declare class ServerError extends LongrunError {}
+export declare class UnauthorizedError extends LongrunError {}
+export declare class ForbiddenError extends LongrunError {}
 
 export declare const errorClasses: Readonly<Record<ErrorKind, typeof LongrunError>>;
 /** The error kinds of the native build's core; `errorClasses` has a class for each. */

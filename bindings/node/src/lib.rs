@@ -87,11 +87,17 @@ impl NativeClient {
     }
 
     #[napi]
-    pub async fn submit(&self, object: String, args: Option<String>) -> Result<String> {
+    pub async fn submit(
+        &self,
+        object: String,
+        args: Option<String>,
+        idempotency_key: Option<String>,
+    ) -> Result<String> {
         let args = shared::args(args.as_deref()).map_err(|e| fail(&e))?;
+        let options = longrun::SubmitOptions { idempotency_key };
         let run = self
             .inner
-            .submit(&object, args)
+            .submit_with(&object, args, options)
             .await
             .map_err(|e| fail(&e))?;
         Ok(shared::run_json(&run))

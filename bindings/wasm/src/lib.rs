@@ -67,11 +67,20 @@ impl NativeClient {
         Ok(shared::run_json(&run))
     }
 
-    pub fn submit(&self, object: String, args: Option<String>) -> Promise {
+    pub fn submit(
+        &self,
+        object: String,
+        args: Option<String>,
+        idempotency_key: Option<String>,
+    ) -> Promise {
         let client = self.inner.clone();
         future_to_promise(async move {
             let args = shared::args(args.as_deref()).map_err(|e| fail(&e))?;
-            let run = client.submit(&object, args).await.map_err(|e| fail(&e))?;
+            let options = longrun::SubmitOptions { idempotency_key };
+            let run = client
+                .submit_with(&object, args, options)
+                .await
+                .map_err(|e| fail(&e))?;
             Ok(shared::run_json(&run).into())
         })
     }
