@@ -44,6 +44,7 @@ from ._errors import (
     KINDS,
     Canceled,
     Error,
+    Forbidden,
     Gone,
     InvalidArgument,
     NotFound,
@@ -53,6 +54,7 @@ from ._errors import (
     Server,
     Timeout,
     Transport,
+    Unauthorized,
 )
 from ._native import Event, Progress
 
@@ -66,6 +68,7 @@ __all__ = [
     "ClientOptions",
     "Error",
     "Event",
+    "Forbidden",
     "Gone",
     "InvalidArgument",
     "KINDS",
@@ -79,6 +82,7 @@ __all__ = [
     "Server",
     "Timeout",
     "Transport",
+    "Unauthorized",
 ]
 
 #: How many events cross from Rust in one call when they are already there.
@@ -95,7 +99,9 @@ class ClientOptions(TypedDict, total=False):
     one with ``InvalidArgument``), so an option the core adds works before it is listed here.
     Durations are in seconds. Every option left out (or None) keeps the core's default."""
 
-    #: Sent as ``Authorization: Bearer <token>``.
+    #: Sent as ``Authorization: Bearer <token>`` (a server with tenants needs one; without it,
+    #: or with one it does not know, calls raise ``Unauthorized``, and ``Forbidden`` when the
+    #: token lacks the scope). Never shown in a repr or an error.
     token: Optional[str]
     #: Time limit of one request (submit, cancel, exists; connecting for a follow). 30 s.
     timeout: Optional[float]
@@ -249,9 +255,21 @@ class Client(_ClientBase[_native.Client]):
     def __repr__(self) -> str:
         return f"longrun.Client({self._base_url!r})"
 
-    def submit(self, object: str, args: Optional[Mapping[str, Any]] = None) -> Run:
-        """Start a run of ``object`` with ``args`` (a JSON object)."""
-        return Run._wrap(self._n.submit(object, args), self)
+    def submit(
+        self,
+        object: str,
+        args: Optional[Mapping[str, Any]] = None,
+        *,
+        idempotency_key: Optional[str] = None,
+    ) -> Run:
+        """Start a run of ``object`` with ``args`` (a JSON object).
+
+        ``idempotency_key`` (1 to 255 visible ASCII characters, e.g. a UUID) is sent as
+        ``Idempotency-Key``: the server answers a submit that repeats it with the first one's
+        run, and refuses it with other arguments (``InvalidArgument``, status 422). With a key,
+        a submit whose connection fails before the reply is sent again with the same key;
+        without one it is never sent twice."""
+        return Run._wrap(self._n.submit(object, args, idempotency_key), self)
 
     def follow(
         self,
@@ -339,8 +357,15 @@ class AsyncClient(_ClientBase[_native.AsyncClient]):
     def __repr__(self) -> str:
         return f"longrun.AsyncClient({self._base_url!r})"
 
-    async def submit(self, object: str, args: Optional[Mapping[str, Any]] = None) -> Run:
-        return Run._wrap(await self._n.submit(object, args), self)
+    async def submit(
+        self,
+        object: str,
+        args: Optional[Mapping[str, Any]] = None,
+        *,
+        idempotency_key: Optional[str] = None,
+    ) -> Run:
+        """Start a run; see ``Client.submit``."""
+        return Run._wrap(await self._n.submit(object, args, idempotency_key), self)
 
     def follow(
         self,

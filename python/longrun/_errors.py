@@ -90,6 +90,18 @@ class Server(Error):
     kind = "Server"
 
 
+class Unauthorized(Error, PermissionError):
+    """The server needs a token and got none it knows (401): pass ``token=``."""
+
+    kind = "Unauthorized"
+
+
+class Forbidden(Error, PermissionError):
+    """The token does not allow this (403): it lacks the scope for this verb or object."""
+
+    kind = "Forbidden"
+
+
 #: The one table: ``ErrorKind`` name -> exception class.
 KINDS: Dict[str, Type[Error]] = {
     cls.kind: cls
@@ -103,6 +115,8 @@ KINDS: Dict[str, Type[Error]] = {
         Transport,
         InvalidArgument,
         Server,
+        Unauthorized,
+        Forbidden,
     )
 }
 

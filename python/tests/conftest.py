@@ -3,6 +3,7 @@ or target/debug/longrun of this repository (built with cargo when missing)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -66,6 +67,42 @@ def url(server: Server) -> str:
 def fast_server() -> Iterator[Server]:
     """A server whose SSE retry hint is short, for tests that reconnect many times."""
     s = Server("--retry", "20ms")
+    yield s
+    s.stop()
+
+
+#: The tokens of ``auth_server``: its tenant "py" has one for everything and one that only
+#: reads; tenant "other" has one for everything.
+TOKEN = "lrt_py_test_all"
+READ_TOKEN = "lrt_py_test_read"
+OTHER_TOKEN = "lrt_py_test_other"
+
+
+def _hash(token: str) -> str:
+    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
+
+
+@pytest.fixture(scope="session")
+def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server with tenants (``--auth``), its file written as ``longrun token new`` says."""
+    path = tmp_path_factory.mktemp("auth") / "tenants.toml"
+    path.write_text(
+        f"""[[tenant]]
+name = "py"
+[[tenant.token]]
+hash = "{_hash(TOKEN)}"
+scopes = ["submit", "read", "cancel"]
+[[tenant.token]]
+hash = "{_hash(READ_TOKEN)}"
+scopes = ["read"]
+[[tenant]]
+name = "other"
+[[tenant.token]]
+hash = "{_hash(OTHER_TOKEN)}"
+scopes = ["submit", "read", "cancel"]
+"""
+    )
+    s = Server("--auth", str(path))
     yield s
     s.stop()
 

@@ -24,7 +24,7 @@ import pytest
 import longrun
 from longrun import _native
 
-from conftest import Server
+from conftest import OTHER_TOKEN, READ_TOKEN, TOKEN, Server
 
 # A test that hangs (a GIL that is never released, a Ctrl-C that is never seen) must fail,
 # not block the suite.
@@ -595,3 +595,65 @@ def test_the_typed_example_passes_mypy_strict(tmp_path: Path) -> None:
     out = subprocess.run([mypy, "--strict", "--no-incremental", str(example)],
                          capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+# ---- A server with tenants: the token, Unauthorized / Forbidden, idempotency keys ----
+
+
+def test_a_token_lets_a_tenant_in_and_no_token_is_unauthorized(auth_server: Server) -> None:
+    with longrun.Client(auth_server.url, token=TOKEN) as client:
+        run = client.submit("echo", {"a": 1})
+        assert client.wait(run, timeout=30) == {"a": 1}
+        assert "lrt_" not in repr(client)
+    for options in ({}, {"token": "lrt_nobody"}):
+        with longrun.Client(auth_server.url, **options) as anon:
+            with pytest.raises(longrun.Unauthorized) as caught:
+                anon.submit("echo")
+            err = caught.value
+            assert err.kind == "Unauthorized" and err.status == 401
+            assert isinstance(err, PermissionError) and isinstance(err, longrun.Error)
+            assert err.problem is not None
+            assert err.problem["type"] == "urn:longrun:problem:unauthorized"
+            assert "lrt_nobody" not in str(err)
+            with pytest.raises(longrun.Unauthorized):
+                anon.exists(run)
+    with longrun.Client(auth_server.url, token=READ_TOKEN) as reader:
+        assert reader.exists(run)
+        with pytest.raises(longrun.Forbidden) as forbidden:
+            reader.submit("echo")
+        assert forbidden.value.status == 403
+        assert forbidden.value.problem is not None
+        assert forbidden.value.problem["type"] == "urn:longrun:problem:forbidden"
+    with longrun.Client(auth_server.url, token=OTHER_TOKEN) as other:
+        assert not other.exists(run)
+
+
+def test_the_same_idempotency_key_gives_the_same_run(auth_server: Server) -> None:
+    key = f"py-{os.getpid()}-{time.monotonic_ns()}"
+    with longrun.Client(auth_server.url, token=TOKEN) as client:
+        first = client.submit("echo", {"a": 1}, idempotency_key=key)
+        again = client.submit("echo", {"a": 1}, idempotency_key=key)
+        assert again.id == first.id
+        with pytest.raises(longrun.InvalidArgument) as caught:
+            client.submit("echo", {"a": 2}, idempotency_key=key)
+        assert caught.value.status == 422
+        assert caught.value.problem is not None
+        assert caught.value.problem["type"] == "urn:longrun:problem:idempotency-key-reused"
+        for bad in ("", "has space", "k" * 256):
+            with pytest.raises(longrun.InvalidArgument):
+                client.submit("echo", idempotency_key=bad)
+        assert client.submit("echo", {"a": 1}).id != first.id
+
+
+def test_async_submit_takes_an_idempotency_key_and_a_token(auth_server: Server) -> None:
+    async def main() -> None:
+        key = f"py-async-{os.getpid()}-{time.monotonic_ns()}"
+        async with longrun.AsyncClient(auth_server.url, token=TOKEN) as client:
+            first = await client.submit("echo", {"a": 1}, idempotency_key=key)
+            again = await client.submit("echo", {"a": 1}, idempotency_key=key)
+            assert again.id == first.id
+        async with longrun.AsyncClient(auth_server.url) as anon:
+            with pytest.raises(longrun.Unauthorized):
+                await anon.submit("echo")
+
+    asyncio.run(main())

@@ -29,11 +29,14 @@ def follow_and_wait(url: str) -> Any:
         except longrun.RunFailed as e:
             print(e.value, e.status, e.problem)
             raise
+        except (longrun.Unauthorized, longrun.Forbidden) as e:
+            print(e.kind, e.status)
+            raise
 
 
 async def follow_async(url: str) -> List[str]:
     async with longrun.AsyncClient(url, idle_timeout=45.0, sse_fallback_after=10.0, headers={"x-a": "1"}) as client:
-        run = await client.submit("echo")
+        run = await client.submit("echo", {"a": 1}, idempotency_key="order-17")
         states = [event.state async for event in client.follow(run)]
         value: Any = await client.wait(run)
         print(value, await client.exists(run), (await client.cancel(run)).outcome)

@@ -542,18 +542,22 @@ impl Client {
         Ok(Run { inner })
     }
 
-    #[pyo3(signature = (object, args=None))]
+    #[pyo3(signature = (object, args=None, idempotency_key=None))]
     fn submit(
         &self,
         py: Python<'_>,
         object: &str,
         args: Option<&Bound<'_, PyAny>>,
+        idempotency_key: Option<String>,
     ) -> PyResult<Run> {
         let args = match args {
             Some(a) => py_to_json(a).or_raise(py)?,
             None => Value::Object(Default::default()),
         };
-        let inner = py.detach(|| self.inner.submit(object, args)).or_raise(py)?;
+        let options = longrun::SubmitOptions { idempotency_key };
+        let inner = py
+            .detach(|| self.inner.submit_with(object, args, options))
+            .or_raise(py)?;
         Ok(Run { inner })
     }
 
@@ -663,20 +667,22 @@ impl AsyncClient {
         Ok(Run { inner })
     }
 
-    #[pyo3(signature = (object, args=None))]
+    #[pyo3(signature = (object, args=None, idempotency_key=None))]
     fn submit<'py>(
         &self,
         py: Python<'py>,
         object: String,
         args: Option<&Bound<'py, PyAny>>,
+        idempotency_key: Option<String>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let args = match args {
             Some(a) => py_to_json(a).or_raise(py)?,
             None => Value::Object(Default::default()),
         };
+        let options = longrun::SubmitOptions { idempotency_key };
         let client = self.inner.clone();
         aio::future_into_py(py, async move {
-            let inner = client.submit(&object, args).await?;
+            let inner = client.submit_with(&object, args, options).await?;
             Ok(Run { inner })
         })
     }
