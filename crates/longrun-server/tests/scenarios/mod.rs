@@ -338,10 +338,12 @@ pub enum Kind {
     Transport,
     InvalidArgument,
     Server,
+    Unauthorized,
+    Forbidden,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 11] = [
         Kind::NotFound,
         Kind::Gone,
         Kind::Canceled,
@@ -351,6 +353,8 @@ impl Kind {
         Kind::Transport,
         Kind::InvalidArgument,
         Kind::Server,
+        Kind::Unauthorized,
+        Kind::Forbidden,
     ];
 
     /// The name scenario files use, which is the client's `ErrorKind::as_str`.
@@ -365,6 +369,8 @@ impl Kind {
             Kind::Transport => "Transport",
             Kind::InvalidArgument => "InvalidArgument",
             Kind::Server => "Server",
+            Kind::Unauthorized => "Unauthorized",
+            Kind::Forbidden => "Forbidden",
         }
     }
 
@@ -373,6 +379,8 @@ impl Kind {
         match status {
             404 => Kind::NotFound,
             410 => Kind::Gone,
+            401 => Kind::Unauthorized,
+            403 => Kind::Forbidden,
             400..=499 => Kind::InvalidArgument,
             500..=599 => Kind::Server,
             _ => Kind::Protocol,
