@@ -30,7 +30,8 @@ pub enum ErrorKind {
     /// The request was refused as invalid (400, 413, 415, 422), or a bad argument was given to
     /// the client itself (base URL, run URL).
     InvalidArgument,
-    /// The server failed or refused for its own reasons (5xx, e.g. shutting down).
+    /// The server failed or refused for its own reasons (5xx, e.g. shutting down), or said
+    /// "not now" (429, a tenant's limit): retrying later may succeed.
     Server,
     /// The server needs a token and got none it knows (401): give the client one.
     Unauthorized,
@@ -220,6 +221,8 @@ impl Error {
             },
             401 => Error::Unauthorized { problem },
             403 => Error::Forbidden { problem },
+            // A tenant's rate or follower limit: like a 503, it passes; a follow retries it.
+            429 | 500..=599 => Error::Server { status, problem },
             400..=499 => Error::InvalidArgument {
                 message: problem.as_ref().map_or_else(
                     || format!("the server refused the request ({status})"),
@@ -228,7 +231,6 @@ impl Error {
                 status: Some(status),
                 problem,
             },
-            500..=599 => Error::Server { status, problem },
             _ => Error::Protocol(format!("unexpected status {status} for {what}")),
         }
     }
@@ -236,5 +238,24 @@ impl Error {
     /// Errors a follow may retry (by reconnecting from its cursor).
     pub(crate) fn is_retryable(&self) -> bool {
         matches!(self, Error::Transport { .. } | Error::Server { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_kinds() {
+        let kind = |status| Error::from_status(status, None, "/x/y").kind();
+        assert_eq!(kind(401), ErrorKind::Unauthorized);
+        assert_eq!(kind(403), ErrorKind::Forbidden);
+        assert_eq!(kind(404), ErrorKind::NotFound);
+        assert_eq!(kind(410), ErrorKind::Gone);
+        assert_eq!(kind(422), ErrorKind::InvalidArgument);
+        assert_eq!(kind(429), ErrorKind::Server);
+        assert!(Error::from_status(429, None, "/x/y").is_retryable());
+        assert_eq!(kind(503), ErrorKind::Server);
+        assert_eq!(kind(302), ErrorKind::Protocol);
     }
 }

@@ -381,6 +381,7 @@ impl Kind {
             410 => Kind::Gone,
             401 => Kind::Unauthorized,
             403 => Kind::Forbidden,
+            429 => Kind::Server,
             400..=499 => Kind::InvalidArgument,
             500..=599 => Kind::Server,
             _ => Kind::Protocol,
