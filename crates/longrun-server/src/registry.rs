@@ -25,6 +25,9 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 use tokio::sync::watch;
 
+/// How long shutdown waits for the store to commit what is pending and close.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
 pub(crate) struct Registry {
     inner: Mutex<Inner>,
     /// Every run's driver task, so shutdown can wait for all of them.
@@ -217,7 +220,17 @@ impl Registry {
     /// calls it last, so the file is free for another server once it returns).
     pub async fn close(&self) {
         if let Some(journal) = &self.journal {
-            journal.close().await;
+            // A store that cannot be reached (a database that is down) does not hold the
+            // process: what it has not committed was never acknowledged nor shown.
+            if tokio::time::timeout(CLOSE_WAIT, journal.close())
+                .await
+                .is_err()
+            {
+                tracing::error!(
+                    "the store did not close within {CLOSE_WAIT:?}; events it had not committed \
+                     (never shown to anyone) are lost"
+                );
+            }
         }
     }
 

@@ -124,9 +124,25 @@ pub(crate) enum Loaded {
 /// The handle the server holds: the journal's queue, and the reading connection.
 pub(crate) struct Handle {
     journal: mpsc::UnboundedSender<Command>,
-    reader: Arc<Client>,
+    reader: Arc<Reader>,
     shared: Arc<Shared>,
 }
+
+/// The reading (and listening) connection, replaced when it is lost.
+struct Reader(Mutex<Arc<Client>>);
+
+impl Reader {
+    fn get(&self) -> Arc<Client> {
+        lock(&self.0).clone()
+    }
+
+    fn set(&self, client: Client) {
+        *lock(&self.0) = Arc::new(client);
+    }
+}
+
+/// How long to wait before connecting again after a lost connection.
+const RECONNECT: Duration = Duration::from_secs(1);
 
 /// What the connections' tasks and the server share.
 struct Shared {
@@ -241,8 +257,8 @@ impl Handle {
     /// Read a run (or its tombstone) that this replica does not hold.
     pub async fn load(&self, id: RunId) -> Result<Option<Loaded>, String> {
         let key = id.to_string();
-        let row = self
-            .reader
+        let reader = self.reader.get();
+        let row = reader
             .query_opt(
                 "SELECT seq, object, retention_ms, tenant FROM longrun.runs WHERE id = $1",
                 &[&key],
@@ -251,8 +267,7 @@ impl Handle {
             .map_err(|e| pg_error(&e))?;
         if let Some(row) = row {
             let seq: i64 = row.get(0);
-            let events = self
-                .reader
+            let events = reader
                 .query(
                     "SELECT event FROM longrun.events WHERE run = $1 ORDER BY id",
                     &[&seq],
@@ -270,8 +285,7 @@ impl Handle {
                 }));
             }
         }
-        let tomb = self
-            .reader
+        let tomb = reader
             .query_opt(
                 "SELECT object, tenant FROM longrun.tombstones WHERE id = $1",
                 &[&key],
@@ -290,6 +304,7 @@ impl Handle {
         let since = now_ms() - ttl.as_millis() as i64;
         let row = self
             .reader
+            .get()
             .query_opt(
                 "SELECT fingerprint, run, object, created_ms FROM longrun.idempotency \
                  WHERE scope = $1 AND key = $2 AND created_ms > $3",
@@ -311,12 +326,12 @@ impl Handle {
     /// it was loaded (a notification before this would have found no mirror).
     pub async fn watch(&self, run: &Arc<Run>, seq: i64) {
         lock(&self.shared.mirrors).insert(run.id, (seq, Arc::downgrade(run)));
-        refresh(&self.shared, &self.reader, &[run.id]).await;
+        refresh(&self.shared, &self.reader.get(), &[run.id]).await;
     }
 
     /// Read the new events of `run` now (a cancel that found it ended wants its end).
     pub async fn refresh(&self, run: &Run) {
-        refresh(&self.shared, &self.reader, &[run.id]).await;
+        refresh(&self.shared, &self.reader.get(), &[run.id]).await;
     }
 
     /// Record a stop request for a run another replica executes; false when it has ended
@@ -324,6 +339,7 @@ impl Handle {
     pub async fn cancel(&self, id: RunId, reason: CancelReason) -> Result<bool, String> {
         let rows = self
             .reader
+            .get()
             .query(
                 "WITH u AS (UPDATE longrun.runs SET stop = COALESCE(stop, $2) \
                  WHERE id = $1 AND ended_ms IS NULL RETURNING id) \
@@ -395,32 +411,26 @@ async fn refresh(shared: &Shared, reader: &Client, ids: &[RunId]) {
 
 type Background = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
-async fn start(url: &str, limits: Limits) -> Result<(Handle, Background), String> {
-    let where_ = redact(url);
-    let (mut writer, conn) = tokio_postgres::connect(url, NoTls)
-        .await
-        .map_err(|e| format!("{where_}: {}", pg_error(&e)))?;
+/// Connect the journal's connection (its driver logs a failure; the journal notices it on
+/// its next statement and connects again).
+async fn connect_writer(url: &str) -> Result<Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::error!(error = %pg_error(&e), "the journal's Postgres connection failed");
         }
     });
-    migrate(&mut writer)
-        .await
-        .map_err(|e| format!("{where_}: {e}"))?;
-    let replica = uuid::Uuid::new_v4().to_string();
-    let shared = Arc::new(Shared {
-        replica,
-        mirrors: Mutex::new(HashMap::new()),
-        owned: Mutex::new(HashMap::new()),
-        pending: Mutex::new(Pending::default()),
-        wake: Notify::new(),
-    });
-    let (reader, mut conn) = tokio_postgres::connect(url, NoTls)
-        .await
-        .map_err(|e| format!("{where_}: {}", pg_error(&e)))?;
+    Ok(client)
+}
+
+/// Connect the reading connection and LISTEN; the task ends when the connection does.
+async fn connect_reader(
+    url: &str,
+    shared: &Arc<Shared>,
+) -> Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
+    let (client, mut conn) = tokio_postgres::connect(url, NoTls).await?;
     let listening = shared.clone();
-    tokio::spawn(async move {
+    let driver = tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
         while let Some(message) = messages.next().await {
             match message {
@@ -433,11 +443,60 @@ async fn start(url: &str, limits: Limits) -> Result<(Handle, Background), String
             }
         }
     });
-    reader
+    client
         .batch_execute("LISTEN longrun_events; LISTEN longrun_stops;")
+        .await?;
+    Ok((client, driver))
+}
+
+/// Keep the reading connection: when it is lost, connect again, LISTEN again, and read every
+/// mirror (what was notified meanwhile was missed).
+async fn keep_reader(
+    url: String,
+    shared: Arc<Shared>,
+    reader: Arc<Reader>,
+    mut driver: tokio::task::JoinHandle<()>,
+) {
+    loop {
+        let _ = (&mut driver).await;
+        tracing::warn!("the Postgres listening connection is gone; connecting again");
+        loop {
+            tokio::time::sleep(RECONNECT).await;
+            match connect_reader(&url, &shared).await {
+                Ok((client, next)) => {
+                    reader.set(client);
+                    driver = next;
+                    break;
+                }
+                Err(e) => tracing::error!(error = %pg_error(&e), "cannot connect to Postgres"),
+            }
+        }
+        tracing::info!("the Postgres listening connection is back");
+        let all: Vec<RunId> = lock(&shared.mirrors).keys().copied().collect();
+        refresh(&shared, &reader.get(), &all).await;
+    }
+}
+
+async fn start(url: &str, limits: Limits) -> Result<(Handle, Background), String> {
+    let where_ = redact(url);
+    let mut writer = connect_writer(url)
         .await
         .map_err(|e| format!("{where_}: {}", pg_error(&e)))?;
-    let reader = Arc::new(reader);
+    migrate(&mut writer)
+        .await
+        .map_err(|e| format!("{where_}: {e}"))?;
+    let replica = uuid::Uuid::new_v4().to_string();
+    let shared = Arc::new(Shared {
+        replica,
+        mirrors: Mutex::new(HashMap::new()),
+        owned: Mutex::new(HashMap::new()),
+        pending: Mutex::new(Pending::default()),
+        wake: Notify::new(),
+    });
+    let (reader, driver) = connect_reader(url, &shared)
+        .await
+        .map_err(|e| format!("{where_}: {}", pg_error(&e)))?;
+    let reader = Arc::new(Reader(Mutex::new(Arc::new(reader))));
     renew(&writer, &shared, &limits)
         .await
         .map_err(|e| format!("{where_}: {}", pg_error(&e)))?;
@@ -450,11 +509,14 @@ async fn start(url: &str, limits: Limits) -> Result<(Handle, Background), String
         reader: reader.clone(),
         shared: shared.clone(),
     };
+    let url = url.to_owned();
     let background = Box::pin(async move {
         let notes = notes(shared.clone(), reader.clone());
+        let kept = keep_reader(url.clone(), shared.clone(), reader.clone(), driver);
         tokio::select! {
-            _ = write(writer, rx, shared, reader, limits) => {}
+            _ = write(url, writer, rx, shared, reader, limits) => {}
             _ = notes => {}
+            _ = kept => {}
         }
     });
     Ok((handle, background))
@@ -687,7 +749,7 @@ async fn maintain(
 }
 
 /// Act on notifications: read mirrors that others appended to, stop runs others canceled.
-async fn notes(shared: Arc<Shared>, reader: Arc<Client>) {
+async fn notes(shared: Arc<Shared>, reader: Arc<Reader>) {
     loop {
         shared.wake.notified().await;
         let pending = std::mem::take(&mut *lock(&shared.pending));
@@ -696,7 +758,7 @@ async fn notes(shared: Arc<Shared>, reader: Arc<Client>) {
         }
         let ids: Vec<RunId> = pending.events.into_iter().collect();
         if !ids.is_empty() {
-            refresh(&shared, &reader, &ids).await;
+            refresh(&shared, &reader.get(), &ids).await;
         }
     }
 }
@@ -705,13 +767,14 @@ async fn notes(shared: Arc<Shared>, reader: Arc<Client>) {
 /// the lease and maintain the database every third of the lease. Ends when the server drops
 /// its handle.
 async fn write(
+    url: String,
     mut client: Client,
     mut rx: mpsc::UnboundedReceiver<Command>,
     shared: Arc<Shared>,
-    reader: Arc<Client>,
+    reader: Arc<Reader>,
     limits: Limits,
 ) {
-    let st = match Statements::prepare(&client).await {
+    let mut st = match Statements::prepare(&client).await {
         Ok(st) => st,
         Err(e) => {
             tracing::error!(error = %pg_error(&e), "could not prepare the journal's statements");
@@ -732,6 +795,9 @@ async fn write(
                     None => break,
                 },
                 _ = tick.tick() => {
+                    if client.is_closed() {
+                        (client, st) = reconnect(&url).await;
+                    }
                     if let Err(e) = renew(&client, &shared, &limits).await {
                         tracing::error!(error = %pg_error(&e), "could not renew this replica's lease");
                     }
@@ -740,7 +806,7 @@ async fn write(
                     }
                     // The safety net for a lost notification.
                     let all: Vec<RunId> = lock(&shared.mirrors).keys().copied().collect();
-                    refresh(&shared, &reader, &all).await;
+                    refresh(&shared, &reader.get(), &all).await;
                     continue;
                 }
             }
@@ -761,7 +827,12 @@ async fn write(
             }
             Err(e) => {
                 failed(batch, &pg_error(&e), &mut retry);
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                if client.is_closed() {
+                    // What was taken is written again on the new connection.
+                    (client, st) = reconnect(&url).await;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             }
         }
     }
@@ -775,6 +846,25 @@ async fn write(
     drop(client);
     for ack in close {
         let _ = ack.send(());
+    }
+}
+
+/// Connect the journal again after its connection was lost, however long it takes (submits
+/// answer 503 meanwhile, appended events wait, invisible).
+async fn reconnect(url: &str) -> (Client, Statements) {
+    tracing::warn!("the journal's Postgres connection is gone; connecting again");
+    loop {
+        tokio::time::sleep(RECONNECT).await;
+        match connect_writer(url).await {
+            Ok(client) => match Statements::prepare(&client).await {
+                Ok(st) => {
+                    tracing::info!("the journal's Postgres connection is back");
+                    return (client, st);
+                }
+                Err(e) => tracing::error!(error = %pg_error(&e), "cannot prepare statements"),
+            },
+            Err(e) => tracing::error!(error = %pg_error(&e), "cannot connect to Postgres"),
+        }
     }
 }
 
