@@ -51,10 +51,18 @@ pub enum ProblemKind {
     TooManyFollowers,
     /// 503: the server could not write the run to its durable store.
     StoreUnavailable,
+    /// 422: a worker node registration is not valid (spec §25).
+    InvalidNode,
+    /// 422: a worker node did not answer its health check at registration.
+    NodeUnreachable,
+    /// 404: no worker node of this id.
+    NodeNotFound,
+    /// 409: a node service topic is a local object, or served by another exclusion group.
+    TopicTaken,
 }
 
 impl ProblemKind {
-    pub const ALL: [ProblemKind; 22] = [
+    pub const ALL: [ProblemKind; 26] = [
         ProblemKind::RateLimited,
         ProblemKind::InvalidIdempotencyKey,
         ProblemKind::IdempotencyKeyReused,
@@ -77,6 +85,10 @@ impl ProblemKind {
         ProblemKind::ShuttingDown,
         ProblemKind::TooManyFollowers,
         ProblemKind::StoreUnavailable,
+        ProblemKind::InvalidNode,
+        ProblemKind::NodeUnreachable,
+        ProblemKind::NodeNotFound,
+        ProblemKind::TopicTaken,
     ];
 
     pub fn slug(self) -> &'static str {
@@ -103,6 +115,10 @@ impl ProblemKind {
             ProblemKind::ShuttingDown => "shutting-down",
             ProblemKind::TooManyFollowers => "too-many-followers",
             ProblemKind::StoreUnavailable => "store-unavailable",
+            ProblemKind::InvalidNode => "invalid-node",
+            ProblemKind::NodeUnreachable => "node-unreachable",
+            ProblemKind::NodeNotFound => "node-not-found",
+            ProblemKind::TopicTaken => "topic-taken",
         }
     }
 
@@ -116,13 +132,19 @@ impl ProblemKind {
             ProblemKind::Unauthorized => 401,
             ProblemKind::Forbidden => 403,
             ProblemKind::RateLimited => 429,
-            ProblemKind::NotFound | ProblemKind::UnknownObject | ProblemKind::RunNotFound => 404,
+            ProblemKind::NotFound
+            | ProblemKind::UnknownObject
+            | ProblemKind::RunNotFound
+            | ProblemKind::NodeNotFound => 404,
             ProblemKind::MethodNotAllowed => 405,
-            ProblemKind::RunEnded => 409,
+            ProblemKind::RunEnded | ProblemKind::TopicTaken => 409,
             ProblemKind::RunGone => 410,
             ProblemKind::BodyTooLarge => 413,
             ProblemKind::UnsupportedMediaType => 415,
-            ProblemKind::InvalidArguments | ProblemKind::IdempotencyKeyReused => 422,
+            ProblemKind::InvalidArguments
+            | ProblemKind::IdempotencyKeyReused
+            | ProblemKind::InvalidNode
+            | ProblemKind::NodeUnreachable => 422,
             ProblemKind::TooManyRuns
             | ProblemKind::ShuttingDown
             | ProblemKind::TooManyFollowers
@@ -154,6 +176,10 @@ impl ProblemKind {
             ProblemKind::ShuttingDown => "The server is shutting down",
             ProblemKind::TooManyFollowers => "The run or the server has too many followers",
             ProblemKind::StoreUnavailable => "The server could not store the run",
+            ProblemKind::InvalidNode => "The node registration is not valid",
+            ProblemKind::NodeUnreachable => "The node did not answer its health check",
+            ProblemKind::NodeNotFound => "No such node",
+            ProblemKind::TopicTaken => "The topic is taken",
         }
     }
 

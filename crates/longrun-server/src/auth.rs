@@ -410,6 +410,20 @@ impl Caller {
         }
     }
 
+    /// 403 unless the caller has the admin scope (an open server lets everyone in).
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        match &self.0 {
+            Some(t) if !t.admin => Err(ApiError::new(
+                ProblemKind::Forbidden,
+                format!(
+                    "tenant {:?} may not manage worker nodes (admin scope)",
+                    t.name
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// 429 when the tenant submits faster than its rate allows; `Retry-After` says when the
     /// next one would be let in.
     pub fn admit_submit(&self) -> Result<(), ApiError> {

@@ -149,6 +149,7 @@ pub struct ObjectOptions {
     pub retention: Option<Duration>,
 }
 
+#[derive(Clone)]
 pub(crate) struct Object {
     pub handler: Arc<dyn Handler>,
     pub options: ObjectOptions,

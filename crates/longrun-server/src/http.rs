@@ -30,6 +30,18 @@ pub fn app(server: Server) -> Router {
     let router = Router::new()
         .route("/_health", get(health))
         .route("/_openapi.json", get(openapi))
+        .route(
+            "/_nodes",
+            get(crate::nodes::list).post(crate::nodes::register),
+        )
+        .route(
+            "/_nodes/{id}",
+            get(crate::nodes::show).delete(crate::nodes::remove),
+        )
+        .route(
+            "/_nodes/{node}/runs/{id}/events",
+            post(crate::nodes::progress),
+        )
         .route("/{object}", post(submit))
         .route("/{object}/", post(submit))
         .route(
@@ -222,7 +234,7 @@ async fn openapi() -> Response {
         .into_response()
 }
 
-fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Response {
+pub(crate) fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Response {
     let body = serde_json::to_vec(value).expect("wire types always serialize");
     (
         status,
@@ -239,7 +251,7 @@ async fn submit(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let Some(obj) = server.objects.get(&object) else {
+    let Some(obj) = server.object(&object) else {
         let err = ApiError::new(
             ProblemKind::UnknownObject,
             format!("no object is named {object:?}"),
@@ -308,7 +320,7 @@ async fn submit(
                 }
             }
         }
-        match create(&server, &caller, &object, obj, args.clone(), idem.clone()).await {
+        match create(&server, &caller, &object, &obj, args.clone(), idem.clone()).await {
             Ok(run) => {
                 if let Some(guard) = guard {
                     guard.stored();
@@ -518,7 +530,11 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 
 /// Read the body within the limit and parse it; an empty (or blank) body means `{}`. A body
 /// over the limit is refused with 413 after the rest of it is discarded ([`refuse_body`]).
-async fn read_args(server: &Server, headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
+pub(crate) async fn read_args(
+    server: &Server,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Value, ApiError> {
     let limit = server.config.body_limit;
     let too_large = || {
         ApiError::new(
@@ -591,7 +607,7 @@ pub(crate) async fn lookup(
     object: &str,
     id: &str,
 ) -> Result<Arc<Run>, ApiError> {
-    if !server.objects.contains_key(object) {
+    if !server.objects.contains_key(object) && !server.nodes.knows(object) {
         return Err(ApiError::new(
             ProblemKind::UnknownObject,
             format!("no object is named {object:?}"),

@@ -21,6 +21,7 @@ pub mod exec;
 mod follow;
 mod handler;
 mod http;
+mod nodes;
 mod registry;
 mod run;
 mod store;
@@ -34,6 +35,7 @@ pub use auth::Auth;
 pub use config::Config;
 pub use handler::{Handler, HandlerResult, ObjectOptions, RunContext, RunError};
 pub use http::app;
+pub use nodes::NodeSettings;
 pub use store::{DEFAULT_LEASE, StoreConfig};
 
 use handler::Object;
@@ -47,6 +49,8 @@ pub struct Server {
     pub(crate) objects: Arc<BTreeMap<String, Object>>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) conns: Arc<conn::Connections>,
+    /// The registered worker nodes (spec §25), in memory.
+    pub(crate) nodes: Arc<nodes::Nodes>,
     /// The tenants and tokens, when the server has an auth file; replaced whole on reload.
     auth: Arc<RwLock<Option<Arc<Auth>>>>,
 }
@@ -71,6 +75,14 @@ impl Server {
         *self.auth.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(auth));
     }
 
+    /// The object of this name: a registered one, or a worker node service (spec §25).
+    pub(crate) fn object(&self, name: &str) -> Option<Object> {
+        match self.objects.get(name) {
+            Some(obj) => Some(obj.clone()),
+            None => self.nodes.object(name),
+        }
+    }
+
     /// The registered object names, sorted.
     pub fn object_names(&self) -> impl Iterator<Item = &str> {
         self.objects.keys().map(String::as_str)
@@ -85,6 +97,7 @@ impl Server {
     /// Cancel every active run (reason `shutdown`) and wait until all have ended. New
     /// submits are refused from the moment this is called. `serve` calls it on shutdown.
     pub async fn shutdown(&self) {
+        self.nodes.stop_all();
         self.registry.shutdown().await;
         self.registry.close().await;
     }
@@ -98,6 +111,7 @@ pub struct ServerBuilder {
     /// Names registered more than once, in the order seen: `build` refuses them.
     duplicates: Vec<String>,
     auth: Option<Auth>,
+    nodes: NodeSettings,
 }
 
 /// Why [`ServerBuilder::build`] refused to build a server.
@@ -136,6 +150,12 @@ impl ServerBuilder {
     /// Require a tenant's token on every run route (without, the server is open).
     pub fn auth(mut self, auth: Auth) -> Self {
         self.auth = Some(auth);
+        self
+    }
+
+    /// Health checking and dispatch timings of worker nodes (spec §25).
+    pub fn nodes(mut self, settings: NodeSettings) -> Self {
+        self.nodes = settings;
         self
     }
 
@@ -224,6 +244,7 @@ impl ServerBuilder {
             objects: Arc::new(self.objects),
             registry: Arc::new(registry),
             conns: Arc::new(conn::Connections::new()),
+            nodes: Arc::new(nodes::Nodes::new(self.nodes)),
             auth: Arc::new(RwLock::new(self.auth.map(Arc::new))),
         })
     }
@@ -252,8 +273,15 @@ pub async fn serve(
     loop {
         use axum::serve::Listener as _;
         tokio::select! {
-            (io, _addr) = listener.accept() => {
+            (io, addr) = listener.accept() => {
                 let service = hyper_util::service::TowerToHyperService::new(router.clone());
+                // The peer's address, for a node registering without a host (spec §25.1).
+                let service = hyper::service::service_fn(
+                    move |mut req: hyper::Request<hyper::body::Incoming>| {
+                        req.extensions_mut().insert(axum::extract::ConnectInfo(addr));
+                        hyper::service::Service::call(&service, req)
+                    },
+                );
                 let conn = http.serve_connection(hyper_util::rt::TokioIo::new(io), service);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {

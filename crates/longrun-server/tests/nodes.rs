@@ -1,0 +1,630 @@
+//! Worker nodes (spec §25) with real worker processes: `examples/worker-python/worker.py` on
+//! ephemeral ports. Synchronisation is by observable events (the worker's stdout, a run's
+//! events, the worker's own `/_seen` and `/_closed/…` answers, a node's status), never by
+//! sleeping.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::TestServer;
+use longrun_server::auth::token_hash;
+use longrun_server::{Auth, NodeSettings, Server};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+fn worker_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/worker-python/worker.py")
+}
+
+/// A worker process; killed when dropped.
+struct Worker {
+    child: Child,
+    port: u16,
+    /// The node id, when it registered itself.
+    id: Option<String>,
+    /// The rest of its stdout.
+    _out: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Worker {
+    async fn start(server: Option<&TestServer>, extra: &[&str]) -> Worker {
+        let mut cmd = Command::new("python3");
+        cmd.arg(worker_script())
+            .args(extra)
+            .stdout(Stdio::piped())
+            .kill_on_drop(true);
+        match server {
+            Some(s) => cmd.arg("--server").arg(&s.base),
+            None => cmd.arg("--no-register"),
+        };
+        let mut child = cmd.spawn().expect("python3 runs");
+        let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = out
+            .next_line()
+            .await
+            .unwrap()
+            .expect("the worker says its port");
+        let port = line
+            .strip_prefix("listening on ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        let id = match server {
+            Some(_) => {
+                let line = out
+                    .next_line()
+                    .await
+                    .unwrap()
+                    .expect("the worker registers");
+                Some(
+                    line.strip_prefix("registered ")
+                        .unwrap_or_else(|| panic!("unexpected line {line:?}"))
+                        .to_owned(),
+                )
+            }
+            None => None,
+        };
+        Worker {
+            child,
+            port,
+            id,
+            _out: out,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn id(&self) -> &str {
+        self.id.as_deref().unwrap()
+    }
+
+    async fn seen(&self) -> Vec<String> {
+        let v: Value = get_json(self.url("/_seen")).await;
+        v["seen"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    async fn kill(&mut self) {
+        self.child.kill().await.unwrap();
+    }
+}
+
+/// Fast health checks, for the tests that watch status changes.
+fn fast() -> NodeSettings {
+    NodeSettings {
+        health_interval: Duration::from_millis(20),
+        health_timeout: Duration::from_secs(2),
+        health_failures: 2,
+        dispatch_timeout: Duration::from_secs(30),
+    }
+}
+
+async fn server_with(settings: NodeSettings) -> TestServer {
+    TestServer::start(Server::builder().demo().nodes(settings)).await
+}
+
+async fn node(server: &TestServer, id: &str) -> Value {
+    let res = reqwest::get(server.url(&format!("/_nodes/{id}")))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    res.json().await.unwrap()
+}
+
+/// Wait (by polling the record, bounded by the test's own deadline) until the node is in
+/// `status`.
+async fn wait_status(server: &TestServer, id: &str, status: &str) -> Value {
+    let until = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let record = node(server, id).await;
+        if record["status"] == status {
+            return record;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "node never became {status}: {record}"
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn last(events: &[Value]) -> (&str, &Value) {
+    let e = events.last().unwrap();
+    (e["state"].as_str().unwrap(), &e["value"])
+}
+
+async fn get_json(url: String) -> Value {
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
+async fn delete(url: String) -> reqwest::Response {
+    reqwest::Client::new().delete(url).send().await.unwrap()
+}
+
+async fn post(url: String, body: Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn assert_problem(res: reqwest::Response, status: u16, slug: &str) {
+    assert_eq!(res.status(), status);
+    let p: Value = res.json().await.unwrap();
+    assert_eq!(p["type"], format!("urn:longrun:problem:{slug}"), "{p}");
+    assert_eq!(p["status"], status);
+}
+
+/// Follow `path` until a `running` event whose value has `message`.
+async fn wait_event(server: &TestServer, path: &str, message: &str) -> Vec<Value> {
+    let client = reqwest::Client::new();
+    let mut all: Vec<Value> = Vec::new();
+    loop {
+        let mut req = client.get(server.url(path)).query(&[("wait", "60")]);
+        if let Some(last) = all.last() {
+            req = req.header("last-event-id", last["id"].to_string());
+        }
+        let batch: Vec<Value> = req.send().await.unwrap().json().await.unwrap();
+        all.extend(batch);
+        if all.iter().any(|e| e["value"]["message"] == message) {
+            return all;
+        }
+        let state = all.last().unwrap()["state"].as_str().unwrap().to_owned();
+        assert!(
+            !["success", "error", "canceled"].contains(&state.as_str()),
+            "ended before {message:?}: {all:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn registration_answers_201_and_the_record_shows_the_node() {
+    let server = server_with(NodeSettings::default()).await;
+    let w = Worker::start(None, &[]).await;
+    let res = post(
+        server.url("/_nodes"),
+        json!({
+            "port": w.port,
+            "services": [{"topic": "up", "group": "g", "path": "/upper", "timeout": 5}],
+            "slots": [{"topic": "news", "path": "/upper", "timeout": 5}],
+            "concurrency": 4,
+        }),
+    )
+    .await;
+    assert_eq!(res.status(), 201);
+    let location = res.headers()["location"].to_str().unwrap().to_owned();
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["status"], "ok");
+    let id = body["id"].as_str().unwrap();
+    assert_eq!(location, format!("/_nodes/{id}"));
+
+    let record = node(&server, id).await;
+    assert_eq!(record["id"], id);
+    // No host given: the peer's address.
+    assert_eq!(record["host"], "127.0.0.1");
+    assert_eq!(record["port"], w.port);
+    assert_eq!(record["health_check"], "/health");
+    assert_eq!(record["concurrency"], 4);
+    assert_eq!(record["status"], "ok");
+    assert_eq!(record["services"][0]["topic"], "up");
+    assert_eq!(record["services"][0]["group"], "g");
+    assert_eq!(record["slots"][0]["topic"], "news");
+    assert_eq!(record["health"]["last"][0]["ok"], true);
+
+    let list: Value = get_json(server.url("/_nodes")).await;
+    assert_eq!(list["nodes"].as_array().unwrap().len(), 1);
+    assert_eq!(list["nodes"][0]["id"], id);
+
+    // The service is an object now.
+    let run = server.submit("up", json!({"text": "abc"})).await;
+    let events = server.events(&run).await;
+    assert_eq!(events[0]["state"], "queued");
+    assert_eq!(last(&events), ("success", &json!({"text": "ABC"})));
+
+    let res = delete(server.url(&location)).await;
+    assert_eq!(res.status(), 200);
+    let res = reqwest::get(server.url(&location)).await.unwrap();
+    assert_problem(res, 404, "node-not-found").await;
+    // Gone from dispatch: the topic is no object any more, but its runs stay readable.
+    let res = post(server.url("/up"), json!({})).await;
+    assert_problem(res, 404, "unknown-object").await;
+    let res = reqwest::get(server.url(&run)).await.unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+#[tokio::test]
+async fn a_node_that_does_not_answer_its_health_path_is_not_registered() {
+    let server = server_with(NodeSettings::default()).await;
+    let w = Worker::start(None, &[]).await;
+    // A health path that answers 404, and a port where nothing listens.
+    let unused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    for (port, health) in [(w.port, "/nope"), (unused, "/health")] {
+        let res = post(
+            server.url("/_nodes"),
+            json!({"port": port, "health_check": health,
+                   "services": [{"topic": "up", "group": "g", "path": "/upper", "timeout": 5}]}),
+        )
+        .await;
+        assert_problem(res, 422, "node-unreachable").await;
+    }
+    let list: Value = get_json(server.url("/_nodes")).await;
+    assert_eq!(list["nodes"], json!([]));
+    let res = post(server.url("/up"), json!({})).await;
+    assert_problem(res, 404, "unknown-object").await;
+}
+
+#[tokio::test]
+async fn bad_registrations_are_problems() {
+    let server = server_with(NodeSettings::default()).await;
+    let w = Worker::start(None, &[]).await;
+    let svc = |topic: &str| json!({"topic": topic, "group": "g", "path": "/upper", "timeout": 5});
+    let cases = [
+        (json!("not an object"), 400, "invalid-json"),
+        (json!({"services": []}), 400, "invalid-json"),
+        (
+            json!({"port": 0, "services": [svc("a")]}),
+            422,
+            "invalid-node",
+        ),
+        (
+            json!({"port": 70000, "services": [svc("a")]}),
+            422,
+            "invalid-node",
+        ),
+        (
+            json!({"port": -1, "services": [svc("a")]}),
+            422,
+            "invalid-node",
+        ),
+        (
+            json!({"port": w.port, "services": [{"topic": "a", "path": "/upper", "timeout": 5}]}),
+            422,
+            "invalid-node",
+        ),
+        (
+            json!({"port": w.port, "services": [{"topic": "a", "group": "g", "path": "/upper", "timeout": 0}]}),
+            422,
+            "invalid-node",
+        ),
+        (
+            json!({"port": w.port, "services": [{"topic": "a", "group": "g", "path": "/upper", "timeout": -3}]}),
+            422,
+            "invalid-node",
+        ),
+        (
+            json!({"port": w.port, "services": [svc("a.*")]}),
+            422,
+            "invalid-node",
+        ),
+        (
+            json!({"port": w.port, "services": [svc("_nodes")]}),
+            422,
+            "invalid-node",
+        ),
+        (
+            json!({"port": w.port, "services": [svc("a"), svc("a")]}),
+            422,
+            "invalid-node",
+        ),
+        (
+            json!({"port": w.port, "services": [{"topic": "a", "group": "g", "path": "upper", "timeout": 5}]}),
+            422,
+            "invalid-node",
+        ),
+        (
+            json!({"port": w.port, "health_check": "health", "services": []}),
+            422,
+            "invalid-node",
+        ),
+        (
+            json!({"port": w.port, "concurrency": 0, "services": []}),
+            422,
+            "invalid-node",
+        ),
+        // A local object.
+        (
+            json!({"port": w.port, "services": [svc("echo")]}),
+            409,
+            "topic-taken",
+        ),
+    ];
+    for (body, status, slug) in cases {
+        let res = post(server.url("/_nodes"), body.clone()).await;
+        assert_eq!(res.status(), status, "{body}");
+        assert_problem(res, status, slug).await;
+    }
+    // A topic served by one group cannot be served by another.
+    let ok = post(
+        server.url("/_nodes"),
+        json!({"port": w.port, "services": [svc("a")]}),
+    )
+    .await;
+    assert_eq!(ok.status(), 201);
+    let other = json!({"port": w.port, "services": [{"topic": "a", "group": "h", "path": "/upper", "timeout": 5}]});
+    assert_problem(post(server.url("/_nodes"), other).await, 409, "topic-taken").await;
+    let list: Value = get_json(server.url("/_nodes")).await;
+    assert_eq!(list["nodes"].as_array().unwrap().len(), 1);
+    // Unknown nodes.
+    let res = delete(server.url("/_nodes/nope")).await;
+    assert_problem(res, 404, "node-not-found").await;
+}
+
+#[tokio::test]
+async fn an_exclusion_group_of_three_handles_each_run_exactly_once() {
+    let server = server_with(NodeSettings::default()).await;
+    let mut workers = Vec::new();
+    for _ in 0..3 {
+        workers.push(Worker::start(Some(&server), &[]).await);
+    }
+    let mut runs = Vec::new();
+    for i in 0..60 {
+        runs.push(
+            server
+                .submit("upper", json!({"text": format!("r{i}")}))
+                .await,
+        );
+    }
+    let mut expected = BTreeSet::new();
+    for (i, run) in runs.iter().enumerate() {
+        let events = server.events(run).await;
+        assert_eq!(
+            last(&events),
+            ("success", &json!({"text": format!("R{i}")}))
+        );
+        expected.insert(run.rsplit('/').next().unwrap().to_owned());
+    }
+    let mut all = Vec::new();
+    let mut per_worker = Vec::new();
+    for w in &workers {
+        let seen = w.seen().await;
+        per_worker.push(seen.len());
+        all.extend(seen);
+    }
+    assert_eq!(all.len(), 60, "each run dispatched once: {per_worker:?}");
+    let distinct: BTreeSet<String> = all.into_iter().collect();
+    assert_eq!(distinct, expected);
+}
+
+#[tokio::test]
+async fn success_error_and_progress_map_to_events() {
+    let server = server_with(NodeSettings::default()).await;
+    let _w = Worker::start(Some(&server), &[]).await;
+
+    let run = server.submit("upper", json!({"fail": true})).await;
+    let events = server.events(&run).await;
+    let (state, value) = last(&events);
+    assert_eq!(state, "error");
+    assert_eq!(value["message"], "asked to fail");
+    assert_eq!(value["code"], 500);
+    assert_eq!(value["data"]["input"], json!({"fail": true}));
+
+    let run = server.submit("slow", json!({"steps": 3})).await;
+    let events = server.events(&run).await;
+    let running: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["state"] == "running")
+        .map(|e| &e["value"])
+        .collect();
+    assert_eq!(
+        running,
+        vec![
+            &json!({"progress": 1.0 / 3.0, "message": "step 1"}),
+            &json!({"progress": 2.0 / 3.0, "message": "step 2"}),
+            &json!({"progress": 1.0, "message": "step 3"}),
+        ]
+    );
+    assert_eq!(last(&events), ("success", &json!({"steps": 3})));
+
+    // A callback for a run the node does not hold, or from an unknown node.
+    let id = run.rsplit('/').next().unwrap();
+    let res = post(
+        server.url(&format!("/_nodes/{}/runs/{id}/events", _w.id())),
+        json!({}),
+    )
+    .await;
+    assert_problem(res, 404, "run-not-found").await;
+    let res = post(
+        server.url(&format!("/_nodes/nope/runs/{id}/events")),
+        json!({}),
+    )
+    .await;
+    assert_problem(res, 404, "node-not-found").await;
+}
+
+#[tokio::test]
+async fn the_service_timeout_closes_the_connection_and_cancels_with_deadline() {
+    let server = server_with(NodeSettings::default()).await;
+    let w = Worker::start(Some(&server), &["--timeout", "0.5"]).await;
+    let run = server
+        .submit("slow", json!({"steps": 0, "hang": true}))
+        .await;
+    let events = server.events(&run).await;
+    assert_eq!(last(&events), ("canceled", &json!({"reason": "deadline"})));
+    let id = run.rsplit('/').next().unwrap();
+    let res = reqwest::get(w.url(&format!("/_closed/{id}")))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "the worker saw its connection close");
+}
+
+#[tokio::test]
+async fn cancel_closes_the_connection() {
+    let server = server_with(NodeSettings::default()).await;
+    let w = Worker::start(Some(&server), &[]).await;
+    let run = server
+        .submit("slow", json!({"steps": 0, "hang": true}))
+        .await;
+    wait_event(&server, &run, "hanging").await;
+    let res = delete(server.url(&run)).await;
+    assert_eq!(res.status(), 202);
+    let events = server.events(&run).await;
+    assert_eq!(last(&events), ("canceled", &json!({"reason": "client"})));
+    let id = run.rsplit('/').next().unwrap();
+    let res = reqwest::get(w.url(&format!("/_closed/{id}")))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    // Nothing in flight any more.
+    assert_eq!(node(&server, w.id()).await["in_flight"], 0);
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_run_ends_the_run_as_error() {
+    let server = server_with(NodeSettings::default()).await;
+    let mut w = Worker::start(Some(&server), &[]).await;
+    let run = server
+        .submit("slow", json!({"steps": 0, "hang": true}))
+        .await;
+    wait_event(&server, &run, "hanging").await;
+    w.kill().await;
+    let events = server.events(&run).await;
+    let (state, value) = last(&events);
+    assert_eq!(state, "error", "{events:?}");
+    assert_eq!(value["node"], w.id());
+    assert!(
+        value["message"].as_str().unwrap().contains(w.id()),
+        "{value}"
+    );
+}
+
+#[tokio::test]
+async fn health_failures_make_a_node_unavailable_and_runs_wait_for_it() {
+    let server = server_with(fast()).await;
+    let w = Worker::start(Some(&server), &[]).await;
+    let id = w.id().to_owned();
+    post(w.url("/_sick"), json!({})).await;
+    let record = wait_status(&server, &id, "unavailable").await;
+    assert!(record["health"]["consecutive_failures"].as_u64().unwrap() >= 2);
+    assert_eq!(
+        record["health"]["last"].as_array().unwrap().last().unwrap()["ok"],
+        false
+    );
+
+    // Queued while no node is ok; dispatched once the node answers again.
+    let run = server.submit("upper", json!({"text": "later"})).await;
+    let res = reqwest::get(server.url(&run)).await.unwrap();
+    let events: Vec<Value> = res.json().await.unwrap();
+    assert_eq!(events.last().unwrap()["state"], "queued");
+    assert!(w.seen().await.is_empty());
+    post(w.url("/_well"), json!({})).await;
+    wait_status(&server, &id, "ok").await;
+    let events = server.events(&run).await;
+    assert_eq!(last(&events), ("success", &json!({"text": "LATER"})));
+}
+
+#[tokio::test]
+async fn with_no_ok_node_a_run_fails_with_the_gilmour_message() {
+    let server = server_with(NodeSettings {
+        dispatch_timeout: Duration::from_millis(100),
+        ..fast()
+    })
+    .await;
+    let mut w = Worker::start(Some(&server), &[]).await;
+    let id = w.id().to_owned();
+    w.kill().await;
+    wait_status(&server, &id, "unavailable").await;
+    let run = server.submit("upper", json!({"text": "x"})).await;
+    let events = server.events(&run).await;
+    assert_eq!(
+        last(&events),
+        (
+            "error",
+            &json!({"message": "No active listeners for: upper"})
+        )
+    );
+}
+
+#[tokio::test]
+async fn node_routes_need_the_admin_scope() {
+    const USER: &str = "lrt_user";
+    const OPS: &str = "lrt_ops";
+    let auth = Auth::from_toml(&format!(
+        r#"
+        [[tenant]]
+        name = "acme"
+        [[tenant.token]]
+        hash = "{}"
+        scopes = ["submit", "read", "cancel"]
+        [[tenant]]
+        name = "ops"
+        [[tenant.token]]
+        hash = "{}"
+        scopes = ["admin"]
+        "#,
+        token_hash(USER),
+        token_hash(OPS)
+    ))
+    .unwrap();
+    let server = TestServer::start(Server::builder().demo().auth(auth)).await;
+    let w = Worker::start(None, &[]).await;
+    let body = json!({"port": w.port, "services": [{"topic": "up", "group": "g", "path": "/upper", "timeout": 5}]});
+    let client = reqwest::Client::new();
+    let res = client
+        .post(server.url("/_nodes"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 401, "unauthorized").await;
+    for req in [
+        client.post(server.url("/_nodes")).json(&body),
+        client.get(server.url("/_nodes")),
+        client.get(server.url("/_nodes/x")),
+        client.delete(server.url("/_nodes/x")),
+    ] {
+        let res = req.bearer_auth(USER).send().await.unwrap();
+        assert_problem(res, 403, "forbidden").await;
+    }
+    let res = client
+        .post(server.url("/_nodes"))
+        .bearer_auth(OPS)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let id = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // A tenant with the submit scope calls the service; the node's callback needs no token.
+    let res = client
+        .post(server.url("/up"))
+        .bearer_auth(USER)
+        .json(&json!({"text": "t"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let run: Value = res.json().await.unwrap();
+    let res = client
+        .get(server.url(run["url"].as_str().unwrap()))
+        .bearer_auth(USER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = client
+        .get(server.url(&format!("/_nodes/{id}")))
+        .bearer_auth(OPS)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
