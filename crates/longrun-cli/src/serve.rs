@@ -169,6 +169,23 @@ layer! {
         /// Most idempotency keys remembered, oldest forgotten first [default: 100000]
         #[arg(long, env = "LONGRUN_MAX_IDEMPOTENCY_KEYS", value_name = "N")]
         max_idempotency_keys: Option<usize>,
+        /// How often every worker node's health path is pinged (more than 0) [default: 10s]
+        #[arg(long, env = "LONGRUN_HEALTH_INTERVAL", value_name = "DUR", value_parser = duration)]
+        #[serde(with = "humantime_serde")]
+        health_interval: Option<Duration>,
+        /// How long one health ping of a worker node may take (more than 0) [default: 2s]
+        #[arg(long, env = "LONGRUN_HEALTH_TIMEOUT", value_name = "DUR", value_parser = duration)]
+        #[serde(with = "humantime_serde")]
+        health_timeout: Option<Duration>,
+        /// Consecutive failed health pings that make a worker node unavailable (at least 1)
+        /// [default: 3]
+        #[arg(long, env = "LONGRUN_HEALTH_FAILURES", value_name = "N")]
+        health_failures: Option<u32>,
+        /// How long a run of a worker service waits for an available node before it fails
+        /// [default: 30s]
+        #[arg(long, env = "LONGRUN_DISPATCH_TIMEOUT", value_name = "DUR", value_parser = duration)]
+        #[serde(with = "humantime_serde")]
+        dispatch_timeout: Option<Duration>,
         /// Let browser pages from this origin call the server (CORS), e.g.
         /// http://localhost:3000; `*` allows any origin (repeatable; env: comma-separated;
         /// none by default)
@@ -229,6 +246,7 @@ impl Merge for ByteSize {}
 impl Merge for Duration {}
 impl Merge for usize {}
 impl Merge for u64 {}
+impl Merge for u32 {}
 impl Merge for bool {}
 impl Merge for Vec<String> {}
 
@@ -315,6 +333,10 @@ impl Layer {
             max_followers,
             idempotency_ttl,
             max_idempotency_keys,
+            health_interval,
+            health_timeout,
+            health_failures,
+            dispatch_timeout,
             cors_origins,
             demo,
             exec: exec_layers,
@@ -353,6 +375,10 @@ impl Layer {
             max_followers: max_followers.unwrap_or(d.max_followers),
             idempotency_ttl: idempotency_ttl.unwrap_or(d.idempotency_ttl),
             max_idempotency_keys: max_idempotency_keys.unwrap_or(d.max_idempotency_keys),
+            health_interval: health_interval.unwrap_or(d.health_interval),
+            health_timeout: health_timeout.unwrap_or(d.health_timeout),
+            health_failures: health_failures.unwrap_or(d.health_failures),
+            dispatch_timeout: dispatch_timeout.unwrap_or(d.dispatch_timeout),
         };
         check(&config)?;
         let mut exec = BTreeMap::new();
@@ -403,6 +429,15 @@ fn check(c: &Config) -> Result<(), String> {
     if c.max_followers == 0 {
         return Err(invalid("max_followers", "must be more than 0"));
     }
+    if c.health_interval.is_zero() {
+        return Err(invalid("health_interval", "must be longer than 0s"));
+    }
+    if c.health_timeout.is_zero() {
+        return Err(invalid("health_timeout", "must be longer than 0s"));
+    }
+    if c.health_failures == 0 {
+        return Err(invalid("health_failures", "must be at least 1"));
+    }
     if c.poll_wait_default > c.poll_wait_max {
         return Err(invalid(
             "poll_wait_default",
@@ -423,6 +458,9 @@ fn check(c: &Config) -> Result<(), String> {
         ("poll_wait_max", c.poll_wait_max),
         ("stall_timeout", c.stall_timeout),
         ("idempotency_ttl", c.idempotency_ttl),
+        ("health_interval", c.health_interval),
+        ("health_timeout", c.health_timeout),
+        ("dispatch_timeout", c.dispatch_timeout),
     ];
     for (id, duration) in durations {
         // The server adds them to the clock.
@@ -703,6 +741,25 @@ mod tests {
         sample("idempotency_ttl", "5h", r#""5h""#, Some(("6h", r#""6h""#))),
         sample("max_idempotency_keys", "14", "14", Some(("140", "140"))),
         sample(
+            "health_interval",
+            "15s",
+            r#""15s""#,
+            Some(("16s", r#""16s""#)),
+        ),
+        sample(
+            "health_timeout",
+            "17s",
+            r#""17s""#,
+            Some(("18s", r#""18s""#)),
+        ),
+        sample("health_failures", "19", "19", Some(("190", "190"))),
+        sample(
+            "dispatch_timeout",
+            "20s",
+            r#""20s""#,
+            Some(("21s", r#""21s""#)),
+        ),
+        sample(
             "cors_origins",
             "http://a.example,http://b.example",
             r#"["http://a.example", "http://b.example"]"#,
@@ -763,6 +820,10 @@ mod tests {
                 max_followers: 13,
                 idempotency_ttl: Duration::from_secs(5 * 3600),
                 max_idempotency_keys: 14,
+                health_interval: Duration::from_secs(15),
+                health_timeout: Duration::from_secs(17),
+                health_failures: 19,
+                dispatch_timeout: Duration::from_secs(20),
             },
             demo: false,
             exec: BTreeMap::from([(
@@ -801,7 +862,8 @@ mod tests {
             body_limit, retention, max_retained, max_active_runs, max_events_per_run,
             tombstone_ttl, max_tombstones, keep_alive, retry, grace, poll_wait_default,
             poll_wait_max, cors_origins, send_buffer, stall_timeout, max_followers_per_run,
-            max_followers, idempotency_ttl, max_idempotency_keys,
+            max_followers, idempotency_ttl, max_idempotency_keys, health_interval,
+            health_timeout, health_failures, dispatch_timeout,
         );
     }
 

@@ -46,6 +46,15 @@ pub struct Config {
     pub idempotency_ttl: Duration,
     /// How many idempotency keys are remembered at most, oldest forgotten first.
     pub max_idempotency_keys: usize,
+    /// How often every worker node's health path is pinged (spec §25.3).
+    pub health_interval: Duration,
+    /// How long one health ping may take before it counts as failed.
+    pub health_timeout: Duration,
+    /// Consecutive failed health pings that turn an `ok` node `unavailable` (at least 1).
+    pub health_failures: u32,
+    /// How long a run of a node service waits `queued` for an `ok` node before it ends
+    /// `error` ("No active listeners for: <topic>"; spec §25.4).
+    pub dispatch_timeout: Duration,
 }
 
 impl Default for Config {
@@ -70,6 +79,10 @@ impl Default for Config {
             max_followers: 100_000,
             idempotency_ttl: Duration::from_secs(24 * 3600),
             max_idempotency_keys: 100_000,
+            health_interval: Duration::from_secs(10),
+            health_timeout: Duration::from_secs(2),
+            health_failures: 3,
+            dispatch_timeout: Duration::from_secs(30),
         }
     }
 }

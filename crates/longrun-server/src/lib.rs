@@ -35,7 +35,6 @@ pub use auth::Auth;
 pub use config::Config;
 pub use handler::{Handler, HandlerResult, ObjectOptions, RunContext, RunError};
 pub use http::app;
-pub use nodes::NodeSettings;
 pub use store::{DEFAULT_LEASE, StoreConfig};
 
 use handler::Object;
@@ -111,7 +110,6 @@ pub struct ServerBuilder {
     /// Names registered more than once, in the order seen: `build` refuses them.
     duplicates: Vec<String>,
     auth: Option<Auth>,
-    nodes: NodeSettings,
 }
 
 /// Why [`ServerBuilder::build`] refused to build a server.
@@ -150,12 +148,6 @@ impl ServerBuilder {
     /// Require a tenant's token on every run route (without, the server is open).
     pub fn auth(mut self, auth: Auth) -> Self {
         self.auth = Some(auth);
-        self
-    }
-
-    /// Health checking and dispatch timings of worker nodes (spec §25).
-    pub fn nodes(mut self, settings: NodeSettings) -> Self {
-        self.nodes = settings;
         self
     }
 
@@ -239,12 +231,13 @@ impl ServerBuilder {
                 ))
             }
         };
+        let nodes = Arc::new(nodes::Nodes::new(&self.config));
         Ok(Server {
             config: Arc::new(self.config),
             objects: Arc::new(self.objects),
             registry: Arc::new(registry),
             conns: Arc::new(conn::Connections::new()),
-            nodes: Arc::new(nodes::Nodes::new(self.nodes)),
+            nodes,
             auth: Arc::new(RwLock::new(self.auth.map(Arc::new))),
         })
     }

@@ -25,28 +25,13 @@ use crate::handler::{Handler, HandlerResult, Object, ObjectOptions, RunContext, 
 use crate::http::{ApiError, json_response, read_args};
 use crate::run::Run;
 
-/// Health checking and dispatch timings of worker nodes (spec §25.3, §25.4).
-#[derive(Debug, Clone)]
-pub struct NodeSettings {
-    /// How often every node's health path is pinged.
-    pub health_interval: Duration,
-    /// How long one ping may take before it counts as failed.
-    pub health_timeout: Duration,
-    /// Consecutive failed pings that turn an `ok` node `unavailable`.
-    pub health_failures: u32,
-    /// How long a run waits `queued` for an `ok` node of its service before it ends `error`.
-    pub dispatch_timeout: Duration,
-}
-
-impl Default for NodeSettings {
-    fn default() -> Self {
-        NodeSettings {
-            health_interval: Duration::from_secs(10),
-            health_timeout: Duration::from_secs(2),
-            health_failures: 3,
-            dispatch_timeout: Duration::from_secs(30),
-        }
-    }
+/// Health checking and dispatch timings of worker nodes (spec §25.3, §25.4), from the
+/// server's [`Config`](crate::Config).
+struct NodeSettings {
+    health_interval: Duration,
+    health_timeout: Duration,
+    health_failures: u32,
+    dispatch_timeout: Duration,
 }
 
 /// How many health results a node's record shows.
@@ -178,9 +163,14 @@ struct Inner {
 }
 
 impl Nodes {
-    pub fn new(settings: NodeSettings) -> Self {
+    pub fn new(config: &crate::Config) -> Self {
         Nodes {
-            settings,
+            settings: NodeSettings {
+                health_interval: config.health_interval,
+                health_timeout: config.health_timeout,
+                health_failures: config.health_failures.max(1),
+                dispatch_timeout: config.dispatch_timeout,
+            },
             client: reqwest::Client::new(),
             inner: Mutex::new(Inner::default()),
             changed: watch::Sender::new(0),

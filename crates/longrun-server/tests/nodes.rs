@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::TestServer;
 use longrun_server::auth::token_hash;
-use longrun_server::{Auth, NodeSettings, Server};
+use longrun_server::{Auth, Config, Server};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -100,17 +100,16 @@ impl Worker {
 }
 
 /// Fast health checks, for the tests that watch status changes.
-fn fast() -> NodeSettings {
-    NodeSettings {
+fn fast() -> Config {
+    Config {
         health_interval: Duration::from_millis(20),
-        health_timeout: Duration::from_secs(2),
         health_failures: 2,
-        dispatch_timeout: Duration::from_secs(30),
+        ..Config::default()
     }
 }
 
-async fn server_with(settings: NodeSettings) -> TestServer {
-    TestServer::start(Server::builder().demo().nodes(settings)).await
+async fn server_with(config: Config) -> TestServer {
+    TestServer::with_config(config).await
 }
 
 async fn node(server: &TestServer, id: &str) -> Value {
@@ -192,7 +191,7 @@ async fn wait_event(server: &TestServer, path: &str, message: &str) -> Vec<Value
 
 #[tokio::test]
 async fn registration_answers_201_and_the_record_shows_the_node() {
-    let server = server_with(NodeSettings::default()).await;
+    let server = server_with(Config::default()).await;
     let w = Worker::start(None, &[]).await;
     let res = post(
         server.url("/_nodes"),
@@ -247,7 +246,7 @@ async fn registration_answers_201_and_the_record_shows_the_node() {
 
 #[tokio::test]
 async fn a_node_that_does_not_answer_its_health_path_is_not_registered() {
-    let server = server_with(NodeSettings::default()).await;
+    let server = server_with(Config::default()).await;
     let w = Worker::start(None, &[]).await;
     // A health path that answers 404, and a port where nothing listens.
     let unused = {
@@ -271,7 +270,7 @@ async fn a_node_that_does_not_answer_its_health_path_is_not_registered() {
 
 #[tokio::test]
 async fn bad_registrations_are_problems() {
-    let server = server_with(NodeSettings::default()).await;
+    let server = server_with(Config::default()).await;
     let w = Worker::start(None, &[]).await;
     let svc = |topic: &str| json!({"topic": topic, "group": "g", "path": "/upper", "timeout": 5});
     let cases = [
@@ -367,7 +366,7 @@ async fn bad_registrations_are_problems() {
 
 #[tokio::test]
 async fn an_exclusion_group_of_three_handles_each_run_exactly_once() {
-    let server = server_with(NodeSettings::default()).await;
+    let server = server_with(Config::default()).await;
     let mut workers = Vec::new();
     for _ in 0..3 {
         workers.push(Worker::start(Some(&server), &[]).await);
@@ -403,7 +402,7 @@ async fn an_exclusion_group_of_three_handles_each_run_exactly_once() {
 
 #[tokio::test]
 async fn success_error_and_progress_map_to_events() {
-    let server = server_with(NodeSettings::default()).await;
+    let server = server_with(Config::default()).await;
     let _w = Worker::start(Some(&server), &[]).await;
 
     let run = server.submit("upper", json!({"fail": true})).await;
@@ -449,7 +448,7 @@ async fn success_error_and_progress_map_to_events() {
 
 #[tokio::test]
 async fn the_service_timeout_closes_the_connection_and_cancels_with_deadline() {
-    let server = server_with(NodeSettings::default()).await;
+    let server = server_with(Config::default()).await;
     let w = Worker::start(Some(&server), &["--timeout", "0.5"]).await;
     let run = server
         .submit("slow", json!({"steps": 0, "hang": true}))
@@ -465,7 +464,7 @@ async fn the_service_timeout_closes_the_connection_and_cancels_with_deadline() {
 
 #[tokio::test]
 async fn cancel_closes_the_connection() {
-    let server = server_with(NodeSettings::default()).await;
+    let server = server_with(Config::default()).await;
     let w = Worker::start(Some(&server), &[]).await;
     let run = server
         .submit("slow", json!({"steps": 0, "hang": true}))
@@ -486,7 +485,7 @@ async fn cancel_closes_the_connection() {
 
 #[tokio::test]
 async fn a_worker_killed_mid_run_ends_the_run_as_error() {
-    let server = server_with(NodeSettings::default()).await;
+    let server = server_with(Config::default()).await;
     let mut w = Worker::start(Some(&server), &[]).await;
     let run = server
         .submit("slow", json!({"steps": 0, "hang": true}))
@@ -530,7 +529,7 @@ async fn health_failures_make_a_node_unavailable_and_runs_wait_for_it() {
 
 #[tokio::test]
 async fn with_no_ok_node_a_run_fails_with_the_gilmour_message() {
-    let server = server_with(NodeSettings {
+    let server = server_with(Config {
         dispatch_timeout: Duration::from_millis(100),
         ..fast()
     })
