@@ -2,7 +2,7 @@
 """A longrun worker node, standard library only (spec/PROTOCOL.md §25).
 
 It serves HTTP on a port (0: any free one), prints `listening on PORT` on stdout, registers
-its services with a longrun server (`--server URL` or `LONGRUN_URL`, `--token` or
+its services with a longrun server (`--server URL`, or `LONGRUN_SERVER` / `LONGRUN_URL`, `--token` or
 `LONGRUN_TOKEN` when the server has tenants) and prints `registered NODE_ID`.
 
 Services (each an object of the server once registered):
@@ -135,7 +135,11 @@ class Worker(BaseHTTPRequestHandler):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--server", default=os.environ.get("LONGRUN_URL", "http://127.0.0.1:8080"))
+    ap.add_argument(
+        "--server",
+        default=os.environ.get("LONGRUN_SERVER")
+        or os.environ.get("LONGRUN_URL", "http://127.0.0.1:8080"),
+    )
     ap.add_argument("--token", default=os.environ.get("LONGRUN_TOKEN"))
     ap.add_argument("--port", type=int, default=int(os.environ.get("WORKER_PORT", "0")))
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on and register")
