@@ -627,3 +627,49 @@ async fn node_routes_need_the_admin_scope() {
         .unwrap();
     assert_eq!(res.status(), 200);
 }
+
+#[tokio::test]
+async fn a_node_holds_at_most_its_concurrency_and_unregistering_spares_its_runs() {
+    let server = server_with(Config::default()).await;
+    let w = Worker::start(Some(&server), &["--concurrency", "1"]).await;
+    let first = server
+        .submit("slow", json!({"steps": 0, "hang": true}))
+        .await;
+    wait_event(&server, &first, "hanging").await;
+    // The node is full: the second run waits queued.
+    let second = server.submit("slow", json!({"steps": 1})).await;
+    let events: Vec<Value> = get_json(server.url(&second))
+        .await
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(events.last().unwrap()["state"], "queued");
+    assert_eq!(w.seen().await.len(), 1);
+    assert_eq!(node(&server, w.id()).await["in_flight"], 1);
+    // Once the first ends, the second goes to the node.
+    assert_eq!(delete(server.url(&first)).await.status(), 202);
+    let events = server.events(&second).await;
+    assert_eq!(last(&events), ("success", &json!({"steps": 1})));
+
+    // A run the node holds goes on after the node is unregistered.
+    let third = server
+        .submit("slow", json!({"steps": 1, "hang": true}))
+        .await;
+    wait_event(&server, &third, "hanging").await;
+    assert_eq!(
+        delete(server.url(&format!("/_nodes/{}", w.id())))
+            .await
+            .status(),
+        200
+    );
+    let res = reqwest::Client::new()
+        .head(server.url(&third))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["longrun-state"], "running");
+    // …and can still be canceled.
+    assert_eq!(delete(server.url(&third)).await.status(), 202);
+    let events = server.events(&third).await;
+    assert_eq!(last(&events), ("canceled", &json!({"reason": "client"})));
+}
