@@ -148,6 +148,18 @@ async fn responses_match_the_documented_operations() {
     assert_eq!(last.json()[0]["state"], "success");
     let unknown = "/echo/00000000-0000-4000-8000-000000000000";
     let sse = [("Accept", "text/event-stream")];
+    // A worker node (spec §25): the server itself answers the health path.
+    let port = t.addr.port();
+    let registration = |topic: &str, health: &str| {
+        json!({"port": port, "health_check": health,
+               "services": [{"topic": topic, "group": "g", "path": "/echo", "timeout": 5}]})
+        .to_string()
+    };
+    let node_body = registration("selfsvc", "/_health");
+    let node = t.raw(&request("POST", "/_nodes", &[], &node_body)).await;
+    let node = format!("/_nodes/{}", node.json()["id"].as_str().unwrap());
+    let unreachable = registration("other", "/nope");
+    let local = registration("echo", "/_health");
     // (method, documented path, request path, headers, body, expected status)
     let cases: Vec<Case> = vec![
         ("post", "/{object}", "/echo".into(), &[], r#"{"a":1}"#, 201),
@@ -239,6 +251,38 @@ async fn responses_match_the_documented_operations() {
             &[],
             "",
             410,
+        ),
+        ("post", "/_nodes", "/_nodes".into(), &[], &node_body, 201),
+        ("post", "/_nodes", "/_nodes".into(), &[], "{", 400),
+        (
+            "post",
+            "/_nodes",
+            "/_nodes".into(),
+            &[],
+            r#"{"port":0}"#,
+            422,
+        ),
+        ("post", "/_nodes", "/_nodes".into(), &[], &unreachable, 422),
+        ("post", "/_nodes", "/_nodes".into(), &[], &local, 409),
+        ("get", "/_nodes", "/_nodes".into(), &[], "", 200),
+        ("get", "/_nodes/{node}", node.clone(), &[], "", 200),
+        ("get", "/_nodes/{node}", "/_nodes/nope".into(), &[], "", 404),
+        (
+            "post",
+            "/_nodes/{node}/runs/{id}/events",
+            format!("{node}/runs/00000000-0000-4000-8000-000000000000/events"),
+            &[],
+            "{}",
+            404,
+        ),
+        ("delete", "/_nodes/{node}", node.clone(), &[], "", 200),
+        (
+            "delete",
+            "/_nodes/{node}",
+            "/_nodes/nope".into(),
+            &[],
+            "",
+            404,
         ),
         ("get", "/_health", "/_health".into(), &[], "", 200),
         ("head", "/_health", "/_health".into(), &[], "", 200),
