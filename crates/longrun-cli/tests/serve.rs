@@ -595,10 +595,11 @@ async fn a_second_server_on_the_same_sqlite_file_refuses_to_start() {
 #[path = "../../longrun-server/tests/common/postgres.rs"]
 mod postgres;
 
-/// Two `longrun serve` replicas on one Postgres database, each with a short lease.
-async fn replicas(test: &str, extra: &[&str]) -> Option<(Serve, Serve)> {
+/// Two `longrun serve` replicas on one Postgres database, with leases of `lease`: short only
+/// where a test waits for one to run out (a busy machine must not let a live one lapse).
+async fn replicas(test: &str, lease: &str, extra: &[&str]) -> Option<(Serve, Serve)> {
     let url = postgres::database(test).await?;
-    let store = format!("{url}?lease=1s");
+    let store = format!("{url}?lease={lease}");
     let args = [&["--store", store.as_str(), "--retry", "10ms"], extra].concat();
     Some((
         Serve::start(&args, &[]).await,
@@ -616,7 +617,7 @@ fn assert_dense(events: &[Event], what: &str) {
 /// event exactly once), answers HEAD there, and is canceled from there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_on_one_postgres_serve_each_others_runs() {
-    let Some((a, b)) = replicas("replicas serve each other's runs", &[]).await else {
+    let Some((a, b)) = replicas("replicas serve each other's runs", "15s", &[]).await else {
         return;
     };
     let count = a.submit("count", json!({"n": 30, "interval_ms": 10})).await;
@@ -688,7 +689,8 @@ async fn replicas_on_one_postgres_serve_each_others_runs() {
 /// the run's followers there complete.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_survivor_ends_the_runs_of_a_killed_replica() {
-    let Some((mut a, b)) = replicas("a survivor ends a killed replica's runs", &[]).await else {
+    let Some((mut a, b)) = replicas("a survivor ends a killed replica's runs", "1s", &[]).await
+    else {
         return;
     };
     let sleep = a.submit("sleep", json!({"ms": 3_600_000})).await;
@@ -727,6 +729,7 @@ async fn a_survivor_ends_the_runs_of_a_killed_replica() {
 async fn replicas_share_one_active_run_limit() {
     let Some((a, b)) = replicas(
         "replicas share max_active_runs",
+        "15s",
         &["--max-active-runs", "2"],
     )
     .await
