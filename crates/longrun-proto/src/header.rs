@@ -10,6 +10,12 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 /// The longest idempotency key accepted.
 pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// An idempotency key is 1 to [`MAX_IDEMPOTENCY_KEY`] visible ASCII characters (`!` to `~`):
+/// the rule the server enforces (400) and the client checks before sending.
+pub fn is_valid_idempotency_key(key: &[u8]) -> bool {
+    !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY && key.iter().all(u8::is_ascii_graphic)
+}
 /// The id of the run's newest event, on `HEAD` and `GET` replies.
 pub const LONGRUN_LAST_EVENT_ID: &str = "longrun-last-event-id";
 

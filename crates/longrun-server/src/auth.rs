@@ -179,7 +179,7 @@ pub fn token_hash(token: &str) -> String {
     format!("sha256:{}", hex(&Sha256::digest(token.as_bytes())))
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -194,15 +194,7 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 }
 
 fn parse_hash(text: &str) -> Option<[u8; 32]> {
-    let digits = text.strip_prefix("sha256:")?;
-    if digits.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(digits.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
+    unhex(text.strip_prefix("sha256:")?)?.try_into().ok()
 }
 
 /// A fresh token (`lrt_` and 256 random bits in hex) and the hash to paste into the file.

@@ -396,10 +396,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         return Ok(None);
     };
     let bytes = value.as_bytes();
-    if bytes.is_empty()
-        || bytes.len() > h::MAX_IDEMPOTENCY_KEY
-        || !bytes.iter().all(|b| b.is_ascii_graphic())
-    {
+    if !h::is_valid_idempotency_key(bytes) {
         return Err(ApiError::new(
             ProblemKind::InvalidIdempotencyKey,
             format!(
@@ -419,7 +416,7 @@ fn fingerprint(object: &str, args: &Value) -> String {
     hash.update(object.as_bytes());
     hash.update([0]);
     hash.update(serde_json::to_vec(args).expect("JSON values serialize"));
-    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    crate::auth::hex(&hash.finalize())
 }
 
 fn key_reused() -> ApiError {

@@ -251,7 +251,7 @@ impl Registry {
             return Ok(Lookup::NotFound);
         };
         let found = self.lookup(config, caller, object, id);
-        let Some(pg) = self.journal.as_deref().and_then(Journal::shared) else {
+        let Some(pg) = self.shared() else {
             return Ok(found);
         };
         if !matches!(found, Lookup::NotFound) {
@@ -306,7 +306,7 @@ impl Registry {
         run: &Arc<Run>,
         reason: CancelReason,
     ) -> Result<CancelOutcome, String> {
-        let Some(pg) = self.journal.as_deref().and_then(Journal::shared) else {
+        let Some(pg) = self.shared() else {
             return Ok(run.request_cancel(reason));
         };
         if run.mirror_retention().is_none() {

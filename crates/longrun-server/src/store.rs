@@ -360,87 +360,70 @@ impl From<rusqlite::Error> for Migrate {
     }
 }
 
+/// The schema's migrations: entry `k` takes a file from version `k` to `k + 1`. Each runs in
+/// one transaction with the `user_version` it reaches; a released entry is never edited.
+const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
+    // Events are keyed by the run's sequence number, not its (random) id, so the
+    // rows a commit writes sit together at the end of the table: a few pages per
+    // commit instead of one per run.
+    "CREATE TABLE runs (
+         seq INTEGER PRIMARY KEY,
+         id TEXT NOT NULL UNIQUE,
+         object TEXT NOT NULL,
+         created_ms INTEGER NOT NULL,
+         retention_ms INTEGER NOT NULL,
+         ended_ms INTEGER
+     );
+     CREATE TABLE events (
+         run INTEGER NOT NULL,
+         id INTEGER NOT NULL,
+         event TEXT NOT NULL,
+         PRIMARY KEY (run, id)
+     ) WITHOUT ROWID;
+     CREATE TABLE tombstones (
+         id TEXT PRIMARY KEY,
+         object TEXT NOT NULL,
+         dropped_ms INTEGER NOT NULL
+     );",
+    // v2: no index on the run id. Ids are random, so each new run wrote one more random
+    // index page per commit; the writer keeps id → seq for the runs it holds instead.
+    "CREATE TABLE runs_v2 (
+         seq INTEGER PRIMARY KEY,
+         id TEXT NOT NULL,
+         object TEXT NOT NULL,
+         created_ms INTEGER NOT NULL,
+         retention_ms INTEGER NOT NULL,
+         ended_ms INTEGER
+     );
+     INSERT INTO runs_v2 SELECT seq, id, object, created_ms, retention_ms, ended_ms FROM runs;
+     DROP TABLE runs;
+     ALTER TABLE runs_v2 RENAME TO runs;",
+    // v3: the tenant a run (and its tombstone) belongs to; NULL without an auth file.
+    "ALTER TABLE runs ADD COLUMN tenant TEXT;
+     ALTER TABLE tombstones ADD COLUMN tenant TEXT;",
+    // v4: idempotency keys, written with the run they made.
+    "CREATE TABLE idempotency (
+         scope TEXT NOT NULL,
+         key TEXT NOT NULL,
+         fingerprint TEXT NOT NULL,
+         run TEXT NOT NULL,
+         object TEXT NOT NULL,
+         created_ms INTEGER NOT NULL,
+         PRIMARY KEY (scope, key)
+     ) WITHOUT ROWID;
+     CREATE INDEX idempotency_created ON idempotency (created_ms);",
+];
+
 /// Versioned migrations, applied at start in one transaction each.
 fn migrate(conn: &mut Connection) -> Result<(), Migrate> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version > SCHEMA_VERSION {
         return Err(Migrate::Newer(version));
     }
-    if version < 1 {
+    for (from, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
         let tx = conn.transaction()?;
-        tx.execute_batch(
-            // Events are keyed by the run's sequence number, not its (random) id, so the
-            // rows a commit writes sit together at the end of the table: a few pages per
-            // commit instead of one per run.
-            "CREATE TABLE runs (
-                 seq INTEGER PRIMARY KEY,
-                 id TEXT NOT NULL UNIQUE,
-                 object TEXT NOT NULL,
-                 created_ms INTEGER NOT NULL,
-                 retention_ms INTEGER NOT NULL,
-                 ended_ms INTEGER
-             );
-             CREATE TABLE events (
-                 run INTEGER NOT NULL,
-                 id INTEGER NOT NULL,
-                 event TEXT NOT NULL,
-                 PRIMARY KEY (run, id)
-             ) WITHOUT ROWID;
-             CREATE TABLE tombstones (
-                 id TEXT PRIMARY KEY,
-                 object TEXT NOT NULL,
-                 dropped_ms INTEGER NOT NULL
-             );
-             PRAGMA user_version = 1;",
-        )?;
-        tx.commit()?;
-    }
-    if version < 2 {
-        // v2: no index on the run id. Ids are random, so each new run wrote one more random
-        // index page per commit; the writer keeps id → seq for the runs it holds instead.
-        let tx = conn.transaction()?;
-        tx.execute_batch(
-            "CREATE TABLE runs_v2 (
-                 seq INTEGER PRIMARY KEY,
-                 id TEXT NOT NULL,
-                 object TEXT NOT NULL,
-                 created_ms INTEGER NOT NULL,
-                 retention_ms INTEGER NOT NULL,
-                 ended_ms INTEGER
-             );
-             INSERT INTO runs_v2 SELECT seq, id, object, created_ms, retention_ms, ended_ms FROM runs;
-             DROP TABLE runs;
-             ALTER TABLE runs_v2 RENAME TO runs;
-             PRAGMA user_version = 2;",
-        )?;
-        tx.commit()?;
-    }
-    if version < 3 {
-        // v3: the tenant a run (and its tombstone) belongs to; NULL without an auth file.
-        let tx = conn.transaction()?;
-        tx.execute_batch(
-            "ALTER TABLE runs ADD COLUMN tenant TEXT;
-             ALTER TABLE tombstones ADD COLUMN tenant TEXT;
-             PRAGMA user_version = 3;",
-        )?;
-        tx.commit()?;
-    }
-    if version < 4 {
-        // v4: idempotency keys, written with the run they made.
-        let tx = conn.transaction()?;
-        tx.execute_batch(
-            "CREATE TABLE idempotency (
-                 scope TEXT NOT NULL,
-                 key TEXT NOT NULL,
-                 fingerprint TEXT NOT NULL,
-                 run TEXT NOT NULL,
-                 object TEXT NOT NULL,
-                 created_ms INTEGER NOT NULL,
-                 PRIMARY KEY (scope, key)
-             ) WITHOUT ROWID;
-             CREATE INDEX idempotency_created ON idempotency (created_ms);
-             PRAGMA user_version = 4;",
-        )?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", from as i64 + 1)?;
         tx.commit()?;
     }
     Ok(())

@@ -18,35 +18,16 @@ const BETA: &str = "lrt_beta";
 const OPS: &str = "lrt_ops_admin";
 
 fn auth() -> Auth {
-    let text = format!(
-        r#"
-        [[tenant]]
-        name = "acme"
-        [[tenant.token]]
-        hash = "{}"
-        scopes = ["submit", "read", "cancel"]
-        [[tenant.token]]
-        hash = "{}"
-        scopes = ["read"]
-
-        [[tenant]]
-        name = "beta"
-        [[tenant.token]]
-        hash = "{}"
-        scopes = ["submit:sleep", "submit:echo", "read", "cancel"]
-
-        [[tenant]]
-        name = "ops"
-        [[tenant.token]]
-        hash = "{}"
-        scopes = ["admin"]
-        "#,
-        token_hash(ACME),
-        token_hash(ACME_READER),
-        token_hash(BETA),
-        token_hash(OPS)
-    );
-    Auth::from_toml(&text).expect("a valid auth file")
+    common::auth(&[
+        ("acme", ACME, &["submit", "read", "cancel"]),
+        ("acme", ACME_READER, &["read"]),
+        (
+            "beta",
+            BETA,
+            &["submit:sleep", "submit:echo", "read", "cancel"],
+        ),
+        ("ops", OPS, &["admin"]),
+    ])
 }
 
 /// Who calls: a token, or none.
@@ -297,11 +278,11 @@ async fn a_reloaded_auth_file_drops_a_removed_token() {
         .await
         .unwrap();
     assert_eq!(stream.status(), 200);
-    let only_acme = format!(
-        "[[tenant]]\nname = \"acme\"\n[[tenant.token]]\nhash = \"{}\"\nscopes = [\"submit\", \"read\", \"cancel\"]\n",
-        token_hash(ACME)
-    );
-    t.server.set_auth(Auth::from_toml(&only_acme).unwrap());
+    t.server.set_auth(common::auth(&[(
+        "acme",
+        ACME,
+        &["submit", "read", "cancel"],
+    )]));
     let res = http
         .head(t.url(&run))
         .bearer_auth(BETA)

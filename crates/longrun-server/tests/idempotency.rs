@@ -8,8 +8,7 @@ use std::collections::BTreeSet;
 
 use common::TestServer;
 use longrun_proto::ProblemKind;
-use longrun_server::auth::token_hash;
-use longrun_server::{Auth, Server, StoreConfig};
+use longrun_server::{Server, StoreConfig};
 use serde_json::{Value, json};
 
 struct Reply {
@@ -151,21 +150,9 @@ async fn idempotent_submits_across_postgres_replicas() {
 /// Keys are per tenant: another tenant's same key is its own, and never sees the first reply.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_keys_are_per_tenant() {
-    let file = ["acme", "beta"]
-        .iter()
-        .map(|t| {
-            format!(
-                "[[tenant]]\nname = \"{t}\"\n[[tenant.token]]\nhash = \"{}\"\nscopes = [\"submit\", \"read\"]\n",
-                token_hash(&format!("lrt_{t}"))
-            )
-        })
-        .collect::<String>();
-    let t = TestServer::start(
-        Server::builder()
-            .auth(Auth::from_toml(&file).unwrap())
-            .demo(),
-    )
-    .await;
+    let scopes: &[&str] = &["submit", "read"];
+    let auth = common::auth(&[("acme", "lrt_acme", scopes), ("beta", "lrt_beta", scopes)]);
+    let t = TestServer::start(Server::builder().auth(auth).demo()).await;
     let acme = post(&t.base, "k", "echo", json!({"x": 1}), Some("lrt_acme")).await;
     let beta = post(&t.base, "k", "echo", json!({"y": 2}), Some("lrt_beta")).await;
     assert_eq!((acme.status, beta.status), (201, 201));

@@ -11,8 +11,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::TestServer;
-use longrun_server::auth::token_hash;
-use longrun_server::{Auth, Config, Server};
+use longrun_server::{Config, Server};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -553,23 +552,10 @@ async fn with_no_ok_node_a_run_fails_with_the_gilmour_message() {
 async fn node_routes_need_the_admin_scope() {
     const USER: &str = "lrt_user";
     const OPS: &str = "lrt_ops";
-    let auth = Auth::from_toml(&format!(
-        r#"
-        [[tenant]]
-        name = "acme"
-        [[tenant.token]]
-        hash = "{}"
-        scopes = ["submit", "read", "cancel"]
-        [[tenant]]
-        name = "ops"
-        [[tenant.token]]
-        hash = "{}"
-        scopes = ["admin"]
-        "#,
-        token_hash(USER),
-        token_hash(OPS)
-    ))
-    .unwrap();
+    let auth = common::auth(&[
+        ("acme", USER, &["submit", "read", "cancel"]),
+        ("ops", OPS, &["admin"]),
+    ]);
     let server = TestServer::start(Server::builder().demo().auth(auth)).await;
     let w = Worker::start(None, &[]).await;
     let body = json!({"port": w.port, "services": [{"topic": "up", "group": "g", "path": "/upper", "timeout": 5}]});

@@ -596,9 +596,6 @@ pub(crate) async fn error_from(res: reqwest::Response, what: &str) -> Error {
     Error::from_status(status, problem, what)
 }
 
-/// The request header of a submit's idempotency key (spec §4.3).
-const IDEMPOTENCY_KEY: &str = "idempotency-key";
-
 /// What a submit may say besides its object and arguments.
 #[derive(Debug, Clone, Default)]
 pub struct SubmitOptions {
@@ -613,11 +610,11 @@ pub struct SubmitOptions {
 
 /// Check an idempotency key before it is sent: the server would refuse it anyway (400).
 fn idempotency_key(key: &str) -> Result<HeaderValue> {
-    const MAX: usize = 255;
-    if key.is_empty() || key.len() > MAX || !key.bytes().all(|b| b.is_ascii_graphic()) {
+    if !h::is_valid_idempotency_key(key.as_bytes()) {
         return Err(Error::invalid(format!(
-            "an idempotency key is 1 to {MAX} visible ASCII characters (! to ~), without \
+            "an idempotency key is 1 to {} visible ASCII characters (! to ~), without \
              spaces; this one has {} bytes",
+            h::MAX_IDEMPOTENCY_KEY,
             key.len()
         )));
     }
@@ -717,7 +714,7 @@ impl Client {
                 .header(reqwest::header::ACCEPT, h::JSON)
                 .json(&args);
             if let Some(key) = &key {
-                req = req.header(IDEMPOTENCY_KEY, key.clone());
+                req = req.header(h::IDEMPOTENCY_KEY, key.clone());
             }
             let attempt = self
                 .inner

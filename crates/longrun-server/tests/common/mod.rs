@@ -4,6 +4,24 @@
 
 pub mod postgres;
 
+/// Tenants and tokens for a test server: `(tenant, token, scopes)` rows, a tenant's tokens in
+/// consecutive rows.
+pub fn auth(tokens: &[(&str, &str, &[&str])]) -> longrun_server::Auth {
+    let mut text = String::new();
+    let mut last = None;
+    for (tenant, token, scopes) in tokens {
+        if last != Some(tenant) {
+            text.push_str(&format!("[[tenant]]\nname = {tenant:?}\n"));
+            last = Some(tenant);
+        }
+        text.push_str(&format!(
+            "[[tenant.token]]\nhash = {:?}\nscopes = {scopes:?}\n",
+            longrun_server::auth::token_hash(token)
+        ));
+    }
+    longrun_server::Auth::from_toml(&text).expect("a valid auth file")
+}
+
 use std::net::SocketAddr;
 
 use longrun_server::{Config, Server, ServerBuilder};
