@@ -2,7 +2,7 @@
 """A longrun worker node, standard library only (spec/PROTOCOL.md §25).
 
 It serves HTTP on a port (0: any free one), prints `listening on PORT` on stdout, registers
-its services with a longrun server (`--server URL`, or `LONGRUN_SERVER` / `LONGRUN_URL`, `--token` or
+its services and slots with a longrun server (`--server URL`, or `LONGRUN_SERVER` / `LONGRUN_URL`, `--token` or
 `LONGRUN_TOKEN` when the server has tenants) and prints `registered NODE_ID`.
 
 Services (each an object of the server once registered):
@@ -10,12 +10,18 @@ Services (each an object of the server once registered):
   - `<prefix>slow`   {"steps": N} → reports N progress events through the callback, then
                      {"steps": N}; {"hang": true} reports one event and then waits until the
                      server closes the connection (a timeout or a cancel).
+Slots (`--slot PATTERN` or `--slot PATTERN@GROUP`, repeatable; default one ungrouped slot
+`notes.*`), all at the path `/slot`: the signals the server delivers there (`POST /_signals/
+{topic}` on the server) are recorded and answered 200 `{}`.
 Other paths:
-  - the health path (`/health`) answers 200 while the worker is healthy;
-    `POST /_sick` and `POST /_well` switch that.
+  - the health path (`--health PATH`, default `/health`, also registered as `health_check`)
+    answers 200 while the worker is healthy; `POST /_sick` and `POST /_well` switch that.
   - `GET /_seen` lists the run ids (`sender`) this worker was handed, in order.
   - `GET /_closed/<sender>` waits (at most 30 s) until the server closed the connection of
     that run, then answers 200 (504 if it did not).
+  - `GET /_signals` lists the signals delivered to the slots, `{"signals": [{"topic", "sender",
+    "data"}, ...]}` in order; `GET /_signals?count=N` first waits (at most 30 s) until at
+    least N are recorded (504 with the list if they are not).
 """
 
 import argparse
@@ -27,10 +33,11 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-STATE = {"seen": [], "closed": set(), "healthy": True}
+STATE = {"seen": [], "closed": set(), "healthy": True, "signals": []}
 LOCK = threading.Condition()
 
 
@@ -80,7 +87,8 @@ class Worker(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self):
-        if self.path == self.health_path:
+        path, _, query = self.path.partition("?")
+        if path == self.health_path:
             with LOCK:
                 healthy = STATE["healthy"]
             self.reply(200 if healthy else 503, {"status": "ok" if healthy else "sick"})
@@ -92,6 +100,14 @@ class Worker(BaseHTTPRequestHandler):
             with LOCK:
                 closed = LOCK.wait_for(lambda: sender in STATE["closed"], timeout=30)
             self.reply(200 if closed else 504, {"closed": closed})
+        elif path == "/_signals":
+            try:
+                count = int(urllib.parse.parse_qs(query).get("count", ["0"])[0])
+            except ValueError:
+                return self.reply(400, {"message": "count is not a number"})
+            with LOCK:
+                enough = LOCK.wait_for(lambda: len(STATE["signals"]) >= count, timeout=30)
+                self.reply(200 if enough else 504, {"signals": list(STATE["signals"])})
         else:
             self.reply(404, {"message": "no such path"})
 
@@ -106,7 +122,16 @@ class Worker(BaseHTTPRequestHandler):
             body = json.loads(raw or b"{}")
         except ValueError:
             return self.reply(400, {"message": "the body is not JSON"})
+        if not isinstance(body, dict):
+            return self.reply(400, {"message": "the body is not a JSON object"})
         sender = body.get("sender")
+        if self.path == "/slot":
+            with LOCK:
+                STATE["signals"].append(
+                    {"topic": body.get("topic"), "sender": sender, "data": body.get("data")}
+                )
+                LOCK.notify_all()
+            return self.reply(200, {})
         data = body.get("data") or {}
         with LOCK:
             STATE["seen"].append(sender)
@@ -133,6 +158,15 @@ class Worker(BaseHTTPRequestHandler):
         self.reply(404, {"message": "no such service path"})
 
 
+def slot(spec, timeout):
+    """The registration of `--slot PATTERN` or `--slot PATTERN@GROUP`."""
+    topic, at, group = spec.partition("@")
+    value = {"topic": topic, "path": "/slot", "timeout": timeout}
+    if at:
+        value["group"] = group
+    return value
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -147,10 +181,19 @@ def main():
     ap.add_argument("--group", default="workers", help="exclusion group of the services")
     ap.add_argument("--timeout", type=float, default=60, help="service timeout, seconds")
     ap.add_argument("--concurrency", type=int, default=None)
+    ap.add_argument(
+        "--slot",
+        action="append",
+        metavar="PATTERN[@GROUP]",
+        help="a slot topic pattern (* and ?), with its exclusion group; repeatable "
+        "(default: notes.*)",
+    )
+    ap.add_argument("--health", default="/health", help="the health path, answered and registered")
     ap.add_argument("--no-register", action="store_true")
     args = ap.parse_args()
 
     Worker.prefix = args.prefix
+    Worker.health_path = args.health
     httpd = Server((args.host, args.port), Worker)
     port = httpd.server_address[1]
     print(f"listening on {port}", flush=True)
@@ -167,6 +210,7 @@ def main():
                 {"topic": args.prefix + "slow", "group": args.group, "path": "/slow",
                  "timeout": args.timeout},
             ],
+            "slots": [slot(spec, args.timeout) for spec in args.slot or ["notes.*"]],
         }
         if args.concurrency:
             registration["concurrency"] = args.concurrency
