@@ -120,9 +120,9 @@ fn skip(what: &str) -> Result<(), String> {
 }
 
 /// Vet and test the Go module (race detector on): the conformance scenarios, context
-/// cancellation, resume through a cutting proxy, error mapping, shared clients. Returns the
-/// passed and failed test counts (`go test -v`'s `--- PASS` / `--- FAIL` lines, subtests
-/// included).
+/// cancellation, resume through a cutting proxy, error mapping, shared clients; vet the example
+/// worker (examples/worker-go). Returns the passed and failed test counts (`go test -v`'s
+/// `--- PASS` / `--- FAIL` lines, subtests included).
 pub fn test() -> Result<(u64, u64), String> {
     if !go_available() {
         skip("go tests")?;
@@ -138,6 +138,11 @@ pub fn test() -> Result<(u64, u64), String> {
     let mut cmd = go_in("go/seed", &["test", "-count=1", "-v", "./..."]);
     cmd.env("LONGRUN_BIN", &server);
     let (seed_passed, seed_failed) = counted("seed client tests", &mut cmd)?;
+    // The example worker node; crates/longrun-server/tests/worker_go.rs builds and runs it.
+    step(
+        "go vet (examples/worker-go)",
+        &mut go_in("examples/worker-go", &["vet", "./..."]),
+    )?;
     Ok((passed + seed_passed, failed + seed_failed))
 }
 
