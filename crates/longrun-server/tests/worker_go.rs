@@ -1,0 +1,192 @@
+//! The Go example worker (`examples/worker-go`) does what its README says against a real
+//! server: it registers, its services run (`upper`, `slow` with progress) and its slot gets
+//! signals. The worker is built once per test binary with `go build`; without `go` the tests
+//! say SKIP (an error with `CI` set). Synchronisation is by observable events (the worker's
+//! stdout, a run's events, the worker's own `/_signals?count=N`), never by sleeping.
+
+mod common;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::OnceLock;
+
+use common::TestServer;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+/// The worker binary, built on first use into cargo's temporary directory for tests; `None`
+/// (said loudly) when `go` is not installed.
+fn worker_binary() -> Option<&'static PathBuf> {
+    static BINARY: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let source =
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/worker-go");
+            let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("worker-go");
+            let status = std::process::Command::new("go")
+                .arg("build")
+                .arg("-o")
+                .arg(&out)
+                .arg(".")
+                .current_dir(&source)
+                .env("GOTOOLCHAIN", "local")
+                .env("CGO_ENABLED", "0")
+                .status();
+            match status {
+                Ok(s) => {
+                    assert!(s.success(), "go build in {} failed: {s}", source.display());
+                    Some(out)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    assert!(
+                        std::env::var_os("CI").is_none(),
+                        "`go` is not installed, and CI needs it for examples/worker-go"
+                    );
+                    // Straight to stderr, past the test harness's capture of `eprintln!`.
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "\n******** SKIP: go not found; examples/worker-go was NOT tested ********\n"
+                    );
+                    None
+                }
+                Err(e) => panic!("cannot run go: {e}"),
+            }
+        })
+        .as_ref()
+}
+
+/// The Go worker, registered with `server`; killed when dropped.
+struct GoWorker {
+    _child: Child,
+    port: u16,
+    id: String,
+    _stdout: Lines<BufReader<ChildStdout>>,
+}
+
+impl GoWorker {
+    /// `None` when there is no `go` (the test then passes, having said SKIP).
+    async fn start(server: &TestServer) -> Option<GoWorker> {
+        let mut child = Command::new(worker_binary()?)
+            .arg("--server")
+            .arg(&server.base)
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the worker starts");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut line = async |prefix: &str| {
+            let line = stdout.next_line().await.unwrap().expect("a line");
+            line.strip_prefix(prefix)
+                .unwrap_or_else(|| panic!("expected {prefix:?}…, got {line:?}"))
+                .to_owned()
+        };
+        let port = line("listening on ").await.parse().expect("a port");
+        let id = line("registered ").await;
+        Some(GoWorker {
+            _child: child,
+            port,
+            id,
+            _stdout: stdout,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+/// Start a server with the demo objects and a Go worker registered with it.
+async fn setup() -> Option<(TestServer, GoWorker)> {
+    let server = TestServer::demo().await;
+    let worker = GoWorker::start(&server).await?;
+    Some((server, worker))
+}
+
+/// Submit `object` with `args` and long-poll the run to its end: every event.
+async fn run(server: &TestServer, object: &str, args: Value) -> Vec<Value> {
+    let path = server.submit(object, args).await;
+    server.events(&path).await
+}
+
+#[tokio::test]
+async fn it_registers_and_its_node_is_ok() {
+    let Some((server, worker)) = setup().await else {
+        return;
+    };
+    let res = reqwest::get(server.url(&format!("/_nodes/{}", worker.id)))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let record: Value = res.json().await.unwrap();
+    assert_eq!(record["status"], "ok", "{record}");
+    assert_eq!(record["port"], worker.port);
+    assert_eq!(record["health_check"], "/health");
+    let topics: Vec<&str> = record["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["topic"].as_str().unwrap())
+        .collect();
+    assert_eq!(topics, ["upper", "slow"], "{record}");
+    assert_eq!(record["slots"][0]["topic"], "notes.*", "{record}");
+    assert_eq!(record["slots"][0]["path"], "/slot", "{record}");
+}
+
+#[tokio::test]
+async fn upper_ends_in_success_with_the_text_in_upper_case() {
+    let Some((server, _worker)) = setup().await else {
+        return;
+    };
+    let events = run(&server, "upper", json!({"text": "hi"})).await;
+    let end = events.last().unwrap();
+    assert_eq!(end["state"], "success", "{events:?}");
+    assert_eq!(end["value"], json!({"text": "HI"}));
+}
+
+#[tokio::test]
+async fn slow_reports_one_progress_event_per_step_then_succeeds() {
+    let Some((server, _worker)) = setup().await else {
+        return;
+    };
+    let events = run(&server, "slow", json!({"steps": 3})).await;
+    let running: Vec<&Value> = events.iter().filter(|e| e["state"] == "running").collect();
+    assert_eq!(running.len(), 3, "{events:?}");
+    for (i, e) in running.iter().enumerate() {
+        assert_eq!(e["value"]["message"], format!("step {}", i + 1), "{e}");
+        assert!(e["value"]["progress"].is_number(), "{e}");
+    }
+    assert_eq!(running[2]["value"]["progress"], 1.0);
+    let end = events.last().unwrap();
+    assert_eq!(end["state"], "success", "{events:?}");
+    assert_eq!(end["value"], json!({"steps": 3}));
+}
+
+#[tokio::test]
+async fn a_signal_reaches_its_slot() {
+    let Some((server, worker)) = setup().await else {
+        return;
+    };
+    let res = reqwest::Client::new()
+        .post(server.url("/_signals/notes.x"))
+        .json(&json!({"level": "high"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let reply: Value = res.json().await.unwrap();
+    assert_eq!(reply["delivered"], 1, "{reply}");
+    let res = reqwest::get(worker.url("/_signals?count=1")).await.unwrap();
+    assert_eq!(
+        res.status(),
+        200,
+        "the signal arrives within the worker's wait"
+    );
+    let seen: Value = res.json().await.unwrap();
+    let signals = seen["signals"].as_array().unwrap();
+    assert_eq!(signals.len(), 1, "{seen}");
+    assert_eq!(signals[0]["topic"], "notes.x");
+    assert_eq!(signals[0]["data"], json!({"level": "high"}));
+    assert!(signals[0]["sender"].as_str().is_some_and(|s| !s.is_empty()));
+}
