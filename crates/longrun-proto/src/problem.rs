@@ -59,10 +59,12 @@ pub enum ProblemKind {
     NodeNotFound,
     /// 409: a node service topic is a local object, or served by another exclusion group.
     TopicTaken,
+    /// 404: the node has no service or slot of this topic (and path).
+    SubscriptionNotFound,
 }
 
 impl ProblemKind {
-    pub const ALL: [ProblemKind; 26] = [
+    pub const ALL: [ProblemKind; 27] = [
         ProblemKind::RateLimited,
         ProblemKind::InvalidIdempotencyKey,
         ProblemKind::IdempotencyKeyReused,
@@ -89,6 +91,7 @@ impl ProblemKind {
         ProblemKind::NodeUnreachable,
         ProblemKind::NodeNotFound,
         ProblemKind::TopicTaken,
+        ProblemKind::SubscriptionNotFound,
     ];
 
     pub fn slug(self) -> &'static str {
@@ -119,6 +122,7 @@ impl ProblemKind {
             ProblemKind::NodeUnreachable => "node-unreachable",
             ProblemKind::NodeNotFound => "node-not-found",
             ProblemKind::TopicTaken => "topic-taken",
+            ProblemKind::SubscriptionNotFound => "subscription-not-found",
         }
     }
 
@@ -135,7 +139,8 @@ impl ProblemKind {
             ProblemKind::NotFound
             | ProblemKind::UnknownObject
             | ProblemKind::RunNotFound
-            | ProblemKind::NodeNotFound => 404,
+            | ProblemKind::NodeNotFound
+            | ProblemKind::SubscriptionNotFound => 404,
             ProblemKind::MethodNotAllowed => 405,
             ProblemKind::RunEnded | ProblemKind::TopicTaken => 409,
             ProblemKind::RunGone => 410,
@@ -180,6 +185,7 @@ impl ProblemKind {
             ProblemKind::NodeUnreachable => "The node did not answer its health check",
             ProblemKind::NodeNotFound => "No such node",
             ProblemKind::TopicTaken => "The topic is taken",
+            ProblemKind::SubscriptionNotFound => "No such subscription",
         }
     }
 

@@ -39,6 +39,15 @@ pub fn app(server: Server) -> Router {
             get(crate::nodes::show).delete(crate::nodes::remove),
         )
         .route(
+            "/_nodes/{id}/{kind}",
+            get(crate::nodes::list_subs)
+                .post(crate::nodes::add_sub)
+                .delete(crate::nodes::remove_sub),
+        )
+        .route("/_nodes/{id}/signal", post(crate::nodes::node_signal))
+        .route("/_nodes/{id}/request", post(crate::nodes::node_request))
+        .route("/_signals/{topic}", post(crate::nodes::signal))
+        .route(
             "/_nodes/{node}/runs/{id}/events",
             post(crate::nodes::progress),
         )

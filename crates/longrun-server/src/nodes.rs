@@ -1,6 +1,7 @@
-//! Worker nodes (spec §25): HTTP programs that register their services with `POST /_nodes`,
-//! are health-checked, and receive the runs of their services' topics, which are objects like
-//! any other. Registrations live in memory, per replica: they do not survive a restart yet.
+//! Worker nodes (spec §25): HTTP programs that register their services and slots with
+//! `POST /_nodes`, are health-checked, and receive the runs of their services' topics (which are
+//! objects like any other) and the signals of their slots. Registrations live in memory, per
+//! replica: they do not survive a restart yet.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -9,18 +10,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use futures::future::BoxFuture;
-use longrun_proto::{CancelReason, ObjectName, ProblemKind, RunId};
+use longrun_proto::{CancelReason, ObjectName, ProblemKind};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::Server;
-use crate::auth::Caller;
+use crate::auth::{Caller, Scope};
 use crate::handler::{Handler, HandlerResult, Object, ObjectOptions, RunContext, RunError};
 use crate::http::{ApiError, json_response, read_args};
 use crate::run::Run;
@@ -36,17 +38,27 @@ struct NodeSettings {
 
 /// How many health results a node's record shows.
 const HEALTH_HISTORY: usize = 5;
+/// Signal deliveries in flight at once, over all slots: beyond it a delivery is dropped (and
+/// counted in the reply), so a burst of signals to slow slots cannot grow memory without bound.
+const MAX_SIGNAL_DELIVERIES: usize = 1024;
 /// Header naming the run in a dispatch, and the URL the node reports progress to.
 pub const RUN_HEADER: &str = "longrun-run";
 pub const CALLBACK_HEADER: &str = "longrun-callback";
 
+/// A service or a slot: a topic (a pattern, for slots), its exclusion group and the node's
+/// path that handles it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct Service {
     topic: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     group: Option<String>,
     path: String,
     timeout: f64,
+    /// Services only: dispatch again to another node this many times when the node fails
+    /// while holding a run (at-least-once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retry: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -69,6 +81,9 @@ struct Registration {
 pub(crate) enum Status {
     Ok,
     Unavailable,
+    /// Something answers on the node's port that is not the registered node (§25.3): no work
+    /// and no health checks until the node registers again.
+    Dirty,
 }
 
 impl Status {
@@ -76,6 +91,7 @@ impl Status {
         match self {
             Status::Ok => "ok",
             Status::Unavailable => "unavailable",
+            Status::Dirty => "dirty",
         }
     }
 }
@@ -90,6 +106,50 @@ struct HealthResult {
 struct Health {
     failures: u32,
     last: VecDeque<HealthResult>,
+    /// Why the node turned dirty.
+    dirty: Option<String>,
+}
+
+/// The two subscription lists of a node, which `/_nodes/{id}/services` and `/slots` change.
+#[derive(Default)]
+struct Subscriptions {
+    services: Vec<Service>,
+    slots: Vec<Service>,
+}
+
+/// Which list a sub-resource route works on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Service,
+    Slot,
+}
+
+impl Kind {
+    /// The last segment of `/_nodes/{id}/services` or `/slots`.
+    fn parse(segment: &str) -> Result<Kind, ApiError> {
+        match segment {
+            "services" => Ok(Kind::Service),
+            "slots" => Ok(Kind::Slot),
+            _ => Err(ApiError::new(
+                ProblemKind::NotFound,
+                "no route has this path",
+            )),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Service => "service",
+            Kind::Slot => "slot",
+        }
+    }
+
+    fn list(self, subs: &mut Subscriptions) -> &mut Vec<Service> {
+        match self {
+            Kind::Service => &mut subs.services,
+            Kind::Slot => &mut subs.slots,
+        }
+    }
 }
 
 pub(crate) struct Node {
@@ -98,15 +158,15 @@ pub(crate) struct Node {
     port: u16,
     health_check: String,
     concurrency: Option<u64>,
-    services: Vec<Service>,
-    slots: Vec<Service>,
+    subs: Mutex<Subscriptions>,
     /// `http://{host the node registered through}`: where its callbacks go.
     callback_base: String,
     status: watch::Sender<Status>,
     health: Mutex<Health>,
     in_flight: AtomicUsize,
-    /// The runs this node holds now, for its progress callbacks.
-    runs: Mutex<HashMap<RunId, Arc<Run>>>,
+    /// The calls this node holds now, by sender, with their run (none for a node-side
+    /// request), for its progress callbacks.
+    calls: Mutex<HashMap<String, Option<Arc<Run>>>>,
     stop: CancellationToken,
 }
 
@@ -119,28 +179,160 @@ impl Node {
         }
     }
 
+    fn subs(&self) -> std::sync::MutexGuard<'_, Subscriptions> {
+        self.subs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn record(&self) -> Value {
         let health = self.health.lock().unwrap_or_else(|e| e.into_inner());
-        json!({
+        let subs = self.subs();
+        let mut record = json!({
             "id": self.id,
             "host": self.host,
             "port": self.port,
             "health_check": self.health_check,
             "concurrency": self.concurrency,
-            "services": self.services,
-            "slots": self.slots,
+            "services": subs.services,
+            "slots": subs.slots,
             "status": self.status.borrow().as_str(),
             "in_flight": self.in_flight.load(Ordering::SeqCst),
             "health": {
                 "consecutive_failures": health.failures,
                 "last": health.last,
             },
-        })
+        });
+        if let Some(why) = &health.dirty {
+            record["dirty"] = Value::String(why.clone());
+        }
+        record
     }
 
-    fn service(&self, topic: &str) -> Option<&Service> {
-        self.services.iter().find(|s| s.topic == topic)
+    fn service(&self, topic: &str) -> Option<Service> {
+        self.subs()
+            .services
+            .iter()
+            .find(|s| s.topic == topic)
+            .cloned()
     }
+
+    fn serves(&self, topic: &str) -> bool {
+        self.subs().services.iter().any(|s| s.topic == topic)
+    }
+
+    fn is_ok(&self) -> bool {
+        *self.status.borrow() == Status::Ok
+    }
+
+    fn has_room(&self) -> bool {
+        self.concurrency
+            .is_none_or(|c| (self.in_flight.load(Ordering::SeqCst) as u64) < c)
+    }
+
+    /// Turn dirty (once): no more work, no more health checks.
+    fn mark_dirty(&self, nodes: &Nodes, why: String) {
+        {
+            let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+            if health.dirty.is_some() {
+                return;
+            }
+            health.dirty = Some(why.clone());
+        }
+        tracing::warn!(node = %self.id, %why, "node is dirty: it gets no work until it registers again");
+        self.status.send_replace(Status::Dirty);
+        self.stop.cancel();
+        nodes.bump();
+    }
+}
+
+/// How one call of a topic ended (spec §25.4, §25.9).
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// The node answered with this status and body.
+    Answered { code: StatusCode, data: Value },
+    /// No node served the topic in time.
+    NoListeners,
+    /// The service timeout (or the caller's deadline) passed; the connection was closed.
+    TimedOut,
+    /// The caller gave up (a DELETE of the run, or shutdown); the connection was closed.
+    Canceled,
+    /// The node failed while holding the call (and no retry was left).
+    NodeFailed { node: String, why: String },
+}
+
+/// Codes of the gilmour message for outcomes that are not a node's answer.
+const CODE_TIMEOUT: u16 = 499;
+const CODE_NODE_FAILED: u16 = 502;
+const CODE_NO_LISTENERS: u16 = 503;
+
+impl Outcome {
+    /// The code of gilmour's `{data, code}` message: the node's status, or 499 (timed out or
+    /// canceled, gilmour's timeout code), 502 (the node failed), 503 (no active listeners).
+    pub fn code(&self) -> u16 {
+        match self {
+            Outcome::Answered { code, .. } => code.as_u16(),
+            Outcome::TimedOut | Outcome::Canceled => CODE_TIMEOUT,
+            Outcome::NodeFailed { .. } => CODE_NODE_FAILED,
+            Outcome::NoListeners => CODE_NO_LISTENERS,
+        }
+    }
+
+    /// The data of gilmour's message: the node's body, or `{message}` saying what happened.
+    pub fn data(&self, topic: &str) -> Value {
+        match self {
+            Outcome::Answered { data, .. } => data.clone(),
+            _ => json!({ "message": self.message(topic) }),
+        }
+    }
+
+    fn message(&self, topic: &str) -> String {
+        match self {
+            Outcome::Answered { code, data } => data
+                .get("message")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("{topic} failed with HTTP {}", code.as_u16())),
+            Outcome::NoListeners => format!("No active listeners for: {topic}"),
+            Outcome::TimedOut => "the service timeout passed".into(),
+            Outcome::Canceled => "canceled".into(),
+            Outcome::NodeFailed { node, why } => format!("the node {node} {why}"),
+        }
+    }
+
+    /// What a run of the topic ends with.
+    fn into_result(self, topic: &str) -> HandlerResult {
+        match self {
+            Outcome::Answered { code, data } if code.is_success() => Ok(data),
+            other => {
+                let error = RunError::new(other.message(topic));
+                Err(match other {
+                    Outcome::Answered { code, data } => {
+                        error.with("code", code.as_u16()).with("data", data)
+                    }
+                    Outcome::NodeFailed { node, .. } => error.with("node", node),
+                    _ => error,
+                })
+            }
+        }
+    }
+}
+
+/// What the caller of [`Nodes::call`] brings.
+pub(crate) struct Call<'a> {
+    /// The run the call belongs to: progress callbacks become its `running` events, and its
+    /// id is the `sender`.
+    pub run: Option<&'a Arc<Run>>,
+    pub cancel: &'a CancellationToken,
+    /// When the whole call (waiting for a node and every attempt) must be over.
+    pub deadline: Option<Instant>,
+}
+
+/// How one dispatch to one node went.
+enum Attempt {
+    Done(Outcome),
+    /// The node's port answered as another program would: nothing ran, dispatch elsewhere.
+    Dirty(String),
+    /// The node failed while holding the call: it may have run.
+    Failed(String),
 }
 
 /// The registered nodes of this replica.
@@ -152,6 +344,7 @@ pub(crate) struct Nodes {
     /// again.
     changed: watch::Sender<u64>,
     rotate: AtomicU64,
+    signal_permits: Arc<Semaphore>,
 }
 
 #[derive(Default)]
@@ -171,10 +364,15 @@ impl Nodes {
                 health_failures: config.health_failures.max(1),
                 dispatch_timeout: config.dispatch_timeout,
             },
-            client: reqwest::Client::new(),
+            // Redirects are not followed: a node answers for itself.
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("a client with no TLS settings builds"),
             inner: Mutex::new(Inner::default()),
             changed: watch::Sender::new(0),
             rotate: AtomicU64::new(0),
+            signal_permits: Arc::new(Semaphore::new(MAX_SIGNAL_DELIVERIES)),
         }
     }
 
@@ -186,10 +384,13 @@ impl Nodes {
         self.changed.send_modify(|v| *v += 1);
     }
 
+    fn turn(&self, len: usize) -> usize {
+        self.rotate.fetch_add(1, Ordering::Relaxed) as usize % len
+    }
+
     /// The object a node topic stands for, while some node serves it.
     pub fn object(self: &Arc<Self>, topic: &str) -> Option<Object> {
-        let inner = self.lock();
-        let served = inner.nodes.values().any(|n| n.service(topic).is_some());
+        let served = self.lock().nodes.values().any(|n| n.serves(topic));
         served.then(|| Object {
             handler: Arc::new(NodeService {
                 nodes: self.clone(),
@@ -210,91 +411,155 @@ impl Nodes {
         }
     }
 
-    /// Ping a node's health path once: `Ok(detail)` for a 2xx, else why not.
-    async fn ping(&self, base: &str, path: &str) -> Result<String, String> {
+    /// Ping a node's health path once: `Ok(detail)` for a 2xx, else the status (when one
+    /// came) and why not.
+    async fn ping(&self, base: &str, path: &str) -> Result<String, (Option<u16>, String)> {
         let res = self
             .client
             .get(format!("{base}{path}"))
             .timeout(self.settings.health_timeout)
             .send()
             .await
-            .map_err(|e| format!("{e:#}"))?;
+            .map_err(|e| (None, format!("{e:#}")))?;
         let status = res.status();
         if status.is_success() {
             Ok(format!("HTTP {}", status.as_u16()))
         } else {
-            Err(format!("HTTP {}", status.as_u16()))
+            Err((Some(status.as_u16()), format!("HTTP {}", status.as_u16())))
         }
     }
 
-    /// The `ok` node with the fewest runs in flight (within its concurrency) serving `topic`;
-    /// ties go round-robin. The chosen node's slot is taken.
-    fn pick(&self, topic: &str) -> Option<(Arc<Node>, Service)> {
+    /// The `ok` node with the fewest calls in flight (within its concurrency) serving
+    /// `topic`, preferring nodes not in `avoid`; ties go round-robin. The chosen node's slot
+    /// is taken.
+    fn pick(&self, topic: &str, avoid: &[String]) -> Option<(Arc<Node>, Service)> {
         let inner = self.lock();
         let candidates: Vec<&Arc<Node>> = inner
             .nodes
             .values()
-            .filter(|n| *n.status.borrow() == Status::Ok && n.service(topic).is_some())
-            .filter(|n| {
-                n.concurrency
-                    .is_none_or(|c| (n.in_flight.load(Ordering::SeqCst) as u64) < c)
-            })
+            .filter(|n| n.is_ok() && n.has_room() && n.serves(topic))
             .collect();
+        let fresh: Vec<&Arc<Node>> = candidates
+            .iter()
+            .copied()
+            .filter(|n| !avoid.contains(&n.id))
+            .collect();
+        let candidates = if fresh.is_empty() { candidates } else { fresh };
         let least = candidates
             .iter()
             .map(|n| n.in_flight.load(Ordering::SeqCst))
             .min()?;
-        let tied: Vec<&&Arc<Node>> = candidates
-            .iter()
+        let tied: Vec<&Arc<Node>> = candidates
+            .into_iter()
             .filter(|n| n.in_flight.load(Ordering::SeqCst) == least)
             .collect();
-        let turn = self.rotate.fetch_add(1, Ordering::Relaxed) as usize % tied.len();
-        let node = (*tied[turn]).clone();
+        let node = tied[self.turn(tied.len())].clone();
+        let service = node.service(topic)?;
         node.in_flight.fetch_add(1, Ordering::SeqCst);
-        let service = node.service(topic).expect("filtered on it").clone();
         Some((node, service))
     }
 
-    async fn dispatch(
-        self: Arc<Self>,
-        topic: String,
-        args: Value,
-        ctx: RunContext,
-    ) -> HandlerResult {
+    /// Wait until a node can take a call of `topic`, within the dispatch timeout.
+    async fn wait_for_node(
+        &self,
+        topic: &str,
+        avoid: &[String],
+        call: &Call<'_>,
+    ) -> Result<(Arc<Node>, Service), Outcome> {
         let mut changed = self.changed.subscribe();
         let waited = tokio::time::sleep(self.settings.dispatch_timeout);
         tokio::pin!(waited);
-        let (node, service) = loop {
+        loop {
             changed.borrow_and_update();
-            if let Some(found) = self.pick(&topic) {
-                break found;
+            if let Some(found) = self.pick(topic, avoid) {
+                return Ok(found);
             }
             tokio::select! {
                 _ = changed.changed() => {}
-                _ = &mut waited => {
-                    return Err(RunError::new(format!("No active listeners for: {topic}")));
-                }
-                _ = ctx.cancelled() => return Err(RunError::new("canceled while queued")),
+                _ = &mut waited => return Err(Outcome::NoListeners),
+                _ = until(call.deadline) => return Err(Outcome::TimedOut),
+                _ = call.cancel.cancelled() => return Err(Outcome::Canceled),
             }
+        }
+    }
+
+    /// One call of `topic` with `data`: dispatched to one node of its exclusion group, again
+    /// to another when the node turns out dirty or fails and the service allows retries.
+    pub(crate) async fn call(
+        self: &Arc<Self>,
+        topic: &str,
+        data: Value,
+        call: Call<'_>,
+    ) -> Outcome {
+        let sender = match call.run {
+            Some(run) => run.id.to_string(),
+            None => uuid::Uuid::new_v4().to_string(),
         };
-        let _slot = Slot::new(&self, &node, &ctx.run);
-        let run_id = ctx.id().to_string();
+        let mut avoid = Vec::new();
+        let mut retries = 0;
+        loop {
+            let (node, service) = match self.wait_for_node(topic, &avoid, &call).await {
+                Ok(found) => found,
+                Err(outcome) => return outcome,
+            };
+            let again = match self
+                .attempt(&node, &service, topic, &sender, &data, &call)
+                .await
+            {
+                Attempt::Done(outcome) => return outcome,
+                Attempt::Dirty(why) => {
+                    node.mark_dirty(self, why.clone());
+                    format!("the node {} is dirty ({why}); dispatching again", node.id)
+                }
+                Attempt::Failed(why) => {
+                    let allowed = service.retry.unwrap_or(0);
+                    if retries >= allowed {
+                        return Outcome::NodeFailed {
+                            node: node.id.clone(),
+                            why,
+                        };
+                    }
+                    retries += 1;
+                    format!(
+                        "the node {} {why}; dispatching again (retry {retries} of {allowed})",
+                        node.id
+                    )
+                }
+            };
+            tracing::info!(sender = %sender, node = %node.id, "{again}");
+            if let Some(run) = call.run {
+                run.emit(json!({ "message": again, "node": node.id }));
+            }
+            avoid.push(node.id.clone());
+        }
+    }
+
+    async fn attempt(
+        self: &Arc<Self>,
+        node: &Arc<Node>,
+        service: &Service,
+        topic: &str,
+        sender: &str,
+        data: &Value,
+        call: &Call<'_>,
+    ) -> Attempt {
+        let _held = Held::new(self, node, sender, call.run);
         let callback = format!(
             "{}/_nodes/{}/runs/{}/events",
-            node.callback_base, node.id, run_id
+            node.callback_base, node.id, sender
         );
-        tracing::debug!(run = %run_id, node = %node.id, topic = %topic, "dispatching");
+        tracing::debug!(sender, node = %node.id, topic, "dispatching");
         let body = json!({
             "topic": topic,
-            "sender": run_id,
-            "data": args,
+            "sender": sender,
+            "data": data,
             "timeout": service.timeout,
         });
-        let call = async {
+        let request = async {
             let res = self
                 .client
                 .post(format!("{}{}", node.base(), service.path))
-                .header(RUN_HEADER, &run_id)
+                .header(RUN_HEADER, sender)
                 .header(CALLBACK_HEADER, &callback)
                 .json(&body)
                 .send()
@@ -304,79 +569,172 @@ impl Nodes {
             Ok::<_, reqwest::Error>((status, bytes))
         };
         let mut status = node.status.subscribe();
-        let deadline = Duration::from_secs_f64(service.timeout);
-        // Whichever comes first; dropping `call` closes the connection to the node.
+        let timeout = Duration::from_secs_f64(service.timeout);
+        // Whichever comes first; dropping `request` closes the connection to the node.
         let answered = tokio::select! {
-            answered = call => answered,
-            _ = tokio::time::sleep(deadline) => {
-                ctx.run.request_cancel(CancelReason::Deadline);
-                return Err(RunError::new("the service timeout passed"));
-            }
-            _ = ctx.cancelled() => return Err(RunError::new("canceled")),
+            answered = request => answered,
+            _ = tokio::time::sleep(timeout) => return Attempt::Done(Outcome::TimedOut),
+            _ = until(call.deadline) => return Attempt::Done(Outcome::TimedOut),
+            _ = call.cancel.cancelled() => return Attempt::Done(Outcome::Canceled),
             _ = status.wait_for(|s| *s != Status::Ok) => {
-                return Err(RunError::new(format!(
-                    "the node {} turned unavailable while holding the run",
-                    node.id
-                ))
-                .with("node", node.id.clone()));
+                return Attempt::Failed("turned unavailable while holding the run".into());
             }
         };
-        let (code, bytes) = answered.map_err(|e| {
-            RunError::new(format!(
-                "the node {} failed while holding the run: {e:#}",
-                node.id
-            ))
-            .with("node", node.id.clone())
-        })?;
-        let data = if bytes.iter().all(u8::is_ascii_whitespace) {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        let (code, bytes) = match answered {
+            Ok(answered) => answered,
+            Err(e) => return Attempt::Failed(format!("failed while holding the run: {e:#}")),
         };
-        if code.is_success() {
-            Ok(data)
-        } else {
-            let message = data
-                .get("message")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-                .unwrap_or_else(|| format!("{topic} failed with HTTP {}", code.as_u16()));
-            Err(RunError::new(message)
-                .with("code", code.as_u16())
-                .with("data", data))
+        // A POST to a registered path that the port's program does not take at all: it is
+        // not the node that registered (§25.3).
+        if matches!(
+            code,
+            StatusCode::METHOD_NOT_ALLOWED | StatusCode::NOT_IMPLEMENTED
+        ) {
+            return Attempt::Dirty(format!(
+                "{} answered HTTP {} to a dispatch",
+                service.path,
+                code.as_u16()
+            ));
         }
+        Attempt::Done(Outcome::Answered {
+            code,
+            data: body_value(&bytes),
+        })
+    }
+
+    /// Deliver a signal to every matching slot: one node per exclusion group, every
+    /// ungrouped slot (§25.8). Fire and forget: the deliveries run apart, and a failure is
+    /// logged, never retried.
+    pub(crate) fn signal(self: &Arc<Self>, topic: &str, data: Value) -> (usize, usize) {
+        let mut targets: Vec<(Arc<Node>, Service)> = Vec::new();
+        let mut groups: BTreeMap<String, Vec<(Arc<Node>, Service)>> = BTreeMap::new();
+        for node in self.lock().nodes.values().filter(|n| n.is_ok()) {
+            for slot in node
+                .subs()
+                .slots
+                .iter()
+                .filter(|s| matches(&s.topic, topic))
+            {
+                let target = (node.clone(), slot.clone());
+                match &slot.group {
+                    Some(g) => groups.entry(g.clone()).or_default().push(target),
+                    None => targets.push(target),
+                }
+            }
+        }
+        for members in groups.into_values() {
+            let pick = self.turn(members.len());
+            targets.extend(members.into_iter().nth(pick));
+        }
+        let (mut delivered, mut dropped) = (0, 0);
+        for (node, slot) in targets {
+            let Ok(permit) = self.signal_permits.clone().try_acquire_owned() else {
+                tracing::warn!(node = %node.id, topic, "signal dropped: {MAX_SIGNAL_DELIVERIES} deliveries in flight");
+                dropped += 1;
+                continue;
+            };
+            delivered += 1;
+            let body = json!({
+                "topic": topic,
+                "sender": uuid::Uuid::new_v4().to_string(),
+                "data": data,
+                "timeout": slot.timeout,
+            });
+            let request = self
+                .client
+                .post(format!("{}{}", node.base(), slot.path))
+                .timeout(Duration::from_secs_f64(slot.timeout))
+                .json(&body);
+            let topic = topic.to_owned();
+            tokio::spawn(async move {
+                let _permit = permit;
+                match request.send().await {
+                    Ok(res) if res.status().is_success() => {}
+                    Ok(res) => {
+                        tracing::warn!(node = %node.id, %topic, status = res.status().as_u16(), "slot answered the signal with an error")
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = %node.id, %topic, error = %format!("{e:#}"), "signal delivery failed")
+                    }
+                }
+            });
+        }
+        (delivered, dropped)
     }
 }
 
-/// A run held by a node: counted in its `in_flight`, reachable by its callbacks.
-struct Slot {
+/// Completes at `deadline`, never without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A node's reply body: JSON, or a string when it is not JSON, or `null` when empty.
+fn body_value(bytes: &[u8]) -> Value {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        serde_json::from_slice(bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+    }
+}
+
+/// Does a slot pattern match a topic? gilmour subscribes slots with Redis glob patterns:
+/// `*` is any run of characters (dots included, possibly none), `?` exactly one; every other
+/// character stands for itself.
+pub(crate) fn matches(pattern: &str, topic: &str) -> bool {
+    let (p, t) = (pattern.as_bytes(), topic.as_bytes());
+    // The classic greedy glob with one backtrack point: linear in practice, no recursion.
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == b'?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+/// A call held by a node: counted in its `in_flight`, reachable by its callbacks.
+struct Held {
     nodes: Arc<Nodes>,
     node: Arc<Node>,
-    run: RunId,
+    sender: String,
 }
 
-impl Slot {
-    fn new(nodes: &Arc<Nodes>, node: &Arc<Node>, run: &Arc<Run>) -> Self {
-        node.runs
+impl Held {
+    fn new(nodes: &Arc<Nodes>, node: &Arc<Node>, sender: &str, run: Option<&Arc<Run>>) -> Self {
+        node.calls
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(run.id, run.clone());
-        Slot {
+            .insert(sender.to_owned(), run.cloned());
+        Held {
             nodes: nodes.clone(),
             node: node.clone(),
-            run: run.id,
+            sender: sender.to_owned(),
         }
     }
 }
 
-impl Drop for Slot {
+impl Drop for Held {
     fn drop(&mut self) {
         self.node
-            .runs
+            .calls
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.run);
+            .remove(&self.sender);
         self.node.in_flight.fetch_sub(1, Ordering::SeqCst);
         self.nodes.bump();
     }
@@ -389,12 +747,25 @@ struct NodeService {
 
 impl Handler for NodeService {
     fn start(&self, args: Value, ctx: RunContext) -> BoxFuture<'static, HandlerResult> {
-        Box::pin(self.nodes.clone().dispatch(self.topic.clone(), args, ctx))
+        let (nodes, topic) = (self.nodes.clone(), self.topic.clone());
+        Box::pin(async move {
+            let cancel = ctx.cancel_token();
+            let call = Call {
+                run: Some(&ctx.run),
+                cancel: &cancel,
+                deadline: None,
+            };
+            let outcome = nodes.call(&topic, args, call).await;
+            if matches!(outcome, Outcome::TimedOut) {
+                ctx.run.request_cancel(CancelReason::Deadline);
+            }
+            outcome.into_result(&topic)
+        })
     }
 }
 
 /// Every `interval`, ping the node; `failures` consecutive failures turn it `unavailable`,
-/// one success turns it `ok` again.
+/// one success turns it `ok` again, and a health path that is not there turns it `dirty`.
 async fn health_loop(nodes: Arc<Nodes>, node: Arc<Node>) {
     let base = node.base();
     loop {
@@ -406,6 +777,13 @@ async fn health_loop(nodes: Arc<Nodes>, node: Arc<Node>) {
             _ = node.stop.cancelled() => return,
             r = nodes.ping(&base, &node.health_check) => r,
         };
+        if let Err((Some(code @ (404 | 405 | 501)), _)) = &result {
+            node.mark_dirty(
+                &nodes,
+                format!("its health path {} answered HTTP {code}", node.health_check),
+            );
+            return;
+        }
         let now = *node.status.borrow();
         let next = {
             let mut health = node.health.lock().unwrap_or_else(|e| e.into_inner());
@@ -414,10 +792,10 @@ async fn health_loop(nodes: Arc<Nodes>, node: Arc<Node>) {
                 health.last.pop_front();
             }
             health.last.push_back(HealthResult {
-                at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+                at: now_rfc3339(),
                 ok,
                 detail: match &result {
-                    Ok(d) | Err(d) => d.clone(),
+                    Ok(d) | Err((_, d)) => d.clone(),
                 },
             });
             if ok {
@@ -435,7 +813,7 @@ async fn health_loop(nodes: Arc<Nodes>, node: Arc<Node>) {
         if next != now {
             match &result {
                 Ok(_) => tracing::info!(node = %node.id, "node answers its health path again: ok"),
-                Err(why) => {
+                Err((_, why)) => {
                     tracing::warn!(node = %node.id, %why, "node failed its health checks: unavailable")
                 }
             }
@@ -443,6 +821,10 @@ async fn health_loop(nodes: Arc<Nodes>, node: Arc<Node>) {
             nodes.bump();
         }
     }
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
 fn invalid(detail: impl Into<String>) -> ApiError {
@@ -458,41 +840,62 @@ fn validate_path(what: &str, path: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn validate_entry(kind: &str, s: &Service, server: &Server) -> Result<(), ApiError> {
-    if !ObjectName::is_valid(&s.topic) {
-        return Err(invalid(format!(
-            "{kind} topic {:?} is not a valid object name (letters, digits, '.', '_', '-', starting with a letter or digit); wildcards are not supported yet",
-            s.topic
-        )));
-    }
-    validate_path(&format!("the path of {kind} {:?}", s.topic), &s.path)?;
-    if !(s.timeout.is_finite() && s.timeout > 0.0 && s.timeout <= 365.0 * 86400.0) {
-        return Err(invalid(format!(
-            "the timeout of {kind} {:?} must be a positive number of seconds",
-            s.topic
-        )));
-    }
-    if let Some(g) = &s.group {
-        if g.is_empty() {
+/// A slot pattern: an object name in which `*` and `?` may stand for characters.
+fn is_valid_pattern(pattern: &str) -> bool {
+    let literal: String = pattern.replace(['*', '?'], "a");
+    ObjectName::is_valid(&literal)
+}
+
+fn validate_entry(kind: Kind, s: &Service, server: &Server) -> Result<(), ApiError> {
+    let name = kind.name();
+    match kind {
+        Kind::Service if !ObjectName::is_valid(&s.topic) => {
             return Err(invalid(format!(
-                "the group of {kind} {:?} is empty",
+                "service topic {:?} is not a valid object name (letters, digits, '.', '_', '-', starting with a letter or digit; no wildcards)",
                 s.topic
             )));
         }
+        Kind::Slot if !is_valid_pattern(&s.topic) => {
+            return Err(invalid(format!(
+                "slot topic {:?} is not a valid pattern (an object name in which '*' and '?' are wildcards)",
+                s.topic
+            )));
+        }
+        _ => {}
     }
-    if kind == "service" {
-        if s.group.is_none() {
+    validate_path(&format!("the path of {name} {:?}", s.topic), &s.path)?;
+    if !(s.timeout.is_finite() && s.timeout > 0.0 && s.timeout <= 365.0 * 86400.0) {
+        return Err(invalid(format!(
+            "the timeout of {name} {:?} must be a positive number of seconds",
+            s.topic
+        )));
+    }
+    if s.group.as_deref() == Some("") {
+        return Err(invalid(format!(
+            "the group of {name} {:?} is empty",
+            s.topic
+        )));
+    }
+    match kind {
+        Kind::Slot if s.retry.is_some() => {
+            return Err(invalid(format!(
+                "slot {:?} has a retry: signals are never retried",
+                s.topic
+            )));
+        }
+        Kind::Service if s.group.is_none() => {
             return Err(invalid(format!(
                 "service {:?} needs an exclusion group",
                 s.topic
             )));
         }
-        if server.objects.contains_key(&s.topic) {
+        Kind::Service if server.objects.contains_key(&s.topic) => {
             return Err(ApiError::new(
                 ProblemKind::TopicTaken,
                 format!("{:?} is an object of this server", s.topic),
             ));
         }
+        _ => {}
     }
     Ok(())
 }
@@ -534,13 +937,13 @@ pub(crate) async fn register(
     }
     let mut seen = BTreeSet::new();
     for s in &reg.services {
-        validate_entry("service", s, &server)?;
+        validate_entry(Kind::Service, s, &server)?;
         if !seen.insert(s.topic.as_str()) {
             return Err(invalid(format!("service {:?} is listed twice", s.topic)));
         }
     }
     for s in &reg.slots {
-        validate_entry("slot", s, &server)?;
+        validate_entry(Kind::Slot, s, &server)?;
     }
     let host = match reg.host.filter(|h| !h.is_empty()).or(peer) {
         Some(h) => h,
@@ -557,58 +960,62 @@ pub(crate) async fn register(
         ));
     };
     let nodes = &server.nodes;
-    check_groups(&nodes.lock(), &reg.services)?;
+    check_groups(&nodes.lock(), None, &reg.services)?;
     let mut node = Node {
         id: uuid::Uuid::new_v4().to_string(),
         host,
         port,
         health_check,
         concurrency: reg.concurrency,
-        services: reg.services,
-        slots: reg.slots,
+        subs: Mutex::new(Subscriptions {
+            services: reg.services,
+            slots: reg.slots,
+        }),
         callback_base: format!("http://{host_header}"),
         status: watch::Sender::new(Status::Ok),
         health: Mutex::new(Health {
             failures: 0,
             last: VecDeque::new(),
+            dirty: None,
         }),
         in_flight: AtomicUsize::new(0),
-        runs: Mutex::new(HashMap::new()),
+        calls: Mutex::new(HashMap::new()),
         stop: CancellationToken::new(),
     };
-    let pinged = nodes.ping(&node.base(), &node.health_check).await;
-    let detail = match pinged {
-        Ok(d) => d,
-        Err(why) => {
-            return Err(ApiError::new(
+    let detail = nodes
+        .ping(&node.base(), &node.health_check)
+        .await
+        .map_err(|(_, why)| {
+            ApiError::new(
                 ProblemKind::NodeUnreachable,
                 format!(
                     "{}{} did not answer the health check with a 2xx: {why}",
                     node.base(),
                     node.health_check
                 ),
-            ));
-        }
-    };
+            )
+        })?;
     node.health
         .get_mut()
         .unwrap_or_else(|e| e.into_inner())
         .last
         .push_back(HealthResult {
-            at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            at: now_rfc3339(),
             ok: true,
             detail,
         });
     let node = Arc::new(node);
     {
         let mut inner = nodes.lock();
-        check_groups(&inner, &node.services)?;
-        for s in &node.services {
+        let subs = node.subs();
+        check_groups(&inner, None, &subs.services)?;
+        for s in &subs.services {
             inner.topics.insert(s.topic.clone());
         }
+        drop(subs);
         inner.nodes.insert(node.id.clone(), node.clone());
     }
-    tracing::info!(node = %node.id, at = %node.base(), services = node.services.len(), "node registered: ok");
+    tracing::info!(node = %node.id, at = %node.base(), "node registered: ok");
     nodes.bump();
     tokio::spawn(health_loop(nodes.clone(), node.clone()));
     let mut res = json_response(StatusCode::CREATED, &json!({"id": node.id, "status": "ok"}));
@@ -620,10 +1027,14 @@ pub(crate) async fn register(
 }
 
 /// One exclusion group per topic: another node's service of the same topic in another group
-/// is a conflict.
-fn check_groups(inner: &Inner, services: &[Service]) -> Result<(), ApiError> {
+/// is a conflict (`except`: the node whose own list is being changed).
+fn check_groups(inner: &Inner, except: Option<&str>, services: &[Service]) -> Result<(), ApiError> {
     for s in services {
-        for other in inner.nodes.values() {
+        for other in inner
+            .nodes
+            .values()
+            .filter(|n| Some(n.id.as_str()) != except)
+        {
             if let Some(o) = other.service(&s.topic) {
                 if o.group != s.group {
                     return Err(ApiError::new(
@@ -656,6 +1067,10 @@ fn find(server: &Server, id: &str) -> Result<Arc<Node>, ApiError> {
         .get(id)
         .cloned()
         .ok_or_else(|| node_not_found(id))
+}
+
+fn ok() -> Response {
+    json_response(StatusCode::OK, &json!({"status": "ok"}))
 }
 
 /// `GET /_nodes`.
@@ -695,41 +1110,328 @@ pub(crate) async fn remove(
     node.stop.cancel();
     server.nodes.bump();
     tracing::info!(node = %id, "node unregistered");
-    Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))
+    Ok(ok())
 }
 
-/// `POST /_nodes/{node}/runs/{id}/events`: a node reports progress of a run it holds.
+/// `GET /_nodes/{id}/services` and `/slots`.
+pub(crate) async fn list_subs(
+    caller: Caller,
+    State(server): State<Server>,
+    Path((id, kind)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    caller.require_admin()?;
+    let kind = Kind::parse(&kind)?;
+    let node = find(&server, &id)?;
+    let list = kind.list(&mut node.subs()).clone();
+    let key = format!("{}s", kind.name());
+    Ok(json_response(StatusCode::OK, &json!({ key: list })))
+}
+
+/// `POST /_nodes/{id}/services` and `/slots`: one more subscription.
+pub(crate) async fn add_sub(
+    caller: Caller,
+    State(server): State<Server>,
+    Path((id, kind)): Path<(String, String)>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    caller.require_admin()?;
+    let kind = Kind::parse(&kind)?;
+    let node = find(&server, &id)?;
+    let entry: Service = read_json(&server, req, &format!("a {}", kind.name())).await?;
+    validate_entry(kind, &entry, &server)?;
+    let nodes = &server.nodes;
+    {
+        let mut inner = nodes.lock();
+        let mut subs = node.subs();
+        let list = kind.list(&mut subs);
+        match kind {
+            Kind::Service => {
+                if list.iter().any(|s| s.topic == entry.topic) {
+                    return Err(ApiError::new(
+                        ProblemKind::TopicTaken,
+                        format!("the node serves {:?} already", entry.topic),
+                    ));
+                }
+                check_groups(&inner, Some(&node.id), std::slice::from_ref(&entry))?;
+                inner.topics.insert(entry.topic.clone());
+            }
+            Kind::Slot => {
+                if list.iter().any(|s| {
+                    s.topic == entry.topic && s.path == entry.path && s.group == entry.group
+                }) {
+                    // The same subscription twice is one subscription.
+                    return Ok(json_response(StatusCode::OK, &json!({"status": "ok"})));
+                }
+            }
+        }
+        list.push(entry);
+    }
+    nodes.bump();
+    Ok(json_response(StatusCode::CREATED, &json!({"status": "ok"})))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Unsubscribe {
+    topic: Option<String>,
+    path: Option<String>,
+}
+
+/// `DELETE /_nodes/{id}/services?topic=&path=` and `/slots?…`: without `path`, every
+/// subscription of the topic goes.
+pub(crate) async fn remove_sub(
+    caller: Caller,
+    State(server): State<Server>,
+    Path((id, kind)): Path<(String, String)>,
+    Query(query): Query<Unsubscribe>,
+) -> Result<Response, ApiError> {
+    caller.require_admin()?;
+    let kind = Kind::parse(&kind)?;
+    let node = find(&server, &id)?;
+    let Some(topic) = query.topic else {
+        return Err(invalid(format!(
+            "name the {} to remove: ?topic=…[&path=…]",
+            kind.name()
+        )));
+    };
+    let removed = {
+        let mut subs = node.subs();
+        let list = kind.list(&mut subs);
+        let before = list.len();
+        list.retain(|s| !(s.topic == topic && query.path.as_ref().is_none_or(|p| *p == s.path)));
+        before - list.len()
+    };
+    if removed == 0 {
+        return Err(ApiError::new(
+            ProblemKind::SubscriptionNotFound,
+            format!("node {id} has no {} {topic:?}", kind.name())
+                + &query.path.map(|p| format!(" at {p}")).unwrap_or_default(),
+        ));
+    }
+    server.nodes.bump();
+    Ok(ok())
+}
+
+fn signal_reply(topic: &str, (delivered, dropped): (usize, usize)) -> Response {
+    tracing::debug!(topic, delivered, dropped, "signal");
+    json_response(
+        StatusCode::ACCEPTED,
+        &json!({"delivered": delivered, "dropped": dropped}),
+    )
+}
+
+fn valid_signal_topic(topic: &str) -> Result<(), ApiError> {
+    if ObjectName::is_valid(topic) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ProblemKind::InvalidArguments,
+            format!("signal topic {topic:?} is not a valid object name (no wildcards)"),
+        ))
+    }
+}
+
+/// `POST /_signals/{topic}`: the body (any JSON value) goes to every matching slot.
+pub(crate) async fn signal(
+    caller: Caller,
+    State(server): State<Server>,
+    Path(topic): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    valid_signal_topic(&topic)?;
+    caller.require(Scope::Submit, &topic)?;
+    let (parts, body) = req.into_parts();
+    let data = read_args(&server, &parts.headers, Body::new(body)).await?;
+    Ok(signal_reply(&topic, server.nodes.signal(&topic, data)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeSignal {
+    topic: String,
+    #[serde(default)]
+    message: Value,
+}
+
+/// The JSON body of a control request, as a `T`; `what` names it in the 400 problem.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    server: &Server,
+    req: Request,
+    what: &str,
+) -> Result<T, ApiError> {
+    let (parts, body) = req.into_parts();
+    let value = read_args(server, &parts.headers, Body::new(body)).await?;
+    serde_json::from_value(value).map_err(|e| {
+        ApiError::new(
+            ProblemKind::InvalidJson,
+            format!("the body is not {what}: {e}"),
+        )
+    })
+}
+
+/// `POST /_nodes/{id}/signal` with the seed's `{topic, message}`: a node sends a signal.
+pub(crate) async fn node_signal(
+    State(server): State<Server>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    find(&server, &id)?;
+    let sig: NodeSignal = read_json(&server, req, "a signal {topic, message}").await?;
+    valid_signal_topic(&sig.topic)?;
+    Ok(signal_reply(
+        &sig.topic,
+        server.nodes.signal(&sig.topic, sig.message),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeRequest {
+    #[serde(default)]
+    topic: Option<String>,
+    #[serde(default)]
+    composition: Option<Value>,
+    #[serde(default)]
+    message: Value,
+    /// Seconds; the whole request (every step of a composition) ends by then.
+    #[serde(default)]
+    timeout: Option<f64>,
+}
+
+/// gilmour's reply to a node-side request: every message, the highest code, and the HTTP
+/// status is that code.
+pub(crate) fn messages_reply(messages: &[(u16, Value)]) -> Response {
+    let code = messages.iter().map(|(c, _)| *c).max().unwrap_or(200);
+    let list: Vec<Value> = messages
+        .iter()
+        .map(|(code, data)| json!({"data": data, "code": code}))
+        .collect();
+    json_response(
+        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        &json!({"messages": list, "code": code, "length": list.len()}),
+    )
+}
+
+/// `POST /_nodes/{id}/request` with the seed's `{topic | composition, message, timeout}`: a
+/// node calls a service and waits for the answer (no run is created).
+pub(crate) async fn node_request(
+    State(server): State<Server>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    find(&server, &id)?;
+    let request: NodeRequest = read_json(
+        &server,
+        req,
+        "a request {topic | composition, message, timeout}",
+    )
+    .await?;
+    let deadline = match request.timeout {
+        None => None,
+        Some(t) if t.is_finite() && t > 0.0 && t <= 365.0 * 86400.0 => {
+            Some(Instant::now() + Duration::from_secs_f64(t))
+        }
+        Some(t) => {
+            return Err(ApiError::new(
+                ProblemKind::InvalidArguments,
+                format!("timeout {t} is not a positive number of seconds"),
+            ));
+        }
+    };
+    let topic = match (request.topic, request.composition) {
+        (Some(topic), None) => topic,
+        (None, Some(_)) => {
+            return Err(ApiError::new(
+                ProblemKind::InvalidArguments,
+                "compositions are not served yet",
+            ));
+        }
+        _ => {
+            return Err(ApiError::new(
+                ProblemKind::InvalidArguments,
+                "give exactly one of topic and composition",
+            ));
+        }
+    };
+    if !ObjectName::is_valid(&topic) {
+        return Err(ApiError::new(
+            ProblemKind::InvalidArguments,
+            format!("topic {topic:?} is not a valid object name"),
+        ));
+    }
+    // Only the timeout ends a request early; a caller that hangs up drops this future, and
+    // with it the connection to the node.
+    let cancel = CancellationToken::new();
+    let outcome = server
+        .nodes
+        .call(
+            &topic,
+            request.message,
+            Call {
+                run: None,
+                cancel: &cancel,
+                deadline,
+            },
+        )
+        .await;
+    Ok(messages_reply(&[(outcome.code(), outcome.data(&topic))]))
+}
+
+/// `POST /_nodes/{node}/runs/{id}/events`: a node reports progress of a call it holds.
 pub(crate) async fn progress(
     State(server): State<Server>,
-    Path((node, run)): Path<(String, String)>,
+    Path((node, sender)): Path<(String, String)>,
     req: Request,
 ) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
     let node = find(&server, &node)?;
     let value = read_args(&server, &parts.headers, Body::new(body)).await?;
-    let held = run.parse::<RunId>().ok().and_then(|id| {
-        node.runs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-            .cloned()
-    });
+    let held = node
+        .calls
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&sender)
+        .cloned();
     let Some(held) = held else {
         return Err(ApiError::new(
             ProblemKind::RunNotFound,
-            format!("node {} holds no run {run:?}", node.id),
+            format!("node {} holds no run {sender:?}", node.id),
         ));
     };
-    if !held.emit(value) {
-        let state = held.status().0;
-        return Err(ApiError::new(
-            ProblemKind::RunEnded,
-            format!("run {run} is stopping or ended; the event was dropped"),
-        )
-        .with("state", state.as_str()));
+    // A node-side request (§25.9) has no run: its progress is accepted and not recorded.
+    if let Some(run) = held {
+        if !run.emit(value) {
+            let state = run.status().0;
+            return Err(ApiError::new(
+                ProblemKind::RunEnded,
+                format!("run {sender} is stopping or ended; the event was dropped"),
+            )
+            .with("state", state.as_str()));
+        }
     }
     Ok(json_response(
         StatusCode::ACCEPTED,
         &json!({"status": "ok"}),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::matches;
+
+    #[test]
+    fn slot_patterns_are_redis_globs() {
+        assert!(matches("alerts.*", "alerts.disk"));
+        assert!(matches("alerts.*", "alerts.disk.full"));
+        assert!(matches("alerts.*", "alerts."));
+        assert!(!matches("alerts.*", "alerts"));
+        assert!(matches("*", "anything.at.all"));
+        assert!(matches("a?c", "abc"));
+        assert!(!matches("a?c", "ac"));
+        assert!(matches("*.disk", "alerts.disk"));
+        assert!(!matches("*.disk", "alerts.cpu"));
+        assert!(matches("a*b*c", "axxbyyc"));
+        assert!(!matches("a*b*c", "axxbyy"));
+        assert!(matches("exact", "exact"));
+        assert!(!matches("exact", "exactly"));
+    }
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses its own part of this module
 
 pub mod postgres;
+pub mod workers;
 
 /// Tenants and tokens for a test server: `(tenant, token, scopes)` rows, a tenant's tokens in
 /// consecutive rows.
