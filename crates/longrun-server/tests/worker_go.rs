@@ -5,102 +5,39 @@
 //! stdout, a run's events, the worker's own `/_signals?count=N`), never by sleeping.
 
 mod common;
+mod go_worker;
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::OnceLock;
 
 use common::TestServer;
+use go_worker::GoWorker;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
 
-/// The worker binary, built on first use into cargo's temporary directory for tests; `None`
-/// (said loudly) when `go` is not installed.
+/// The worker binary, built on first use; `None` (said loudly) when `go` is not installed.
 fn worker_binary() -> Option<&'static PathBuf> {
     static BINARY: OnceLock<Option<PathBuf>> = OnceLock::new();
     BINARY
         .get_or_init(|| {
-            let source =
-                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/worker-go");
-            let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("worker-go");
-            let status = std::process::Command::new("go")
-                .arg("build")
-                .arg("-o")
-                .arg(&out)
-                .arg(".")
-                .current_dir(&source)
-                .env("GOTOOLCHAIN", "local")
-                .env("CGO_ENABLED", "0")
-                .status();
-            match status {
-                Ok(s) => {
-                    assert!(s.success(), "go build in {} failed: {s}", source.display());
-                    Some(out)
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    assert!(
-                        std::env::var_os("CI").is_none(),
-                        "`go` is not installed, and CI needs it for examples/worker-go"
-                    );
-                    // Straight to stderr, past the test harness's capture of `eprintln!`.
-                    let _ = writeln!(
-                        std::io::stderr(),
-                        "\n******** SKIP: go not found; examples/worker-go was NOT tested ********\n"
-                    );
-                    None
-                }
-                Err(e) => panic!("cannot run go: {e}"),
+            let built = go_worker::build("worker-go", &[]);
+            if built.is_none() {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "`go` is not installed, and CI needs it for examples/worker-go"
+                );
+                go_worker::skip("the tests of examples/worker-go");
             }
+            built
         })
         .as_ref()
 }
 
-/// The Go worker, registered with `server`; killed when dropped.
-struct GoWorker {
-    _child: Child,
-    port: u16,
-    id: String,
-    _stdout: Lines<BufReader<ChildStdout>>,
-}
-
-impl GoWorker {
-    /// `None` when there is no `go` (the test then passes, having said SKIP).
-    async fn start(server: &TestServer) -> Option<GoWorker> {
-        let mut child = Command::new(worker_binary()?)
-            .arg("--server")
-            .arg(&server.base)
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the worker starts");
-        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut line = async |prefix: &str| {
-            let line = stdout.next_line().await.unwrap().expect("a line");
-            line.strip_prefix(prefix)
-                .unwrap_or_else(|| panic!("expected {prefix:?}…, got {line:?}"))
-                .to_owned()
-        };
-        let port = line("listening on ").await.parse().expect("a port");
-        let id = line("registered ").await;
-        Some(GoWorker {
-            _child: child,
-            port,
-            id,
-            _stdout: stdout,
-        })
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-}
-
-/// Start a server with the demo objects and a Go worker registered with it.
+/// Start a server with the demo objects and a Go worker registered with it; `None` when there
+/// is no `go` (the test then passes, having said SKIP).
 async fn setup() -> Option<(TestServer, GoWorker)> {
+    let binary = worker_binary()?;
     let server = TestServer::demo().await;
-    let worker = GoWorker::start(&server).await?;
+    let worker = GoWorker::start(binary, &server.base).await;
     Some((server, worker))
 }
 
