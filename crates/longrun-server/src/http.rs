@@ -193,12 +193,20 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Marks a response whose error status comes with a body of its own on purpose (gilmour's
+/// reply to a node-side request, spec §25.9): the layer below leaves it as it is.
+#[derive(Clone, Copy)]
+pub(crate) struct OwnErrorBody;
+
 /// axum answers some errors itself with an empty or plain-text body (405 from the method
 /// router, rejections of extractors), and so may any layer added around the routes. The
 /// protocol promises problem+json for every error, so rewrite those — keeping their status
 /// and their headers (e.g. `Allow`).
 async fn bare_errors_to_problems(req: Request, next: Next) -> Response {
     let res = next.run(req).await;
+    if res.extensions().get::<OwnErrorBody>().is_some() {
+        return res;
+    }
     let status = res.status();
     let is_problem = res
         .headers()

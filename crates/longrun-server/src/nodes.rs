@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Server;
 use crate::auth::{Caller, Scope};
 use crate::handler::{Handler, HandlerResult, Object, ObjectOptions, RunContext, RunError};
-use crate::http::{ApiError, json_response, read_args};
+use crate::http::{ApiError, OwnErrorBody, json_response, read_args};
 use crate::run::Run;
 
 /// Health checking and dispatch timings of worker nodes (spec §25.3, §25.4), from the
@@ -1305,10 +1305,12 @@ pub(crate) fn messages_reply(messages: &[(u16, Value)]) -> Response {
         .iter()
         .map(|(code, data)| json!({"data": data, "code": code}))
         .collect();
-    json_response(
+    let mut res = json_response(
         StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         &json!({"messages": list, "code": code, "length": list.len()}),
-    )
+    );
+    res.extensions_mut().insert(OwnErrorBody);
+    res
 }
 
 /// `POST /_nodes/{id}/request` with the seed's `{topic | composition, message, timeout}`: a

@@ -190,19 +190,17 @@ async fn bad_registrations_are_problems() {
 
 #[tokio::test]
 async fn an_exclusion_group_of_three_handles_each_run_exactly_once() {
+    const RUNS: usize = 300;
     let server = server_with(Config::default()).await;
     let mut workers = Vec::new();
     for _ in 0..3 {
         workers.push(Worker::start(Some(&server), &[]).await);
     }
-    let mut runs = Vec::new();
-    for i in 0..60 {
-        runs.push(
-            server
-                .submit("upper", json!({"text": format!("r{i}")}))
-                .await,
-        );
-    }
+    // Submitted all at once, so the nodes hold several runs each at a time.
+    let runs: Vec<String> = futures::future::join_all(
+        (0..RUNS).map(|i| server.submit("upper", json!({"text": format!("r{i}")}))),
+    )
+    .await;
     let mut expected = BTreeSet::new();
     for (i, run) in runs.iter().enumerate() {
         let events = server.events(run).await;
@@ -219,7 +217,7 @@ async fn an_exclusion_group_of_three_handles_each_run_exactly_once() {
         per_worker.push(seen.len());
         all.extend(seen);
     }
-    assert_eq!(all.len(), 60, "each run dispatched once: {per_worker:?}");
+    assert_eq!(all.len(), RUNS, "each run dispatched once: {per_worker:?}");
     let distinct: BTreeSet<String> = all.into_iter().collect();
     assert_eq!(distinct, expected);
 }
@@ -483,4 +481,420 @@ async fn a_node_holds_at_most_its_concurrency_and_unregistering_spares_its_runs(
     assert_eq!(delete(server.url(&third)).await.status(), 202);
     let events = server.events(&third).await;
     assert_eq!(last(&events), ("canceled", &json!({"reason": "client"})));
+}
+
+/// The signals a worker's slots received, once there are at least `count`.
+async fn signals(w: &Worker, count: usize) -> Vec<Value> {
+    let res = reqwest::get(w.url(&format!("/_signals?count={count}")))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "fewer than {count} signals arrived");
+    let v: Value = res.json().await.unwrap();
+    v["signals"].as_array().unwrap().clone()
+}
+
+/// Wait until `workers` received `count` signals between them (deliveries run apart from
+/// the reply that counted them), polling their lists.
+async fn signals_between(workers: &[&Worker], count: usize) -> Vec<Vec<Value>> {
+    let until = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut lists = Vec::new();
+        for w in workers {
+            lists.push(signals(w, 0).await);
+        }
+        let total: usize = lists.iter().map(Vec::len).sum();
+        if total >= count {
+            return lists;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "only {total} of {count} signals arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_signal_reaches_one_slot_per_group_and_every_ungrouped_slot() {
+    let server = server_with(Config::default()).await;
+    let pager_a = Worker::start(Some(&server), &["--slot", "alerts.*@pager"]).await;
+    let pager_b = Worker::start(Some(&server), &["--slot", "alerts.*@pager"]).await;
+    let ops = Worker::start(Some(&server), &["--slot", "alerts.d?sk@ops"]).await;
+    let all = Worker::start(Some(&server), &["--slot", "*"]).await;
+    let other = Worker::start(Some(&server), &["--slot", "billing.*"]).await;
+
+    let rounds = 20;
+    for i in 0..rounds {
+        let res = post(server.url("/_signals/alerts.disk"), json!({"n": i})).await;
+        assert_eq!(res.status(), 202);
+        let reply: Value = res.json().await.unwrap();
+        // pager (one of two), ops, and the ungrouped `*`.
+        assert_eq!(reply, json!({"delivered": 3, "dropped": 0}));
+    }
+    for w in [&ops, &all] {
+        let got = signals(w, rounds).await;
+        let ns: Vec<&Value> = got.iter().map(|s| &s["data"]["n"]).collect();
+        let mut sorted = ns.clone();
+        sorted.sort_by_key(|n| n.as_u64());
+        assert_eq!(sorted.len(), rounds, "{got:?}");
+        assert!(got.iter().all(|s| s["topic"] == "alerts.disk"));
+    }
+    let pager = signals_between(&[&pager_a, &pager_b], rounds).await;
+    let mut ns: Vec<u64> = pager
+        .iter()
+        .flatten()
+        .map(|s| s["data"]["n"].as_u64().unwrap())
+        .collect();
+    ns.sort();
+    assert_eq!(
+        ns,
+        (0..rounds as u64).collect::<Vec<_>>(),
+        "each signal to one pager"
+    );
+
+    // A topic that only the wildcard `*` and billing.* match; a node's own signal route.
+    let res = post(
+        server.url(&format!("/_nodes/{}/signal", other.id())),
+        json!({"topic": "billing.paid", "message": {"amount": 3}}),
+    )
+    .await;
+    assert_eq!(res.status(), 202);
+    assert_eq!(res.json::<Value>().await.unwrap()["delivered"], 2);
+    let got = signals(&other, 1).await;
+    assert_eq!(got[0]["data"], json!({"amount": 3}));
+    assert_eq!(
+        signals(&all, rounds + 1).await[rounds]["topic"],
+        "billing.paid"
+    );
+    assert!(signals(&ops, 0).await.len() == rounds);
+
+    // No slot matches: nothing delivered, still 202. Bad topics and bodies are problems.
+    let res = post(server.url("/_signals/nobody.listens"), json!({})).await;
+    let reply: Value = res.json().await.unwrap();
+    assert_eq!(reply["delivered"], 1, "only `*`: {reply}");
+    let res = post(server.url("/_signals/alerts.*"), json!({})).await;
+    assert_problem(res, 422, "invalid-arguments").await;
+    let res = post(
+        server.url(&format!("/_nodes/{}/signal", other.id())),
+        json!({"message": 1}),
+    )
+    .await;
+    assert_problem(res, 400, "invalid-json").await;
+    let res = post(server.url("/_nodes/nope/signal"), json!({"topic": "a"})).await;
+    assert_problem(res, 404, "node-not-found").await;
+}
+
+#[tokio::test]
+async fn services_and_slots_are_sub_resources_of_a_node() {
+    let server = server_with(Config::default()).await;
+    let w = Worker::start(Some(&server), &[]).await;
+    let base = format!("/_nodes/{}", w.id());
+
+    let list: Value = get_json(server.url(&format!("{base}/services"))).await;
+    let topics: Vec<&str> = list["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["topic"].as_str().unwrap())
+        .collect();
+    assert_eq!(topics, ["upper", "slow"]);
+
+    // A new service is an object at once.
+    let res = post(
+        server.url(&format!("{base}/services")),
+        json!({"topic": "shout", "group": "workers", "path": "/upper", "timeout": 5}),
+    )
+    .await;
+    assert_eq!(res.status(), 201);
+    let run = server.submit("shout", json!({"text": "hey"})).await;
+    assert_eq!(
+        last(&server.events(&run).await),
+        ("success", &json!({"text": "HEY"}))
+    );
+    // Twice, in another group, local objects, and bad entries are problems.
+    for (body, status, slug) in [
+        (
+            json!({"topic": "shout", "group": "workers", "path": "/upper", "timeout": 5}),
+            409,
+            "topic-taken",
+        ),
+        (
+            json!({"topic": "echo", "group": "workers", "path": "/upper", "timeout": 5}),
+            409,
+            "topic-taken",
+        ),
+        (
+            json!({"topic": "x*", "group": "workers", "path": "/upper", "timeout": 5}),
+            422,
+            "invalid-node",
+        ),
+        (
+            json!({"topic": "nogroup", "path": "/upper", "timeout": 5}),
+            422,
+            "invalid-node",
+        ),
+        (
+            json!({"topic": "t", "group": "g", "path": "/upper", "timeout": 0}),
+            422,
+            "invalid-node",
+        ),
+        (
+            json!({"topic": "t", "group": "g", "path": "/upper"}),
+            400,
+            "invalid-json",
+        ),
+    ] {
+        let res = post(server.url(&format!("{base}/services")), body.clone()).await;
+        assert_problem(res, status, slug).await;
+    }
+    let other = Worker::start(Some(&server), &["--prefix", "o."]).await;
+    let res = post(
+        server.url(&format!("/_nodes/{}/services", other.id())),
+        json!({"topic": "shout", "group": "elsewhere", "path": "/upper", "timeout": 5}),
+    )
+    .await;
+    assert_problem(res, 409, "topic-taken").await;
+
+    let res = delete(server.url(&format!("{base}/services?topic=shout"))).await;
+    assert_eq!(res.status(), 200);
+    let res = post(server.url("/shout"), json!({})).await;
+    assert_problem(res, 404, "unknown-object").await;
+    let res = delete(server.url(&format!("{base}/services?topic=shout"))).await;
+    assert_problem(res, 404, "subscription-not-found").await;
+    let res = delete(server.url(&format!("{base}/services"))).await;
+    assert_problem(res, 422, "invalid-node").await;
+
+    // Slots: one topic at two paths; DELETE with a path takes one, without every one.
+    for path in ["/slot", "/elsewhere"] {
+        let res = post(
+            server.url(&format!("{base}/slots")),
+            json!({"topic": "audit.*", "path": path, "timeout": 5}),
+        )
+        .await;
+        assert_eq!(res.status(), 201);
+    }
+    let slots = |v: Value| -> Vec<(String, String)> {
+        v["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["topic"].as_str().unwrap().to_owned(),
+                    s["path"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let now = slots(get_json(server.url(&format!("{base}/slots"))).await);
+    assert_eq!(now.len(), 3, "notes.* and audit.* twice: {now:?}");
+    let res = delete(server.url(&format!("{base}/slots?topic=audit.*&path=/elsewhere"))).await;
+    assert_eq!(res.status(), 200);
+    let res = post(server.url("/_signals/audit.login"), json!({"who": "ann"})).await;
+    assert_eq!(res.json::<Value>().await.unwrap()["delivered"], 1);
+    assert_eq!(signals(&w, 1).await[0]["data"], json!({"who": "ann"}));
+    let res = delete(server.url(&format!("{base}/slots?topic=audit.*"))).await;
+    assert_eq!(res.status(), 200);
+    let now = slots(get_json(server.url(&format!("{base}/slots"))).await);
+    assert_eq!(now, [("notes.*".to_owned(), "/slot".to_owned())]);
+    let res = post(
+        server.url(&format!("{base}/slots")),
+        json!({"topic": "a", "path": "/slot", "timeout": 5, "retry": 2}),
+    )
+    .await;
+    assert_problem(res, 422, "invalid-node").await;
+
+    let res = reqwest::get(server.url(&format!("{base}/nothing")))
+        .await
+        .unwrap();
+    assert_problem(res, 404, "not-found").await;
+    let res = reqwest::get(server.url("/_nodes/nope/slots"))
+        .await
+        .unwrap();
+    assert_problem(res, 404, "node-not-found").await;
+}
+
+#[tokio::test]
+async fn a_health_path_that_is_not_there_makes_the_node_dirty() {
+    let server = server_with(fast()).await;
+    let mut w = Worker::start(Some(&server), &[]).await;
+    let id = w.id().to_owned();
+    w.kill().await;
+    // Another program on the same port: its /health is 404.
+    let port = w.port.to_string();
+    let _impostor = Worker::start(None, &["--port", &port, "--health", "/other"]).await;
+    let record = wait_status(&server, &id, "dirty").await;
+    assert!(
+        record["dirty"].as_str().unwrap().contains("HTTP 404"),
+        "{record}"
+    );
+    // No work for it, and it stays dirty (no more pings) until it registers again.
+    let res = post(server.url("/upper"), json!({"text": "x"})).await;
+    assert_eq!(res.status(), 201, "the topic is still an object");
+    let fresh = Worker::start(Some(&server), &["--prefix", "f."]).await;
+    assert_eq!(node(&server, fresh.id()).await["status"], "ok");
+    assert_eq!(node(&server, &id).await["status"], "dirty");
+}
+
+#[tokio::test]
+async fn a_dispatch_that_the_port_does_not_take_makes_the_node_dirty_and_goes_elsewhere() {
+    let server = server_with(Config::default()).await;
+    // Python's file server: GET / answers 200, a POST answers 501.
+    let mut files = tokio::process::Command::new("python3")
+        .args(["-u", "-m", "http.server", "--bind", "127.0.0.1", "0"])
+        .current_dir(std::env::temp_dir())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(files.stdout.take().unwrap()));
+    let line = out.next_line().await.unwrap().unwrap();
+    let port: u16 = line
+        .split(" port ")
+        .nth(1)
+        .and_then(|p| p.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected line {line:?}"));
+    let res = post(
+        server.url("/_nodes"),
+        json!({"port": port, "health_check": "/", "concurrency": 1,
+               "services": [{"topic": "upper", "group": "workers", "path": "/upper", "timeout": 5}]}),
+    )
+    .await;
+    assert_eq!(res.status(), 201);
+    let dirty_id = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let real = Worker::start(Some(&server), &["--concurrency", "1"]).await;
+
+    // Two runs at once: one node each (concurrency 1), so the file server gets one.
+    let runs = [
+        server.submit("upper", json!({"text": "a"})).await,
+        server.submit("upper", json!({"text": "b"})).await,
+    ];
+    for (run, text) in runs.iter().zip(["A", "B"]) {
+        let events = server.events(run).await;
+        assert_eq!(
+            last(&events),
+            ("success", &json!({"text": text})),
+            "{events:?}"
+        );
+    }
+    let record = node(&server, &dirty_id).await;
+    assert_eq!(record["status"], "dirty");
+    assert!(
+        record["dirty"].as_str().unwrap().contains("501"),
+        "{record}"
+    );
+    assert_eq!(real.seen().await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_service_with_retry_is_dispatched_again_when_its_node_dies() {
+    let server = server_with(Config::default()).await;
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let w = Worker::start(None, &[]).await;
+        let res = post(
+            server.url("/_nodes"),
+            json!({"port": w.port,
+                   "services": [{"topic": "job", "group": "g", "path": "/slow", "timeout": 60, "retry": 1}]}),
+        )
+        .await;
+        assert_eq!(res.status(), 201);
+        workers.push(w);
+    }
+    let run = server
+        .submit("job", json!({"steps": 0, "hang": true}))
+        .await;
+    let id = run.rsplit('/').next().unwrap().to_owned();
+    wait_event(&server, &run, "hanging").await;
+    let first = if workers[0].seen().await.contains(&id) {
+        0
+    } else {
+        1
+    };
+    workers[first].kill().await;
+    // Handed to the other node, which hangs too.
+    let events = wait_events(&server, &run, "hanging", 2).await;
+    let again = events
+        .iter()
+        .find(|e| {
+            e["value"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("dispatching again (retry 1 of 1)"))
+        })
+        .unwrap_or_else(|| panic!("no retry event: {events:?}"));
+    assert!(again["value"]["node"].is_string());
+    assert_eq!(workers[1 - first].seen().await, std::slice::from_ref(&id));
+    // Killed again: no retry left, the run ends error.
+    workers[1 - first].kill().await;
+    let events = server.events(&run).await;
+    assert_eq!(last(&events).0, "error", "{events:?}");
+}
+
+#[tokio::test]
+async fn a_node_side_request_answers_gilmour_messages_with_the_code_as_status() {
+    let server = server_with(Config {
+        dispatch_timeout: Duration::from_millis(100),
+        ..Config::default()
+    })
+    .await;
+    let w = Worker::start(Some(&server), &[]).await;
+    let url = server.url(&format!("/_nodes/{}/request", w.id()));
+
+    let res = post(
+        url.clone(),
+        json!({"topic": "upper", "message": {"text": "hi"}}),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"messages": [{"data": {"text": "HI"}, "code": 200}], "code": 200, "length": 1})
+    );
+    let res = post(
+        url.clone(),
+        json!({"topic": "upper", "message": {"fail": true}}),
+    )
+    .await;
+    assert_eq!(res.status(), 500);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["code"], 500);
+    assert_eq!(body["messages"][0]["data"]["message"], "asked to fail");
+    // gilmour's timeout code, and no listeners.
+    let res = post(
+        url.clone(),
+        json!({"topic": "slow", "message": {"steps": 0, "hang": true}, "timeout": 0.2}),
+    )
+    .await;
+    assert_eq!(res.status(), 499);
+    assert_eq!(res.json::<Value>().await.unwrap()["code"], 499);
+    let res = post(url.clone(), json!({"topic": "nobody", "message": {}})).await;
+    assert_eq!(res.status(), 503);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(
+        body["messages"][0]["data"]["message"],
+        "No active listeners for: nobody"
+    );
+
+    for body in [
+        json!({"message": 1}),
+        json!({"topic": "a", "timeout": -1}),
+        json!({"topic": "a b"}),
+    ] {
+        let res = post(url.clone(), body).await;
+        assert_problem(res, 422, "invalid-arguments").await;
+    }
+    let res = post(url.clone(), json!({"topic": "upper", "extra": 1})).await;
+    assert_problem(res, 400, "invalid-json").await;
+    let res = post(
+        server.url("/_nodes/nope/request"),
+        json!({"topic": "upper"}),
+    )
+    .await;
+    assert_problem(res, 404, "node-not-found").await;
 }

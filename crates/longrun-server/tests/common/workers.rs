@@ -164,6 +164,16 @@ pub async fn assert_problem(res: reqwest::Response, status: u16, slug: &str) {
 
 /// Follow `path` until a `running` event whose value has `message`.
 pub async fn wait_event(server: &TestServer, path: &str, message: &str) -> Vec<Value> {
+    wait_events(server, path, message, 1).await
+}
+
+/// Follow `path` until `count` `running` events whose value has `message`.
+pub async fn wait_events(
+    server: &TestServer,
+    path: &str,
+    message: &str,
+    count: usize,
+) -> Vec<Value> {
     let client = reqwest::Client::new();
     let mut all: Vec<Value> = Vec::new();
     loop {
@@ -173,13 +183,18 @@ pub async fn wait_event(server: &TestServer, path: &str, message: &str) -> Vec<V
         }
         let batch: Vec<Value> = req.send().await.unwrap().json().await.unwrap();
         all.extend(batch);
-        if all.iter().any(|e| e["value"]["message"] == message) {
+        if all
+            .iter()
+            .filter(|e| e["value"]["message"] == message)
+            .count()
+            >= count
+        {
             return all;
         }
         let state = all.last().unwrap()["state"].as_str().unwrap().to_owned();
         assert!(
             !["success", "error", "canceled"].contains(&state.as_str()),
-            "ended before {message:?}: {all:?}"
+            "ended before {count} × {message:?}: {all:?}"
         );
     }
 }
