@@ -52,9 +52,13 @@ impl Doc {
     /// The documented response for an operation and status; 404 `not-found` and 405 apply to
     /// every path and live in `components.responses`.
     fn response(&self, template: &str, method: &str, status: u16) -> Option<&Value> {
-        let documented = self.root["paths"][template]
-            .get(method)
-            .and_then(|op| op["responses"].get(status.to_string()));
+        // An operation's `default` stands for every status it does not list (OpenAPI 3.1).
+        let documented = self.root["paths"][template].get(method).and_then(|op| {
+            let responses = &op["responses"];
+            responses
+                .get(status.to_string())
+                .or_else(|| responses.get("default"))
+        });
         if let Some(r) = documented {
             return Some(self.resolve(r));
         }
@@ -273,6 +277,191 @@ async fn responses_match_the_documented_operations() {
             format!("{node}/runs/00000000-0000-4000-8000-000000000000/events"),
             &[],
             "{}",
+            404,
+        ),
+        (
+            "get",
+            "/_nodes/{node}/services",
+            format!("{node}/services"),
+            &[],
+            "",
+            200,
+        ),
+        (
+            "get",
+            "/_nodes/{node}/slots",
+            format!("{node}/slots"),
+            &[],
+            "",
+            200,
+        ),
+        (
+            "get",
+            "/_nodes/{node}/slots",
+            "/_nodes/nope/slots".into(),
+            &[],
+            "",
+            404,
+        ),
+        (
+            "post",
+            "/_nodes/{node}/services",
+            format!("{node}/services"),
+            &[],
+            r#"{"topic":"selfsvc2","group":"g","path":"/echo","timeout":5}"#,
+            201,
+        ),
+        (
+            "post",
+            "/_nodes/{node}/services",
+            format!("{node}/services"),
+            &[],
+            r#"{"topic":"selfsvc2","group":"g","path":"/echo","timeout":5}"#,
+            409,
+        ),
+        (
+            "post",
+            "/_nodes/{node}/services",
+            format!("{node}/services"),
+            &[],
+            r#"{"topic":"x","path":"/echo","timeout":5}"#,
+            422,
+        ),
+        (
+            "post",
+            "/_nodes/{node}/services",
+            format!("{node}/services"),
+            &[],
+            "{",
+            400,
+        ),
+        (
+            "delete",
+            "/_nodes/{node}/services",
+            format!("{node}/services?topic=selfsvc2"),
+            &[],
+            "",
+            200,
+        ),
+        (
+            "delete",
+            "/_nodes/{node}/services",
+            format!("{node}/services?topic=selfsvc2"),
+            &[],
+            "",
+            404,
+        ),
+        (
+            "delete",
+            "/_nodes/{node}/services",
+            format!("{node}/services"),
+            &[],
+            "",
+            422,
+        ),
+        (
+            "post",
+            "/_nodes/{node}/slots",
+            format!("{node}/slots"),
+            &[],
+            r#"{"topic":"audit.*","path":"/echo","timeout":5}"#,
+            201,
+        ),
+        (
+            "post",
+            "/_nodes/{node}/slots",
+            format!("{node}/slots"),
+            &[],
+            r#"{"topic":"audit.*","path":"/echo","timeout":5}"#,
+            200,
+        ),
+        (
+            "post",
+            "/_nodes/{node}/slots",
+            format!("{node}/slots"),
+            &[],
+            r#"{"topic":"a b","path":"/echo","timeout":5}"#,
+            422,
+        ),
+        (
+            "delete",
+            "/_nodes/{node}/slots",
+            format!("{node}/slots?topic=audit.*&path=/echo"),
+            &[],
+            "",
+            200,
+        ),
+        (
+            "post",
+            "/_signals/{topic}",
+            "/_signals/nobody".into(),
+            &[],
+            "{}",
+            202,
+        ),
+        (
+            "post",
+            "/_signals/{topic}",
+            "/_signals/a*".into(),
+            &[],
+            "{}",
+            422,
+        ),
+        (
+            "post",
+            "/_signals/{topic}",
+            "/_signals/a".into(),
+            &[],
+            "{",
+            400,
+        ),
+        (
+            "post",
+            "/_nodes/{node}/signal",
+            format!("{node}/signal"),
+            &[],
+            r#"{"topic":"nobody","message":1}"#,
+            202,
+        ),
+        (
+            "post",
+            "/_nodes/{node}/signal",
+            format!("{node}/signal"),
+            &[],
+            "{}",
+            400,
+        ),
+        (
+            "post",
+            "/_nodes/{node}/signal",
+            "/_nodes/nope/signal".into(),
+            &[],
+            r#"{"topic":"a"}"#,
+            404,
+        ),
+        (
+            "post",
+            "/_nodes/{node}/request",
+            format!("{node}/request"),
+            &[],
+            // The node is this server: its /echo answers a submit, 201.
+            r#"{"topic":"selfsvc","message":{"a":1}}"#,
+            201,
+        ),
+        (
+            "post",
+            "/_nodes/{node}/request",
+            format!("{node}/request"),
+            &[],
+            r#"{"message":1}"#,
+            422,
+        ),
+        (
+            "post",
+            "/_nodes/{node}/request",
+            "/_nodes/nope/request".into(),
+            &[],
+            r#"{"topic":"a"}"#,
             404,
         ),
         ("delete", "/_nodes/{node}", node.clone(), &[], "", 200),
