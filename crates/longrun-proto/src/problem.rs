@@ -61,10 +61,13 @@ pub enum ProblemKind {
     TopicTaken,
     /// 404: the node has no service or slot of this topic (and path).
     SubscriptionNotFound,
+    /// 422: a composition (spec §25.10) is not valid: an unknown kind, an empty list, a bad
+    /// topic, too deep or too many steps.
+    InvalidComposition,
 }
 
 impl ProblemKind {
-    pub const ALL: [ProblemKind; 27] = [
+    pub const ALL: [ProblemKind; 28] = [
         ProblemKind::RateLimited,
         ProblemKind::InvalidIdempotencyKey,
         ProblemKind::IdempotencyKeyReused,
@@ -92,6 +95,7 @@ impl ProblemKind {
         ProblemKind::NodeNotFound,
         ProblemKind::TopicTaken,
         ProblemKind::SubscriptionNotFound,
+        ProblemKind::InvalidComposition,
     ];
 
     pub fn slug(self) -> &'static str {
@@ -123,6 +127,7 @@ impl ProblemKind {
             ProblemKind::NodeNotFound => "node-not-found",
             ProblemKind::TopicTaken => "topic-taken",
             ProblemKind::SubscriptionNotFound => "subscription-not-found",
+            ProblemKind::InvalidComposition => "invalid-composition",
         }
     }
 
@@ -149,7 +154,8 @@ impl ProblemKind {
             ProblemKind::InvalidArguments
             | ProblemKind::IdempotencyKeyReused
             | ProblemKind::InvalidNode
-            | ProblemKind::NodeUnreachable => 422,
+            | ProblemKind::NodeUnreachable
+            | ProblemKind::InvalidComposition => 422,
             ProblemKind::TooManyRuns
             | ProblemKind::ShuttingDown
             | ProblemKind::TooManyFollowers
@@ -186,6 +192,7 @@ impl ProblemKind {
             ProblemKind::NodeNotFound => "No such node",
             ProblemKind::TopicTaken => "The topic is taken",
             ProblemKind::SubscriptionNotFound => "No such subscription",
+            ProblemKind::InvalidComposition => "The composition is not valid",
         }
     }
 

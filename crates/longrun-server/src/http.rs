@@ -302,7 +302,8 @@ async fn submit(
         ));
     };
     if let Err(detail) = obj.handler.validate(map) {
-        return Err(ApiError::new(ProblemKind::InvalidArguments, detail));
+        let kind = crate::compose::refused_arguments(&object);
+        return Err(ApiError::new(kind, detail));
     }
     let idem = idempotency_key(&headers)?.map(|key| {
         let scope = caller.owner().unwrap_or_default().to_owned();
@@ -621,7 +622,10 @@ pub(crate) async fn lookup(
     object: &str,
     id: &str,
 ) -> Result<Arc<Run>, ApiError> {
-    if !server.objects.contains_key(object) && !server.nodes.knows(object) {
+    if !server.objects.contains_key(object)
+        && !server.nodes.knows(object)
+        && object != crate::compose::OBJECT
+    {
         return Err(ApiError::new(
             ProblemKind::UnknownObject,
             format!("no object is named {object:?}"),

@@ -14,6 +14,7 @@
 //! ```
 
 pub mod auth;
+mod compose;
 mod config;
 mod conn;
 mod demo;
@@ -74,10 +75,12 @@ impl Server {
         *self.auth.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(auth));
     }
 
-    /// The object of this name: a registered one, or a worker node service (spec §25).
+    /// The object of this name: a registered one, the reserved `_compose` (spec §25.10), or
+    /// a worker node service (spec §25).
     pub(crate) fn object(&self, name: &str) -> Option<Object> {
         match self.objects.get(name) {
             Some(obj) => Some(obj.clone()),
+            None if name == compose::OBJECT => Some(compose::object(&self.nodes)),
             None => self.nodes.object(name),
         }
     }
@@ -158,9 +161,9 @@ impl ServerBuilder {
     }
 
     /// Register an object. Panics if `name` is not a valid object name (see
-    /// [`ObjectName::is_valid`]); names that come from user input should be checked first. A
-    /// name registered twice makes [`build`](Self::build) fail with
-    /// [`BuildError::DuplicateObject`].
+    /// [`ObjectName::is_valid`]: names starting with `_` are the server's own); names that
+    /// come from user input should be checked first. A name registered twice makes
+    /// [`build`](Self::build) fail with [`BuildError::DuplicateObject`].
     pub fn object(self, name: &str, handler: impl Handler) -> Self {
         self.object_with(name, ObjectOptions::default(), handler)
     }
@@ -171,8 +174,11 @@ impl ServerBuilder {
         options: ObjectOptions,
         handler: impl Handler,
     ) -> Self {
-        if let Err(e) = ObjectName::new(name) {
-            panic!("{e}");
+        if !ObjectName::is_valid(name) {
+            match ObjectName::new(name) {
+                Err(e) => panic!("{e}"),
+                Ok(_) => panic!("{name:?} is reserved for the server's own objects"),
+            }
         }
         let object = Object {
             handler: Arc::new(handler),

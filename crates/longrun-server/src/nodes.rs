@@ -1341,11 +1341,21 @@ pub(crate) async fn node_request(
     };
     let topic = match (request.topic, request.composition) {
         (Some(topic), None) => topic,
-        (None, Some(_)) => {
-            return Err(ApiError::new(
-                ProblemKind::InvalidArguments,
-                "compositions are not served yet",
-            ));
+        (None, Some(composition)) => {
+            // The whole composition ends by the timeout (spec §25.10).
+            let composition = crate::compose::Composition::parse(&composition)
+                .map_err(crate::compose::invalid)?;
+            let cancel = CancellationToken::new();
+            let messages = crate::compose::execute(
+                &server.nodes,
+                &composition,
+                request.message,
+                None,
+                &cancel,
+                deadline,
+            )
+            .await;
+            return Ok(messages_reply(&messages));
         }
         _ => {
             return Err(ApiError::new(

@@ -256,6 +256,22 @@ async fn responses_match_the_documented_operations() {
             "",
             410,
         ),
+        (
+            "post",
+            "/_compose",
+            "/_compose".into(),
+            &[],
+            r#"{"composition":{"lambda":{"const":1}}}"#,
+            201,
+        ),
+        (
+            "post",
+            "/_compose",
+            "/_compose/".into(),
+            &[],
+            r#"{"composition":{"pipe":[]}}"#,
+            422,
+        ),
         ("post", "/_nodes", "/_nodes".into(), &[], &node_body, 201),
         ("post", "/_nodes", "/_nodes".into(), &[], "{", 400),
         (

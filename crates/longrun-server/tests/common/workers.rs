@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use longrun_server::Config;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -197,4 +197,30 @@ pub async fn wait_events(
             "ended before {count} × {message:?}: {all:?}"
         );
     }
+}
+
+/// Cancel the run at `path` once its node reports `hanging` (`slow` with `hang`): the DELETE
+/// is accepted, the run ends `canceled` by the client, and the worker saw the connection of
+/// that run close. The run's events.
+pub async fn cancel_hanging(server: &TestServer, w: &Worker, path: &str) -> Vec<Value> {
+    wait_event(server, path, "hanging").await;
+    let res = delete(server.url(path)).await;
+    assert_eq!(res.status(), 202);
+    let events = server.events(path).await;
+    assert_eq!(last(&events), ("canceled", &json!({"reason": "client"})));
+    let id = path.rsplit('/').next().unwrap();
+    let res = reqwest::get(w.url(&format!("/_closed/{id}")))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "the worker saw its connection close");
+    events
+}
+
+/// The values of the `running` events among `events`.
+pub fn running(events: &[Value]) -> Vec<&Value> {
+    events
+        .iter()
+        .filter(|e| e["state"] == "running")
+        .map(|e| &e["value"])
+        .collect()
 }
