@@ -13,6 +13,7 @@ use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{Caller, Scope};
 use crate::handler::{Handler, HandlerResult, Object, ObjectOptions, RunContext, RunError};
 use crate::http::ApiError;
 use crate::nodes::{Call, Nodes, Outcome};
@@ -87,6 +88,17 @@ impl Composition {
         let mut steps = 0;
         let root = parse(value, "", 0, &mut steps)?;
         Ok(Composition { root, steps })
+    }
+}
+
+impl Spec {
+    /// Call `f` with every topic, depth first, until it fails.
+    fn each_topic<E>(&self, f: &mut impl FnMut(&str) -> Result<(), E>) -> Result<(), E> {
+        match &self.what {
+            What::Topic(topic) => f(topic),
+            What::Lambda(_) => Ok(()),
+            What::Group(_, children) => children.iter().try_for_each(|c| c.each_topic(f)),
+        }
     }
 }
 
@@ -462,6 +474,17 @@ pub(crate) fn refused_arguments(object: &str) -> ProblemKind {
         ProblemKind::InvalidComposition
     } else {
         ProblemKind::InvalidArguments
+    }
+}
+
+/// With tenants, a `_compose` run calls only topics its caller may submit to: 403 for the
+/// first one it may not (arguments that are not valid are left to the handler's check).
+pub(crate) fn require_topics(caller: &Caller, args: &Map<String, Value>) -> Result<(), ApiError> {
+    match arguments(args) {
+        Ok((composition, _)) => composition
+            .root
+            .each_topic(&mut |topic| caller.require(Scope::Submit, topic)),
+        Err(_) => Ok(()),
     }
 }
 

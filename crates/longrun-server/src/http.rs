@@ -305,6 +305,9 @@ async fn submit(
         let kind = crate::compose::refused_arguments(&object);
         return Err(ApiError::new(kind, detail));
     }
+    if object == crate::compose::OBJECT {
+        crate::compose::require_topics(&caller, map)?;
+    }
     let idem = idempotency_key(&headers)?.map(|key| {
         let scope = caller.owner().unwrap_or_default().to_owned();
         (IdemKey { scope, key }, fingerprint(&object, &args))

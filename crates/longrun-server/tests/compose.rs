@@ -467,22 +467,32 @@ fn a_server_refuses_user_objects_with_a_reserved_name() {
 }
 
 #[tokio::test]
-async fn submitting_a_composition_needs_the_submit_scope_for_compose() {
+async fn submitting_a_composition_needs_the_submit_scope_for_compose_and_its_topics() {
     let auth = common::auth(&[
-        ("a", "plain", &["submit", "read"]),
+        ("a", "plain", &["submit"]),
         ("b", "named", &["submit:_compose"]),
-        ("c", "other", &["submit:echo"]),
+        ("c", "both", &["submit:_compose", "submit:upper"]),
+        ("d", "topic", &["submit:upper"]),
     ]);
     let server = TestServer::start(Server::builder().auth(auth)).await;
-    let body = json!({"composition": {"lambda": {"const": 1}}});
-    for (token, status) in [("plain", 201), ("named", 201), ("other", 403)] {
+    let lambda = json!({"composition": {"lambda": {"const": 1}}});
+    let topics = json!({"composition": {"pipe": [upper(), {"lambda": {"const": 1}}]}});
+    let cases = [
+        ("plain", &lambda, 201),
+        ("plain", &topics, 201),
+        ("named", &lambda, 201),
+        ("named", &topics, 403),
+        ("both", &topics, 201),
+        ("topic", &lambda, 403),
+    ];
+    for (token, body, status) in cases {
         let res = reqwest::Client::new()
             .post(server.url("/_compose"))
             .bearer_auth(token)
-            .json(&body)
+            .json(body)
             .send()
             .await
             .unwrap();
-        assert_eq!(res.status(), status, "{token}");
+        assert_eq!(res.status(), status, "{token} {body}");
     }
 }
