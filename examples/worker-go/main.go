@@ -24,6 +24,8 @@
 //   - GET /_signals lists the signals delivered to the slots, {"signals": [{"topic",
 //     "sender", "data"}, ...]} in order; GET /_signals?count=N first waits (at most 30 s)
 //     until at least N are recorded (504 with the list if they are not).
+//   - GET /_pings (?count=N likewise) lists the Longrun-Replica header of each health ping,
+//     {"pings": [...]} (null when the server sent none): which replicas check health.
 package main
 
 import (
@@ -44,6 +46,9 @@ import (
 // waitLimit bounds the test helpers that wait (/_closed/…, /_signals?count=N).
 const waitLimit = 30 * time.Second
 
+// maxPings is how many health pings GET /_pings remembers (the latest ones).
+const maxPings = 1000
+
 // signal is one delivery to a slot, as /_signals lists it.
 type signal struct {
 	Topic  any `json:"topic"`
@@ -59,6 +64,7 @@ type state struct {
 	closed  map[string]bool
 	healthy bool
 	signals []signal
+	pings   []any
 	changed chan struct{}
 }
 
@@ -76,16 +82,13 @@ func (s *state) update(f func()) {
 }
 
 // waitFor waits until ready (called under the lock) is true, at most waitLimit or until done
-// is closed; it returns whether ready became true, and what view read under the lock.
-func (s *state) waitFor(done <-chan struct{}, ready func() bool, view func()) bool {
+// is closed; it returns whether ready became true.
+func (s *state) waitFor(done <-chan struct{}, ready func() bool) bool {
 	timer := time.NewTimer(waitLimit)
 	defer timer.Stop()
 	for {
 		s.mu.Lock()
 		ok, changed := ready(), s.changed
-		if view != nil {
-			view()
-		}
 		s.mu.Unlock()
 		if ok {
 			return true
@@ -133,9 +136,18 @@ func (wk *worker) get(w http.ResponseWriter, r *http.Request) {
 	st, path := wk.st, r.URL.Path
 	switch {
 	case path == wk.healthPath:
-		st.mu.Lock()
-		healthy := st.healthy
-		st.mu.Unlock()
+		var replica any
+		if v, ok := r.Header["Longrun-Replica"]; ok && len(v) > 0 {
+			replica = v[0]
+		}
+		var healthy bool
+		st.update(func() {
+			healthy = st.healthy
+			st.pings = append(st.pings, replica)
+			if len(st.pings) > maxPings {
+				st.pings = append([]any{}, st.pings[len(st.pings)-maxPings:]...)
+			}
+		})
 		if healthy {
 			reply(w, http.StatusOK, map[string]string{"status": "ok"})
 		} else {
@@ -148,26 +160,41 @@ func (wk *worker) get(w http.ResponseWriter, r *http.Request) {
 		reply(w, http.StatusOK, map[string]any{"seen": seen})
 	case strings.HasPrefix(path, "/_closed/"):
 		sender := strings.TrimPrefix(path, "/_closed/")
-		closed := st.waitFor(r.Context().Done(), func() bool { return st.closed[sender] }, nil)
+		closed := st.waitFor(r.Context().Done(), func() bool { return st.closed[sender] })
 		reply(w, statusIf(closed, http.StatusGatewayTimeout), map[string]bool{"closed": closed})
 	case path == "/_signals":
-		count := 0
-		if q := r.URL.Query().Get("count"); q != "" {
-			n, err := strconv.Atoi(q)
-			if err != nil {
-				reply(w, http.StatusBadRequest, map[string]string{"message": "count is not a number"})
-				return
+		listed(w, r, st, "signals", func() []any {
+			list := make([]any, len(st.signals))
+			for i, s := range st.signals {
+				list[i] = s
 			}
-			count = n
-		}
-		var signals []signal
-		enough := st.waitFor(r.Context().Done(),
-			func() bool { return len(st.signals) >= count },
-			func() { signals = append([]signal{}, st.signals...) })
-		reply(w, statusIf(enough, http.StatusGatewayTimeout), map[string]any{"signals": signals})
+			return list
+		})
+	case path == "/_pings":
+		listed(w, r, st, "pings", func() []any { return append([]any{}, st.pings...) })
 	default:
 		reply(w, http.StatusNotFound, map[string]string{"message": "no such path"})
 	}
+}
+
+// listed answers {key: list()} once list() (called under the lock) holds at least ?count=N
+// items (default 0), waiting at most waitLimit: 200, or 504 with the list when it ran out.
+func listed(w http.ResponseWriter, r *http.Request, st *state, key string, list func() []any) {
+	count := 0
+	if q := r.URL.Query().Get("count"); q != "" {
+		n, err := strconv.Atoi(q)
+		if err != nil {
+			reply(w, http.StatusBadRequest, map[string]string{"message": "count is not a number"})
+			return
+		}
+		count = n
+	}
+	var items []any
+	enough := st.waitFor(r.Context().Done(), func() bool {
+		items = list()
+		return len(items) >= count
+	})
+	reply(w, statusIf(enough, http.StatusGatewayTimeout), map[string]any{key: items})
 }
 
 // statusIf is 200 when ok, else otherwise.
