@@ -1,8 +1,10 @@
 //! The Go example worker (`examples/worker-go`) does what its README says against a real
-//! server: it registers, its services run (`upper`, `slow` with progress) and its slot gets
-//! signals. The worker is built once per test binary with `go build`; without `go` the tests
-//! say SKIP (an error with `CI` set). Synchronisation is by observable events (the worker's
-//! stdout, a run's events, the worker's own `/_signals?count=N`), never by sleeping.
+//! server: it registers, its services run (`upper`, `slow` with progress), its slot gets
+//! signals, and a cancel closes the connection of a hanging call (which the worker sees through
+//! its request's context). The worker is built once per test binary with `go build`; without
+//! `go` the tests say SKIP (an error with `CI` set). Synchronisation is by observable events
+//! (the worker's stdout, a run's events, the worker's own `/_signals?count=N` and
+//! `/_closed/…`), never by sleeping.
 
 mod common;
 mod go_worker;
@@ -126,4 +128,44 @@ async fn a_signal_reaches_its_slot() {
     assert_eq!(signals[0]["topic"], "notes.x");
     assert_eq!(signals[0]["data"], json!({"level": "high"}));
     assert!(signals[0]["sender"].as_str().is_some_and(|s| !s.is_empty()));
+}
+
+#[tokio::test]
+async fn a_cancel_closes_the_connection_of_a_hanging_call() {
+    let Some((server, worker)) = setup().await else {
+        return;
+    };
+    let path = server
+        .submit("slow", json!({"steps": 0, "hang": true}))
+        .await;
+    // Follow until the worker says it hangs: it holds the call now.
+    let client = reqwest::Client::new();
+    let mut cursor = "0".to_owned();
+    loop {
+        let res = client
+            .get(server.url(&path))
+            .query(&[("wait", "60")])
+            .header("last-event-id", &cursor)
+            .send()
+            .await
+            .unwrap();
+        let batch: Vec<Value> = res.json().await.unwrap();
+        if batch.iter().any(|e| e["value"]["message"] == "hanging") {
+            break;
+        }
+        if let Some(e) = batch.last() {
+            assert_eq!(e["state"], "queued", "ended before hanging: {batch:?}");
+            cursor = e["id"].to_string();
+        }
+    }
+    let res = client.delete(server.url(&path)).send().await.unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    let events = server.events(&path).await;
+    assert_eq!(events.last().unwrap()["state"], "canceled", "{events:?}");
+    let id = path.rsplit('/').next().unwrap();
+    let res = reqwest::get(worker.url(&format!("/_closed/{id}")))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "the worker saw the connection close");
+    assert_eq!(res.json::<Value>().await.unwrap(), json!({"closed": true}));
 }
