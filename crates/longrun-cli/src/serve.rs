@@ -514,7 +514,7 @@ fn build_server(s: &Settings) -> Result<Server, String> {
         builder = builder.demo();
     }
     for (name, spec) in &s.exec {
-        ObjectName::new(name.as_str()).map_err(|e| format!("exec object: {e}"))?;
+        ObjectName::user(name.as_str()).map_err(|e| format!("exec object: {e}"))?;
         let handler = spec
             .handler()
             .map_err(|e| format!("exec object {name}: {e}"))?;

@@ -14,7 +14,7 @@ impl fmt::Display for ObjectNameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{:?} is not an object name: use 1 to 64 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit",
+            "{:?} is not an object name: use 1 to 64 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit (a leading _ is reserved for the server's own objects)",
             self.0
         )
     }
@@ -29,6 +29,16 @@ impl ObjectName {
     pub fn new(name: impl Into<String>) -> Result<Self, ObjectNameError> {
         let name = name.into();
         if Self::is_valid(&name) || Self::is_reserved(&name) {
+            Ok(Self(name))
+        } else {
+            Err(ObjectNameError(name))
+        }
+    }
+
+    /// A user object's name (a node topic, an object a server registers): not a reserved one.
+    pub fn user(name: impl Into<String>) -> Result<Self, ObjectNameError> {
+        let name = name.into();
+        if Self::is_valid(&name) {
             Ok(Self(name))
         } else {
             Err(ObjectNameError(name))
@@ -111,6 +121,7 @@ mod tests {
             assert!(ObjectName::is_reserved(reserved), "{reserved}");
             assert!(!ObjectName::is_valid(reserved), "{reserved}");
             assert_eq!(ObjectName::new(reserved).unwrap().as_str(), reserved);
+            assert!(ObjectName::user(reserved).is_err());
         }
         for bad in ["_", "__", "_Compose", "_a.b", "_a-b", "_1", "compose"] {
             assert!(!ObjectName::is_reserved(bad), "{bad}");

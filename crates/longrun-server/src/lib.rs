@@ -174,11 +174,8 @@ impl ServerBuilder {
         options: ObjectOptions,
         handler: impl Handler,
     ) -> Self {
-        if !ObjectName::is_valid(name) {
-            match ObjectName::new(name) {
-                Err(e) => panic!("{e}"),
-                Ok(_) => panic!("{name:?} is reserved for the server's own objects"),
-            }
+        if let Err(e) = ObjectName::user(name) {
+            panic!("{e}");
         }
         let object = Object {
             handler: Arc::new(handler),

@@ -496,3 +496,16 @@ async fn submitting_a_composition_needs_the_submit_scope_for_compose_and_its_top
         assert_eq!(res.status(), status, "{token} {body}");
     }
 }
+
+/// Parallel steps held by one node share the run's id as their sender: each one's progress
+/// callbacks must reach the run while any of them is held.
+#[tokio::test]
+#[ignore = "nodes.rs: Held::drop removes the sender of every step of the run; the next \
+            callback of a sibling step is 404 and the worker fails (502)"]
+async fn parallel_steps_on_one_node_all_report_progress() {
+    let (server, w) = started().await;
+    let slow = json!({"topic": "slow", "with": {"steps": 3}});
+    let parallel = json!({"parallel": [slow.clone(), slow.clone(), slow]});
+    let (state, value, steps) = ran(&server, &w, parallel, json!({})).await;
+    assert_eq!((state.as_str(), steps), ("success", 3), "{value}");
+}

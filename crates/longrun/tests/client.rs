@@ -401,7 +401,7 @@ async fn submits_the_server_refuses_are_typed_errors() {
     for (object, args) in [
         ("count", json!([1, 2])),
         ("count", json!(3)),
-        ("_x", json!({})),
+        ("_X", json!({})),
     ] {
         let err = client.submit(object, args).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{object}: {err}");
