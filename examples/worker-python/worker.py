@@ -22,6 +22,8 @@ Other paths:
   - `GET /_signals` lists the signals delivered to the slots, `{"signals": [{"topic", "sender",
     "data"}, ...]}` in order; `GET /_signals?count=N` first waits (at most 30 s) until at
     least N are recorded (504 with the list if they are not).
+  - `GET /_pings` (`?count=N` likewise) lists the `Longrun-Replica` header of each health
+    ping, `{"pings": [...]}` (null when the server sent none): which replicas check health.
 """
 
 import argparse
@@ -37,7 +39,9 @@ import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-STATE = {"seen": [], "closed": set(), "healthy": True, "signals": []}
+STATE = {"seen": [], "closed": set(), "healthy": True, "signals": [], "pings": []}
+# The health pings remembered for `GET /_pings` (the latest ones).
+MAX_PINGS = 1000
 LOCK = threading.Condition()
 
 
@@ -91,6 +95,9 @@ class Worker(BaseHTTPRequestHandler):
         if path == self.health_path:
             with LOCK:
                 healthy = STATE["healthy"]
+                STATE["pings"].append(self.headers.get("Longrun-Replica"))
+                del STATE["pings"][:-MAX_PINGS]
+                LOCK.notify_all()
             self.reply(200 if healthy else 503, {"status": "ok" if healthy else "sick"})
         elif self.path == "/_seen":
             with LOCK:
@@ -100,14 +107,15 @@ class Worker(BaseHTTPRequestHandler):
             with LOCK:
                 closed = LOCK.wait_for(lambda: sender in STATE["closed"], timeout=30)
             self.reply(200 if closed else 504, {"closed": closed})
-        elif path == "/_signals":
+        elif path in ("/_signals", "/_pings"):
+            key = path[2:]
             try:
                 count = int(urllib.parse.parse_qs(query).get("count", ["0"])[0])
             except ValueError:
                 return self.reply(400, {"message": "count is not a number"})
             with LOCK:
-                enough = LOCK.wait_for(lambda: len(STATE["signals"]) >= count, timeout=30)
-                self.reply(200 if enough else 504, {"signals": list(STATE["signals"])})
+                enough = LOCK.wait_for(lambda: len(STATE[key]) >= count, timeout=30)
+                self.reply(200 if enough else 504, {key: list(STATE[key])})
         else:
             self.reply(404, {"message": "no such path"})
 

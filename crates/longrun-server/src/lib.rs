@@ -204,10 +204,10 @@ impl ServerBuilder {
             idempotency_ttl: self.config.idempotency_ttl,
             max_idempotency_keys: self.config.max_idempotency_keys,
         };
-        let registry = match &self.store {
-            StoreConfig::Memory => Registry::new(None),
+        let (registry, nodes) = match &self.store {
+            StoreConfig::Memory => (Registry::new(None), Vec::new()),
             StoreConfig::Sqlite { path, full_sync } => {
-                let (journal, restored) =
+                let (journal, mut restored) =
                     store::Journal::open(path, *full_sync, keys).map_err(BuildError::Store)?;
                 if restored.interrupted > 0 {
                     tracing::warn!(
@@ -215,9 +215,10 @@ impl ServerBuilder {
                         "runs that were running when the server stopped ended as interrupted"
                     );
                 }
+                let nodes = std::mem::take(&mut restored.nodes);
                 let registry = Registry::new(Some(journal));
                 registry.restore(&self.config, restored);
-                registry
+                (registry, nodes)
             }
             StoreConfig::Postgres { url, lease } => {
                 // Nothing is read back: runs are read from the database when asked for,
@@ -229,12 +230,16 @@ impl ServerBuilder {
                     keys,
                     lease: *lease,
                 };
-                Registry::new(Some(
-                    store::Journal::connect(url, limits).map_err(BuildError::Store)?,
-                ))
+                // Nodes too: `Nodes::start` reads them, and follows other replicas' changes.
+                let journal = store::Journal::connect(url, limits).map_err(BuildError::Store)?;
+                (Registry::new(Some(journal)), Vec::new())
             }
         };
-        let nodes = Arc::new(nodes::Nodes::new(&self.config));
+        let nodes = Arc::new(nodes::Nodes::new(
+            &self.config,
+            registry.journal().cloned(),
+            nodes,
+        ));
         Ok(Server {
             config: Arc::new(self.config),
             objects: Arc::new(self.objects),
@@ -255,6 +260,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let janitor = tokio::spawn(janitor(server.clone()));
+    server.nodes.start();
     let router = app(server.clone());
     let draining = server.clone();
     let mut listener = conn::Listener::new(listener, &server.config, server.conns.clone());

@@ -1,7 +1,8 @@
 //! Worker nodes (spec §25): HTTP programs that register their services and slots with
 //! `POST /_nodes`, are health-checked, and receive the runs of their services' topics (which are
-//! objects like any other) and the signals of their slots. Registrations live in memory, per
-//! replica: they do not survive a restart yet.
+//! objects like any other) and the signals of their slots. Registrations and health live in
+//! the store (spec §25.7): a SQLite server keeps them over a restart, and replicas on one
+//! Postgres share them, each node pinged by one replica at a time.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -26,6 +27,7 @@ use crate::auth::{Caller, Scope};
 use crate::handler::{Handler, HandlerResult, Object, ObjectOptions, RunContext, RunError};
 use crate::http::{ApiError, OwnErrorBody, json_response, read_args};
 use crate::run::Run;
+use crate::store::{Journal, NodeRow, NodeWrite};
 
 /// Health checking and dispatch timings of worker nodes (spec §25.3, §25.4), from the
 /// server's [`Config`](crate::Config).
@@ -44,6 +46,8 @@ const MAX_SIGNAL_DELIVERIES: usize = 1024;
 /// Header naming the run in a dispatch, and the URL the node reports progress to.
 pub const RUN_HEADER: &str = "longrun-run";
 pub const CALLBACK_HEADER: &str = "longrun-callback";
+/// Header of a health ping naming the replica that sends it.
+pub const REPLICA_HEADER: &str = "longrun-replica";
 
 /// A service or a slot: a topic (a pattern, for slots), its exclusion group and the node's
 /// path that handles it.
@@ -76,7 +80,7 @@ struct Registration {
     services: Vec<Service>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum Status {
     Ok,
@@ -96,7 +100,7 @@ impl Status {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct HealthResult {
     at: String,
     ok: bool,
@@ -111,7 +115,7 @@ struct Health {
 }
 
 /// The two subscription lists of a node, which `/_nodes/{id}/services` and `/slots` change.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Subscriptions {
     services: Vec<Service>,
     slots: Vec<Service>,
@@ -152,6 +156,29 @@ impl Kind {
     }
 }
 
+/// The registration part of a node's row in the store.
+#[derive(Serialize, Deserialize)]
+struct StoredRecord {
+    host: String,
+    port: u16,
+    health_check: String,
+    concurrency: Option<u64>,
+    services: Vec<Service>,
+    slots: Vec<Service>,
+    callback_base: String,
+}
+
+/// The health part of a node's row, written by the replica that checks it.
+#[derive(Serialize, Deserialize)]
+struct StoredHealth {
+    status: Status,
+    consecutive_failures: u32,
+    last: VecDeque<HealthResult>,
+}
+
+/// How many calls of one sender a node holds, and their run.
+type Holders = (usize, Option<Arc<Run>>);
+
 pub(crate) struct Node {
     id: String,
     host: String,
@@ -165,12 +192,90 @@ pub(crate) struct Node {
     health: Mutex<Health>,
     in_flight: AtomicUsize,
     /// The calls this node holds now, by sender, with their run (none for a node-side
-    /// request), for its progress callbacks.
-    calls: Mutex<HashMap<String, Option<Arc<Run>>>>,
-    stop: CancellationToken,
+    /// request), for its progress callbacks; counted, as the parallel steps of a
+    /// composition share their run's sender.
+    calls: Mutex<HashMap<String, Holders>>,
 }
 
 impl Node {
+    /// The run of a call this node holds (`Some(None)`: a call without a run).
+    fn held(&self, sender: &str) -> Option<Option<Arc<Run>>> {
+        self.calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(sender)
+            .map(|(_, run)| run.clone())
+    }
+
+    fn new(id: String, r: StoredRecord) -> Node {
+        Node {
+            id,
+            host: r.host,
+            port: r.port,
+            health_check: r.health_check,
+            concurrency: r.concurrency,
+            subs: Mutex::new(Subscriptions {
+                services: r.services,
+                slots: r.slots,
+            }),
+            callback_base: r.callback_base,
+            status: watch::Sender::new(Status::Ok),
+            health: Mutex::new(Health {
+                failures: 0,
+                last: VecDeque::new(),
+                dirty: None,
+            }),
+            in_flight: AtomicUsize::new(0),
+            calls: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The registration as stored, with `subs` as its subscriptions.
+    fn stored_record(&self, subs: &Subscriptions) -> String {
+        serde_json::to_string(&StoredRecord {
+            host: self.host.clone(),
+            port: self.port,
+            health_check: self.health_check.clone(),
+            concurrency: self.concurrency,
+            services: subs.services.clone(),
+            slots: subs.slots.clone(),
+            callback_base: self.callback_base.clone(),
+        })
+        .expect("a record serializes")
+    }
+
+    fn stored_health(&self) -> String {
+        let health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        let status = match *self.status.borrow() {
+            Status::Dirty => Status::Unavailable,
+            other => other,
+        };
+        serde_json::to_string(&StoredHealth {
+            status,
+            consecutive_failures: health.failures,
+            last: health.last.clone(),
+        })
+        .expect("health serializes")
+    }
+
+    /// Take the health another replica stored (and the dirty mark, which stays).
+    fn apply_health(&self, health: Option<&str>, dirty: Option<&str>) {
+        let stored = health.and_then(|h| serde_json::from_str::<StoredHealth>(h).ok());
+        let mut mine = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = stored {
+            mine.failures = h.consecutive_failures;
+            mine.last = h.last;
+            if mine.dirty.is_none() {
+                self.status
+                    .send_if_modified(|s| std::mem::replace(s, h.status) != h.status);
+            }
+        }
+        if let (None, Some(why)) = (&mine.dirty, dirty) {
+            mine.dirty = Some(why.to_owned());
+            self.status.send_replace(Status::Dirty);
+        }
+    }
+
     fn base(&self) -> String {
         if self.host.contains(':') {
             format!("http://[{}]:{}", self.host, self.port)
@@ -239,8 +344,15 @@ impl Node {
         }
         tracing::warn!(node = %self.id, %why, "node is dirty: it gets no work until it registers again");
         self.status.send_replace(Status::Dirty);
-        self.stop.cancel();
         nodes.bump();
+        if let Some(journal) = nodes.journal.clone() {
+            let id = self.id.clone();
+            tokio::spawn(async move {
+                if let Err(e) = journal.write_node(&id, NodeWrite::Dirty(why)).await {
+                    tracing::error!(node = %id, error = %e, "cannot store that the node is dirty");
+                }
+            });
+        }
     }
 }
 
@@ -345,6 +457,14 @@ pub(crate) struct Nodes {
     changed: watch::Sender<u64>,
     rotate: AtomicU64,
     signal_permits: Arc<Semaphore>,
+    /// Where registrations and health are kept; none on the memory store.
+    journal: Option<Arc<Journal>>,
+    /// Nodes whose health changed and is not stored yet (the health loop writes them).
+    unsaved: Mutex<BTreeSet<String>>,
+    /// Whether this replica checks health now (it then owns the health in the store).
+    checking: std::sync::atomic::AtomicBool,
+    started: std::sync::atomic::AtomicBool,
+    stop: CancellationToken,
 }
 
 #[derive(Default)]
@@ -356,8 +476,10 @@ struct Inner {
 }
 
 impl Nodes {
-    pub fn new(config: &crate::Config) -> Self {
-        Nodes {
+    /// The nodes of `rows` (read back from the store) are registered again as they were;
+    /// health checks start with [`Nodes::start`].
+    pub fn new(config: &crate::Config, journal: Option<Arc<Journal>>, rows: Vec<NodeRow>) -> Self {
+        let nodes = Nodes {
             settings: NodeSettings {
                 health_interval: config.health_interval,
                 health_timeout: config.health_timeout,
@@ -373,7 +495,94 @@ impl Nodes {
             changed: watch::Sender::new(0),
             rotate: AtomicU64::new(0),
             signal_permits: Arc::new(Semaphore::new(MAX_SIGNAL_DELIVERIES)),
+            journal,
+            unsaved: Mutex::new(BTreeSet::new()),
+            checking: std::sync::atomic::AtomicBool::new(false),
+            started: std::sync::atomic::AtomicBool::new(false),
+            stop: CancellationToken::new(),
+        };
+        for row in rows {
+            nodes.apply(row);
         }
+        nodes
+    }
+
+    /// Start checking health, writing it, and (on Postgres) following other replicas.
+    pub fn start(self: &Arc<Self>) {
+        if self.started.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        tokio::spawn(health_loop(self.clone()));
+        let shared = self.journal.as_deref().and_then(Journal::shared).is_some();
+        if shared {
+            tokio::spawn(follow_replicas(self.clone()));
+        }
+    }
+
+    /// A node's row as stored: registered (again) or changed here as it says.
+    fn apply(&self, row: NodeRow) {
+        let record: StoredRecord = match serde_json::from_str(&row.record) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(node = %row.id, error = %e, "a stored node record cannot be read; ignored");
+                return;
+            }
+        };
+        let mut inner = self.lock();
+        for s in &record.services {
+            inner.topics.insert(s.topic.clone());
+        }
+        let node = match inner.nodes.get(&row.id) {
+            Some(node) => {
+                *node.subs() = Subscriptions {
+                    services: record.services,
+                    slots: record.slots,
+                };
+                node.clone()
+            }
+            None => {
+                let node = Arc::new(Node::new(row.id.clone(), record));
+                inner.nodes.insert(row.id.clone(), node.clone());
+                node
+            }
+        };
+        drop(inner);
+        // The replica that checks health owns it; every other one takes it from the store.
+        let health = if self.checking.load(Ordering::SeqCst) {
+            None
+        } else {
+            row.health.as_deref()
+        };
+        node.apply_health(health, row.dirty.as_deref());
+        self.bump();
+    }
+
+    /// Change a node's subscriptions: stored first, then served.
+    async fn change_subs(&self, node: &Node, subs: Subscriptions) -> Result<(), ApiError> {
+        self.persist(&node.id, NodeWrite::Record(node.stored_record(&subs)))
+            .await?;
+        *node.subs() = subs;
+        self.bump();
+        Ok(())
+    }
+
+    fn forget(&self, id: &str) {
+        if self.lock().nodes.remove(id).is_some() {
+            self.bump();
+        }
+    }
+
+    /// Write a change of a node before it is acknowledged; 503 when the store cannot.
+    async fn persist(&self, id: &str, write: NodeWrite) -> Result<(), ApiError> {
+        let Some(journal) = &self.journal else {
+            return Ok(());
+        };
+        journal.write_node(id, write).await.map_err(|e| {
+            ApiError::new(
+                ProblemKind::StoreUnavailable,
+                format!("the node could not be stored: {e}"),
+            )
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -406,21 +615,21 @@ impl Nodes {
     }
 
     pub fn stop_all(&self) {
-        for node in self.lock().nodes.values() {
-            node.stop.cancel();
-        }
+        self.stop.cancel();
     }
 
     /// Ping a node's health path once: `Ok(detail)` for a 2xx, else the status (when one
     /// came) and why not.
     async fn ping(&self, base: &str, path: &str) -> Result<String, (Option<u16>, String)> {
-        let res = self
+        let mut req = self
             .client
             .get(format!("{base}{path}"))
-            .timeout(self.settings.health_timeout)
-            .send()
-            .await
-            .map_err(|e| (None, format!("{e:#}")))?;
+            .timeout(self.settings.health_timeout);
+        // Which replica pings, for whoever wants to see that only one does (spec §25.7).
+        if let Some(pg) = self.journal.as_deref().and_then(Journal::shared) {
+            req = req.header(REPLICA_HEADER, pg.replica());
+        }
+        let res = req.send().await.map_err(|e| (None, format!("{e:#}")))?;
         let status = res.status();
         if status.is_success() {
             Ok(format!("HTTP {}", status.as_u16()))
@@ -445,13 +654,16 @@ impl Nodes {
             .filter(|n| !avoid.contains(&n.id))
             .collect();
         let candidates = if fresh.is_empty() { candidates } else { fresh };
-        let least = candidates
-            .iter()
-            .map(|n| n.in_flight.load(Ordering::SeqCst))
-            .min()?;
-        let tied: Vec<&Arc<Node>> = candidates
+        // One reading of each count: they drop (a call ends) without this lock.
+        let loads: Vec<(usize, &Arc<Node>)> = candidates
             .into_iter()
-            .filter(|n| n.in_flight.load(Ordering::SeqCst) == least)
+            .map(|n| (n.in_flight.load(Ordering::SeqCst), n))
+            .collect();
+        let least = loads.iter().map(|(load, _)| *load).min()?;
+        let tied: Vec<&Arc<Node>> = loads
+            .into_iter()
+            .filter(|(load, _)| *load == least)
+            .map(|(_, n)| n)
             .collect();
         let node = tied[self.turn(tied.len())].clone();
         let service = node.service(topic)?;
@@ -719,7 +931,9 @@ impl Held {
         node.calls
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(sender.to_owned(), run.cloned());
+            .entry(sender.to_owned())
+            .or_insert_with(|| (0, run.cloned()))
+            .0 += 1;
         Held {
             nodes: nodes.clone(),
             node: node.clone(),
@@ -730,11 +944,14 @@ impl Held {
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.node
-            .calls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.sender);
+        let mut calls = self.node.calls.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((count, _)) = calls.get_mut(&self.sender) {
+            *count -= 1;
+            if *count == 0 {
+                calls.remove(&self.sender);
+            }
+        }
+        drop(calls);
         self.node.in_flight.fetch_sub(1, Ordering::SeqCst);
         self.nodes.bump();
     }
@@ -764,61 +981,178 @@ impl Handler for NodeService {
     }
 }
 
-/// Every `interval`, ping the node; `failures` consecutive failures turn it `unavailable`,
-/// one success turns it `ok` again, and a health path that is not there turns it `dirty`.
-async fn health_loop(nodes: Arc<Nodes>, node: Arc<Node>) {
-    let base = node.base();
+/// Every health interval, if this replica is the one that checks (always, without
+/// Postgres), ping every node that is not dirty, all at once; then store the health that
+/// changed.
+async fn health_loop(nodes: Arc<Nodes>) {
     loop {
         tokio::select! {
-            _ = node.stop.cancelled() => return,
+            _ = nodes.stop.cancelled() => return,
             _ = tokio::time::sleep(nodes.settings.health_interval) => {}
         }
-        let result = tokio::select! {
-            _ = node.stop.cancelled() => return,
-            r = nodes.ping(&base, &node.health_check) => r,
+        let checking = match nodes.journal.as_deref().and_then(Journal::shared) {
+            Some(pg) => pg.is_health_checker().await,
+            None => true,
         };
-        if let Err((Some(code @ (404 | 405 | 501)), _)) = &result {
-            node.mark_dirty(
-                &nodes,
-                format!("its health path {} answered HTTP {code}", node.health_check),
-            );
-            return;
+        nodes.checking.store(checking, Ordering::SeqCst);
+        if checking {
+            let due: Vec<Arc<Node>> = nodes
+                .lock()
+                .nodes
+                .values()
+                .filter(|n| *n.status.borrow() != Status::Dirty)
+                .cloned()
+                .collect();
+            let pings = due.iter().map(|node| check(&nodes, node));
+            tokio::select! {
+                _ = nodes.stop.cancelled() => return,
+                _ = futures::future::join_all(pings) => {}
+            }
         }
-        let now = *node.status.borrow();
-        let next = {
-            let mut health = node.health.lock().unwrap_or_else(|e| e.into_inner());
-            let ok = result.is_ok();
-            if health.last.len() == HEALTH_HISTORY {
-                health.last.pop_front();
-            }
-            health.last.push_back(HealthResult {
-                at: now_rfc3339(),
-                ok,
-                detail: match &result {
-                    Ok(d) | Err((_, d)) => d.clone(),
-                },
-            });
-            if ok {
-                health.failures = 0;
-                Status::Ok
-            } else {
-                health.failures += 1;
-                if health.failures >= nodes.settings.health_failures {
-                    Status::Unavailable
-                } else {
-                    now
-                }
-            }
+        nodes.save_health().await;
+    }
+}
+
+/// Store the health of the nodes whose health changed.
+impl Nodes {
+    async fn save_health(&self) {
+        let Some(journal) = &self.journal else {
+            return;
         };
-        if next != now {
-            match &result {
-                Ok(_) => tracing::info!(node = %node.id, "node answers its health path again: ok"),
-                Err((_, why)) => {
-                    tracing::warn!(node = %node.id, %why, "node failed its health checks: unavailable")
+        let ids = std::mem::take(&mut *self.unsaved.lock().unwrap_or_else(|e| e.into_inner()));
+        for id in ids {
+            let Some(node) = self.lock().nodes.get(&id).cloned() else {
+                continue;
+            };
+            if let Err(e) = journal
+                .write_node(&id, NodeWrite::Health(node.stored_health()))
+                .await
+            {
+                tracing::warn!(node = %id, error = %e, "cannot store the node's health; the next check tries again");
+                self.unsaved
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id);
+            }
+        }
+    }
+}
+
+/// Ping one node: `failures` consecutive failures turn it `unavailable`, one success turns it
+/// `ok` again, and a health path that is not there turns it `dirty`.
+async fn check(nodes: &Arc<Nodes>, node: &Arc<Node>) {
+    let result = nodes.ping(&node.base(), &node.health_check).await;
+    if let Err((Some(code @ (404 | 405 | 501)), _)) = &result {
+        node.mark_dirty(
+            nodes,
+            format!("its health path {} answered HTTP {code}", node.health_check),
+        );
+        return;
+    }
+    let now = *node.status.borrow();
+    let next = {
+        let mut health = node.health.lock().unwrap_or_else(|e| e.into_inner());
+        let ok = result.is_ok();
+        if health.last.len() == HEALTH_HISTORY {
+            health.last.pop_front();
+        }
+        health.last.push_back(HealthResult {
+            at: now_rfc3339(),
+            ok,
+            detail: match &result {
+                Ok(d) | Err((_, d)) => d.clone(),
+            },
+        });
+        if ok {
+            health.failures = 0;
+            Status::Ok
+        } else {
+            health.failures += 1;
+            if health.failures >= nodes.settings.health_failures {
+                Status::Unavailable
+            } else {
+                now
+            }
+        }
+    };
+    nodes
+        .unsaved
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(node.id.clone());
+    if next != now {
+        match &result {
+            Ok(_) => tracing::info!(node = %node.id, "node answers its health path again: ok"),
+            Err((_, why)) => {
+                tracing::warn!(node = %node.id, %why, "node failed its health checks: unavailable")
+            }
+        }
+        node.status.send_replace(next);
+        nodes.bump();
+    }
+}
+
+/// Postgres: take what other replicas changed (nodes registered, changed, deleted, their
+/// health) and the progress reports they received for calls held here.
+async fn follow_replicas(nodes: Arc<Nodes>) {
+    let Some(pg) = nodes.journal.as_deref().and_then(Journal::shared) else {
+        return;
+    };
+    let mut reload = true;
+    loop {
+        if reload {
+            match pg.load_nodes(None).await {
+                Ok(rows) => {
+                    let ids: BTreeSet<String> = rows.iter().map(|r| r.id.clone()).collect();
+                    for row in rows {
+                        nodes.apply(row);
+                    }
+                    let gone: Vec<String> = nodes
+                        .lock()
+                        .nodes
+                        .keys()
+                        .filter(|id| !ids.contains(*id))
+                        .cloned()
+                        .collect();
+                    for id in gone {
+                        nodes.forget(&id);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the nodes; trying again on the next change")
                 }
             }
-            node.status.send_replace(next);
-            nodes.bump();
+        }
+        let notes = tokio::select! {
+            _ = nodes.stop.cancelled() => return,
+            notes = pg.node_notes() => notes,
+        };
+        reload = notes.reload;
+        for id in notes.changed {
+            match pg.load_nodes(Some(&id)).await {
+                Ok(rows) if rows.is_empty() => nodes.forget(&id),
+                Ok(rows) => rows.into_iter().for_each(|row| nodes.apply(row)),
+                Err(e) => {
+                    tracing::warn!(node = %id, error = %e, "cannot read a changed node");
+                    reload = true;
+                }
+            }
+        }
+        for (node, sender, value) in notes.progress {
+            nodes.deliver_progress(&node, &sender, &value);
+        }
+    }
+}
+
+impl Nodes {
+    /// A progress report another replica received for a call this one may hold.
+    fn deliver_progress(&self, node: &str, sender: &str, value: &str) {
+        let Some(node) = self.lock().nodes.get(node).cloned() else {
+            return;
+        };
+        let held = node.held(sender);
+        if let (Some(Some(run)), Ok(value)) = (held, serde_json::from_str(value)) {
+            run.emit(value);
         }
     }
 }
@@ -961,27 +1295,18 @@ pub(crate) async fn register(
     };
     let nodes = &server.nodes;
     check_groups(&nodes.lock(), None, &reg.services)?;
-    let mut node = Node {
-        id: uuid::Uuid::new_v4().to_string(),
-        host,
-        port,
-        health_check,
-        concurrency: reg.concurrency,
-        subs: Mutex::new(Subscriptions {
+    let mut node = Node::new(
+        uuid::Uuid::new_v4().to_string(),
+        StoredRecord {
+            host,
+            port,
+            health_check,
+            concurrency: reg.concurrency,
             services: reg.services,
             slots: reg.slots,
-        }),
-        callback_base: format!("http://{host_header}"),
-        status: watch::Sender::new(Status::Ok),
-        health: Mutex::new(Health {
-            failures: 0,
-            last: VecDeque::new(),
-            dirty: None,
-        }),
-        in_flight: AtomicUsize::new(0),
-        calls: Mutex::new(HashMap::new()),
-        stop: CancellationToken::new(),
-    };
+            callback_base: format!("http://{host_header}"),
+        },
+    );
     let detail = nodes
         .ping(&node.base(), &node.health_check)
         .await
@@ -1005,19 +1330,22 @@ pub(crate) async fn register(
             detail,
         });
     let node = Arc::new(node);
+    check_groups(&nodes.lock(), None, &node.subs().services)?;
+    let record = node.stored_record(&node.subs());
+    nodes.persist(&node.id, NodeWrite::Record(record)).await?;
+    nodes
+        .persist(&node.id, NodeWrite::Health(node.stored_health()))
+        .await?;
     {
         let mut inner = nodes.lock();
-        let subs = node.subs();
-        check_groups(&inner, None, &subs.services)?;
-        for s in &subs.services {
+        for s in &node.subs().services {
             inner.topics.insert(s.topic.clone());
         }
-        drop(subs);
         inner.nodes.insert(node.id.clone(), node.clone());
     }
     tracing::info!(node = %node.id, at = %node.base(), "node registered: ok");
     nodes.bump();
-    tokio::spawn(health_loop(nodes.clone(), node.clone()));
+    nodes.start();
     let mut res = json_response(StatusCode::CREATED, &json!({"id": node.id, "status": "ok"}));
     res.headers_mut().insert(
         header::LOCATION,
@@ -1101,14 +1429,9 @@ pub(crate) async fn remove(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     caller.require_admin()?;
-    let node = server
-        .nodes
-        .lock()
-        .nodes
-        .remove(&id)
-        .ok_or_else(|| node_not_found(&id))?;
-    node.stop.cancel();
-    server.nodes.bump();
+    find(&server, &id)?;
+    server.nodes.persist(&id, NodeWrite::Delete).await?;
+    server.nodes.forget(&id);
     tracing::info!(node = %id, "node unregistered");
     Ok(ok())
 }
@@ -1140,9 +1463,9 @@ pub(crate) async fn add_sub(
     let entry: Service = read_json(&server, req, &format!("a {}", kind.name())).await?;
     validate_entry(kind, &entry, &server)?;
     let nodes = &server.nodes;
+    let mut subs = node.subs().clone();
     {
         let mut inner = nodes.lock();
-        let mut subs = node.subs();
         let list = kind.list(&mut subs);
         match kind {
             Kind::Service => {
@@ -1166,7 +1489,7 @@ pub(crate) async fn add_sub(
         }
         list.push(entry);
     }
-    nodes.bump();
+    nodes.change_subs(&node, subs).await?;
     Ok(json_response(StatusCode::CREATED, &json!({"status": "ok"})))
 }
 
@@ -1193,8 +1516,8 @@ pub(crate) async fn remove_sub(
             kind.name()
         )));
     };
+    let mut subs = node.subs().clone();
     let removed = {
-        let mut subs = node.subs();
         let list = kind.list(&mut subs);
         let before = list.len();
         list.retain(|s| !(s.topic == topic && query.path.as_ref().is_none_or(|p| *p == s.path)));
@@ -1207,7 +1530,7 @@ pub(crate) async fn remove_sub(
                 + &query.path.map(|p| format!(" at {p}")).unwrap_or_default(),
         ));
     }
-    server.nodes.bump();
+    server.nodes.change_subs(&node, subs).await?;
     Ok(ok())
 }
 
@@ -1397,13 +1720,28 @@ pub(crate) async fn progress(
     let (parts, body) = req.into_parts();
     let node = find(&server, &node)?;
     let value = read_args(&server, &parts.headers, Body::new(body)).await?;
-    let held = node
-        .calls
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&sender)
-        .cloned();
-    let Some(held) = held else {
+    let Some(held) = node.held(&sender) else {
+        // With replicas, the callback may reach another replica than the one that holds the
+        // call (it goes to the address the node registered through): hand it on.
+        if let Some(pg) = server.registry.shared() {
+            let text = value.to_string();
+            if text.len() > crate::store::postgres::MAX_FORWARDED_BYTES {
+                return Err(ApiError::new(
+                    ProblemKind::BodyTooLarge,
+                    format!(
+                        "another replica holds run {sender}; a progress value it is handed is at most {} bytes of JSON",
+                        crate::store::postgres::MAX_FORWARDED_BYTES
+                    ),
+                ));
+            }
+            pg.forward_progress(&node.id, &sender, &text)
+                .await
+                .map_err(|e| ApiError::new(ProblemKind::StoreUnavailable, e))?;
+            return Ok(json_response(
+                StatusCode::ACCEPTED,
+                &json!({"status": "ok"}),
+            ));
+        }
         return Err(ApiError::new(
             ProblemKind::RunNotFound,
             format!("node {} holds no run {sender:?}", node.id),

@@ -156,6 +156,11 @@ impl Registry {
         self.journal_swept(swept);
     }
 
+    /// The durable store, if any.
+    pub fn journal(&self) -> Option<&Arc<Journal>> {
+        self.journal.as_ref()
+    }
+
     /// The shared store, when the runs are shared with other replicas.
     pub fn shared(&self) -> Option<&crate::store::postgres::Handle> {
         self.journal.as_deref().and_then(Journal::shared)

@@ -32,7 +32,7 @@ pub(crate) mod postgres;
 pub(crate) use postgres::{Limits, Loaded};
 
 /// The schema version this binary writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// How many pending commands one transaction takes at most.
 const GROUP: usize = 4096;
@@ -157,6 +157,30 @@ pub(crate) struct Restored {
     pub tombstones: Vec<RestoredTombstone>,
     /// Runs that were running when the server stopped, ended now as `interrupted`.
     pub interrupted: usize,
+    /// Worker node rows.
+    pub nodes: Vec<NodeRow>,
+}
+
+/// A worker node as stored (spec §25.7). The registration and the health are written apart
+/// (by whoever changes the registration, and by the replica that checks health), so neither
+/// writer overwrites what the other wrote.
+pub(crate) struct NodeRow {
+    pub id: String,
+    /// The registration as JSON.
+    pub record: String,
+    /// The status and health results as JSON; none before the first check.
+    pub health: Option<String>,
+    /// Why the node turned dirty; once set it stays.
+    pub dirty: Option<String>,
+}
+
+/// One change of a worker node's row.
+pub(crate) enum NodeWrite {
+    /// Insert or replace the registration.
+    Record(String),
+    Health(String),
+    Dirty(String),
+    Delete,
 }
 
 /// Why a run could not be created in the store.
@@ -189,6 +213,12 @@ pub(crate) enum Command {
     Drop {
         runs: Vec<(RunId, String, Owner)>,
         forgotten: Vec<RunId>,
+    },
+    /// Change a worker node's row; answered once committed.
+    Node {
+        id: String,
+        write: NodeWrite,
+        ack: oneshot::Sender<Result<(), String>>,
     },
     /// Commit what is pending, then close the store (its file or connections are free once
     /// this is answered).
@@ -328,6 +358,27 @@ impl Journal {
         }
     }
 
+    /// Change a worker node's row: once this returns `Ok` it is committed, and on Postgres
+    /// every replica is told.
+    pub async fn write_node(&self, id: &str, write: NodeWrite) -> Result<(), String> {
+        match self {
+            Journal::Sqlite(tx) => {
+                let (ack, done) = oneshot::channel();
+                let cmd = Command::Node {
+                    id: id.to_owned(),
+                    write,
+                    ack,
+                };
+                if tx.send(cmd).is_err() {
+                    return Err("the store is closed".into());
+                }
+                done.await
+                    .unwrap_or_else(|_| Err("the store is closed".into()))
+            }
+            Journal::Postgres(pg) => pg.write_node(id, write).await,
+        }
+    }
+
     /// Commit everything sent before, then close: later commands are dropped.
     pub async fn close(&self) {
         let (ack, done) = oneshot::channel();
@@ -412,6 +463,14 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
          PRIMARY KEY (scope, key)
      ) WITHOUT ROWID;
      CREATE INDEX idempotency_created ON idempotency (created_ms);",
+    // v5: worker node registrations (spec §25.7): the registration as JSON, its health as
+    // JSON, and why it turned dirty (written once).
+    "CREATE TABLE nodes (
+         id TEXT PRIMARY KEY,
+         record TEXT NOT NULL,
+         health TEXT,
+         dirty TEXT
+     ) WITHOUT ROWID;",
 ];
 
 /// Versioned migrations, applied at start in one transaction each.
@@ -568,6 +627,18 @@ fn restore(conn: &mut Connection, key_ttl: Duration) -> rusqlite::Result<Restore
             })
             .collect()
     };
+    let nodes = {
+        let mut list = tx.prepare("SELECT id, record, health, dirty FROM nodes ORDER BY id")?;
+        list.query_map([], |r| {
+            Ok(NodeRow {
+                id: r.get(0)?,
+                record: r.get(1)?,
+                health: r.get(2)?,
+                dirty: r.get(3)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<NodeRow>>>()?
+    };
     tx.commit()?;
     Ok(Restored {
         keys,
@@ -575,6 +646,7 @@ fn restore(conn: &mut Connection, key_ttl: Duration) -> rusqlite::Result<Restore
         runs,
         tombstones,
         interrupted,
+        nodes,
     })
 }
 
@@ -665,6 +737,9 @@ fn committed(
             Command::Create { ack, id, .. } => {
                 let _ = ack.send(refused.remove(&id).map_or(Ok(()), Err));
             }
+            Command::Node { ack, .. } => {
+                let _ = ack.send(Ok(()));
+            }
             Command::Dirty(_) | Command::Drop { .. } | Command::Close(_) => {}
         }
     }
@@ -683,6 +758,10 @@ fn failed(batch: Vec<Command>, error: &str, retry: &mut Vec<Command>) {
             Command::Dirty(run) => {
                 run.unjournal();
                 retry.push(Command::Dirty(run));
+            }
+            // The request that changes a node answers 503; the node is as it was.
+            Command::Node { ack, .. } => {
+                let _ = ack.send(Err(error.to_owned()));
             }
             other => retry.push(other),
         }
@@ -810,6 +889,28 @@ fn commit_inner(
                         tx.prepare_cached("DELETE FROM tombstones WHERE id = ?1")?
                             .execute([id.to_string()])?;
                     }
+                }
+                Command::Node { id, write, .. } => {
+                    let (sql, value) = match write {
+                        NodeWrite::Record(v) => (
+                            "INSERT INTO nodes (id, record) VALUES (?1, ?2) \
+                             ON CONFLICT (id) DO UPDATE SET record = excluded.record",
+                            Some(v),
+                        ),
+                        NodeWrite::Health(v) => {
+                            ("UPDATE nodes SET health = ?2 WHERE id = ?1", Some(v))
+                        }
+                        NodeWrite::Dirty(v) => (
+                            "UPDATE nodes SET dirty = COALESCE(dirty, ?2) WHERE id = ?1",
+                            Some(v),
+                        ),
+                        NodeWrite::Delete => ("DELETE FROM nodes WHERE id = ?1", None),
+                    };
+                    let mut stmt = tx.prepare_cached(sql)?;
+                    match value {
+                        Some(v) => stmt.execute(params![id, v])?,
+                        None => stmt.execute([id])?,
+                    };
                 }
                 Command::Close(_) => {}
             }

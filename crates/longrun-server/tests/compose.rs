@@ -500,8 +500,6 @@ async fn submitting_a_composition_needs_the_submit_scope_for_compose_and_its_top
 /// Parallel steps held by one node share the run's id as their sender: each one's progress
 /// callbacks must reach the run while any of them is held.
 #[tokio::test]
-#[ignore = "nodes.rs: Held::drop removes the sender of every step of the run; the next \
-            callback of a sibling step is 404 and the worker fails (502)"]
 async fn parallel_steps_on_one_node_all_report_progress() {
     let (server, w) = started().await;
     let slow = json!({"topic": "slow", "with": {"steps": 3}});

@@ -898,3 +898,141 @@ async fn a_node_side_request_answers_gilmour_messages_with_the_code_as_status() 
     .await;
     assert_problem(res, 404, "node-not-found").await;
 }
+
+#[tokio::test]
+async fn registrations_survive_a_restart_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = longrun_server::StoreConfig::parse(&format!(
+        "sqlite:{}",
+        dir.path().join("nodes.db").display()
+    ))
+    .unwrap();
+    let first =
+        TestServer::start(Server::builder().config(fast()).store(store.clone()).demo()).await;
+    let w = Worker::start(Some(&first), &[]).await;
+    let res = post(
+        first.url(&format!("/_nodes/{}/services", w.id())),
+        json!({"topic": "shout", "group": "workers", "path": "/upper", "timeout": 5, "retry": 2}),
+    )
+    .await;
+    assert_eq!(res.status(), 201);
+    let before = node(&first, w.id()).await;
+    first.stop().await.unwrap();
+
+    let second = TestServer::start(Server::builder().config(fast()).store(store).demo()).await;
+    let after = node(&second, w.id()).await;
+    for key in [
+        "host",
+        "port",
+        "health_check",
+        "services",
+        "slots",
+        "status",
+    ] {
+        assert_eq!(after[key], before[key], "{key}");
+    }
+    assert_eq!(after["services"][2]["retry"], 2);
+    // Dispatched to at once, and still health-checked.
+    let run = second.submit("shout", json!({"text": "back"})).await;
+    assert_eq!(
+        last(&second.events(&run).await),
+        ("success", &json!({"text": "BACK"}))
+    );
+    post(w.url("/_sick"), json!({})).await;
+    wait_status(&second, w.id(), "unavailable").await;
+    // A deleted node stays deleted.
+    assert_eq!(
+        delete(second.url(&format!("/_nodes/{}", w.id())))
+            .await
+            .status(),
+        200
+    );
+    second.stop().await.unwrap();
+    let store = longrun_server::StoreConfig::parse(&format!(
+        "sqlite:{}",
+        dir.path().join("nodes.db").display()
+    ))
+    .unwrap();
+    let third = TestServer::start(Server::builder().store(store).demo()).await;
+    let res = reqwest::get(third.url(&format!("/_nodes/{}", w.id())))
+        .await
+        .unwrap();
+    assert_problem(res, 404, "node-not-found").await;
+}
+
+/// Wait until `server` answers `path` with `status` (another replica learns by notification).
+async fn wait_http(server: &TestServer, path: &str, status: u16) -> reqwest::Response {
+    let until = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let res = reqwest::get(server.url(path)).await.unwrap();
+        if res.status() == status {
+            return res;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "{path} never answered {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_nodes_and_one_of_them_checks_health() {
+    let Some(url) = common::postgres::database("nodes replicas").await else {
+        return;
+    };
+    let store = longrun_server::StoreConfig::parse(&url).unwrap();
+    let replica = || Server::builder().config(fast()).store(store.clone()).demo();
+    let a = TestServer::start(replica()).await;
+    let b = TestServer::start(replica()).await;
+    // Registered through a: its callbacks go to a.
+    let w = Worker::start(Some(&a), &[]).await;
+    let path = format!("/_nodes/{}", w.id());
+    let seen_by_b: Value = wait_http(&b, &path, 200).await.json().await.unwrap();
+    assert_eq!(seen_by_b["port"], w.port);
+
+    // A run submitted to b is dispatched by b; its progress, reported to a, reaches it.
+    let run = b.submit("slow", json!({"steps": 3})).await;
+    let events = b.events(&run).await;
+    let running = events.iter().filter(|e| e["state"] == "running").count();
+    assert_eq!(running, 3, "{events:?}");
+    assert_eq!(last(&events), ("success", &json!({"steps": 3})));
+
+    // Health: after the registration's own ping (by a), every ping comes from one replica,
+    // and both see the node turn unavailable.
+    let pings: Value = get_json(w.url("/_pings?count=6")).await;
+    let senders: BTreeSet<&str> = pings["pings"].as_array().unwrap()[1..]
+        .iter()
+        .map(|p| p.as_str().expect("pings name their replica"))
+        .collect();
+    assert_eq!(senders.len(), 1, "{pings}");
+    post(w.url("/_sick"), json!({})).await;
+    wait_status(&a, w.id(), "unavailable").await;
+    wait_status(&b, w.id(), "unavailable").await;
+    post(w.url("/_well"), json!({})).await;
+    wait_status(&b, w.id(), "ok").await;
+
+    // A service added on b is an object on a; a node deleted on b is gone from a.
+    let res = post(
+        b.url(&format!("{path}/services")),
+        json!({"topic": "shout", "group": "workers", "path": "/upper", "timeout": 5}),
+    )
+    .await;
+    assert_eq!(res.status(), 201);
+    let until = tokio::time::Instant::now() + Duration::from_secs(60);
+    let run = loop {
+        let res = post(a.url("/shout"), json!({"text": "both"})).await;
+        if res.status() == 201 {
+            break res.headers()["location"].to_str().unwrap().to_owned();
+        }
+        assert!(tokio::time::Instant::now() < until, "a never served shout");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        last(&a.events(&run).await),
+        ("success", &json!({"text": "BOTH"}))
+    );
+    assert_eq!(delete(b.url(&path)).await.status(), 200);
+    let res = wait_http(&a, &path, 404).await;
+    assert_problem(res, 404, "node-not-found").await;
+}

@@ -32,13 +32,13 @@ use tokio::sync::{Notify, mpsc};
 use tokio_postgres::{AsyncMessage, Client, NoTls, Statement};
 
 use super::{
-    Command, CreateError, DEFAULT_LEASE, GROUP, IdemKey, KeyRecord, Owner, StoreConfig, closing,
-    committed, failed, interrupted_value, millis,
+    Command, CreateError, DEFAULT_LEASE, GROUP, IdemKey, KeyRecord, NodeRow, NodeWrite, Owner,
+    StoreConfig, closing, committed, failed, interrupted_value, millis,
 };
 use crate::run::Run;
 
 /// The schema version this binary writes (`longrun.meta`).
-const SCHEMA_VERSION: i32 = 3;
+const SCHEMA_VERSION: i32 = 4;
 
 /// Advisory lock keys: migrations, run creation (the shared active-run count), reaping.
 const MIGRATE_LOCK: i64 = 0x6c6f_6e67_0001;
@@ -155,6 +155,34 @@ struct Shared {
     /// Bounded by the runs mirrored and owned here.
     pending: Mutex<Pending>,
     wake: Notify,
+    /// What other replicas changed about worker nodes, for `Handle::node_notes`.
+    node_notes: Mutex<NodeNotes>,
+    node_wake: Notify,
+}
+
+/// Progress reports waiting for this replica at most (each a NOTIFY payload, < 8000 bytes):
+/// beyond it they are dropped, and logged.
+const MAX_FORWARDED_PROGRESS: usize = 1024;
+/// The largest progress value another replica can forward (Postgres' NOTIFY payload limit,
+/// less the node and run ids).
+pub(crate) const MAX_FORWARDED_BYTES: usize = 7900;
+
+/// What the node registry of this replica has to look at (spec §25.7).
+#[derive(Default)]
+pub(crate) struct NodeNotes {
+    /// The connection was lost: every node must be read again.
+    pub reload: bool,
+    /// Nodes whose row changed (or went).
+    pub changed: HashSet<String>,
+    /// Progress callbacks another replica received for calls this one may hold:
+    /// `(node, sender, value JSON)`.
+    pub progress: Vec<(String, String, String)>,
+}
+
+impl NodeNotes {
+    fn is_empty(&self) -> bool {
+        !self.reload && self.changed.is_empty() && self.progress.is_empty()
+    }
 }
 
 #[derive(Default)]
@@ -178,6 +206,32 @@ impl Shared {
                     lock(&self.pending).events.insert(id);
                     self.wake.notify_one();
                 }
+            }
+            "longrun_nodes" => {
+                lock(&self.node_notes).changed.insert(payload.to_owned());
+                self.node_wake.notify_one();
+            }
+            "longrun_progress" => {
+                let mut parts = payload.splitn(3, ' ');
+                let (Some(node), Some(sender), Some(value)) =
+                    (parts.next(), parts.next(), parts.next())
+                else {
+                    return;
+                };
+                let mut notes = lock(&self.node_notes);
+                if notes.progress.len() >= MAX_FORWARDED_PROGRESS {
+                    tracing::warn!(
+                        node,
+                        run = sender,
+                        "a forwarded progress report was dropped: too many waiting"
+                    );
+                    return;
+                }
+                notes
+                    .progress
+                    .push((node.to_owned(), sender.to_owned(), value.to_owned()));
+                drop(notes);
+                self.node_wake.notify_one();
             }
             "longrun_stops" => {
                 let Some((id, reason)) = payload.split_once(' ') else {
@@ -329,6 +383,124 @@ impl Handle {
         refresh(&self.shared, &self.reader.get(), &[run.id]).await;
     }
 
+    /// This replica's id (in `longrun.replicas`).
+    pub fn replica(&self) -> &str {
+        &self.shared.replica
+    }
+
+    /// Change a node's row, and tell every replica.
+    pub async fn write_node(&self, id: &str, write: NodeWrite) -> Result<(), String> {
+        let (sql, value) = match write {
+            NodeWrite::Record(v) => (
+                "INSERT INTO longrun.nodes (id, record) VALUES ($1, $2) \
+                 ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record RETURNING id",
+                Some(v),
+            ),
+            NodeWrite::Health(v) => (
+                "UPDATE longrun.nodes SET health = $2 WHERE id = $1 RETURNING id",
+                Some(v),
+            ),
+            NodeWrite::Dirty(v) => (
+                "UPDATE longrun.nodes SET dirty = COALESCE(dirty, $2) WHERE id = $1 RETURNING id",
+                Some(v),
+            ),
+            NodeWrite::Delete => ("DELETE FROM longrun.nodes WHERE id = $1 RETURNING id", None),
+        };
+        let sql = format!("WITH w AS ({sql}) SELECT pg_notify('longrun_nodes', id) FROM w");
+        let reader = self.reader.get();
+        let result = match &value {
+            Some(v) => reader.query(&sql, &[&id, v]).await,
+            None => reader.query(&sql, &[&id]).await,
+        };
+        result.map(drop).map_err(|e| pg_error(&e))
+    }
+
+    /// Every node row, or one (none when it is gone).
+    pub async fn load_nodes(&self, id: Option<&str>) -> Result<Vec<NodeRow>, String> {
+        let reader = self.reader.get();
+        let rows = match id {
+            Some(id) => {
+                reader
+                    .query(
+                        "SELECT id, record, health, dirty FROM longrun.nodes WHERE id = $1",
+                        &[&id],
+                    )
+                    .await
+            }
+            None => {
+                reader
+                    .query(
+                        "SELECT id, record, health, dirty FROM longrun.nodes ORDER BY id",
+                        &[],
+                    )
+                    .await
+            }
+        }
+        .map_err(|e| pg_error(&e))?;
+        Ok(rows
+            .iter()
+            .map(|r| NodeRow {
+                id: r.get(0),
+                record: r.get(1),
+                health: r.get(2),
+                dirty: r.get(3),
+            })
+            .collect())
+    }
+
+    /// Whether this replica health-checks the nodes: the live replica with the lowest id
+    /// does, so each node is pinged by one replica at a time, and by another once that
+    /// one's lease has run out.
+    pub async fn is_health_checker(&self) -> bool {
+        let first = self
+            .reader
+            .get()
+            .query_opt(
+                "SELECT id FROM longrun.replicas WHERE lease_until_ms > $1 ORDER BY id LIMIT 1",
+                &[&now_ms()],
+            )
+            .await;
+        match first {
+            Ok(Some(row)) => row.get::<_, &str>(0) == self.shared.replica,
+            // No live replica at all: this one's lease is being renewed.
+            Ok(None) => true,
+            Err(e) => {
+                tracing::warn!(error = %pg_error(&e), "cannot tell which replica checks node health");
+                false
+            }
+        }
+    }
+
+    /// Hand a progress report for a call this replica does not hold to the replica that
+    /// may hold it.
+    pub async fn forward_progress(
+        &self,
+        node: &str,
+        sender: &str,
+        value: &str,
+    ) -> Result<(), String> {
+        let payload = format!("{node} {sender} {value}");
+        self.reader
+            .get()
+            .execute("SELECT pg_notify('longrun_progress', $1)", &[&payload])
+            .await
+            .map(drop)
+            .map_err(|e| pg_error(&e))
+    }
+
+    /// Wait for what other replicas changed about nodes, and take it.
+    pub async fn node_notes(&self) -> NodeNotes {
+        loop {
+            {
+                let mut notes = lock(&self.shared.node_notes);
+                if !notes.is_empty() {
+                    return std::mem::take(&mut *notes);
+                }
+            }
+            self.shared.node_wake.notified().await;
+        }
+    }
+
     /// Read the new events of `run` now (a cancel that found it ended wants its end).
     pub async fn refresh(&self, run: &Run) {
         refresh(&self.shared, &self.reader.get(), &[run.id]).await;
@@ -444,7 +616,10 @@ async fn connect_reader(
         }
     });
     client
-        .batch_execute("LISTEN longrun_events; LISTEN longrun_stops;")
+        .batch_execute(
+            "LISTEN longrun_events; LISTEN longrun_stops; LISTEN longrun_nodes; \
+             LISTEN longrun_progress;",
+        )
         .await?;
     Ok((client, driver))
 }
@@ -472,6 +647,8 @@ async fn keep_reader(
             }
         }
         tracing::info!("the Postgres listening connection is back");
+        lock(&shared.node_notes).reload = true;
+        shared.node_wake.notify_one();
         let all: Vec<RunId> = lock(&shared.mirrors).keys().copied().collect();
         refresh(&shared, &reader.get(), &all).await;
     }
@@ -492,6 +669,8 @@ async fn start(url: &str, limits: Limits) -> Result<(Handle, Background), String
         owned: Mutex::new(HashMap::new()),
         pending: Mutex::new(Pending::default()),
         wake: Notify::new(),
+        node_notes: Mutex::new(NodeNotes::default()),
+        node_wake: Notify::new(),
     });
     let (reader, driver) = connect_reader(url, &shared)
         .await
@@ -610,6 +789,20 @@ async fn migrate(client: &mut Client) -> Result<(), String> {
              );
              CREATE INDEX idempotency_created ON longrun.idempotency (created_ms);
              UPDATE longrun.meta SET version = 3;",
+        )
+        .await
+        .map_err(e)?;
+    }
+    if version < 4 {
+        // v4: worker node registrations (spec §25.7), shared by the replicas.
+        tx.batch_execute(
+            "CREATE TABLE longrun.nodes (
+                 id TEXT PRIMARY KEY,
+                 record TEXT NOT NULL,
+                 health TEXT,
+                 dirty TEXT
+             );
+             UPDATE longrun.meta SET version = 4;",
         )
         .await
         .map_err(e)?;
