@@ -6,9 +6,15 @@
 //! Together with the log's shared segments (`run.rs`), a follower that never reads costs its
 //! connection's state, a few handles to shared bytes and a capped kernel buffer, until the
 //! stall cut; the followers that do read are never slowed by it.
+//!
+//! TCP and unix sockets are accepted alike ([`Listener`]): a unix socket has a send buffer
+//! too, so it is capped and cut the same way; it has no peer address.
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,7 +22,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio_io_timeout::TimeoutStream;
 
@@ -91,42 +97,111 @@ impl Drop for FollowerSlot {
     }
 }
 
-/// The TCP listener `serve` hands to axum: it configures each accepted connection.
-pub(crate) struct Listener {
-    inner: TcpListener,
+/// A socket [`serve`](crate::serve) accepts connections on: TCP, or a unix socket
+/// ([`bind_unix`] makes one the way `longrun serve --listen unix:PATH` does).
+#[derive(Debug)]
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl From<TcpListener> for Listener {
+    fn from(l: TcpListener) -> Self {
+        Listener::Tcp(l)
+    }
+}
+
+impl From<UnixListener> for Listener {
+    fn from(l: UnixListener) -> Self {
+        Listener::Unix(l)
+    }
+}
+
+/// Bind a unix socket at `path` with permission bits `mode` (e.g. `0o660`). A socket file
+/// already there is replaced only when nothing listens on it (a connect is refused: a server
+/// that died left it); when something answers, or the path is not a socket, binding fails
+/// (`AddrInUse`, `AlreadyExists`) and the file is left alone. Needs a tokio runtime.
+pub fn bind_unix(path: impl AsRef<Path>, mode: u32) -> io::Result<UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
+    let path = path.as_ref();
+    let shown = path.display();
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        format!("{shown}: another server is listening on this socket"),
+                    ));
+                }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    tracing::info!(path = %shown, "replacing a stale socket file");
+                    std::fs::remove_file(path)?;
+                }
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("{shown}: cannot tell whether this socket is in use: {e}"),
+                    ));
+                }
+            }
+        }
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{shown} exists and is not a socket"),
+            ));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io::Error::new(e.kind(), format!("{shown}: {e}"))),
+    }
+    let listener = UnixListener::bind(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {shown}: {e}")))?;
+    // Set after bind (the umask decided the first bits); nobody can have connected yet who
+    // could not also have read the directory, which is the caller's to protect.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot chmod {shown}: {e}")))?;
+    Ok(listener)
+}
+
+/// A [`Listener`] as `serve` uses it: it configures each accepted connection.
+pub(crate) struct Acceptor {
+    inner: Listener,
     send_buffer: usize,
     stall_timeout: Duration,
     conns: Arc<Connections>,
 }
 
-impl Listener {
-    pub fn new(inner: TcpListener, config: &Config, conns: Arc<Connections>) -> Self {
-        Listener {
+impl Acceptor {
+    pub fn new(inner: Listener, config: &Config, conns: Arc<Connections>) -> Self {
+        Acceptor {
             inner,
             send_buffer: config.send_buffer,
             stall_timeout: config.stall_timeout,
             conns,
         }
     }
-}
 
-impl axum::serve::Listener for Listener {
-    type Io = Connection;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Connection, SocketAddr) {
+    /// The next connection, and its peer's address (none on a unix socket).
+    pub async fn accept(&mut self) -> (Connection, Option<SocketAddr>) {
         loop {
-            match self.inner.accept().await {
-                Ok((tcp, addr)) => {
+            let accepted = match &self.inner {
+                Listener::Tcp(l) => l.accept().await.map(|(tcp, addr)| {
                     let _ = tcp.set_nodelay(true);
+                    (Stream::Tcp(tcp), Some(addr))
+                }),
+                Listener::Unix(l) => l.accept().await.map(|(unix, _)| (Stream::Unix(unix), None)),
+            };
+            match accepted {
+                Ok((stream, addr)) => {
                     if self.send_buffer > 0 {
                         if let Err(e) =
-                            socket2::SockRef::from(&tcp).set_send_buffer_size(self.send_buffer)
+                            socket2::SockRef::from(&stream).set_send_buffer_size(self.send_buffer)
                         {
                             tracing::warn!(error = %e, "cannot cap a connection's send buffer");
                         }
                     }
-                    let mut io = TimeoutStream::new(tcp);
+                    let mut io = TimeoutStream::new(stream);
                     io.set_write_timeout(Some(self.stall_timeout));
                     let conn = Connection {
                         io: Box::pin(io),
@@ -150,25 +225,92 @@ impl axum::serve::Listener for Listener {
             }
         }
     }
+}
 
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.local_addr()
+/// An accepted socket of either kind.
+pub(crate) enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl AsFd for Stream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
+        }
+    }
+}
+
+/// Every `AsyncRead`/`AsyncWrite` method, forwarded to the socket of either kind.
+macro_rules! forward {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Stream::Tcp($s) => $e,
+            Stream::Unix($s) => $e,
+        }
+    };
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        forward!(self, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        forward!(self, s => Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        forward!(self, s => Pin::new(s).poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Tcp(s) => s.is_write_vectored(),
+            Stream::Unix(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        forward!(self, s => Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        forward!(self, s => Pin::new(s).poll_shutdown(cx))
     }
 }
 
 /// An accepted connection: its writes time out after `stall_timeout` without progress.
 pub(crate) struct Connection {
-    io: Pin<Box<TimeoutStream<TcpStream>>>,
+    io: Pin<Box<TimeoutStream<Stream>>>,
     conns: Arc<Connections>,
 }
 
 impl Connection {
     /// A write that timed out means a peer that stopped reading: reset the connection when it
     /// closes (`SO_LINGER` 0) rather than leave the kernel retrying to deliver what it holds.
+    /// (A unix socket has no linger: closing it drops what it holds.)
     fn on_stall<T>(&self, result: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
         if let Poll::Ready(Err(e)) = &result {
             if e.kind() == io::ErrorKind::TimedOut {
-                let _ = socket2::SockRef::from(self.io.get_ref()).set_linger(Some(Duration::ZERO));
+                if let Stream::Tcp(tcp) = self.io.get_ref() {
+                    let _ = socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO));
+                }
                 self.conns.stalled.send_modify(|n| *n += 1);
                 tracing::debug!("closed a connection that accepted no bytes for the stall timeout");
             }

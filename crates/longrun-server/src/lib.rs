@@ -2,7 +2,8 @@
 //!
 //! [`Server`] holds the objects (handlers) and the runs; [`app`] turns it into an axum
 //! `Router`; [`serve`] runs that router on a listener until a shutdown future completes, then
-//! cancels the active runs (reason `shutdown`) and lets open streams end cleanly.
+//! cancels the active runs (reason `shutdown`) and lets open streams end cleanly;
+//! [`serve_all`] does it on several listeners at once, TCP and unix sockets ([`bind_unix`]).
 //!
 //! ```no_run
 //! # async fn example() -> std::io::Result<()> {
@@ -34,6 +35,7 @@ use std::time::Duration;
 
 pub use auth::Auth;
 pub use config::Config;
+pub use conn::{Listener, bind_unix};
 pub use handler::{Handler, HandlerResult, ObjectOptions, RunContext, RunError};
 pub use http::app;
 pub use store::{DEFAULT_LEASE, StoreConfig};
@@ -251,19 +253,40 @@ impl ServerBuilder {
     }
 }
 
-/// Serve `server` on `listener` until `shutdown` completes; then stop accepting, cancel the
-/// active runs with reason `shutdown` (each has the grace period to stop), let open streams
-/// deliver their terminal event, and return once every connection is closed.
+/// Serve `server` on `listener` (TCP or unix socket) until `shutdown` completes; then stop
+/// accepting, cancel the active runs with reason `shutdown` (each has the grace period to
+/// stop), let open streams deliver their terminal event, and return once every connection is
+/// closed.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listener: impl Into<Listener>,
     server: Server,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_all(vec![listener.into()], server, shutdown).await
+}
+
+/// [`serve`] on every one of `listeners` at once: the same routes, runs and shutdown on each.
+/// A request that came over a unix socket has no peer address (a node registering over one
+/// must give its `host`, spec §25.1).
+pub async fn serve_all(
+    listeners: Vec<Listener>,
+    server: Server,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if listeners.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "serve_all needs at least one listener",
+        ));
+    }
     let janitor = tokio::spawn(janitor(server.clone()));
     server.nodes.start();
     let router = app(server.clone());
     let draining = server.clone();
-    let mut listener = conn::Listener::new(listener, &server.config, server.conns.clone());
+    let mut listeners: Vec<conn::Acceptor> = listeners
+        .into_iter()
+        .map(|l| conn::Acceptor::new(l, &server.config, server.conns.clone()))
+        .collect();
     // hyper's HTTP/1 connection directly rather than `axum::serve` (whose connection, built
     // to tell HTTP/1 from HTTP/2, costs an idle follower 22.5 KiB instead of 13 KiB here;
     // the workspace builds axum for HTTP/1 only anyway). Shutdown is as graceful as axum's:
@@ -273,14 +296,18 @@ pub async fn serve(
     let http = hyper::server::conn::http1::Builder::new();
     tokio::pin!(shutdown);
     loop {
-        use axum::serve::Listener as _;
+        // Every listener's accept at once (each is cancel-safe); the first connection wins.
+        let accept =
+            futures::future::select_all(listeners.iter_mut().map(|l| Box::pin(l.accept())));
         tokio::select! {
-            (io, addr) = listener.accept() => {
+            ((io, addr), _, _) = accept => {
                 let service = hyper_util::service::TowerToHyperService::new(router.clone());
                 // The peer's address, for a node registering without a host (spec §25.1).
                 let service = hyper::service::service_fn(
                     move |mut req: hyper::Request<hyper::body::Incoming>| {
-                        req.extensions_mut().insert(axum::extract::ConnectInfo(addr));
+                        if let Some(addr) = addr {
+                            req.extensions_mut().insert(axum::extract::ConnectInfo(addr));
+                        }
                         hyper::service::Service::call(&service, req)
                     },
                 );
@@ -296,7 +323,7 @@ pub async fn serve(
         }
     }
     tracing::info!("shutting down: canceling active runs");
-    drop(listener);
+    drop(listeners);
     // Runs end (so their streams end) while the connections drain.
     tokio::spawn(async move { draining.shutdown().await });
     graceful.shutdown().await;
