@@ -102,6 +102,9 @@ fn lint(scenario: &Scenario) -> Vec<String> {
                 }
             }
             let mut json_strings = Vec::new();
+            if let Some(json) = &request.json {
+                collect_strings(json, &mut json_strings);
+            }
             if let Some(json) = &expect.json {
                 collect_strings(json, &mut json_strings);
             }
@@ -234,11 +237,26 @@ fn collect_strings<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
 // ---------------------------------------------------------------------------------------------
 // Templates (README.md, "Templates").
 
-/// A placeholder at the start of `s` (just after its `{`): the run name, the field, and the
-/// length up to and including the `}`.
-fn placeholder(s: &str) -> Option<(&str, Option<&str>, usize)> {
+/// A placeholder: the server's own port, or a field of something a step saved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placeholder<'a> {
+    /// `{server.port}`.
+    ServerPort,
+    /// `{name}` (field `None`: the saved Location) or `{name.field}`.
+    Saved(&'a str, Option<&'a str>),
+}
+
+/// `{server.port}`, the one placeholder that is not a saved name.
+const SERVER_PORT: &str = "{server.port}";
+
+/// A placeholder at the start of `s` (just after its `{`), and the length up to and including
+/// the `}`.
+fn placeholder(s: &str) -> Option<(Placeholder<'_>, usize)> {
     let end = s.find('}')?;
     let inner = &s[..end];
+    if inner == &SERVER_PORT[1..SERVER_PORT.len() - 1] {
+        return Some((Placeholder::ServerPort, end + 1));
+    }
     let (name, field) = match inner.split_once('.') {
         Some((name, field)) => (name, Some(field)),
         None => (inner, None),
@@ -248,67 +266,88 @@ fn placeholder(s: &str) -> Option<(&str, Option<&str>, usize)> {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
     let field_ok = field.is_none_or(|f| ["id", "id_upper", "id_simple", "object"].contains(&f));
-    (name_ok && field_ok).then_some((name, field, end + 1))
+    (name_ok && field_ok).then_some((Placeholder::Saved(name, field), end + 1))
 }
 
-/// The run names the placeholders of `s` refer to.
+/// The saved names the placeholders of `s` refer to.
 fn placeholders(s: &str) -> Vec<&str> {
     let mut names = Vec::new();
     let mut rest = s;
     while let Some(start) = rest.find('{') {
         rest = &rest[start + 1..];
-        if let Some((name, _, len)) = placeholder(rest) {
-            names.push(name);
+        if let Some((found, len)) = placeholder(rest) {
+            if let Placeholder::Saved(name, _) = found {
+                names.push(name);
+            }
             rest = &rest[len..];
         }
     }
     names
 }
 
-fn expand(s: &str, saved: &HashMap<String, SavedRun>) -> Result<String, String> {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(start) = rest.find('{') {
-        out.push_str(&rest[..start]);
-        rest = &rest[start + 1..];
-        match placeholder(rest) {
-            Some((name, field, len)) => {
-                let run = saved
-                    .get(name)
-                    .ok_or_else(|| format!("the placeholder {{{name}}} names no saved run"))?;
-                out.push_str(&match field {
-                    None => run.path(),
-                    Some("id") => run.id.clone(),
-                    Some("id_upper") => run.id.to_uppercase(),
-                    Some("id_simple") => run.id.replace('-', ""),
-                    Some(_) => run.object.clone(),
-                });
-                rest = &rest[len..];
-            }
-            None => out.push('{'),
-        }
-    }
-    out.push_str(rest);
-    Ok(out)
+/// What placeholders stand for in one scenario: the server's port and what its steps saved.
+struct Vars {
+    port: u16,
+    saved: HashMap<String, Saved>,
 }
 
-fn expand_json(value: &Value, saved: &HashMap<String, SavedRun>) -> Result<Value, String> {
-    Ok(match value {
-        Value::String(s) => Value::String(expand(s, saved)?),
-        Value::Array(items) => Value::Array(
-            items
-                .iter()
-                .map(|v| expand_json(v, saved))
-                .collect::<Result<_, _>>()?,
-        ),
-        Value::Object(members) => Value::Object(
-            members
-                .iter()
-                .map(|(k, v)| Ok((k.clone(), expand_json(v, saved)?)))
-                .collect::<Result<_, String>>()?,
-        ),
-        other => other.clone(),
-    })
+impl Vars {
+    fn expand(&self, s: &str) -> Result<String, String> {
+        let mut out = String::with_capacity(s.len());
+        let mut rest = s;
+        while let Some(start) = rest.find('{') {
+            out.push_str(&rest[..start]);
+            rest = &rest[start + 1..];
+            let Some((found, len)) = placeholder(rest) else {
+                out.push('{');
+                continue;
+            };
+            rest = &rest[len..];
+            let (name, field) = match found {
+                Placeholder::ServerPort => {
+                    out.push_str(&self.port.to_string());
+                    continue;
+                }
+                Placeholder::Saved(name, field) => (name, field),
+            };
+            let saved = self
+                .saved
+                .get(name)
+                .ok_or_else(|| format!("the placeholder {{{name}}} names nothing saved"))?;
+            out.push_str(&match field {
+                None => saved.location.clone(),
+                Some("id") => saved.id.clone(),
+                Some("id_upper") => saved.id.to_uppercase(),
+                Some("id_simple") => saved.id.replace('-', ""),
+                Some(_) => saved.object.clone().ok_or_else(|| {
+                    format!("{{{name}.object}}: {name:?} is not a run, it has no object")
+                })?,
+            });
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+
+    /// Strings templated; a string that is exactly `{server.port}` is the port as a number.
+    fn expand_json(&self, value: &Value) -> Result<Value, String> {
+        Ok(match value {
+            Value::String(s) if s == SERVER_PORT => Value::from(self.port),
+            Value::String(s) => Value::String(self.expand(s)?),
+            Value::Array(items) => Value::Array(
+                items
+                    .iter()
+                    .map(|v| self.expand_json(v))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Value::Object(members) => Value::Object(
+                members
+                    .iter()
+                    .map(|(k, v)| Ok((k.clone(), self.expand_json(v)?)))
+                    .collect::<Result<_, String>>()?,
+            ),
+            other => other.clone(),
+        })
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -329,16 +368,13 @@ fn show_events(events: &[Event]) -> String {
 // ---------------------------------------------------------------------------------------------
 // Running scenarios.
 
+/// What a step saved (README.md, "Saved runs and run references"): a run (it has an object,
+/// and its Location is `/{object}/{id}`), or another resource a 201 created, such as a node.
 #[derive(Debug, Clone)]
-struct SavedRun {
-    object: String,
+struct Saved {
+    object: Option<String>,
     id: String,
-}
-
-impl SavedRun {
-    fn path(&self) -> String {
-        format!("/{}/{}", self.object, self.id)
-    }
+    location: String,
 }
 
 struct Runner {
@@ -348,7 +384,7 @@ struct Runner {
     /// connection must not go back to the pool the client ops share.
     raw: reqwest::Client,
     base: String,
-    saved: HashMap<String, SavedRun>,
+    vars: Vars,
 }
 
 /// A reply read to its end, for checks and messages.
@@ -417,20 +453,55 @@ impl Runner {
     }
 
     fn resolve(&self, run: &RunRef) -> Result<String, String> {
-        let saved = |name: &str| {
-            self.saved
-                .get(name)
-                .ok_or_else(|| format!("no run is saved as {name:?}"))
+        let saved = |name: &str| match self.vars.saved.get(name) {
+            Some(saved) if saved.object.is_some() => Ok(saved),
+            Some(saved) => Err(format!(
+                "{name:?} is not a run but {}: client steps act on runs",
+                saved.location
+            )),
+            None => Err(format!("no run is saved as {name:?}")),
         };
         Ok(match run {
-            RunRef::Saved(name) => saved(name)?.path(),
+            RunRef::Saved(name) => saved(name)?.location.clone(),
             RunRef::Literal { object, id } => format!("/{object}/{id}"),
             RunRef::Like { like, object } => format!("/{object}/{}", saved(like)?.id),
         })
     }
 
-    fn save(&mut self, name: &str, object: String, id: String) {
-        self.saved.insert(name.to_owned(), SavedRun { object, id });
+    fn save(&mut self, name: &str, saved: Saved) {
+        self.vars.saved.insert(name.to_owned(), saved);
+    }
+
+    /// What an `http` step's `save` saves: a 201 or 303 with a `Location` and a JSON `id`; a
+    /// run when the body also has its `object` (then the Location is the run's path).
+    fn saved_by(reply: &Reply) -> Result<Saved, String> {
+        if !matches!(reply.status, 201 | 303) {
+            return Err(format!(
+                "cannot save: only a 201 or 303 reply is saved, got {}",
+                reply.describe()
+            ));
+        }
+        let body = reply.json().map_err(|e| format!("cannot save: {e}"))?;
+        let location = reply.header("location");
+        let (Some(id), Some(location)) = (body["id"].as_str(), location) else {
+            return Err(format!(
+                "cannot save: the reply has no Location or no JSON id: {}",
+                reply.describe()
+            ));
+        };
+        let object = body.get("object").and_then(Value::as_str);
+        if let Some(object) = object {
+            if location != format!("/{object}/{id}") {
+                return Err(format!(
+                    "cannot save the run: Location is {location:?}, not /{object}/{id}"
+                ));
+            }
+        }
+        Ok(Saved {
+            object: object.map(str::to_owned),
+            id: id.to_owned(),
+            location: location.to_owned(),
+        })
     }
 
     async fn step(&mut self, step: &Step) -> Result<(), String> {
@@ -525,7 +596,14 @@ impl Runner {
             ));
         }
         if let Some(name) = save {
-            self.save(name, object.to_owned(), id);
+            self.save(
+                name,
+                Saved {
+                    object: Some(object.to_owned()),
+                    location: format!("/{object}/{id}"),
+                    id,
+                },
+            );
         }
         Ok(())
     }
@@ -792,19 +870,19 @@ impl Runner {
         save: Option<&str>,
         expect: &HttpExpect,
     ) -> Result<(), String> {
-        let path = expand(&request.path, &self.saved)?;
+        let path = self.vars.expand(&request.path)?;
         let method = reqwest::Method::from_bytes(request.method.as_bytes())
             .map_err(|e| format!("method {:?}: {e}", request.method))?;
         let mut req = self.raw.request(method, self.url(&path));
         for (name, values) in &request.headers {
             for value in values.values() {
-                req = req.header(name.as_str(), expand(value, &self.saved)?);
+                req = req.header(name.as_str(), self.vars.expand(value)?);
             }
         }
         let body: Option<Vec<u8>> = if let Some(text) = &request.body {
             Some(text.clone().into_bytes())
         } else if let Some(json) = &request.json {
-            Some(serde_json::to_vec(json).expect("JSON serializes"))
+            Some(serde_json::to_vec(&self.vars.expand_json(json)?).expect("JSON serializes"))
         } else if let Some(bytes) = &request.body_bytes {
             Some(bytes.clone())
         } else {
@@ -831,16 +909,8 @@ impl Runner {
         let reply = Reply::read(&what, res).await?;
 
         if let Some(name) = save {
-            let body = reply
-                .json()
-                .map_err(|e| format!("cannot save the run: {e}"))?;
-            let (Some(object), Some(id)) = (body["object"].as_str(), body["id"].as_str()) else {
-                return Err(format!(
-                    "cannot save the run: the reply is not a submit reply: {}",
-                    reply.describe()
-                ));
-            };
-            self.save(name, object.to_owned(), id.to_owned());
+            let saved = Self::saved_by(&reply).map_err(|e| format!("{what}: {e}"))?;
+            self.save(name, saved);
         }
 
         if reply.status != expect.status {
@@ -861,7 +931,7 @@ impl Runner {
                 None if values.is_empty() => {}
                 None => return Err(format!("{what}: expected no {name} header, got {values:?}")),
                 Some(HeaderExpect::Exact(expected)) => {
-                    let expected = expand(expected, &self.saved)?;
+                    let expected = self.vars.expand(expected)?;
                     if values.len() != 1 || values[0] != expected {
                         return Err(format!(
                             "{what}: expected {name}: {expected:?}, got {values:?}"
@@ -888,7 +958,7 @@ impl Runner {
             check_problem(&reply, Some(slug)).map_err(|e| format!("{what}: {e}"))?;
         }
         if let Some(expected) = &expect.json {
-            let expected = expand_json(expected, &self.saved)?;
+            let expected = self.vars.expand_json(expected)?;
             let got = reply.json()?;
             if !json_eq(&expected, &got) {
                 return Err(format!("{what}: expected the body {expected}, got {got}"));
@@ -897,7 +967,7 @@ impl Runner {
         if let Some(members) = &expect.json_includes {
             let got = reply.json()?;
             for (key, expected) in members {
-                let expected = expand_json(expected, &self.saved)?;
+                let expected = self.vars.expand_json(expected)?;
                 if !got.get(key).is_some_and(|v| json_eq(&expected, v)) {
                     return Err(format!(
                         "{what}: expected the member {key:?}: {expected} in {got}"
@@ -1151,7 +1221,7 @@ enum Ran {
 
 async fn run_scenario(
     clients: &Clients,
-    base: String,
+    (base, port): (String, u16),
     scenario: &Scenario,
     mode: Mode,
 ) -> Result<Ran, String> {
@@ -1159,7 +1229,10 @@ async fn run_scenario(
         client: clients.pooled.clone(),
         raw: clients.raw.clone(),
         base,
-        saved: HashMap::new(),
+        vars: Vars {
+            port,
+            saved: HashMap::new(),
+        },
     };
     let mut unavailable: BTreeSet<&str> = BTreeSet::new();
     let mut ran = 0;
@@ -1174,9 +1247,14 @@ async fn run_scenario(
             Err(_) => Err(format!("no outcome within {} s", STEP_TIMEOUT.as_secs())),
         };
         if let Err(msg) = result {
-            // Leave no `sleep` behind on a shared server.
-            for run in runner.saved.values() {
-                let _ = runner.client.delete(runner.url(&run.path())).send().await;
+            // Leave no `sleep` and no node behind on a shared server: DELETE cancels a run and
+            // unregisters a node.
+            for saved in runner.vars.saved.values() {
+                let _ = runner
+                    .client
+                    .delete(runner.url(&saved.location))
+                    .send()
+                    .await;
             }
             return Err(format!("steps[{i}] ({}): {msg}", step.op()));
         }
@@ -1219,12 +1297,12 @@ async fn run_all(
             .build()
             .expect("an HTTP client"),
     };
-    let (clients, base) = (&clients, &server.base);
+    let (clients, base, port) = (&clients, &server.base, server.addr.port());
     let runs = files.iter().flat_map(|(file, f)| {
         f.scenarios.iter().map(move |scenario| {
             let base = base.clone();
             async move {
-                let result = run_scenario(clients, base, scenario, mode).await;
+                let result = run_scenario(clients, (base, port), scenario, mode).await;
                 (file.as_str(), scenario, result)
             }
         })
@@ -1253,24 +1331,49 @@ fn scenario_files_are_valid() {
 
 #[test]
 fn templates_and_value_comparison() {
-    let saved = HashMap::from([(
-        "r".to_owned(),
-        SavedRun {
-            object: "echo".into(),
-            id: "0f8fad5b-d9cb-469f-a165-70867728950e".into(),
-        },
-    )]);
+    let id = "0f8fad5b-d9cb-469f-a165-70867728950e";
+    let vars = Vars {
+        port: 8123,
+        saved: HashMap::from([
+            (
+                "r".to_owned(),
+                Saved {
+                    object: Some("echo".into()),
+                    id: id.into(),
+                    location: format!("/echo/{id}"),
+                },
+            ),
+            (
+                "n".to_owned(),
+                Saved {
+                    object: None,
+                    id: id.into(),
+                    location: format!("/_nodes/{id}"),
+                },
+            ),
+        ]),
+    };
     assert_eq!(
-        expand(
-            "{r}?x={r.object}&{r.id_upper}/{r.id_simple} {} {\"a\":1} {r.nope} {",
-            &saved
-        )
-        .unwrap(),
+        vars.expand("{r}?x={r.object}&{r.id_upper}/{r.id_simple} {} {\"a\":1} {r.nope} {")
+            .unwrap(),
         "/echo/0f8fad5b-d9cb-469f-a165-70867728950e?x=echo&0F8FAD5B-D9CB-469F-A165-70867728950E/\
          0f8fad5bd9cb469fa16570867728950e {} {\"a\":1} {r.nope} {"
     );
-    assert!(expand("{other}", &saved).is_err());
-    assert_eq!(placeholders("{a}{b.id}{}{c.x}"), ["a", "b"]);
+    assert!(vars.expand("{other}").is_err());
+    assert_eq!(
+        vars.expand("{n}/services {n.id} :{server.port}").unwrap(),
+        format!("/_nodes/{id}/services {id} :8123")
+    );
+    assert!(vars.expand("{n.object}").is_err(), "a node has no object");
+    assert_eq!(
+        vars.expand_json(&serde_json::json!({"port": "{server.port}", "at": ["x:{server.port}"]}))
+            .unwrap(),
+        serde_json::json!({"port": 8123, "at": ["x:8123"]})
+    );
+    assert_eq!(
+        placeholders("{a}{b.id}{}{c.x}{server.port}{server}"),
+        ["a", "b", "server"]
+    );
     let parse = |s: &str| serde_json::from_str::<Value>(s).unwrap();
     assert!(json_eq(
         &parse("[1, 1.0, {\"a\": 1e0}]"),
