@@ -468,6 +468,13 @@ impl ClientBuilder {
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
         let builder = reqwest::Client::builder().default_headers(headers);
+        // A unix base URL: every connection goes to its socket (parse_url refused it on
+        // targets without unix sockets).
+        #[cfg(unix)]
+        let builder = match unix_socket_path(&base) {
+            Some(path) => builder.unix_socket(path),
+            None => builder,
+        };
         #[cfg(not(target_arch = "wasm32"))]
         let builder = builder
             .user_agent(self.user_agent.clone())
@@ -493,15 +500,63 @@ pub(crate) fn parse_url(url: &str) -> Result<Url> {
             "{url:?} is not a URL ({e}); write it like http://127.0.0.1:8080"
         ))
     })?;
+    if parsed.scheme() == UNIX {
+        return unix_url(url, &parsed);
+    }
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(Error::invalid(format!(
-            "{url:?}: only http and https URLs are supported"
+            "{url:?}: only http, https and unix URLs are supported"
         )));
     }
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err(Error::invalid(format!("{url:?} has no host")));
     }
     Ok(parsed)
+}
+
+/// The scheme of a server on a unix socket (spec §20.4): `unix:///run/longrun.sock` is the
+/// server, `unix:///run/longrun.sock/OBJECT/ID` a run on it. The socket's path is the whole
+/// base path: such a server has no path prefix.
+pub(crate) const UNIX: &str = "unix";
+
+/// A `unix:` URL in its one spelling, `unix:///ABSOLUTE/PATH…` (`unix:/PATH` is taken too).
+fn unix_url(url: &str, parsed: &Url) -> Result<Url> {
+    if !cfg!(unix) {
+        return Err(Error::invalid(format!(
+            "{url:?}: this build cannot reach a unix socket ({}); use an http(s) URL",
+            if cfg!(target_arch = "wasm32") {
+                "a browser or WebAssembly has none"
+            } else {
+                "this system has none"
+            }
+        )));
+    }
+    if parsed.host_str().is_some_and(|h| !h.is_empty()) || !parsed.path().starts_with('/') {
+        return Err(Error::invalid(format!(
+            "{url:?}: a unix socket URL names the socket's absolute path after three slashes, \
+             like unix:///run/longrun.sock"
+        )));
+    }
+    if parsed.path().trim_end_matches('/').is_empty() {
+        return Err(Error::invalid(format!("{url:?} names no socket")));
+    }
+    let mut normal = Url::parse(&format!("{UNIX}://{}", parsed.path()))
+        .map_err(|e| Error::invalid(format!("{url:?}: {e}")))?;
+    normal.set_query(parsed.query());
+    normal.set_fragment(parsed.fragment());
+    Ok(normal)
+}
+
+/// The socket of a unix base URL (`None` for http and https).
+#[cfg(unix)]
+fn unix_socket_path(base: &Url) -> Option<std::path::PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    if base.scheme() != UNIX {
+        return None;
+    }
+    let path = base.path().trim_end_matches('/');
+    let bytes: Vec<u8> = percent_encoding::percent_decode_str(path).collect();
+    Some(std::ffi::OsStr::from_bytes(&bytes).into())
 }
 
 /// A base URL always ends with `/`, so joining `object/id` keeps any path prefix.
@@ -540,6 +595,18 @@ impl Inner {
     }
     pub fn sse_fallback_after(&self) -> Duration {
         self.config.sse_fallback_after
+    }
+
+    /// The URL a request for `url` (the base URL or one under it) is sent to: itself, or for
+    /// a server on a unix socket the same path after the socket on `http://localhost/`.
+    pub fn wire(&self, url: &Url) -> Url {
+        if self.base.scheme() != UNIX {
+            return url.clone();
+        }
+        let rest = url.as_str().strip_prefix(self.base.as_str());
+        rest.and_then(|rest| Url::parse(&format!("http://localhost/{rest}")).ok())
+            // Never reached (a run on another server is refused first); reqwest refuses it.
+            .unwrap_or_else(|| url.clone())
     }
 
     /// Send a request within the request timeout.
@@ -710,7 +777,7 @@ impl Client {
             let mut req = self
                 .inner
                 .http
-                .post(url.clone())
+                .post(self.inner.wire(&url))
                 .header(reqwest::header::ACCEPT, h::JSON)
                 .json(&args);
             if let Some(key) = &key {
@@ -783,7 +850,18 @@ impl Client {
     /// A client sends its token and headers to its own server only: a run rebuilt from a URL
     /// that names another server (perhaps from untrusted input) is refused, not contacted.
     fn same_server(&self, run: &Run) -> Result<()> {
-        if run.url().origin() == self.inner.base.origin() {
+        let base = &self.inner.base;
+        // A unix URL's origin is opaque (never equal): the same socket is the same server,
+        // and a run is `OBJECT/ID` right under it.
+        let same = if run.url().scheme() == UNIX || base.scheme() == UNIX {
+            run.url()
+                .as_str()
+                .strip_prefix(base.as_str())
+                .is_some_and(|rest| rest.split('/').count() == 2)
+        } else {
+            run.url().origin() == base.origin()
+        };
+        if same {
             Ok(())
         } else {
             Err(Error::invalid(format!(
@@ -796,7 +874,7 @@ impl Client {
     /// Ask the server to cancel a run.
     pub async fn cancel(&self, run: &Run) -> Result<CancelOutcome> {
         self.same_server(run)?;
-        let req = self.inner.http.delete(run.url().clone());
+        let req = self.inner.http.delete(self.inner.wire(run.url()));
         self.inner
             .exchange("canceling", self.cancel_exchange(run, req))
             .await
@@ -830,7 +908,7 @@ impl Client {
     /// The run's state and newest event id. A run that does not exist is a `NotFound` error.
     pub async fn status(&self, run: &Run) -> Result<RunStatus> {
         self.same_server(run)?;
-        let req = self.inner.http.head(run.url().clone());
+        let req = self.inner.http.head(self.inner.wire(run.url()));
         let res = self.inner.send(req, "checking the run").await?;
         if res.status().as_u16() != 200 {
             return Err(error_from(res, run.url().as_str()).await);
@@ -908,6 +986,62 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const ID: &str = "0f8fad5b-d9cb-469f-a165-70867728950e";
+
+    #[test]
+    fn a_unix_client_talks_to_its_own_socket_only() {
+        let client = Client::new("unix:///run/a.sock").unwrap();
+        assert_eq!(client.base_url().as_str(), "unix:///run/a.sock/");
+        let own = Run::from_url(&format!("unix:///run/a.sock/echo/{ID}")).unwrap();
+        assert!(client.same_server(&own).is_ok());
+        assert_eq!(
+            client.inner.wire(own.url()).as_str(),
+            format!("http://localhost/echo/{ID}")
+        );
+        for other in [
+            format!("unix:///run/b.sock/echo/{ID}"),
+            format!("unix:///run/a.sock/x/echo/{ID}"),
+            format!("http://localhost/echo/{ID}"),
+        ] {
+            let run = Run::from_url(&other).unwrap();
+            let err = client.same_server(&run).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                crate::ErrorKind::InvalidArgument,
+                "{other}: {err}"
+            );
+        }
+        // And an http client refuses a run on a socket.
+        let http = Client::new("http://localhost").unwrap();
+        assert!(http.same_server(&own).is_err());
+        assert_eq!(
+            unix_socket_path(client.base_url()).unwrap(),
+            std::path::Path::new("/run/a.sock")
+        );
+        let spaced = Client::new("unix:///tmp/my%20dir/a.sock").unwrap();
+        assert_eq!(
+            unix_socket_path(spaced.base_url()).unwrap(),
+            std::path::Path::new("/tmp/my dir/a.sock")
+        );
+    }
+
+    #[test]
+    fn bad_unix_urls_say_how_to_write_one() {
+        for bad in ["unix://run/a.sock", "unix:a.sock", "unix:///", "unix://"] {
+            let err = Client::new(bad).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                crate::ErrorKind::InvalidArgument,
+                "{bad}: {err}"
+            );
+        }
+        let err = Client::new("unix://run/a.sock").unwrap_err();
+        assert!(
+            err.to_string().contains("unix:///run/longrun.sock"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn options_read_both_spellings_and_keep_unset_defaults() {

@@ -252,7 +252,7 @@ enum SseOpen {
 async fn open_sse(inner: &Inner, run: &Run, cursor: &Cursor) -> Result<SseOpen> {
     let mut req = inner
         .http
-        .get(run.url().clone())
+        .get(inner.wire(run.url()))
         .header(reqwest::header::ACCEPT, h::EVENT_STREAM);
     if let Some(last) = cursor.last {
         req = req.header(h::LAST_EVENT_ID, last.to_string());
@@ -289,7 +289,7 @@ async fn poll_once(inner: &Inner, run: &Run, cursor: &Cursor) -> Result<(Vec<Raw
     let wait = inner.poll_wait();
     let mut req = inner
         .http
-        .get(run.url().clone())
+        .get(inner.wire(run.url()))
         .header(reqwest::header::ACCEPT, h::JSON)
         .query(&[(h::WAIT_QUERY, format!("{}", wait.as_secs_f64()))]);
     if let Some(last) = cursor.last {

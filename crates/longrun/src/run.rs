@@ -119,6 +119,41 @@ mod tests {
     }
 
     #[test]
+    fn runs_on_a_unix_socket_are_paths_after_the_socket() {
+        for base in [
+            "unix:///run/longrun.sock",
+            "unix:///run/longrun.sock/",
+            "unix:/run/longrun.sock",
+        ] {
+            let run = Run::new(base, "count", ID).unwrap();
+            assert_eq!(
+                run.url().as_str(),
+                format!("unix:///run/longrun.sock/count/{ID}")
+            );
+            assert_eq!(Run::from_url(run.url().as_str()).unwrap(), run);
+            assert_eq!(
+                Run::from_url(&format!("{run}?last_event_id=3")).unwrap(),
+                run
+            );
+        }
+        // A space in the socket's path is percent-encoded in the URL.
+        let run = Run::new("unix:///tmp/my dir/l.sock", "count", ID).unwrap();
+        assert_eq!(Run::from_url(run.url().as_str()).unwrap(), run);
+        for bad in [
+            format!("unix://host/l.sock/count/{ID}"),
+            format!("unix:l.sock/count/{ID}"),
+            "unix:///count".to_owned(),
+        ] {
+            let err = Run::from_url(&bad).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                crate::ErrorKind::InvalidArgument,
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn bad_run_urls_are_invalid_arguments() {
         for bad in [
             "",
@@ -127,7 +162,7 @@ mod tests {
             "http://h/",
             "http://h/count",
             "http://h/count/not-an-id",
-            "http://h/_x/0f8fad5b-d9cb-469f-a165-70867728950e",
+            "http://h/-x/0f8fad5b-d9cb-469f-a165-70867728950e",
         ] {
             let err = Run::from_url(bad).unwrap_err();
             assert_eq!(

@@ -645,11 +645,10 @@ async fn run_scenario(api: &Api, base: &str, scenario: &Scenario) -> (Verdict, u
     (verdict, skipped)
 }
 
-/// Run every scenario through one flavour of the client against a fresh demo server, and
-/// panic with every unexpected result.
-async fn conformance(flavour: Flavour) {
+/// Run every scenario through one flavour of the client against the demo server at `base`,
+/// and panic with every unexpected result.
+async fn conformance(flavour: Flavour, base: String) {
     let files = load();
-    let base = common::demo_server().await;
     let api = match flavour {
         Flavour::Async => Api::Async(longrun::Client::new(&base).expect("an async client")),
         Flavour::Blocking => {
@@ -734,12 +733,25 @@ async fn conformance(flavour: Flavour) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_async_client_passes_the_conformance_scenarios() {
-    conformance(Flavour::Async).await;
+    conformance(Flavour::Async, common::demo_server().await).await;
+}
+
+/// The same scenarios with a `unix:///…` base URL (spec §20.4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_async_client_passes_the_conformance_scenarios_over_a_unix_socket() {
+    let (base, _dir) = common::unix_demo_server().await;
+    conformance(Flavour::Async, base).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_blocking_client_passes_the_conformance_scenarios_over_a_unix_socket() {
+    let (base, _dir) = common::unix_demo_server().await;
+    conformance(Flavour::Blocking, base).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_blocking_client_passes_the_conformance_scenarios() {
-    conformance(Flavour::Blocking).await;
+    conformance(Flavour::Blocking, common::demo_server().await).await;
 }
 
 #[test]

@@ -19,3 +19,21 @@ pub async fn demo_server() -> String {
     ));
     format!("http://{addr}")
 }
+
+/// The demo server on a unix socket in a fresh directory (removed when the guard drops); its
+/// base URL, `unix:///…/longrun.sock`.
+pub async fn unix_demo_server() -> (String, tempfile::TempDir) {
+    let server = longrun_server::Server::builder()
+        .demo()
+        .build()
+        .expect("the demo objects have unique names");
+    let dir = tempfile::tempdir().expect("a directory for the socket");
+    let path = dir.path().join("longrun.sock");
+    let listener = longrun_server::bind_unix(&path, 0o600).expect("a unix socket");
+    tokio::spawn(longrun_server::serve(
+        listener,
+        server,
+        std::future::pending(),
+    ));
+    (format!("unix://{}", path.display()), dir)
+}
