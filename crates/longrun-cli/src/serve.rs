@@ -186,6 +186,10 @@ layer! {
         #[arg(long, env = "LONGRUN_DISPATCH_TIMEOUT", value_name = "DUR", value_parser = duration)]
         #[serde(with = "humantime_serde")]
         dispatch_timeout: Option<Duration>,
+        /// The furthest `Longrun-Deadline` a submit may ask for [default: 7days]
+        #[arg(long, env = "LONGRUN_MAX_DEADLINE", value_name = "DUR", value_parser = duration)]
+        #[serde(with = "humantime_serde")]
+        max_deadline: Option<Duration>,
         /// Let browser pages from this origin call the server (CORS), e.g.
         /// http://localhost:3000; `*` allows any origin (repeatable; env: comma-separated;
         /// none by default)
@@ -337,6 +341,7 @@ impl Layer {
             health_timeout,
             health_failures,
             dispatch_timeout,
+            max_deadline,
             cors_origins,
             demo,
             exec: exec_layers,
@@ -379,6 +384,7 @@ impl Layer {
             health_timeout: health_timeout.unwrap_or(d.health_timeout),
             health_failures: health_failures.unwrap_or(d.health_failures),
             dispatch_timeout: dispatch_timeout.unwrap_or(d.dispatch_timeout),
+            max_deadline: max_deadline.unwrap_or(d.max_deadline),
         };
         check(&config)?;
         let mut exec = BTreeMap::new();
@@ -432,6 +438,9 @@ fn check(c: &Config) -> Result<(), String> {
     if c.health_interval.is_zero() {
         return Err(invalid("health_interval", "must be longer than 0s"));
     }
+    if c.max_deadline.is_zero() {
+        return Err(invalid("max_deadline", "must be longer than 0s"));
+    }
     if c.health_timeout.is_zero() {
         return Err(invalid("health_timeout", "must be longer than 0s"));
     }
@@ -461,6 +470,7 @@ fn check(c: &Config) -> Result<(), String> {
         ("health_interval", c.health_interval),
         ("health_timeout", c.health_timeout),
         ("dispatch_timeout", c.dispatch_timeout),
+        ("max_deadline", c.max_deadline),
     ];
     for (id, duration) in durations {
         // The server adds them to the clock.
@@ -760,6 +770,12 @@ mod tests {
             Some(("21s", r#""21s""#)),
         ),
         sample(
+            "max_deadline",
+            "22h",
+            r#""22h""#,
+            Some(("23h", r#""23h""#)),
+        ),
+        sample(
             "cors_origins",
             "http://a.example,http://b.example",
             r#"["http://a.example", "http://b.example"]"#,
@@ -824,6 +840,7 @@ mod tests {
                 health_timeout: Duration::from_secs(17),
                 health_failures: 19,
                 dispatch_timeout: Duration::from_secs(20),
+                max_deadline: Duration::from_secs(22 * 3600),
             },
             demo: false,
             exec: BTreeMap::from([(
@@ -863,7 +880,7 @@ mod tests {
             tombstone_ttl, max_tombstones, keep_alive, retry, grace, poll_wait_default,
             poll_wait_max, cors_origins, send_buffer, stall_timeout, max_followers_per_run,
             max_followers, idempotency_ttl, max_idempotency_keys, health_interval,
-            health_timeout, health_failures, dispatch_timeout,
+            health_timeout, health_failures, dispatch_timeout, max_deadline,
         );
     }
 

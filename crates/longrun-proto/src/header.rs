@@ -16,6 +16,40 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 pub fn is_valid_idempotency_key(key: &[u8]) -> bool {
     !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY && key.iter().all(u8::is_ascii_graphic)
 }
+/// A submit's deadline (spec §4.4): seconds from now, or an RFC 3339 time.
+pub const LONGRUN_DEADLINE: &str = "longrun-deadline";
+/// RFC 7240 preferences; longrun honours `wait=N` on a submit (spec §4.5).
+pub const PREFER: &str = "prefer";
+pub const PREFERENCE_APPLIED: &str = "preference-applied";
+/// The longest `Prefer: wait` a submit holds, in seconds.
+pub const MAX_PREFER_WAIT: u64 = 60;
+
+/// The `wait` preference of `Prefer` header values (RFC 7240: comma-separated preferences,
+/// each `token[=value]` with `;` parameters; names are case-insensitive, a value may be
+/// quoted). The first `wait` counts; one whose value is not a number of seconds is ignored,
+/// as the RFC says for preferences a server does not understand. Capped at
+/// [`MAX_PREFER_WAIT`].
+pub fn prefer_wait<'a>(values: impl IntoIterator<Item = &'a str>) -> Option<u64> {
+    values
+        .into_iter()
+        .flat_map(|v| v.split(','))
+        .filter_map(|pref| {
+            let pref = pref.split(';').next().unwrap_or("");
+            let (name, value) = pref.split_once('=')?;
+            if !name.trim().eq_ignore_ascii_case("wait") {
+                return None;
+            }
+            let value = value.trim().trim_matches('"');
+            if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+                return Some(None);
+            }
+            Some(Some(value.parse::<u64>().unwrap_or(u64::MAX)))
+        })
+        .next()
+        .flatten()
+        .map(|wait| wait.min(MAX_PREFER_WAIT))
+}
+
 /// The id of the run's newest event, on `HEAD` and `GET` replies.
 pub const LONGRUN_LAST_EVENT_ID: &str = "longrun-last-event-id";
 
@@ -83,5 +117,24 @@ mod tests {
         for bad in ["", "-1", "+1", " 1", "1.0", "abc", "18446744073709551616"] {
             assert_eq!(parse_cursor(bad), None, "{bad:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod prefer_tests {
+    use super::prefer_wait;
+
+    #[test]
+    fn the_wait_preference_is_read_as_rfc_7240_says() {
+        assert_eq!(prefer_wait(["wait=10"]), Some(10));
+        assert_eq!(prefer_wait(["respond-async, Wait = 5"]), Some(5));
+        assert_eq!(prefer_wait(["handling=lenient; x=1", "wait=\"7\";foo"]), Some(7));
+        assert_eq!(prefer_wait(["wait=600"]), Some(60));
+        assert_eq!(prefer_wait(["wait=99999999999999999999999"]), Some(60));
+        assert_eq!(prefer_wait(["wait=soon"]), None);
+        assert_eq!(prefer_wait(["wait=-1"]), None);
+        assert_eq!(prefer_wait(["waiting=3", "respond-async"]), None);
+        assert_eq!(prefer_wait(["wait=0"]), Some(0));
+        assert_eq!(prefer_wait(Vec::<&str>::new()), None);
     }
 }

@@ -17,6 +17,8 @@ pub enum ProblemKind {
     InvalidWait,
     /// 400: the `Idempotency-Key` header is empty, too long or not visible ASCII.
     InvalidIdempotencyKey,
+    /// 400: the `Longrun-Deadline` header is not a deadline the server takes (spec §4.4).
+    InvalidDeadline,
     /// 401: the server needs a token (`Authorization: Bearer`) and got none it knows.
     Unauthorized,
     /// 403: the caller's token does not allow this.
@@ -67,9 +69,10 @@ pub enum ProblemKind {
 }
 
 impl ProblemKind {
-    pub const ALL: [ProblemKind; 28] = [
+    pub const ALL: [ProblemKind; 29] = [
         ProblemKind::RateLimited,
         ProblemKind::InvalidIdempotencyKey,
+        ProblemKind::InvalidDeadline,
         ProblemKind::IdempotencyKeyReused,
         ProblemKind::InvalidJson,
         ProblemKind::ArgsNotObject,
@@ -105,6 +108,7 @@ impl ProblemKind {
             ProblemKind::InvalidCursor => "invalid-cursor",
             ProblemKind::InvalidWait => "invalid-wait",
             ProblemKind::InvalidIdempotencyKey => "invalid-idempotency-key",
+            ProblemKind::InvalidDeadline => "invalid-deadline",
             ProblemKind::IdempotencyKeyReused => "idempotency-key-reused",
             ProblemKind::RateLimited => "rate-limited",
             ProblemKind::Unauthorized => "unauthorized",
@@ -137,7 +141,8 @@ impl ProblemKind {
             | ProblemKind::ArgsNotObject
             | ProblemKind::InvalidCursor
             | ProblemKind::InvalidWait
-            | ProblemKind::InvalidIdempotencyKey => 400,
+            | ProblemKind::InvalidIdempotencyKey
+            | ProblemKind::InvalidDeadline => 400,
             ProblemKind::Unauthorized => 401,
             ProblemKind::Forbidden => 403,
             ProblemKind::RateLimited => 429,
@@ -170,6 +175,7 @@ impl ProblemKind {
             ProblemKind::InvalidCursor => "The cursor is not a non-negative integer",
             ProblemKind::InvalidWait => "The wait parameter is not a non-negative number",
             ProblemKind::InvalidIdempotencyKey => "The idempotency key is not valid",
+            ProblemKind::InvalidDeadline => "The deadline is not valid",
             ProblemKind::IdempotencyKeyReused => "The idempotency key was used for another request",
             ProblemKind::RateLimited => "The tenant's limit is reached",
             ProblemKind::Unauthorized => "A token is needed",

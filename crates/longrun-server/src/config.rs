@@ -55,6 +55,8 @@ pub struct Config {
     /// How long a run of a node service waits `queued` for an `ok` node before it ends
     /// `error` ("No active listeners for: <topic>"; spec §25.4).
     pub dispatch_timeout: Duration,
+    /// The furthest `Longrun-Deadline` a submit may ask for (spec §4.4).
+    pub max_deadline: Duration,
 }
 
 impl Default for Config {
@@ -83,6 +85,7 @@ impl Default for Config {
             health_timeout: Duration::from_secs(2),
             health_failures: 3,
             dispatch_timeout: Duration::from_secs(30),
+            max_deadline: Duration::from_secs(7 * 86400),
         }
     }
 }

@@ -294,6 +294,18 @@ async fn submit(
             return Err(refuse_body(&headers, body, err).await);
         }
     }
+    let deadline = match deadline(&server.config, &headers) {
+        Ok(d) => d,
+        Err(err) => return Err(refuse_body(&headers, body, err).await),
+    };
+    let wait = h::prefer_wait(
+        headers
+            .get_all(h::PREFER)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    )
+    // A client that asked for the stream gets it (303) at once; it waits better there.
+    .filter(|_| !wants_event_stream(&headers));
     let args = read_args(&server, &headers, body).await?;
     let Value::Object(map) = &args else {
         return Err(ApiError::new(
@@ -326,13 +338,15 @@ async fn submit(
                     if record.fingerprint != *fp || record.object != object {
                         return Err(key_reused());
                     }
-                    return Ok(submit_reply(&headers, &object, record.run, true));
+                    let run = lookup(&server, &caller, &object, &record.run.to_string()).await?;
+                    return Ok(submitted(&headers, &object, &run, true, wait).await);
                 }
             }
             match server.registry.claim(key, fp, &object) {
                 Claim::New => guard = Some(KeyGuard::new(&server, key)),
                 Claim::Replay { run, object } => {
-                    return Ok(submit_reply(&headers, &object, run, true));
+                    let run = lookup(&server, &caller, &object, &run.to_string()).await?;
+                    return Ok(submitted(&headers, &object, &run, true, wait).await);
                 }
                 Claim::Reused => return Err(key_reused()),
                 Claim::Wait(mut first) => {
@@ -341,12 +355,21 @@ async fn submit(
                 }
             }
         }
-        match create(&server, &caller, &object, &obj, args.clone(), idem.clone()).await {
+        let made = create(
+            &server,
+            &caller,
+            &object,
+            &obj,
+            args.clone(),
+            idem.clone(),
+            deadline,
+        );
+        match made.await {
             Ok(run) => {
                 if let Some(guard) = guard {
                     guard.stored();
                 }
-                return Ok(submit_reply(&headers, &object, run, false));
+                return Ok(submitted(&headers, &object, &run, false, wait).await);
             }
             // Dropping the guard frees the key.
             Err(None) => continue,
@@ -356,6 +379,95 @@ async fn submit(
     Err(store_unavailable(
         "the idempotency key could not be settled".into(),
     ))
+}
+
+/// The `Longrun-Deadline` of a submit (spec §4.4): seconds from now (a decimal number more
+/// than 0), or an RFC 3339 time in the future; at most `max_deadline` away.
+fn deadline(config: &crate::Config, headers: &HeaderMap) -> Result<Option<Duration>, ApiError> {
+    let Some(value) = headers.get(h::LONGRUN_DEADLINE) else {
+        return Ok(None);
+    };
+    let bad = |why: &str| {
+        ApiError::new(
+            ProblemKind::InvalidDeadline,
+            format!(
+                "Longrun-Deadline {why}: give seconds from now (e.g. 30 or 2.5) or an RFC 3339 time (e.g. 2026-12-02T10:00:00Z), at most {} away",
+                humantime::format_duration(config.max_deadline)
+            ),
+        )
+    };
+    let text = value.to_str().map_err(|_| bad("is not text"))?.trim();
+    let after = if let Ok(secs) = text.parse::<f64>() {
+        if !(secs.is_finite() && secs > 0.0) {
+            return Err(bad("must be more than 0 seconds"));
+        }
+        Duration::try_from_secs_f64(secs).map_err(|_| bad("is too far"))?
+    } else {
+        let at = humantime::parse_rfc3339_weak(text)
+            .ok()
+            .filter(|_| text.contains('T') || text.contains(' '))
+            .ok_or_else(|| bad("is neither a number of seconds nor an RFC 3339 time"))?;
+        at.duration_since(std::time::SystemTime::now())
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| bad("has passed"))?
+    };
+    if after > config.max_deadline {
+        return Err(bad("is too far"));
+    }
+    Ok(Some(after))
+}
+
+/// The reply to a submit, after holding it up to `wait` seconds (`Prefer: wait`, spec §4.5):
+/// 200 with the run's terminal event when it ended by then, else as [`submit_reply`].
+async fn submitted(
+    headers: &HeaderMap,
+    object: &str,
+    run: &Arc<Run>,
+    replayed: bool,
+    wait: Option<u64>,
+) -> Response {
+    let Some(wait) = wait else {
+        return submit_reply(headers, object, run.id, replayed);
+    };
+    let mut appended = run.subscribe();
+    let ended = tokio::time::timeout(Duration::from_secs(wait), async {
+        while !run.status().0.is_terminal() {
+            if appended.changed().await.is_err() {
+                break;
+            }
+        }
+    })
+    .await
+    .is_ok();
+    let (state, last) = run.status();
+    let mut res = if ended && state.is_terminal() {
+        let batch = run.read_json(last, 1);
+        let event: Value = serde_json::from_slice::<Vec<Value>>(&batch.bytes)
+            .ok()
+            .and_then(|mut events| events.pop())
+            .unwrap_or(Value::Null);
+        let reply = RunRef::new(object, run.id, state);
+        let mut body = serde_json::to_value(&reply).expect("a run reference serializes");
+        body["event"] = event;
+        let mut res = json_response(StatusCode::OK, &body);
+        res.headers_mut().insert(
+            header::LOCATION,
+            HeaderValue::from_str(&reply.url).expect("object names and ids are header-safe"),
+        );
+        if replayed {
+            res.headers_mut()
+                .insert(h::IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+        }
+        res
+    } else {
+        submit_reply(headers, object, run.id, replayed)
+    };
+    res.headers_mut().insert(
+        h::PREFERENCE_APPLIED,
+        HeaderValue::from_str(&format!("wait={wait}")).expect("digits are header-safe"),
+    );
+    res
 }
 
 /// The reply to a submit: `201` (or `303` to the stream), `Location`, the run; marked when it
@@ -456,10 +568,19 @@ async fn create(
     obj: &crate::handler::Object,
     args: Value,
     key: Option<(IdemKey, String)>,
-) -> Result<RunId, Option<ApiError>> {
+    deadline: Option<Duration>,
+) -> Result<Arc<Run>, Option<ApiError>> {
     let submitted = server
         .registry
-        .submit(&server.config, object, obj, caller.owner(), args, key)
+        .submit(
+            &server.config,
+            object,
+            obj,
+            caller.owner(),
+            args,
+            key,
+            deadline,
+        )
         .map_err(|e| {
             Some(match e {
                 SubmitError::ShuttingDown => ApiError::new(
@@ -491,7 +612,7 @@ async fn create(
             });
         }
     }
-    Ok(submitted.run.id)
+    Ok(submitted.run)
 }
 
 /// How much of a refused request body the server still reads, and for how long, before it

@@ -373,6 +373,7 @@ impl Registry {
         tenant: Option<&str>,
         args: Value,
         key: Option<(IdemKey, String)>,
+        deadline: Option<Duration>,
     ) -> Result<Submitted, SubmitError> {
         let (run, swept) = {
             let mut inner = self.lock();
@@ -417,7 +418,11 @@ impl Registry {
             config.clone(),
             run.clone(),
             object.handler.start(args, RunContext { run: run.clone() }),
-            object.options.timeout,
+            // The caller's deadline and the object's timeout: whichever comes first.
+            match (object.options.timeout, deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
             retention,
         ));
         // A handler that finishes at its first poll (echo, a cached answer) ends here, with no
