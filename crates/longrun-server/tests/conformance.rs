@@ -31,9 +31,10 @@ use serde_json::{Map, Value};
 /// its entry must go.
 const KNOWN_FAILURES: &[&str] = &[];
 
-/// Known failures on Postgres only, on top of `KNOWN_FAILURES`. With a shared store, a
-/// progress callback for a run this replica does not hold is handed on to the other replicas
-/// and answered 202, where spec §25.5 says 404 `run-not-found`.
+/// Known failures on Postgres only, on top of `KNOWN_FAILURES`: not bugs but what a shared
+/// store does differently. A progress callback for a run this replica does not hold is handed
+/// on to the other replicas and answered 202 (spec §25.7), not 404 `run-not-found` (§25.5,
+/// which the scenario checks, as the server with its default store answers).
 const KNOWN_FAILURES_POSTGRES: &[&str] =
     &["nodes: a progress callback for a run the node does not hold is 404 run-not-found"];
 
