@@ -13,6 +13,7 @@ mod problem;
 mod progress;
 mod run_id;
 pub mod sse;
+pub mod webhook;
 
 pub use event::{CancelReason, Event, RawEvent, RunRef, State};
 pub use object::{ObjectName, ObjectNameError};

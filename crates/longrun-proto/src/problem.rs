@@ -66,10 +66,15 @@ pub enum ProblemKind {
     /// 422: a composition (spec §25.10) is not valid: an unknown kind, an empty list, a bad
     /// topic, too deep or too many steps.
     InvalidComposition,
+    /// 400: `Longrun-Hook` is not a hook URL, or `Longrun-Hook-Events` not a value the
+    /// server knows (spec §26.1).
+    InvalidHook,
+    /// 422: the hook guard refused the hook URL (spec §26.6), or the server sends no hooks.
+    HookRefused,
 }
 
 impl ProblemKind {
-    pub const ALL: [ProblemKind; 29] = [
+    pub const ALL: [ProblemKind; 31] = [
         ProblemKind::RateLimited,
         ProblemKind::InvalidIdempotencyKey,
         ProblemKind::InvalidDeadline,
@@ -99,6 +104,8 @@ impl ProblemKind {
         ProblemKind::TopicTaken,
         ProblemKind::SubscriptionNotFound,
         ProblemKind::InvalidComposition,
+        ProblemKind::InvalidHook,
+        ProblemKind::HookRefused,
     ];
 
     pub fn slug(self) -> &'static str {
@@ -132,6 +139,8 @@ impl ProblemKind {
             ProblemKind::TopicTaken => "topic-taken",
             ProblemKind::SubscriptionNotFound => "subscription-not-found",
             ProblemKind::InvalidComposition => "invalid-composition",
+            ProblemKind::InvalidHook => "invalid-hook",
+            ProblemKind::HookRefused => "hook-refused",
         }
     }
 
@@ -165,6 +174,8 @@ impl ProblemKind {
             | ProblemKind::ShuttingDown
             | ProblemKind::TooManyFollowers
             | ProblemKind::StoreUnavailable => 503,
+            ProblemKind::InvalidHook => 400,
+            ProblemKind::HookRefused => 422,
         }
     }
 
@@ -199,6 +210,8 @@ impl ProblemKind {
             ProblemKind::TopicTaken => "The topic is taken",
             ProblemKind::SubscriptionNotFound => "No such subscription",
             ProblemKind::InvalidComposition => "The composition is not valid",
+            ProblemKind::InvalidHook => "The hook is not valid",
+            ProblemKind::HookRefused => "The hook is refused",
         }
     }
 

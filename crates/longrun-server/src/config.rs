@@ -30,6 +30,20 @@ pub struct Config {
     /// Origins whose browser pages may call this server (CORS); `*` allows any. Empty: no
     /// CORS headers at all, so browsers keep cross-origin pages out.
     pub cors_origins: Vec<String>,
+    /// The Standard Webhooks secret (`whsec_…`) response hooks are signed with (spec §26.4);
+    /// without one, a submit with `Longrun-Hook` is refused.
+    pub hook_secret: Option<String>,
+    /// What the hook guard lets through beyond public addresses: host names, IP addresses,
+    /// CIDRs, unix socket paths (a path ending in `/`: every socket under it) (spec §26.6).
+    pub hook_allow: Vec<String>,
+    /// The delay before each attempt of a delivery (the first counts from its event); after
+    /// the last failed attempt the delivery is `failed`. Each is jittered by ±10%.
+    pub hook_retry: Vec<Duration>,
+    /// How long one attempt of a delivery may take.
+    pub hook_timeout: Duration,
+    /// Pending deliveries at most; beyond, `run.event` deliveries are dropped (a `run.ended`
+    /// one is always kept).
+    pub hook_outbox: usize,
     /// `SO_SNDBUF` of every accepted connection, in bytes (Linux doubles it for its own
     /// bookkeeping); 0 leaves the kernel's autotuning, which lets one connection that does not
     /// read hold up to `tcp_wmem`'s maximum (4 MiB) of kernel memory.
@@ -75,6 +89,13 @@ impl Default for Config {
             poll_wait_default: Duration::from_secs(20),
             poll_wait_max: Duration::from_secs(60),
             cors_origins: Vec::new(),
+            hook_secret: None,
+            hook_allow: Vec::new(),
+            hook_retry: [0, 5, 300, 1800, 7200, 18000, 36000]
+                .map(Duration::from_secs)
+                .to_vec(),
+            hook_timeout: Duration::from_secs(15),
+            hook_outbox: 100_000,
             send_buffer: 64 * 1024,
             stall_timeout: Duration::from_secs(30),
             max_followers_per_run: 10_000,

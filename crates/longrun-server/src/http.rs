@@ -58,6 +58,7 @@ pub fn app(server: Server) -> Router {
             get(crate::follow::follow).head(exists).delete(cancel),
         )
         .route("/{object}/{id}/read-token", post(read_token))
+        .route("/{object}/{id}/hooks", get(crate::hooks::list))
         .fallback(|| async { ApiError::new(ProblemKind::NotFound, "no route has this path") })
         .layer(middleware::from_fn(bare_errors_to_problems))
         .with_state(server);
@@ -320,6 +321,7 @@ async fn submit(
     if object == crate::compose::OBJECT {
         crate::compose::require_topics(&caller, map)?;
     }
+    let mut hook = crate::hooks::parse(&server.config, &headers).await?;
     let idem = idempotency_key(&headers)?.map(|key| {
         let scope = caller.owner().unwrap_or_default().to_owned();
         (IdemKey { scope, key }, fingerprint(&object, &args))
@@ -368,6 +370,9 @@ async fn submit(
             Ok(run) => {
                 if let Some(guard) = guard {
                     guard.stored();
+                }
+                if let Some(hook) = hook.take() {
+                    server.hooks.attach(run.clone(), hook);
                 }
                 return Ok(submitted(&headers, &object, &run, false, wait).await);
             }
@@ -731,7 +736,7 @@ fn too_many_runs(server: &Server) -> ApiError {
     .header(header::RETRY_AFTER, HeaderValue::from_static("1"))
 }
 
-fn store_unavailable(why: String) -> ApiError {
+pub(crate) fn store_unavailable(why: String) -> ApiError {
     ApiError::new(
         ProblemKind::StoreUnavailable,
         format!("the store could not be read ({why}); retry later"),

@@ -22,6 +22,7 @@ mod demo;
 pub mod exec;
 mod follow;
 mod handler;
+mod hooks;
 mod http;
 mod nodes;
 mod registry;
@@ -37,6 +38,7 @@ pub use auth::Auth;
 pub use config::Config;
 pub use conn::{Listener, bind_unix};
 pub use handler::{Handler, HandlerResult, ObjectOptions, RunContext, RunError};
+pub use hooks::check_allow_entry as check_hook_allow;
 pub use http::app;
 pub use store::{DEFAULT_LEASE, StoreConfig};
 
@@ -53,6 +55,8 @@ pub struct Server {
     pub(crate) conns: Arc<conn::Connections>,
     /// The registered worker nodes (spec §25), in memory.
     pub(crate) nodes: Arc<nodes::Nodes>,
+    /// Response hooks and their outbox (spec §26).
+    pub(crate) hooks: Arc<hooks::Hooks>,
     /// The tenants and tokens, when the server has an auth file; replaced whole on reload.
     auth: Arc<RwLock<Option<Arc<Auth>>>>,
 }
@@ -98,11 +102,18 @@ impl Server {
         self.conns.stalled()
     }
 
+    /// How many attempts to deliver response hooks were recorded (spec §26); the receiver
+    /// sees every change.
+    pub fn hook_attempts(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.hooks.attempts()
+    }
+
     /// Cancel every active run (reason `shutdown`) and wait until all have ended. New
     /// submits are refused from the moment this is called. `serve` calls it on shutdown.
     pub async fn shutdown(&self) {
         self.nodes.stop_all();
         self.registry.shutdown().await;
+        self.hooks.drain().await;
         self.registry.close().await;
     }
 }
@@ -206,6 +217,7 @@ impl ServerBuilder {
             idempotency_ttl: self.config.idempotency_ttl,
             max_idempotency_keys: self.config.max_idempotency_keys,
         };
+        let mut outbox = Vec::new();
         let (registry, nodes) = match &self.store {
             StoreConfig::Memory => (Registry::new(None), Vec::new()),
             StoreConfig::Sqlite { path, full_sync } => {
@@ -218,6 +230,7 @@ impl ServerBuilder {
                     );
                 }
                 let nodes = std::mem::take(&mut restored.nodes);
+                outbox = std::mem::take(&mut restored.hooks);
                 let registry = Registry::new(Some(journal));
                 registry.restore(&self.config, restored);
                 (registry, nodes)
@@ -242,7 +255,9 @@ impl ServerBuilder {
             registry.journal().cloned(),
             nodes,
         ));
+        let hooks = hooks::Hooks::new(&self.config, registry.journal().cloned(), outbox);
         Ok(Server {
+            hooks: Arc::new(hooks),
             config: Arc::new(self.config),
             objects: Arc::new(self.objects),
             registry: Arc::new(registry),
@@ -281,6 +296,7 @@ pub async fn serve_all(
     }
     let janitor = tokio::spawn(janitor(server.clone()));
     server.nodes.start();
+    server.hooks.start();
     let router = app(server.clone());
     let draining = server.clone();
     let mut listeners: Vec<conn::Acceptor> = listeners

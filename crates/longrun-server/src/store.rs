@@ -32,7 +32,7 @@ pub(crate) mod postgres;
 pub(crate) use postgres::{Limits, Loaded};
 
 /// The schema version this binary writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 /// How many pending commands one transaction takes at most.
 const GROUP: usize = 4096;
@@ -159,6 +159,8 @@ pub(crate) struct Restored {
     pub interrupted: usize,
     /// Worker node rows.
     pub nodes: Vec<NodeRow>,
+    /// The hook outbox's rows (spec §26.7), each a delivery as JSON.
+    pub hooks: Vec<String>,
 }
 
 /// A worker node as stored (spec §25.7). The registration and the health are written apart
@@ -223,6 +225,20 @@ pub(crate) enum Command {
     /// Commit what is pending, then close the store (its file or connections are free once
     /// this is answered).
     Close(oneshot::Sender<()>),
+    /// Write a row of the hook outbox (spec §26.7).
+    Hook(HookWrite),
+}
+
+/// A change of the SQLite hook outbox: a delivery as JSON, written whole, or forgotten.
+pub(crate) enum HookWrite {
+    Put {
+        id: String,
+        run: String,
+        record: String,
+    },
+    Delete {
+        id: String,
+    },
 }
 
 /// The handle to a durable store's writer.
@@ -348,6 +364,11 @@ impl Journal {
         done
     }
 
+    /// Write a row of the hook outbox (committed with the next group commit).
+    pub fn hook(&self, write: HookWrite) {
+        self.send(Command::Hook(write));
+    }
+
     pub fn dirty(&self, run: Arc<Run>) {
         self.send(Command::Dirty(run));
     }
@@ -471,6 +492,14 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
          health TEXT,
          dirty TEXT
      ) WITHOUT ROWID;",
+    // v6: the hook outbox (spec §26.7): one row per delivery, its state and attempts as
+    // JSON; a run's rows go with it.
+    "CREATE TABLE hook_deliveries (
+         id TEXT PRIMARY KEY,
+         run TEXT NOT NULL,
+         record TEXT NOT NULL
+     ) WITHOUT ROWID;
+     CREATE INDEX hook_deliveries_run ON hook_deliveries (run);",
 ];
 
 /// Versioned migrations, applied at start in one transaction each.
@@ -639,6 +668,11 @@ fn restore(conn: &mut Connection, key_ttl: Duration) -> rusqlite::Result<Restore
         })?
         .collect::<rusqlite::Result<Vec<NodeRow>>>()?
     };
+    let hooks = {
+        let mut list = tx.prepare("SELECT record FROM hook_deliveries")?;
+        list.query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?
+    };
     tx.commit()?;
     Ok(Restored {
         keys,
@@ -647,6 +681,7 @@ fn restore(conn: &mut Connection, key_ttl: Duration) -> rusqlite::Result<Restore
         tombstones,
         interrupted,
         nodes,
+        hooks,
     })
 }
 
@@ -740,7 +775,7 @@ fn committed(
             Command::Node { ack, .. } => {
                 let _ = ack.send(Ok(()));
             }
-            Command::Dirty(_) | Command::Drop { .. } | Command::Close(_) => {}
+            Command::Dirty(_) | Command::Drop { .. } | Command::Close(_) | Command::Hook(_) => {}
         }
     }
 }
@@ -874,6 +909,8 @@ fn commit_inner(
                             gone.push(*id);
                         }
                         let id = id.to_string();
+                        tx.prepare_cached("DELETE FROM hook_deliveries WHERE run = ?1")?
+                            .execute([&id])?;
                         tx.prepare_cached(
                             "INSERT OR REPLACE INTO tombstones (id, object, dropped_ms, tenant) \
                              VALUES (?1, ?2, ?3, ?4)",
@@ -911,6 +948,17 @@ fn commit_inner(
                         Some(v) => stmt.execute(params![id, v])?,
                         None => stmt.execute([id])?,
                     };
+                }
+                Command::Hook(HookWrite::Put { id, run, record }) => {
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO hook_deliveries (id, run, record) \
+                         VALUES (?1, ?2, ?3)",
+                    )?
+                    .execute(params![id, run, record])?;
+                }
+                Command::Hook(HookWrite::Delete { id }) => {
+                    tx.prepare_cached("DELETE FROM hook_deliveries WHERE id = ?1")?
+                        .execute([id])?;
                 }
                 Command::Close(_) => {}
             }

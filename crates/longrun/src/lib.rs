@@ -46,6 +46,7 @@ mod follow;
 mod interrupt;
 mod rt;
 mod run;
+pub mod webhook;
 
 pub use client::{
     CancelOutcome, Client, ClientBuilder, ClientOptions, Reconnect, RunStatus, SubmitOptions,

@@ -38,7 +38,7 @@ use super::{
 use crate::run::Run;
 
 /// The schema version this binary writes (`longrun.meta`).
-const SCHEMA_VERSION: i32 = 4;
+const SCHEMA_VERSION: i32 = 5;
 
 /// Advisory lock keys: migrations, run creation (the shared active-run count), reaping.
 const MIGRATE_LOCK: i64 = 0x6c6f_6e67_0001;
@@ -381,6 +381,11 @@ impl Handle {
     pub async fn watch(&self, run: &Arc<Run>, seq: i64) {
         lock(&self.shared.mirrors).insert(run.id, (seq, Arc::downgrade(run)));
         refresh(&self.shared, &self.reader.get(), &[run.id]).await;
+    }
+
+    /// The reading connection, for the hook outbox's statements (spec §26.7).
+    pub fn client(&self) -> Arc<Client> {
+        self.reader.get()
     }
 
     /// This replica's id (in `longrun.replicas`).
@@ -803,6 +808,29 @@ async fn migrate(client: &mut Client) -> Result<(), String> {
                  dirty TEXT
              );
              UPDATE longrun.meta SET version = 4;",
+        )
+        .await
+        .map_err(e)?;
+    }
+    if version < 5 {
+        // v5: the hook outbox (spec §26.7), shared by the replicas: a replica leases the due
+        // rows it sends (`lease_until_ms`), so each attempt is made by one replica.
+        tx.batch_execute(
+            "CREATE TABLE longrun.hook_deliveries (
+                 id TEXT PRIMARY KEY,
+                 run TEXT NOT NULL,
+                 state TEXT NOT NULL,
+                 next_ms BIGINT,
+                 lease_until_ms BIGINT,
+                 finished_ms BIGINT,
+                 created BIGSERIAL,
+                 record TEXT NOT NULL
+             );
+             CREATE INDEX hook_deliveries_due ON longrun.hook_deliveries (next_ms)
+                 WHERE state = 'pending';
+             CREATE INDEX hook_deliveries_run ON longrun.hook_deliveries (run);
+             CREATE INDEX hook_deliveries_finished ON longrun.hook_deliveries (finished_ms);
+             UPDATE longrun.meta SET version = 5;",
         )
         .await
         .map_err(e)?;
