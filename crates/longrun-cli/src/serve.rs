@@ -190,6 +190,35 @@ layer! {
         #[arg(long, env = "LONGRUN_MAX_DEADLINE", value_name = "DUR", value_parser = duration)]
         #[serde(with = "humantime_serde")]
         max_deadline: Option<Duration>,
+        /// Sign response hooks with this Standard Webhooks secret, whsec_ and base64 (spec
+        /// §26); without one a submit with Longrun-Hook is refused (none by default)
+        #[arg(long, env = "LONGRUN_HOOK_SECRET", value_name = "SECRET")]
+        hook_secret: Option<String>,
+        /// Let hooks reach this host, IP address, CIDR or unix socket path (a path ending in
+        /// `/`: every socket under it) beyond public addresses (repeatable; env:
+        /// comma-separated; none by default: loopback, private and link-local addresses and
+        /// every socket are refused)
+        #[arg(long, env = "LONGRUN_HOOK_ALLOW", value_name = "WHERE", value_delimiter = ',')]
+        hook_allow: Option<Vec<String>>,
+        /// The delay before each attempt of a hook delivery, comma-separated; after the last
+        /// failed one the delivery is `failed` [default: 0s,5s,5m,30m,2h,5h,10h]
+        #[arg(
+            long,
+            env = "LONGRUN_HOOK_RETRY",
+            value_name = "DURS",
+            value_delimiter = ',',
+            value_parser = duration
+        )]
+        #[serde(deserialize_with = "durations_key")]
+        hook_retry: Option<Vec<Duration>>,
+        /// How long one attempt of a hook delivery may take [default: 15s]
+        #[arg(long, env = "LONGRUN_HOOK_TIMEOUT", value_name = "DUR", value_parser = duration)]
+        #[serde(with = "humantime_serde")]
+        hook_timeout: Option<Duration>,
+        /// Pending hook deliveries at most; beyond, progress deliveries are dropped
+        /// [default: 100000]
+        #[arg(long, env = "LONGRUN_HOOK_OUTBOX", value_name = "N")]
+        hook_outbox: Option<usize>,
         /// Let browser pages from this origin call the server (CORS), e.g.
         /// http://localhost:3000; `*` allows any origin (repeatable; env: comma-separated;
         /// none by default)
@@ -253,6 +282,8 @@ impl Merge for u64 {}
 impl Merge for u32 {}
 impl Merge for bool {}
 impl Merge for Vec<String> {}
+impl Merge for String {}
+impl Merge for Vec<Duration> {}
 
 /// Exec objects of all layers add up ([`Layer::resolve`] refuses a name defined twice).
 impl Merge for Vec<(String, ExecSpec)> {
@@ -280,6 +311,12 @@ const DEFAULT_STORE: &str = "sqlite:longrun.db";
 
 fn duration(text: &str) -> Result<Duration, humantime::DurationError> {
     humantime::parse_duration(text)
+}
+
+/// A config file's list of durations (`hook_retry = ["0s", "5s"]`).
+fn durations_key<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Duration>>, D::Error> {
+    let list = Vec::<humantime_serde::Serde<Duration>>::deserialize(d)?;
+    Ok(Some(list.into_iter().map(|d| d.into_inner()).collect()))
 }
 
 /// `--exec NAME='program arg…'`.
@@ -342,6 +379,11 @@ impl Layer {
             health_failures,
             dispatch_timeout,
             max_deadline,
+            hook_secret,
+            hook_allow,
+            hook_retry,
+            hook_timeout,
+            hook_outbox,
             cors_origins,
             demo,
             exec: exec_layers,
@@ -385,6 +427,11 @@ impl Layer {
             health_failures: health_failures.unwrap_or(d.health_failures),
             dispatch_timeout: dispatch_timeout.unwrap_or(d.dispatch_timeout),
             max_deadline: max_deadline.unwrap_or(d.max_deadline),
+            hook_secret: hook_secret.or(d.hook_secret),
+            hook_allow: hook_allow.unwrap_or(d.hook_allow),
+            hook_retry: hook_retry.unwrap_or(d.hook_retry),
+            hook_timeout: hook_timeout.unwrap_or(d.hook_timeout),
+            hook_outbox: hook_outbox.unwrap_or(d.hook_outbox),
         };
         check(&config)?;
         let mut exec = BTreeMap::new();
@@ -441,6 +488,21 @@ fn check(c: &Config) -> Result<(), String> {
     if c.max_deadline.is_zero() {
         return Err(invalid("max_deadline", "must be longer than 0s"));
     }
+    if let Some(secret) = &c.hook_secret {
+        longrun_proto::webhook::secret_key(secret).map_err(|e| invalid("hook_secret", &e))?;
+    }
+    for entry in &c.hook_allow {
+        longrun_server::check_hook_allow(entry).map_err(|e| invalid("hook_allow", &e))?;
+    }
+    if c.hook_retry.is_empty() {
+        return Err(invalid("hook_retry", "must name at least one delay"));
+    }
+    if c.hook_timeout.is_zero() {
+        return Err(invalid("hook_timeout", "must be longer than 0s"));
+    }
+    if c.hook_outbox == 0 {
+        return Err(invalid("hook_outbox", "must be more than 0"));
+    }
     if c.health_timeout.is_zero() {
         return Err(invalid("health_timeout", "must be longer than 0s"));
     }
@@ -471,8 +533,10 @@ fn check(c: &Config) -> Result<(), String> {
         ("health_timeout", c.health_timeout),
         ("dispatch_timeout", c.dispatch_timeout),
         ("max_deadline", c.max_deadline),
+        ("hook_timeout", c.hook_timeout),
     ];
-    for (id, duration) in durations {
+    let retries = c.hook_retry.iter().map(|d| ("hook_retry", *d));
+    for (id, duration) in durations.into_iter().chain(retries) {
         // The server adds them to the clock.
         if Instant::now().checked_add(duration).is_none() {
             return Err(invalid(id, "is too long"));
@@ -776,6 +840,31 @@ mod tests {
             Some(("23h", r#""23h""#)),
         ),
         sample(
+            "hook_secret",
+            "whsec_c2VjcmV0",
+            r#""whsec_c2VjcmV0""#,
+            Some(("whsec_b3RoZXI=", r#""whsec_b3RoZXI=""#)),
+        ),
+        sample(
+            "hook_allow",
+            "10.0.0.0/8,/run/hooks/",
+            r#"["10.0.0.0/8", "/run/hooks/"]"#,
+            Some(("hooks.internal", r#"["hooks.internal"]"#)),
+        ),
+        sample(
+            "hook_retry",
+            "1s,2s",
+            r#"["1s", "2s"]"#,
+            Some(("3s", r#"["3s"]"#)),
+        ),
+        sample(
+            "hook_timeout",
+            "24s",
+            r#""24s""#,
+            Some(("25s", r#""25s""#)),
+        ),
+        sample("hook_outbox", "26", "26", Some(("260", "260"))),
+        sample(
             "cors_origins",
             "http://a.example,http://b.example",
             r#"["http://a.example", "http://b.example"]"#,
@@ -841,6 +930,11 @@ mod tests {
                 health_failures: 19,
                 dispatch_timeout: Duration::from_secs(20),
                 max_deadline: Duration::from_secs(22 * 3600),
+                hook_secret: Some("whsec_c2VjcmV0".into()),
+                hook_allow: vec!["10.0.0.0/8".into(), "/run/hooks/".into()],
+                hook_retry: vec![Duration::from_secs(1), Duration::from_secs(2)],
+                hook_timeout: Duration::from_secs(24),
+                hook_outbox: 26,
             },
             demo: false,
             exec: BTreeMap::from([(
@@ -880,7 +974,8 @@ mod tests {
             tombstone_ttl, max_tombstones, keep_alive, retry, grace, poll_wait_default,
             poll_wait_max, cors_origins, send_buffer, stall_timeout, max_followers_per_run,
             max_followers, idempotency_ttl, max_idempotency_keys, health_interval,
-            health_timeout, health_failures, dispatch_timeout, max_deadline,
+            health_timeout, health_failures, dispatch_timeout, max_deadline, hook_secret,
+            hook_allow, hook_retry, hook_timeout, hook_outbox,
         );
     }
 
@@ -1008,7 +1103,7 @@ mod tests {
             match documented_default(&arg) {
                 Some(default) => flags.push(flag(id, &default)),
                 None => assert!(
-                    ["auth", "cors_origins", "exec"].contains(&id),
+                    ["auth", "cors_origins", "exec", "hook_secret", "hook_allow"].contains(&id),
                     "--{id} does not say its default: {:?}",
                     arg.get_help()
                 ),
