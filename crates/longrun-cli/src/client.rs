@@ -370,7 +370,9 @@ fn run_client(global: &Global, arg: &RunArg) -> Result<(Client, Run), Failure> {
             Failure::usage(format!("{:?} is not a run\n  {HINT}", arg.url))
         }
     })?;
-    let client = connect(run.url().as_str(), global)?.map_err(|e| Failure::usage(e.to_string()))?;
+    // The run's own server (for one on a unix socket, that socket).
+    let client =
+        connect(run.base_url().as_str(), global)?.map_err(|e| Failure::usage(e.to_string()))?;
     Ok((client, run))
 }
 

@@ -75,10 +75,17 @@ layer! {
     #[derive(Args, Deserialize, Default, Debug)]
     #[serde(default, deny_unknown_fields)]
     struct Layer {
-        /// Address to listen on (port 0 picks a free port; the chosen address is printed)
-        /// [default: 127.0.0.1:8080]
-        #[arg(long, env = "LONGRUN_LISTEN", value_name = "ADDR")]
-        listen: Option<SocketAddr>,
+        /// Address to listen on: HOST:PORT (port 0 picks a free port; the chosen address is
+        /// printed) or unix:PATH, a unix socket (repeatable, TCP and unix together; env:
+        /// comma-separated) [default: 127.0.0.1:8080]
+        #[arg(long, env = "LONGRUN_LISTEN", value_name = "ADDR", value_delimiter = ',')]
+        #[serde(deserialize_with = "one_or_many")]
+        listen: Option<Vec<Listen>>,
+        /// Permission bits of the unix sockets, in octal: 0660 lets the owner and the group
+        /// connect [default: 0660]
+        #[arg(long, env = "LONGRUN_SOCKET_MODE", value_name = "MODE", value_parser = socket_mode)]
+        #[serde(deserialize_with = "socket_mode_key")]
+        socket_mode: Option<SocketMode>,
         /// Where runs are kept: sqlite:PATH survives restarts (add ?synchronous=full to survive
         /// power loss too); memory forgets them [default: sqlite:longrun.db]
         #[arg(long, env = "LONGRUN_STORE", value_name = "URL", value_parser = store_url)]
@@ -272,7 +279,8 @@ impl<T: Merge> Merge for Option<T> {
     }
 }
 
-impl Merge for SocketAddr {}
+impl Merge for Vec<Listen> {}
+impl Merge for SocketMode {}
 impl Merge for PathBuf {}
 impl Merge for StoreConfig {}
 impl Merge for ByteSize {}
@@ -335,10 +343,80 @@ fn exec_tables<'de, D: Deserializer<'de>>(
     Ok(Some(tables.into_iter().collect()))
 }
 
+/// Where `longrun serve` listens: `HOST:PORT`, or `unix:PATH` for a unix socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Listen {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            // `unix:///run/l.sock` (the client's URL spelling) names the same socket.
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if path.is_empty() {
+                return Err(format!(
+                    "{s:?}: give the socket's path, e.g. unix:/run/longrun.sock"
+                ));
+            }
+            return Ok(Listen::Unix(path.into()));
+        }
+        s.parse()
+            .map(Listen::Tcp)
+            .map_err(|_| format!("{s:?} is neither HOST:PORT (127.0.0.1:8080) nor unix:PATH"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Listen {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// `listen = "ADDR"` or `listen = ["ADDR", "unix:PATH"]` in the config file.
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Listen>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(Listen),
+        Many(Vec<Listen>),
+    }
+    Ok(Some(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(l) => vec![l],
+        OneOrMany::Many(ls) => ls,
+    }))
+}
+
+/// Permission bits of a unix socket, written in octal (`0660`, `660`, `0o600`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SocketMode(u32);
+
+const DEFAULT_SOCKET_MODE: SocketMode = SocketMode(0o660);
+
+fn socket_mode(s: &str) -> Result<SocketMode, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    u32::from_str_radix(digits, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .map(SocketMode)
+        .ok_or_else(|| format!("{s:?} is not permission bits in octal, like 0660 or 0600"))
+}
+
+fn socket_mode_key<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketMode>, D::Error> {
+    let s = String::deserialize(d)?;
+    socket_mode(&s).map(Some).map_err(serde::de::Error::custom)
+}
+
 /// What `longrun serve` runs with.
 #[derive(Debug)]
 struct Settings {
-    listen: SocketAddr,
+    listen: Vec<Listen>,
+    socket_mode: SocketMode,
     store: StoreConfig,
     auth: Option<PathBuf>,
     allow_unauthenticated: bool,
@@ -353,6 +431,7 @@ impl Layer {
         // Destructured, not `..`: a new field does not compile until it is used here.
         let Layer {
             listen,
+            socket_mode,
             store,
             auth,
             allow_unauthenticated,
@@ -443,7 +522,10 @@ impl Layer {
             }
         }
         Ok(Settings {
-            listen: listen.unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("a valid address")),
+            listen: listen
+                .filter(|l| !l.is_empty())
+                .unwrap_or_else(|| vec![DEFAULT_LISTEN.parse().expect("a valid address")]),
+            socket_mode: socket_mode.unwrap_or(DEFAULT_SOCKET_MODE),
             store: store.unwrap_or_else(|| {
                 StoreConfig::parse(DEFAULT_STORE).expect("the default store is a store")
             }),
@@ -575,13 +657,18 @@ fn build_server(s: &Settings) -> Result<Server, String> {
         .store(s.store.clone());
     if let Some(path) = &s.auth {
         builder = builder.auth(Auth::load(path)?);
-    } else if !s.listen.ip().is_loopback() && !s.allow_unauthenticated {
+    } else if let Some(open) = s.listen.iter().find_map(|l| match l {
+        // A unix socket is reached by who may open it (--socket-mode), never from afar.
+        Listen::Tcp(addr) if !addr.ip().is_loopback() => Some(addr),
+        _ => None,
+    }) && !s.allow_unauthenticated
+    {
         return Err(format!(
             "refusing to listen on {} without --auth: anyone who reaches it could submit and \
              cancel runs. Give tenants and tokens (--auth FILE; `longrun token new` makes a \
              token), listen on 127.0.0.1, or pass --allow-unauthenticated if something in \
              front of it checks callers",
-            s.listen
+            open
         ));
     }
     if s.demo {
@@ -657,15 +744,28 @@ fn reload_on_hangup(path: PathBuf, server: Server) -> std::io::Result<()> {
 }
 
 async fn run(settings: Settings, server: Server) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("cannot listen on {}: {e}", settings.listen),
-            )
-        })?;
-    let addr = listener.local_addr()?;
+    let mut listeners = Vec::new();
+    let mut addresses = Vec::new();
+    let mut sockets = Vec::new();
+    for listen in &settings.listen {
+        match listen {
+            Listen::Tcp(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+                })?;
+                addresses.push(format!("http://{}", listener.local_addr()?));
+                listeners.push(listener.into());
+            }
+            Listen::Unix(path) => {
+                let listener = longrun_server::bind_unix(path, settings.socket_mode.0)?;
+                // The client's spelling of this server (spec §20.4).
+                let absolute = std::path::absolute(path)?;
+                addresses.push(format!("unix://{}", absolute.display()));
+                sockets.push(path.clone());
+                listeners.push(listener.into());
+            }
+        }
+    }
     let objects: Vec<&str> = server.object_names().collect();
     tracing::info!(objects = ?objects, "serving longrun/1");
     // The handlers go in before the address is printed: whoever reads it may send SIGTERM at
@@ -674,9 +774,17 @@ async fn run(settings: Settings, server: Server) -> std::io::Result<()> {
     if let Some(path) = settings.auth.clone() {
         reload_on_hangup(path, server.clone())?;
     }
-    // On stdout, one line, so scripts and tests can learn the port when --listen used port 0.
-    println!("longrun listening on http://{addr}");
-    longrun_server::serve(listener, server, shutdown).await
+    // On stdout, one line per listener, so scripts and tests can learn the port when --listen
+    // used port 0.
+    for address in addresses {
+        println!("longrun listening on {address}");
+    }
+    let served = longrun_server::serve_all(listeners, server, shutdown).await;
+    // Our sockets were listening until now: nobody else's file is removed.
+    for path in sockets {
+        let _ = std::fs::remove_file(path);
+    }
+    served
 }
 
 /// Installs the SIGINT and SIGTERM handlers now; the future completes on the first signal.
@@ -769,9 +877,15 @@ mod tests {
     const SAMPLES: &[Sample] = &[
         sample(
             "listen",
-            "127.0.0.1:9",
-            r#""127.0.0.1:9""#,
+            "127.0.0.1:9,unix:/run/l.sock",
+            r#"["127.0.0.1:9", "unix:/run/l.sock"]"#,
             Some(("127.0.0.2:7", r#""127.0.0.2:7""#)),
+        ),
+        sample(
+            "socket_mode",
+            "0600",
+            r#""0600""#,
+            Some(("0640", r#""0640""#)),
         ),
         sample(
             "store",
@@ -833,12 +947,7 @@ mod tests {
             r#""20s""#,
             Some(("21s", r#""21s""#)),
         ),
-        sample(
-            "max_deadline",
-            "22h",
-            r#""22h""#,
-            Some(("23h", r#""23h""#)),
-        ),
+        sample("max_deadline", "22h", r#""22h""#, Some(("23h", r#""23h""#))),
         sample(
             "hook_secret",
             "whsec_c2VjcmV0",
@@ -898,7 +1007,11 @@ mod tests {
     /// has a value here, and then the layer tests fail until it has a sample.
     fn target() -> Settings {
         Settings {
-            listen: "127.0.0.1:9".parse().unwrap(),
+            listen: vec![
+                "127.0.0.1:9".parse().unwrap(),
+                "unix:/run/l.sock".parse().unwrap(),
+            ],
+            socket_mode: SocketMode(0o600),
             store: StoreConfig::Sqlite {
                 path: "t.db".into(),
                 full_sync: true,
@@ -966,7 +1079,7 @@ mod tests {
         let (target, defaults) = (target(), defaults());
         assert_every_field_differs!(
             Settings, target, defaults;
-            listen, store, auth, allow_unauthenticated, config, demo, exec
+            listen, socket_mode, store, auth, allow_unauthenticated, config, demo, exec
         );
         assert_every_field_differs!(
             Config, target.config, defaults.config;

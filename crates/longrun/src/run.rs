@@ -75,6 +75,13 @@ impl Run {
     pub fn url(&self) -> &Url {
         &self.url
     }
+
+    /// The base URL of the run's server: its URL without `OBJECT/ID` (for a server on a unix
+    /// socket, `unix:///PATH/`), what a [`Client`](crate::Client) for this run is made with.
+    pub fn base_url(&self) -> Url {
+        // `OBJECT/ID` was joined onto a base that ends with `/`: `..` takes both off.
+        self.url.join("..").unwrap_or_else(|_| self.url.clone())
+    }
 }
 
 impl fmt::Display for Run {
@@ -104,6 +111,10 @@ mod tests {
             );
             assert_eq!(Run::from_url(run.url().as_str()).unwrap(), run);
             assert_eq!(Run::from_url(&format!("{run}/")).unwrap(), run);
+            assert_eq!(
+                run.base_url().as_str(),
+                format!("{}/", base.trim_end_matches('/'))
+            );
             assert_eq!(
                 Run::from_url(&format!("{run}?last_event_id=3#x")).unwrap(),
                 run
