@@ -579,3 +579,36 @@ async fn postgres_replicas_deliver_a_hook_exactly_once() {
     ids.dedup();
     assert_eq!(ids.len(), 10);
 }
+
+/// The Python example receiver verifies what the server signs.
+#[tokio::test]
+async fn the_python_example_receiver_verifies_deliveries() {
+    use tokio::io::AsyncBufReadExt;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/hook-receiver-python/receiver.py");
+    let mut child = tokio::process::Command::new("python3")
+        .arg(script)
+        .args(["--secret", SECRET, "--port", "0"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = async || -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("the receiver prints a line")
+            .unwrap()
+            .expect("the receiver is running");
+        serde_json::from_str(&line).unwrap()
+    };
+    let hook = next().await["listening"].as_str().unwrap().to_owned();
+    let ts = TestServer::with_config(config(&[0])).await;
+    let run = submit(&ts, "echo", json!({"py": true}), &hook, "ended").await;
+    let line = next().await;
+    assert_eq!(line["delivery"], "verified", "{line}");
+    assert_eq!(line["type"], "run.ended");
+    assert_eq!(run, format!("/echo/{}", line["run"].as_str().unwrap()));
+    until(&ts, &run, all_in("delivered")).await;
+    ts.stop().await.unwrap();
+}
