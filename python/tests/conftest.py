@@ -27,11 +27,11 @@ def _binary() -> str:
 
 
 class Server:
-    """A `longrun serve` process on a free loopback port."""
+    """A `longrun serve` process on a free loopback port (or where ``listen`` says)."""
 
-    def __init__(self, *flags: str) -> None:
+    def __init__(self, *flags: str, listen: str = "127.0.0.1:0") -> None:
         self.proc = subprocess.Popen(
-            [_binary(), "serve", "--store", "memory", "--listen", "127.0.0.1:0", *flags],
+            [_binary(), "serve", "--store", "memory", "--listen", listen, *flags],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -61,6 +61,16 @@ def server() -> Iterator[Server]:
 @pytest.fixture(scope="session")
 def url(server: Server) -> str:
     return server.url
+
+
+@pytest.fixture(scope="session")
+def unix_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The base URL (``unix:///…``) of a server on a unix socket (spec §20.2)."""
+    socket = tmp_path_factory.mktemp("unix") / "longrun.sock"
+    s = Server(listen=f"unix:{socket}")
+    assert s.url == f"unix://{socket}", s.url
+    yield s.url
+    s.stop()
 
 
 @pytest.fixture(scope="session")

@@ -338,3 +338,11 @@ def test_conformance(url: str, flavour: str, file: str, scenario: Dict[str, Any]
         run_sync(url, scenario)
     else:
         asyncio.run(run_async(url, scenario))
+
+
+@pytest.mark.parametrize("flavour,file,scenario", _params())
+def test_conformance_over_a_unix_socket(
+    unix_url: str, flavour: str, file: str, scenario: Dict[str, Any]
+) -> None:
+    """The same scenarios with a ``unix:///…`` base URL."""
+    test_conformance(unix_url, flavour, file, scenario)
