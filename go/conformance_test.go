@@ -61,12 +61,17 @@ type event struct {
 	Value json.RawMessage `json:"value"`
 }
 
-func TestConformance(t *testing.T) {
+func TestConformance(t *testing.T) { conformance(t, serverURL) }
+
+// The same scenarios with a unix:///… base URL.
+func TestConformanceOverAUnixSocket(t *testing.T) { conformance(t, unixURL) }
+
+func conformance(t *testing.T, baseURL string) {
 	files, err := filepath.Glob("../spec/conformance/*.json")
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no scenario files in ../spec/conformance (%v)", err)
 	}
-	client, err := longrun.NewClient(serverURL)
+	client, err := longrun.NewClient(baseURL)
 	if err != nil {
 		t.Fatal(err)
 	}

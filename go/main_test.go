@@ -15,6 +15,9 @@ import (
 // settings, as spec/conformance/README.md asks).
 var serverURL string
 
+// unixURL is the base URL (unix:///…) of a third server, on a unix socket (spec §20.2).
+var unixURL string
+
 // authURL is a second server, with tenants (`--auth`): one tenant whose token authToken may
 // do everything and readToken only read, and a second tenant with otherToken.
 var authURL string
@@ -61,11 +64,12 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	var open, tenants *exec.Cmd
+	var open, tenants, unix *exec.Cmd
 	serverURL, open = startServer(bin)
 	authURL, tenants = startServer(bin, "--auth", auth)
+	unixURL, unix = startServerOn(bin, "unix:"+filepath.Join(dir, "longrun.sock"))
 	code := m.Run()
-	for _, cmd := range []*exec.Cmd{open, tenants} {
+	for _, cmd := range []*exec.Cmd{open, tenants, unix} {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 	}
@@ -75,7 +79,12 @@ func TestMain(m *testing.M) {
 
 // startServer starts `longrun serve --store memory` with extra flags; its base URL.
 func startServer(bin string, extra ...string) (string, *exec.Cmd) {
-	args := append([]string{"serve", "--store", "memory", "--listen", "127.0.0.1:0"}, extra...)
+	return startServerOn(bin, "127.0.0.1:0", extra...)
+}
+
+// startServerOn is startServer listening on listen (HOST:PORT or unix:PATH).
+func startServerOn(bin, listen string, extra ...string) (string, *exec.Cmd) {
+	args := append([]string{"serve", "--store", "memory", "--listen", listen}, extra...)
 	cmd := exec.Command(bin, args...)
 	cmd.Stderr = os.Stderr
 	stdout, err := cmd.StdoutPipe()
