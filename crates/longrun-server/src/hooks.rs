@@ -54,6 +54,8 @@ const CLAIM: i64 = 32;
 /// How often the sender looks for due deliveries it was not woken for (retries of other
 /// replicas on Postgres; a wake-up otherwise comes with each enqueue and each due time).
 const POLL: Duration = Duration::from_millis(250);
+/// How often finished deliveries past their retention are deleted.
+const FORGET_EVERY: Duration = Duration::from_secs(10);
 /// The longest ack a unix socket receiver may send.
 const MAX_ACK: u32 = 64 * 1024;
 /// The longest hook URL.
@@ -692,6 +694,7 @@ impl Hooks {
     }
 
     async fn send_loop(self: Arc<Self>) {
+        let mut forgot = tokio::time::Instant::now();
         loop {
             if self.stop.is_cancelled() {
                 return;
@@ -721,7 +724,10 @@ impl Hooks {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.stop.cancelled() => return,
             }
-            self.forget_finished();
+            if forgot.elapsed() >= FORGET_EVERY {
+                forgot = tokio::time::Instant::now();
+                self.forget_finished();
+            }
         }
     }
 

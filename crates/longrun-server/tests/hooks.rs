@@ -206,14 +206,29 @@ async fn deliveries(ts: &TestServer, run: &str) -> Vec<Value> {
 
 /// Wait until the run's deliveries satisfy `done`, looking again at each recorded attempt.
 async fn until(ts: &TestServer, run: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let mut attempts = ts.server.hook_attempts();
+    until_on(ts, &[ts], run, done).await
+}
+
+/// The same, reading on `ts` and waking on an attempt recorded by any of `senders` (replicas
+/// of one store: any of them may make the attempt).
+async fn until_on(
+    ts: &TestServer,
+    senders: &[&TestServer],
+    run: &str,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let mut attempts: Vec<_> = senders.iter().map(|s| s.server.hook_attempts()).collect();
     let wait = async {
         loop {
+            for a in &mut attempts {
+                a.mark_unchanged();
+            }
             let now = deliveries(ts, run).await;
             if done(&now) {
                 return now;
             }
-            attempts.changed().await.unwrap();
+            let changed = attempts.iter_mut().map(|a| Box::pin(a.changed()));
+            let _ = futures::future::select_all(changed).await;
         }
     };
     tokio::time::timeout(Duration::from_secs(20), wait)
@@ -567,8 +582,8 @@ async fn postgres_replicas_deliver_a_hook_exactly_once() {
     }
     for run in &runs {
         // Read back on the other replica too: the outbox is shared.
-        until(&b, run, all_in("delivered")).await;
-        until(&a, run, all_in("delivered")).await;
+        until_on(&b, &[&a, &b], run, all_in("delivered")).await;
+        until_on(&a, &[&a, &b], run, all_in("delivered")).await;
     }
     a.stop().await.unwrap();
     b.stop().await.unwrap();
@@ -610,5 +625,47 @@ async fn the_python_example_receiver_verifies_deliveries() {
     assert_eq!(line["type"], "run.ended");
     assert_eq!(run, format!("/echo/{}", line["run"].as_str().unwrap()));
     until(&ts, &run, all_in("delivered")).await;
+    ts.stop().await.unwrap();
+}
+
+/// A run's deliveries are read with the run's own rules: its tenant sees them, another
+/// tenant gets 404, no token 401.
+#[tokio::test]
+async fn deliveries_are_read_back_by_the_run_s_tenant_only() {
+    let rx = Receiver::new();
+    let hook = rx.http().await;
+    let auth = common::auth(&[
+        ("acme", "lrt_acme", &["submit", "read"]),
+        ("beta", "lrt_beta", &["submit", "read"]),
+    ]);
+    let ts = TestServer::start(Server::builder().config(config(&[0])).auth(auth).demo()).await;
+    let client = reqwest::Client::new();
+    let res = client
+        .post(ts.url("/echo"))
+        .bearer_auth("lrt_acme")
+        .header("longrun-hook", &hook)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let run = res.json::<Value>().await.unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    rx.wait_for(1).await;
+    let read = |token: Option<&'static str>| {
+        let mut req = client.get(ts.url(&format!("{run}/hooks")));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        req.send()
+    };
+    let own = read(Some("lrt_acme")).await.unwrap();
+    assert_eq!(own.status(), 200);
+    let body: Value = own.json().await.unwrap();
+    assert_eq!(body["deliveries"][0]["type"], "run.ended");
+    assert_eq!(read(Some("lrt_beta")).await.unwrap().status(), 404);
+    assert_eq!(read(None).await.unwrap().status(), 401);
     ts.stop().await.unwrap();
 }
