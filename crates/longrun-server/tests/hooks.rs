@@ -669,3 +669,44 @@ async fn deliveries_are_read_back_by_the_run_s_tenant_only() {
     assert_eq!(read(None).await.unwrap().status(), 401);
     ts.stop().await.unwrap();
 }
+
+/// A redirect is not followed (it is retried like any other non-2xx), and `Retry-After`
+/// puts the next attempt off at least that long.
+#[tokio::test]
+async fn redirects_are_not_followed_and_retry_after_is_honoured() {
+    let rx = Receiver::new();
+    rx.answer(Mode::Status(307));
+    let hook = rx.http().await;
+    let ts = TestServer::with_config(config(&[0, 1, 1])).await;
+    let run = submit(&ts, "echo", json!({}), &hook, "ended").await;
+    let list = until(&ts, &run, all_in("failed")).await;
+    let statuses: Vec<&Value> = list[0]["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| &a["status"])
+        .collect();
+    assert_eq!(statuses, [&json!(307); 3]);
+    assert_eq!(rx.got().len(), 3, "the redirect's target was never asked");
+    ts.stop().await.unwrap();
+
+    async fn busy() -> impl IntoResponse {
+        (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "7200")])
+    }
+    let app = axum::Router::new().route("/hook", axum::routing::post(busy));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let ts = TestServer::with_config(config(&[0, 1, 1])).await;
+    let run = submit(&ts, "echo", json!({}), &hook, "ended").await;
+    let list = until(&ts, &run, |d| {
+        d.first().is_some_and(|d| d["attempt_count"] == 1)
+    })
+    .await;
+    assert_eq!(list[0]["state"], "pending");
+    let next = list[0]["next_attempt_at"].as_str().unwrap();
+    let next = humantime::parse_rfc3339(next).unwrap();
+    let wait = next.duration_since(std::time::SystemTime::now()).unwrap();
+    assert!(wait > Duration::from_secs(3600), "{wait:?}");
+    ts.stop().await.unwrap();
+}
