@@ -124,6 +124,10 @@ layer! {
         /// [default: 1000000]
         #[arg(long, env = "LONGRUN_MAX_EVENTS_PER_RUN", value_name = "N")]
         max_events_per_run: Option<u64>,
+        /// Most bytes one run's byte stream may hold; a write past it ends the run as error
+        /// [default: 64MiB]
+        #[arg(long, env = "LONGRUN_MAX_STREAM_BYTES", value_name = "SIZE")]
+        max_stream_bytes: Option<ByteSize>,
         /// How long a dropped run answers 410 Gone before it is forgotten (then 404)
         /// [default: 24h]
         #[arg(long, env = "LONGRUN_TOMBSTONE_TTL", value_name = "DUR", value_parser = duration)]
@@ -440,6 +444,7 @@ impl Layer {
             max_retained,
             max_active_runs,
             max_events_per_run,
+            max_stream_bytes,
             tombstone_ttl,
             max_tombstones,
             keep_alive,
@@ -487,6 +492,7 @@ impl Layer {
             max_retained: max_retained.unwrap_or(d.max_retained),
             max_active_runs: max_active_runs.unwrap_or(d.max_active_runs),
             max_events_per_run: max_events_per_run.unwrap_or(d.max_events_per_run),
+            max_stream_bytes: max_stream_bytes.map_or(d.max_stream_bytes, |s| s.as_u64()),
             tombstone_ttl: tombstone_ttl.unwrap_or(d.tombstone_ttl),
             max_tombstones: max_tombstones.unwrap_or(d.max_tombstones),
             keep_alive: keep_alive.unwrap_or(d.keep_alive),
@@ -910,6 +916,7 @@ mod tests {
         sample("max_retained", "7", "7", Some(("70", "70"))),
         sample("max_active_runs", "8", "8", Some(("80", "80"))),
         sample("max_events_per_run", "9", "9", Some(("90", "90"))),
+        sample("max_stream_bytes", "5KiB", r#""5KiB""#, Some(("6KiB", "6144"))),
         sample("tombstone_ttl", "3m", r#""3m""#, Some(("4m", r#""4m""#))),
         sample("max_tombstones", "11", "11", Some(("110", "110"))),
         sample("keep_alive", "4s", r#""4s""#, Some(("40s", r#""40s""#))),
@@ -1024,6 +1031,7 @@ mod tests {
                 max_retained: 7,
                 max_active_runs: 8,
                 max_events_per_run: 9,
+                max_stream_bytes: 5120,
                 tombstone_ttl: Duration::from_secs(180),
                 max_tombstones: 11,
                 keep_alive: Duration::from_secs(4),
@@ -1084,6 +1092,7 @@ mod tests {
         assert_every_field_differs!(
             Config, target.config, defaults.config;
             body_limit, retention, max_retained, max_active_runs, max_events_per_run,
+            max_stream_bytes,
             tombstone_ttl, max_tombstones, keep_alive, retry, grace, poll_wait_default,
             poll_wait_max, cors_origins, send_buffer, stall_timeout, max_followers_per_run,
             max_followers, idempotency_ttl, max_idempotency_keys, health_interval,

@@ -53,6 +53,12 @@ pub fn prefer_wait<'a>(values: impl IntoIterator<Item = &'a str>) -> Option<u64>
 /// The id of the run's newest event, on `HEAD` and `GET` replies.
 pub const LONGRUN_LAST_EVENT_ID: &str = "longrun-last-event-id";
 
+/// The path of a run's byte stream, on `HEAD` of a run that has one (spec §27).
+pub const LONGRUN_STREAM_URL: &str = "longrun-stream-url";
+
+/// How many bytes a run's stream holds now, on `GET` and `HEAD` of the stream (spec §27.2).
+pub const LONGRUN_STREAM_LENGTH: &str = "longrun-stream-length";
+
 /// Query parameter names accepted for the cursor; the first is canonical, the second is
 /// what the seed implementation used.
 pub const CURSOR_QUERY: [&str; 2] = ["last_event_id", "last-event-id"];

@@ -35,6 +35,10 @@ pub enum ProblemKind {
     RunEnded,
     /// 410: the run existed but its retention has passed.
     RunGone,
+    /// 404: the run has no byte stream (spec §27).
+    NoStream,
+    /// 416: a `Range` starts at or past the end of a stream that ended (spec §27.2).
+    RangeNotSatisfiable,
     /// 413: the body is larger than the server's limit.
     BodyTooLarge,
     /// 415: the body is not `application/json`.
@@ -74,7 +78,7 @@ pub enum ProblemKind {
 }
 
 impl ProblemKind {
-    pub const ALL: [ProblemKind; 31] = [
+    pub const ALL: [ProblemKind; 33] = [
         ProblemKind::RateLimited,
         ProblemKind::InvalidIdempotencyKey,
         ProblemKind::InvalidDeadline,
@@ -91,6 +95,8 @@ impl ProblemKind {
         ProblemKind::MethodNotAllowed,
         ProblemKind::RunEnded,
         ProblemKind::RunGone,
+        ProblemKind::NoStream,
+        ProblemKind::RangeNotSatisfiable,
         ProblemKind::BodyTooLarge,
         ProblemKind::UnsupportedMediaType,
         ProblemKind::InvalidArguments,
@@ -126,6 +132,8 @@ impl ProblemKind {
             ProblemKind::MethodNotAllowed => "method-not-allowed",
             ProblemKind::RunEnded => "run-ended",
             ProblemKind::RunGone => "run-gone",
+            ProblemKind::NoStream => "no-stream",
+            ProblemKind::RangeNotSatisfiable => "range-not-satisfiable",
             ProblemKind::BodyTooLarge => "body-too-large",
             ProblemKind::UnsupportedMediaType => "unsupported-media-type",
             ProblemKind::InvalidArguments => "invalid-arguments",
@@ -163,6 +171,8 @@ impl ProblemKind {
             ProblemKind::MethodNotAllowed => 405,
             ProblemKind::RunEnded | ProblemKind::TopicTaken => 409,
             ProblemKind::RunGone => 410,
+            ProblemKind::NoStream => 404,
+            ProblemKind::RangeNotSatisfiable => 416,
             ProblemKind::BodyTooLarge => 413,
             ProblemKind::UnsupportedMediaType => 415,
             ProblemKind::InvalidArguments
@@ -197,6 +207,8 @@ impl ProblemKind {
             ProblemKind::MethodNotAllowed => "Method not allowed",
             ProblemKind::RunEnded => "The run has already ended",
             ProblemKind::RunGone => "The run is gone",
+            ProblemKind::NoStream => "The run has no byte stream",
+            ProblemKind::RangeNotSatisfiable => "The range is past the end of the stream",
             ProblemKind::BodyTooLarge => "The request body is too large",
             ProblemKind::UnsupportedMediaType => "The request body must be application/json",
             ProblemKind::InvalidArguments => "The object rejected the arguments",

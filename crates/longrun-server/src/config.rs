@@ -71,6 +71,9 @@ pub struct Config {
     pub dispatch_timeout: Duration,
     /// The furthest `Longrun-Deadline` a submit may ask for (spec §4.4).
     pub max_deadline: Duration,
+    /// How many bytes one run's byte stream may hold (spec §27.4); a write past it ends the
+    /// run as `error`.
+    pub max_stream_bytes: u64,
 }
 
 impl Default for Config {
@@ -107,6 +110,7 @@ impl Default for Config {
             health_failures: 3,
             dispatch_timeout: Duration::from_secs(30),
             max_deadline: Duration::from_secs(7 * 86400),
+            max_stream_bytes: 64 * 1024 * 1024,
         }
     }
 }

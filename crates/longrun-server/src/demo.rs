@@ -33,6 +33,14 @@ pub(crate) fn register(builder: ServerBuilder) -> ServerBuilder {
                 Ok(json!({}))
             },
         )
+        .object_with(
+            "bytes",
+            ObjectOptions {
+                stream: Some(crate::stream::DEFAULT_CONTENT_TYPE.to_owned()),
+                ..Default::default()
+            },
+            Typed::new(bytes),
+        )
 }
 
 /// Arguments of a demo object: parsed (unknown fields rejected) and range-checked at submit
@@ -210,4 +218,76 @@ async fn emit(args: EmitArgs, ctx: RunContext) -> HandlerResult {
         }
     }
     Ok(args.result)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BytesArgs {
+    #[serde(default = "one_mebibyte")]
+    n: u64,
+    #[serde(default = "sixty_four_kibibytes")]
+    chunk: usize,
+    #[serde(default)]
+    interval_ms: u64,
+}
+
+fn one_mebibyte() -> u64 {
+    1024 * 1024
+}
+
+fn sixty_four_kibibytes() -> usize {
+    64 * 1024
+}
+
+/// Largest `chunk` of `bytes`.
+const MAX_CHUNK: usize = 16 * 1024 * 1024;
+
+impl Args for BytesArgs {
+    fn check(&self) -> Result<(), String> {
+        if self.chunk == 0 || self.chunk > MAX_CHUNK {
+            return Err(format!(
+                "chunk must be 1 to {MAX_CHUNK}, got {}",
+                self.chunk
+            ));
+        }
+        if self.interval_ms > 60_000 {
+            return Err(format!(
+                "interval_ms must be at most 60000, got {}",
+                self.interval_ms
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Byte `i` of the `bytes` demo's stream (spec §18): `i mod 251`, a pattern whose period is
+/// no power of two, so a chunk out of place changes the hash.
+fn pattern(from: u64, len: usize) -> Vec<u8> {
+    (0..len as u64).map(|i| ((from + i) % 251) as u8).collect()
+}
+
+async fn bytes(args: BytesArgs, ctx: RunContext) -> HandlerResult {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    let mut written = 0u64;
+    let mut i = 0u64;
+    while written < args.n {
+        if args.interval_ms > 0 && written > 0 {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(args.interval_ms)) => {}
+                _ = ctx.cancelled() => return Ok(Value::Null),
+            }
+        } else {
+            i += 1;
+            breathe(i).await;
+        }
+        let len = (args.n - written).min(args.chunk as u64) as usize;
+        let chunk = pattern(written, len);
+        hash.update(&chunk);
+        if ctx.write(chunk).is_err() {
+            return Ok(Value::Null); // stopping: the server writes the terminal event
+        }
+        written += len as u64;
+    }
+    Ok(json!({ "n": written, "sha256": crate::auth::hex(&hash.finalize()) }))
 }

@@ -97,6 +97,7 @@ impl ExecSpec {
         ObjectOptions {
             timeout: self.timeout,
             retention: self.retention,
+            ..Default::default()
         }
     }
 

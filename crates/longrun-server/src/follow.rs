@@ -62,7 +62,7 @@ pub(crate) async fn follow(
 }
 
 /// Count the follower against the run's and the server's limits, or answer 503.
-fn follower_slot(server: &Server, run: &Arc<Run>) -> Result<FollowerSlot, ApiError> {
+pub(crate) fn follower_slot(server: &Server, run: &Arc<Run>) -> Result<FollowerSlot, ApiError> {
     server.conns.follow(&server.config, run).ok_or_else(|| {
         ApiError::new(
             ProblemKind::TooManyFollowers,

@@ -73,6 +73,26 @@ impl RunContext {
         self.run.cancel.clone()
     }
 
+    /// Append bytes to the run's byte stream (spec §27.3), visible to its readers at once (with
+    /// a durable store: once committed). `Err(Full)`: the write would pass `max_stream_bytes`;
+    /// nothing of it was kept and the run is stopped (it ends `error`). `Err(NoStream)`: the
+    /// object declares no stream (`ObjectOptions::stream`). `Err(Stopped)`: the run is stopping.
+    pub fn write(&self, data: impl Into<bytes::Bytes>) -> Result<(), crate::stream::StreamError> {
+        self.run.write_stream(data.into())
+    }
+
+    /// Whether the run has a byte stream, and how many bytes it holds.
+    pub fn stream_len(&self) -> Option<u64> {
+        self.run.stream().map(|s| s.length().0)
+    }
+
+    /// The stream as an `AsyncWrite` (each write is one [`RunContext::write`]), for code that
+    /// writes to a writer (`tokio::io::copy`, encoders). A refused write is an I/O error of
+    /// kind `StorageFull` (the limit) or `BrokenPipe` (stopping, or no stream).
+    pub fn writer(&self) -> crate::stream::StreamWriter {
+        crate::stream::StreamWriter { ctx: self.clone() }
+    }
+
     /// Completes once at least one client follows this run.
     pub async fn followed(&self) {
         self.run.followed().await
@@ -147,6 +167,9 @@ pub struct ObjectOptions {
     /// Keep this object's terminal runs for this long instead of the server's retention
     /// (never longer).
     pub retention: Option<Duration>,
+    /// The run has a byte stream of this content type (`application/octet-stream` if empty),
+    /// at `/{object}/{id}/stream` (spec §27); its handler writes through `RunContext::write`.
+    pub stream: Option<String>,
 }
 
 #[derive(Clone)]

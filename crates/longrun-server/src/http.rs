@@ -21,7 +21,6 @@ use crate::registry::{Claim, KeyState};
 use crate::registry::{Lookup, SubmitError};
 use crate::run::{CancelOutcome, Run};
 use crate::store::{CreateError, IdemKey};
-use longrun_proto::RunId;
 
 /// The router of a server: the protocol's routes, `/_health`, `/_openapi.json`, and
 /// problem+json for everything that does not match.
@@ -56,6 +55,10 @@ pub fn app(server: Server) -> Router {
         .route(
             "/{object}/{id}",
             get(crate::follow::follow).head(exists).delete(cancel),
+        )
+        .route(
+            "/{object}/{id}/stream",
+            get(crate::stream::stream).head(crate::stream::stream),
         )
         .route("/{object}/{id}/read-token", post(read_token))
         .route("/{object}/{id}/hooks", get(crate::hooks::list))
@@ -95,6 +98,7 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
                 header::AUTHORIZATION,
                 header::CONTENT_TYPE,
                 header::ACCEPT,
+                header::RANGE,
             ])
             .expose_headers([
                 header::LOCATION,
@@ -102,6 +106,9 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
                 name(h::LONGRUN_LAST_EVENT_ID),
                 name(h::IDEMPOTENT_REPLAYED),
                 header::WWW_AUTHENTICATE,
+                name(h::LONGRUN_STREAM_URL),
+                name(h::LONGRUN_STREAM_LENGTH),
+                header::CONTENT_RANGE,
             ])
             .max_age(std::time::Duration::from_secs(3600)),
     )
@@ -433,7 +440,7 @@ async fn submitted(
     wait: Option<u64>,
 ) -> Response {
     let Some(wait) = wait else {
-        return submit_reply(headers, object, run.id, replayed);
+        return submit_reply(headers, object, run, replayed);
     };
     let mut appended = run.subscribe();
     let ended = tokio::time::timeout(Duration::from_secs(wait), async {
@@ -455,6 +462,9 @@ async fn submitted(
         let reply = RunRef::new(object, run.id, state);
         let mut body = serde_json::to_value(&reply).expect("a run reference serializes");
         body["event"] = event;
+        if let Some(url) = crate::stream::url(run) {
+            body["stream_url"] = url.into();
+        }
         let mut res = json_response(StatusCode::OK, &body);
         res.headers_mut().insert(
             header::LOCATION,
@@ -466,7 +476,7 @@ async fn submitted(
         }
         res
     } else {
-        submit_reply(headers, object, run.id, replayed)
+        submit_reply(headers, object, run, replayed)
     };
     res.headers_mut().insert(
         h::PREFERENCE_APPLIED,
@@ -477,14 +487,21 @@ async fn submitted(
 
 /// The reply to a submit: `201` (or `303` to the stream), `Location`, the run; marked when it
 /// is the reply to an earlier submit with the same idempotency key.
-fn submit_reply(headers: &HeaderMap, object: &str, run: RunId, replayed: bool) -> Response {
-    let submitted = RunRef::new(object, run, RunState::Queued);
+fn submit_reply(headers: &HeaderMap, object: &str, run: &Run, replayed: bool) -> Response {
+    let submitted = RunRef::new(object, run.id, RunState::Queued);
     let status = if wants_event_stream(headers) {
         StatusCode::SEE_OTHER
     } else {
         StatusCode::CREATED
     };
-    let mut res = json_response(status, &submitted);
+    let mut res = match crate::stream::url(run) {
+        Some(url) => {
+            let mut body = serde_json::to_value(&submitted).expect("a run reference serializes");
+            body["stream_url"] = url.into();
+            json_response(status, &body)
+        }
+        None => json_response(status, &submitted),
+    };
     res.headers_mut().insert(
         header::LOCATION,
         HeaderValue::from_str(&submitted.url).expect("object names and ids are header-safe"),
@@ -798,6 +815,7 @@ async fn exists(
     let run = lookup(&server, &caller, &object, &id).await?;
     let mut res = StatusCode::OK.into_response();
     status_headers(&run, res.headers_mut());
+    crate::stream::url_header(&run, res.headers_mut());
     Ok(res)
 }
 

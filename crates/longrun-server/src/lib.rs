@@ -28,6 +28,7 @@ mod nodes;
 mod registry;
 mod run;
 mod store;
+mod stream;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -41,6 +42,7 @@ pub use handler::{Handler, HandlerResult, ObjectOptions, RunContext, RunError};
 pub use hooks::check_allow_entry as check_hook_allow;
 pub use http::app;
 pub use store::{DEFAULT_LEASE, StoreConfig};
+pub use stream::{StreamError, StreamWriter};
 
 use handler::Object;
 use longrun_proto::ObjectName;

@@ -136,6 +136,10 @@ impl Registry {
             let due = now + left(r.ended, r.retention);
             let mut run = Run::restored(r.id, r.object, &r.events, r.json);
             run.tenant = r.tenant;
+            if let Some((ct, chunks)) = r.stream {
+                run = run.with_stream(&ct, config.max_stream_bytes);
+                crate::stream::restore_ended(&run, chunks);
+            }
             let run = Arc::new(run);
             let seq = inner.seq;
             inner.seq += 1;
@@ -393,6 +397,11 @@ impl Registry {
                 self.journal.clone(),
             );
             run.tenant = tenant.map(Arc::from);
+            if let Some(ct) = &object.options.stream {
+                let ct = Some(ct.as_str()).filter(|c| !c.is_empty());
+                let ct = ct.unwrap_or(crate::stream::DEFAULT_CONTENT_TYPE);
+                run = run.with_stream(ct, config.max_stream_bytes);
+            }
             let run = Arc::new(run);
             if let Some(entry) = key.as_ref().and_then(|(k, _)| inner.keys.get_mut(k)) {
                 entry.run = Some(run.id);

@@ -26,6 +26,8 @@ pub(crate) enum Stop {
     Cancel(CancelReason),
     /// The handler emitted more events than the server allows per run.
     Overflow,
+    /// The handler wrote more to its byte stream than `max_stream_bytes` (spec §27.4).
+    StreamFull(u64),
 }
 
 pub(crate) struct Run {
@@ -54,6 +56,8 @@ pub(crate) struct Run {
     /// For a run another replica executes (a mirror of its rows in a shared store): how long
     /// it is kept once it ended.
     mirror: Option<std::time::Duration>,
+    /// The run's byte stream, when its object declares one (spec §27).
+    stream: Option<crate::stream::Buffer>,
 }
 
 /// About how many bytes of SSE frames one sealed segment holds, so one SSE write carries up
@@ -182,6 +186,56 @@ impl Run {
         }
     }
 
+    /// Give the run a byte stream of this content type, of at most `limit` bytes.
+    pub fn with_stream(mut self, content_type: &str, limit: u64) -> Self {
+        self.stream = Some(crate::stream::Buffer::new(content_type, limit));
+        self
+    }
+
+    pub fn stream(&self) -> Option<&crate::stream::Buffer> {
+        self.stream.as_ref()
+    }
+
+    /// Append bytes to the run's stream from the handler (spec §27.3). Past the limit nothing
+    /// of `data` is kept and the run is stopped: it ends `error`.
+    pub fn write_stream(self: &Arc<Self>, data: Bytes) -> Result<(), crate::stream::StreamError> {
+        use crate::stream::StreamError;
+        let Some(stream) = &self.stream else {
+            return Err(StreamError::NoStream);
+        };
+        let mut log = self.lock();
+        if log.state.is_terminal() || log.stop.is_some() {
+            return Err(StreamError::Stopped);
+        }
+        // Under the log's lock, so no byte is appended after the terminal event.
+        let written = stream.append(data);
+        if let Err(StreamError::Full { limit }) = written {
+            log.stop = Some(Stop::StreamFull(limit));
+            drop(log);
+            self.cancel.cancel();
+            return written;
+        }
+        drop(log);
+        if written.is_ok() {
+            match self.stream_journal() {
+                None => stream.publish(u64::MAX, false),
+                // Visible once committed, as events are (the journal takes both).
+                Some(journal) => {
+                    if !self.journal_pending.swap(true, Ordering::SeqCst) {
+                        journal.dirty(self.clone());
+                    }
+                }
+            }
+        }
+        written
+    }
+
+    /// The journal that keeps the stream's bytes: SQLite's (the Postgres store keeps them in
+    /// the memory of the replica that executes the run, for now).
+    fn stream_journal(&self) -> Option<&Arc<Journal>> {
+        self.journal.as_ref().filter(|j| j.shared().is_none())
+    }
+
     /// How many events the log holds.
     pub fn len(&self) -> usize {
         self.lock().entries.len()
@@ -222,6 +276,7 @@ impl Run {
             journal,
             journal_pending: AtomicBool::new(false),
             mirror: None,
+            stream: None,
         }
     }
 
@@ -242,7 +297,12 @@ impl Run {
         let mut log = self.lock();
         log.visible = log.visible.max(upto.min(log.entries.len()));
         let visible = log.visible;
+        let ended = log.visible_status().0.is_terminal();
         drop(log);
+        // The stream's bytes the journal took are committed too (they go with the events).
+        if let Some(stream) = &self.stream {
+            stream.publish(stream.journaled(), ended);
+        }
         self.appended.send_replace(visible);
     }
 
@@ -265,6 +325,9 @@ impl Run {
 
     /// A commit failed: what was taken since the last visible event is taken again.
     pub fn unjournal(&self) {
+        if let Some(stream) = &self.stream {
+            stream.unjournal();
+        }
         let mut log = self.lock();
         log.journaled = log.visible;
     }
@@ -326,13 +389,26 @@ impl Run {
                     "message": format!("run exceeded the limit of {} events", self.max_events)
                 }),
             ),
+            (Some(Stop::StreamFull(limit)), _) => (
+                State::Error,
+                serde_json::json!({
+                    "message": format!("run exceeded the limit of {limit} stream bytes"),
+                    "limit": limit,
+                }),
+            ),
             (None, Ok(v)) => (State::Success, v),
             (None, Err(e)) => (State::Error, e),
         };
         let id = log.entries.len() as u64;
         log.push(&Event { id, state, value });
+        if let Some(stream) = &self.stream {
+            stream.close();
+        }
         let len = log.entries.len();
         drop(log);
+        if let (Some(stream), None) = (&self.stream, self.stream_journal()) {
+            stream.publish(u64::MAX, true);
+        }
         self.appended(len);
         // Nobody needs the token any more; firing it lets helpers of the handler stop.
         self.cancel.cancel();

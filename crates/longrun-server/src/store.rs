@@ -32,7 +32,7 @@ pub(crate) mod postgres;
 pub(crate) use postgres::{Limits, Loaded};
 
 /// The schema version this binary writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 
 /// How many pending commands one transaction takes at most.
 const GROUP: usize = 4096;
@@ -138,6 +138,8 @@ pub(crate) struct RestoredRun {
     /// When it ended, and how long it is kept after that.
     pub ended: SystemTime,
     pub retention: Duration,
+    /// Its byte stream (spec §27): the content type and the chunks, from offset 0.
+    pub stream: Option<(String, Vec<Bytes>)>,
 }
 
 pub(crate) struct RestoredTombstone {
@@ -500,6 +502,15 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
          record TEXT NOT NULL
      ) WITHOUT ROWID;
      CREATE INDEX hook_deliveries_run ON hook_deliveries (run);",
+    // v7: byte streams (spec §27): a run's content type when it has one, and its bytes in
+    // chunks (one per run and commit), keyed by the run's sequence number and offset.
+    "ALTER TABLE runs ADD COLUMN stream TEXT;
+     CREATE TABLE stream_chunks (
+         run INTEGER NOT NULL,
+         offset INTEGER NOT NULL,
+         data BLOB NOT NULL,
+         PRIMARY KEY (run, offset)
+     ) WITHOUT ROWID;",
 ];
 
 /// Versioned migrations, applied at start in one transaction each.
@@ -533,10 +544,20 @@ fn restore(conn: &mut Connection, key_ttl: Duration) -> rusqlite::Result<Restore
     let mut interrupted = 0;
     {
         let mut list = tx.prepare(
-            "SELECT seq, id, object, retention_ms, ended_ms, tenant FROM runs ORDER BY seq",
+            "SELECT seq, id, object, retention_ms, ended_ms, tenant, stream FROM runs ORDER BY seq",
         )?;
+        let mut chunks =
+            tx.prepare("SELECT offset, data FROM stream_chunks WHERE run = ?1 ORDER BY offset")?;
         let mut events = tx.prepare("SELECT id, event FROM events WHERE run = ?1 ORDER BY id")?;
-        type Row = (i64, String, String, i64, Option<i64>, Option<String>);
+        type Row = (
+            i64,
+            String,
+            String,
+            i64,
+            Option<i64>,
+            Option<String>,
+            Option<String>,
+        );
         let rows: Vec<Row> = list
             .query_map([], |r| {
                 Ok((
@@ -546,10 +567,11 @@ fn restore(conn: &mut Connection, key_ttl: Duration) -> rusqlite::Result<Restore
                     r.get(3)?,
                     r.get(4)?,
                     r.get(5)?,
+                    r.get(6)?,
                 ))
             })?
             .collect::<Result<_, _>>()?;
-        for (seq, id_text, object, retention_ms, ended_ms, tenant) in rows {
+        for (seq, id_text, object, retention_ms, ended_ms, tenant, stream) in rows {
             let Ok(id) = RunId::parse(&id_text) else {
                 continue;
             };
@@ -595,6 +617,10 @@ fn restore(conn: &mut Connection, key_ttl: Duration) -> rusqlite::Result<Restore
                 }
             };
             seqs.insert(id, seq);
+            let stream = match stream {
+                None => None,
+                Some(ct) => Some((ct, restore_chunks(&mut chunks, seq)?)),
+            };
             runs.push(RestoredRun {
                 id,
                 object,
@@ -603,6 +629,7 @@ fn restore(conn: &mut Connection, key_ttl: Duration) -> rusqlite::Result<Restore
                 json,
                 ended,
                 retention: Duration::from_millis(retention_ms.max(0) as u64),
+                stream,
             });
         }
     }
@@ -683,6 +710,24 @@ fn restore(conn: &mut Connection, key_ttl: Duration) -> rusqlite::Result<Restore
         nodes,
         hooks,
     })
+}
+
+/// A run's stream chunks, contiguous from offset 0 (a gap ends them: nothing after it was
+/// ever visible).
+fn restore_chunks(chunks: &mut rusqlite::Statement<'_>, seq: i64) -> rusqlite::Result<Vec<Bytes>> {
+    let mut out = Vec::new();
+    let mut len = 0i64;
+    for row in chunks.query_map([seq], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+    })? {
+        let (offset, data) = row?;
+        if offset != len {
+            break;
+        }
+        len += data.len() as i64;
+        out.push(Bytes::from(data));
+    }
+    Ok(out)
 }
 
 /// The writer thread: take what is pending, commit it in one transaction, then make it
@@ -839,6 +884,7 @@ fn commit_inner(
             match cmd {
                 Command::Create {
                     id,
+                    run,
                     object,
                     tenant,
                     retention,
@@ -861,16 +907,18 @@ fn commit_inner(
                             now
                         ])?;
                     }
+                    let stream = run.upgrade().and_then(|r| crate::stream::content_type(&r));
                     tx.prepare_cached(
-                        "INSERT INTO runs (id, object, created_ms, retention_ms, tenant) \
-                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                        "INSERT INTO runs (id, object, created_ms, retention_ms, tenant, stream) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     )?
                     .execute(params![
                         id.to_string(),
                         object,
                         now,
                         retention.as_millis() as i64,
-                        tenant.as_deref()
+                        tenant.as_deref(),
+                        stream
                     ])?;
                     let seq = tx.last_insert_rowid();
                     seqs.insert(*id, seq);
@@ -888,6 +936,19 @@ fn commit_inner(
                         continue;
                     };
                     let (first, events, terminal) = run.take_unjournaled();
+                    // Taken after the events: a byte written before the terminal event is
+                    // in this commit or an earlier one.
+                    if let Some((offset, data)) = run.stream().and_then(|s| s.take_unjournaled()) {
+                        tx.prepare_cached(
+                            "INSERT OR REPLACE INTO stream_chunks (run, offset, data) \
+                             VALUES (?1, ?2, ?3)",
+                        )?
+                        .execute(params![
+                            seq,
+                            offset as i64,
+                            &data[..]
+                        ])?;
+                    }
                     for (i, json) in events.iter().enumerate() {
                         let text = std::str::from_utf8(json).expect("events are JSON text");
                         insert_event.execute(params![seq, (first + i) as i64, text])?;
@@ -903,6 +964,8 @@ fn commit_inner(
                         // A run without a row here was never stored (its submit was refused).
                         if let Some(&seq) = seqs.get(id) {
                             tx.prepare_cached("DELETE FROM events WHERE run = ?1")?
+                                .execute([seq])?;
+                            tx.prepare_cached("DELETE FROM stream_chunks WHERE run = ?1")?
                                 .execute([seq])?;
                             tx.prepare_cached("DELETE FROM runs WHERE seq = ?1")?
                                 .execute([seq])?;

@@ -150,6 +150,10 @@ async fn responses_match_the_documented_operations() {
         .raw(&request("GET", &gone, &[("Last-Event-ID", "0")], ""))
         .await;
     assert_eq!(last.json()[0]["state"], "success");
+    // A run with a byte stream (spec §27), ended.
+    let bytes = t.submit("bytes", json!({"n": 10})).await;
+    t.events(&bytes).await;
+    let stream = format!("{bytes}/stream");
     let unknown = "/echo/00000000-0000-4000-8000-000000000000";
     let sse = [("Accept", "text/event-stream")];
     // A worker node (spec §25): the server itself answers the health path.
@@ -541,6 +545,41 @@ async fn responses_match_the_documented_operations() {
             "delete",
             "/_nodes/{node}",
             "/_nodes/nope".into(),
+            &[],
+            "",
+            404,
+        ),
+        ("post", "/{object}", "/bytes".into(), &[], "{}", 201),
+        ("get", "/{object}/{id}/stream", stream.clone(), &[], "", 200),
+        (
+            "get",
+            "/{object}/{id}/stream",
+            stream.clone(),
+            &[("Range", "bytes=4-")],
+            "",
+            206,
+        ),
+        (
+            "get",
+            "/{object}/{id}/stream",
+            stream.clone(),
+            &[("Range", "bytes=10-")],
+            "",
+            416,
+        ),
+        (
+            "head",
+            "/{object}/{id}/stream",
+            stream.clone(),
+            &[],
+            "",
+            200,
+        ),
+        ("head", "/{object}/{id}", bytes.clone(), &[], "", 200),
+        (
+            "get",
+            "/{object}/{id}/stream",
+            format!("{run}/stream"),
             &[],
             "",
             404,
