@@ -116,6 +116,17 @@ for (const { name, api } of await builds()) {
       assert.throws(() => new Client("not a url"), api.InvalidArgumentError);
       assert.throws(() => new Client(server.url, { timeoutMs: -1 }), api.InvalidArgumentError);
       assert.throws(() => Run.fromUrl("http://h/count"), api.InvalidArgumentError);
+      // A unix socket (spec §20.2): the napi build takes it, the browser build cannot.
+      if (name === "wasm") {
+        assert.throws(() => new Client("unix:///tmp/longrun.sock"), (e) => {
+          assert.ok(e instanceof api.InvalidArgumentError, String(e));
+          assert.match(e.message, /unix socket/);
+          return true;
+        });
+      } else {
+        assert.equal(new Client("unix:///tmp/longrun.sock").run("echo", "00000000-0000-4000-8000-000000000000").url,
+          "unix:///tmp/longrun.sock/echo/00000000-0000-4000-8000-000000000000");
+      }
       const other = new Client("http://127.0.0.1:9/");
       await assert.rejects(client.exists(other.run("echo", "00000000-0000-4000-8000-000000000000")), api.InvalidArgumentError);
       await assert.rejects(other.submit("echo"), api.TransportError);

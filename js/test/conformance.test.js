@@ -3,7 +3,8 @@
 // says for SDK runners, with every later step on a run only a skipped step saved.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { readdirSync, readFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import path from "node:path";
 import { builds, root, startServer } from "./helpers.js";
 
@@ -20,15 +21,29 @@ const TERMINAL = new Set(["success", "error", "canceled"]);
 const STEP_LIMIT_MS = 60_000;
 
 let server;
+/** The same server's objects on a unix socket (spec §20.2): the napi build runs them there too. */
+let unixServer;
+const socketDir = mkdtempSync(path.join(tmpdir(), "longrun-js-"));
 before(async () => {
   server = await startServer();
+  unixServer = await startServer([], { listen: `unix:${path.join(socketDir, "longrun.sock")}` });
 });
-after(() => server?.close());
+after(() => {
+  server?.close();
+  unixServer?.close();
+  rmSync(socketDir, { recursive: true, force: true });
+});
 
 const plain = (ev) => ({ id: ev.id, state: ev.state, value: ev.value });
 
-for (const { name, api } of await builds()) {
-  describe(`conformance (${name})`, () => {
+const runs = (await builds()).flatMap(({ name, api }) => [
+  { name, api, label: name, where: () => server.url },
+  // The browser build has no unix sockets (it refuses such a URL: client.test.js).
+  ...(name === "napi" ? [{ name, api, label: `${name}, unix socket`, where: () => unixServer.url }] : []),
+]);
+
+for (const { name, api, label, where } of runs) {
+  describe(`conformance (${label})`, () => {
     const all = new Set(files.flatMap(({ doc }) => doc.scenarios.map((s) => s.description)));
     test("the known-failures list names only scenarios", () => {
       for (const d of KNOWN_FAILURES[name]) assert.ok(all.has(d), `KNOWN_FAILURES lists ${d}, which is no scenario`);
@@ -40,7 +55,7 @@ for (const { name, api } of await builds()) {
           const known = KNOWN_FAILURES[name].includes(scenario.description);
           let failure;
           try {
-            await runScenario(api, server.url, scenario);
+            await runScenario(api, where(), scenario);
           } catch (e) {
             failure = e;
           }

@@ -8,10 +8,13 @@ import path from "node:path";
 
 export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 
-/** `longrun serve` on a free port (`cargo xtask js` builds it; LONGRUN_BIN overrides). */
-export async function startServer(args = []) {
+/**
+ * `longrun serve` on a free port (`cargo xtask js` builds it; LONGRUN_BIN overrides), or on
+ * `listen` (`unix:PATH`: its url is then `unix:///PATH`).
+ */
+export async function startServer(args = [], { listen = "127.0.0.1:0" } = {}) {
   const bin = process.env.LONGRUN_BIN ?? path.join(root, "target/debug/longrun");
-  const child = spawn(bin, ["serve", "--store", "memory", "--listen", "127.0.0.1:0", ...args], {
+  const child = spawn(bin, ["serve", "--store", "memory", "--listen", listen, ...args], {
     stdio: ["ignore", "pipe", "ignore"],
   });
   const url = await new Promise((resolve, reject) => {
@@ -19,7 +22,7 @@ export async function startServer(args = []) {
     child.once("exit", (code) => reject(new Error(`${bin} exited (${code}) before listening`)));
     const lines = createInterface({ input: child.stdout });
     lines.on("line", (line) => {
-      const m = /longrun listening on (http:\/\/\S+)/.exec(line);
+      const m = /longrun listening on ((?:http|unix):\/\/\S+)/.exec(line);
       if (m) resolve(m[1]);
     });
   });
