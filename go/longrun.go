@@ -195,7 +195,8 @@ type Client struct {
 
 var errClosed = &Error{Kind: KindInvalidArgument, Message: "invalid argument: the client is closed"}
 
-// NewClient makes a client for the server at url (e.g. http://127.0.0.1:8080).
+// NewClient makes a client for the server at url (e.g. http://127.0.0.1:8080, or
+// unix:///run/longrun.sock for a server on a unix socket).
 func NewClient(url string, opts ...Option) (*Client, error) {
 	var o options
 	for _, opt := range opts {

@@ -103,6 +103,10 @@ export declare class Run {
 }
 
 export declare class Client {
+  /**
+   * A client for the server at `url`: `http(s)://host:port`, or (Node only) `unix:///PATH` for
+   * one on a unix socket; the browser build refuses that with `InvalidArgumentError`.
+   */
   constructor(url: string, options?: ClientOptions);
   readonly baseUrl: string;
   run(object: string, id: string): Run;

@@ -236,7 +236,9 @@ class _ClientBase(Generic[_N]):
 
 
 class Client(_ClientBase[_native.Client]):
-    """A blocking longrun/1 client; its keyword arguments are ``ClientOptions``. The GIL is
+    """A blocking longrun/1 client for the server at ``base_url`` (``http://host:8080``, or
+    ``unix:///run/longrun.sock`` for one on a unix socket); its keyword arguments are
+    ``ClientOptions``. The GIL is
     released while the client waits on the network; Ctrl-C interrupts a blocking ``follow``
     or ``wait``."""
 

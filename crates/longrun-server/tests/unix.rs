@@ -1,13 +1,17 @@
 //! The server on a unix socket: every route as over TCP (submit, SSE and long-poll follows,
 //! HEAD, cancel), one process serving TCP and unix listeners at once, a node registering
-//! without a host (no peer address: 422), the socket's mode and the stale-socket rule.
+//! without a host (no peer address: 422), the stall cut, the socket's mode and the
+//! stale-socket rule.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use longrun_server::{Listener, Server, bind_unix};
+use std::time::Duration;
+
+use longrun_server::{Config, Listener, Server, bind_unix};
 use reqwest::header::{ACCEPT, LOCATION};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
 /// A demo server on a unix socket in a fresh directory and on a loopback TCP port.
@@ -19,16 +23,22 @@ struct UnixServer {
     http: reqwest::Client,
     shutdown: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    stalled: tokio::sync::watch::Receiver<u64>,
 }
 
 impl UnixServer {
     async fn start() -> Self {
+        Self::with_config(Config::default()).await
+    }
+
+    async fn with_config(config: Config) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("longrun.sock");
         let unix = bind_unix(&socket, 0o660).unwrap();
         let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let tcp_base = format!("http://{}", tcp.local_addr().unwrap());
-        let server = Server::builder().demo().build().unwrap();
+        let server = Server::builder().config(config).demo().build().unwrap();
+        let stalled = server.stalled_connections();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(longrun_server::serve_all(
             vec![Listener::Unix(unix), Listener::Tcp(tcp)],
@@ -49,6 +59,7 @@ impl UnixServer {
             http,
             shutdown: tx,
             task,
+            stalled,
         }
     }
 
@@ -204,6 +215,38 @@ async fn every_route_works_over_a_unix_socket() {
         problem["detail"].as_str().unwrap().contains("host"),
         "{problem}"
     );
+    s.stop().await;
+}
+
+/// A follower on the socket that stops reading is cut after the stall timeout, as on TCP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_follower_on_the_socket_is_cut() {
+    let mut s = UnixServer::with_config(Config {
+        stall_timeout: Duration::from_millis(200),
+        ..Default::default()
+    })
+    .await;
+    // About 1.4 MB of stream: more than the capped send buffer holds.
+    let path = s.submit("count", json!({"n": 20_000})).await;
+    s.long_poll(&path).await;
+    let mut stalled = tokio::net::UnixStream::connect(&s.socket).await.unwrap();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n");
+    stalled.write_all(request.as_bytes()).await.unwrap();
+    let mut seen = vec![0u8; 1024];
+    let n = stalled.read(&mut seen).await.unwrap();
+    assert!(seen[..n].starts_with(b"HTTP/1.1 200"));
+    // Then nothing is read: the server's write makes no progress and it cuts the connection.
+    // (The bound only turns a server that never cuts into a failure instead of a hang.)
+    tokio::time::timeout(Duration::from_secs(60), s.stalled.wait_for(|n| *n >= 1))
+        .await
+        .expect("the server never cut the stalled connection")
+        .unwrap();
+    // What was sent before the cut, then the end: no terminal event.
+    let mut rest = Vec::new();
+    let _ = stalled.read_to_end(&mut rest).await;
+    let text = String::from_utf8_lossy(&rest);
+    assert!(!text.contains("success"), "the cut came before the end");
     s.stop().await;
 }
 
