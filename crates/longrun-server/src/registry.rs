@@ -279,12 +279,17 @@ impl Registry {
                 tenant,
                 retention,
                 events,
+                stream,
             }) => {
                 if o != object || !caller.sees(tenant.as_deref()) {
                     return Ok(Lookup::NotFound);
                 }
                 let mut mirror = Run::mirror(id, o, retention, &events);
                 mirror.tenant = tenant;
+                if let Some(ct) = stream {
+                    // Filled from the store's chunks by `watch` below, as its events are.
+                    mirror = mirror.with_stream(&ct, u64::MAX);
+                }
                 let mirror = Arc::new(mirror);
                 if mirror.len() == 0 {
                     return Ok(Lookup::NotFound);

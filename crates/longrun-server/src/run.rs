@@ -217,7 +217,7 @@ impl Run {
         }
         drop(log);
         if written.is_ok() {
-            match self.stream_journal() {
+            match &self.journal {
                 None => stream.publish(u64::MAX, false),
                 // Visible once committed, as events are (the journal takes both).
                 Some(journal) => {
@@ -228,12 +228,6 @@ impl Run {
             }
         }
         written
-    }
-
-    /// The journal that keeps the stream's bytes: SQLite's (the Postgres store keeps them in
-    /// the memory of the replica that executes the run, for now).
-    fn stream_journal(&self) -> Option<&Arc<Journal>> {
-        self.journal.as_ref().filter(|j| j.shared().is_none())
     }
 
     /// How many events the log holds.
@@ -406,7 +400,7 @@ impl Run {
         }
         let len = log.entries.len();
         drop(log);
-        if let (Some(stream), None) = (&self.stream, self.stream_journal()) {
+        if let (Some(stream), None) = (&self.stream, &self.journal) {
             stream.publish(u64::MAX, true);
         }
         self.appended(len);

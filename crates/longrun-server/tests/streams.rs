@@ -49,6 +49,26 @@ async fn tail_run() -> (TestServer, mpsc::UnboundedSender<Bytes>, String) {
     (ts, tx, run)
 }
 
+/// Write each piece through `tx` and read it from the open body `res` before the next one is
+/// written: each reaches the reader while the run goes on. Returns all of them.
+async fn live_pieces(
+    tx: &mpsc::UnboundedSender<Bytes>,
+    res: &mut reqwest::Response,
+    pieces: Vec<Vec<u8>>,
+) -> Vec<u8> {
+    let mut got = Vec::new();
+    for piece in pieces {
+        tx.send(Bytes::from(piece.clone())).unwrap();
+        let mut seen = Vec::new();
+        while seen.len() < piece.len() {
+            seen.extend_from_slice(&res.chunk().await.unwrap().expect("the body is open"));
+        }
+        assert_eq!(seen, piece);
+        got.extend_from_slice(&seen);
+    }
+    got
+}
+
 async fn submit(ts: &TestServer, object: &str, args: Value) -> (String, Value) {
     let res = reqwest::Client::new()
         .post(ts.url(&format!("/{object}")))
@@ -106,18 +126,8 @@ async fn a_reader_started_before_the_bytes_gets_them_all_then_the_body_ends() {
     assert_eq!(header(&res, "content-type"), Some("text/plain"));
     assert_eq!(header(&res, "content-length"), None, "live: no length yet");
     assert_eq!(header(&res, "longrun-stream-length"), Some("0"));
-    let mut got = Vec::new();
-    for i in 0..5u8 {
-        let piece = vec![b'a' + i; 10 + i as usize];
-        tx.send(Bytes::from(piece.clone())).unwrap();
-        // Each piece reaches the reader while the run goes on.
-        let mut seen = Vec::new();
-        while seen.len() < piece.len() {
-            seen.extend_from_slice(&res.chunk().await.unwrap().expect("the body is open"));
-        }
-        assert_eq!(seen, piece);
-        got.extend_from_slice(&seen);
-    }
+    let pieces: Vec<Vec<u8>> = (0..5u8).map(|i| vec![b'a' + i; 10 + i as usize]).collect();
+    let got = live_pieces(&tx, &mut res, pieces).await;
     drop(tx);
     assert_eq!(
         res.chunk().await.unwrap(),
@@ -438,4 +448,65 @@ async fn sqlite_deletes_the_bytes_with_the_run() {
         .query_row("SELECT count(*) FROM stream_chunks", [], |r| r.get(0))
         .unwrap();
     assert_eq!(chunks, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_reader_on_another_replica_gets_every_byte() {
+    let Some(url) = common::postgres::database("streams on postgres").await else {
+        return;
+    };
+    let store = longrun_server::StoreConfig::parse(&url).unwrap();
+    let (builder, tx) = tail(Server::builder().store(store.clone()).demo());
+    let a = TestServer::start(builder).await;
+    // B knows the object too (its own runs of it are never made here).
+    let (builder, _unused) = tail(Server::builder().store(store).demo());
+    let b = TestServer::start(builder).await;
+    let (run, _) = submit(&a, "tail", json!({})).await;
+    let stream = format!("{run}/stream");
+    let res = reqwest::Client::new()
+        .head(b.url(&run))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&res, "longrun-stream-url"), Some(stream.as_str()));
+    // Started on B before A wrote anything: each piece A writes reaches it.
+    let mut res = get(&b, &stream, None).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(header(&res, "content-type"), Some("text/plain"));
+    let pieces: Vec<Vec<u8>> = (0..4u8)
+        .map(|i| vec![b'k' + i; 1000 * (i as usize + 1)])
+        .collect();
+    let got = live_pieces(&tx, &mut res, pieces).await;
+    drop(tx);
+    assert_eq!(
+        res.chunk().await.unwrap(),
+        None,
+        "the body ends with the run"
+    );
+    let head = reqwest::Client::new()
+        .head(b.url(&stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        header(&head, "content-length"),
+        Some(got.len().to_string().as_str())
+    );
+
+    // The bytes demo, run on A, read on B once ended: the same hash, and a Range.
+    let (run, reply) = submit(&a, "bytes", json!({"n": 150_000, "chunk": 7000})).await;
+    let events = a.events(&run).await;
+    let sha = events.last().unwrap()["value"]["sha256"].clone();
+    let stream = reply["stream_url"].as_str().unwrap();
+    let body = get(&b, stream, None).await.bytes().await.unwrap();
+    assert_eq!(sha256(&body), sha);
+    let res = get(&b, stream, Some("bytes=100000-")).await;
+    assert_eq!(res.status(), 206);
+    assert_eq!(
+        header(&res, "content-range"),
+        Some("bytes 100000-149999/150000")
+    );
+    assert_eq!(&res.bytes().await.unwrap()[..], &body[100_000..]);
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
 }

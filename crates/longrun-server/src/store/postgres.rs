@@ -38,7 +38,7 @@ use super::{
 use crate::run::Run;
 
 /// The schema version this binary writes (`longrun.meta`).
-const SCHEMA_VERSION: i32 = 5;
+const SCHEMA_VERSION: i32 = 6;
 
 /// Advisory lock keys: migrations, run creation (the shared active-run count), reaping.
 const MIGRATE_LOCK: i64 = 0x6c6f_6e67_0001;
@@ -116,6 +116,8 @@ pub(crate) enum Loaded {
         retention: Duration,
         /// Each event's JSON as it was served.
         events: Vec<String>,
+        /// The content type of its byte stream, when it has one (spec §27).
+        stream: Option<String>,
     },
     /// A tombstone of this object and tenant.
     Gone(String, Owner),
@@ -314,7 +316,7 @@ impl Handle {
         let reader = self.reader.get();
         let row = reader
             .query_opt(
-                "SELECT seq, object, retention_ms, tenant FROM longrun.runs WHERE id = $1",
+                "SELECT seq, object, retention_ms, tenant, stream FROM longrun.runs WHERE id = $1",
                 &[&key],
             )
             .await
@@ -336,6 +338,7 @@ impl Handle {
                     tenant: row.get::<_, Option<&str>>(3).map(Arc::from),
                     retention: Duration::from_millis(row.get::<_, i64>(2).max(0) as u64),
                     events: events.iter().map(|r| r.get(0)).collect(),
+                    stream: row.get(4),
                 }));
             }
         }
@@ -549,9 +552,12 @@ async fn refresh(shared: &Shared, reader: &Client, ids: &[RunId]) {
     if runs.is_empty() {
         return;
     }
+    // A stream not ended yet is read too: its last bytes come with (or before) the
+    // terminal event.
+    let streaming = |run: &Arc<Run>| run.stream().is_some_and(|s| !s.length().1);
     let (seqs, after): (Vec<i64>, Vec<i64>) = runs
         .iter()
-        .filter(|(_, run)| !run.status().0.is_terminal())
+        .filter(|(_, run)| !run.status().0.is_terminal() || streaming(run))
         .map(|(seq, run)| (*seq, run.len() as i64))
         .unzip();
     if seqs.is_empty() {
@@ -583,6 +589,53 @@ async fn refresh(shared: &Shared, reader: &Client, ids: &[RunId]) {
             run.mirror_append(first, rows[at..end].iter().map(|r| r.get::<_, &str>(2)));
         }
         at = end;
+    }
+    refresh_streams(reader, &runs, &seqs).await;
+}
+
+/// Copy the committed stream chunks of mirrors past what they hold (read after their events,
+/// so every byte written before an event read is there), and end a stream whose run ended.
+async fn refresh_streams(reader: &Client, runs: &HashMap<i64, Arc<Run>>, seqs: &[i64]) {
+    let (seqs, after): (Vec<i64>, Vec<i64>) = seqs
+        .iter()
+        .filter_map(|seq| {
+            let (len, ended) = runs.get(seq)?.stream()?.length();
+            (!ended).then_some((*seq, len as i64))
+        })
+        .unzip();
+    if seqs.is_empty() {
+        return;
+    }
+    let rows = match reader
+        .query(
+            "SELECT c.run, c.at, c.data FROM unnest($1::int8[], $2::int8[]) AS w(run, after) \
+             JOIN longrun.stream_chunks c ON c.run = w.run AND c.at + length(c.data) > w.after \
+             ORDER BY c.run, c.at",
+            &[&seqs, &after],
+        )
+        .await
+    {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!(error = %pg_error(&e), "could not read mirrored streams; the next tick retries");
+            return;
+        }
+    };
+    for row in &rows {
+        let Some(stream) = runs.get(&row.get::<_, i64>(0)).and_then(|r| r.stream()) else {
+            continue;
+        };
+        let at = row.get::<_, i64>(1).max(0) as u64;
+        stream.restore(at, Bytes::copy_from_slice(row.get::<_, &[u8]>(2)));
+    }
+    for seq in &seqs {
+        let Some(run) = runs.get(seq) else { continue };
+        let Some(stream) = run.stream() else { continue };
+        let ended = run.status().0.is_terminal();
+        if ended {
+            stream.close();
+        }
+        stream.publish(u64::MAX, ended);
     }
 }
 
@@ -831,6 +884,22 @@ async fn migrate(client: &mut Client) -> Result<(), String> {
              CREATE INDEX hook_deliveries_run ON longrun.hook_deliveries (run);
              CREATE INDEX hook_deliveries_finished ON longrun.hook_deliveries (finished_ms);
              UPDATE longrun.meta SET version = 5;",
+        )
+        .await
+        .map_err(e)?;
+    }
+    if version < 6 {
+        // v6: byte streams (spec §27): a run's content type when it has one, and its bytes
+        // in chunks (one per run and commit) by offset, deleted with the run.
+        tx.batch_execute(
+            "ALTER TABLE longrun.runs ADD COLUMN stream TEXT;
+             CREATE TABLE longrun.stream_chunks (
+                 run BIGINT NOT NULL REFERENCES longrun.runs (seq) ON DELETE CASCADE,
+                 at BIGINT NOT NULL,
+                 data BYTEA NOT NULL,
+                 PRIMARY KEY (run, at)
+             );
+             UPDATE longrun.meta SET version = 6;",
         )
         .await
         .map_err(e)?;
@@ -1271,6 +1340,16 @@ async fn commit(
     }
     let mut ended = Vec::new();
     let mut touched = Vec::new();
+    let (mut chunk_run, mut chunk_at, mut chunks) = (Vec::new(), Vec::new(), Vec::<Bytes>::new());
+    // The content type of each new run's stream.
+    let (mut stream_ids, mut stream_types) = (Vec::new(), Vec::new());
+    for (id, run, ..) in &creates {
+        let ct = run.upgrade().and_then(|r| crate::stream::content_type(&r));
+        if let (Some(ct), true) = (ct, new_seqs.contains_key(id)) {
+            stream_ids.push(id.to_string());
+            stream_types.push(ct);
+        }
+    }
     for cmd in batch.iter() {
         if let Command::Dirty(run) = cmd {
             let Some(&seq) = seqs.get(&run.id).or_else(|| new_seqs.get(&run.id)) else {
@@ -1279,6 +1358,13 @@ async fn commit(
                 continue;
             };
             let (first, events, terminal) = run.take_unjournaled();
+            // Taken after the events: a byte written before an event taken is in this
+            // commit or an earlier one.
+            if let Some((at, data)) = run.stream().and_then(|s| s.take_unjournaled()) {
+                chunk_run.push(seq);
+                chunk_at.push(at as i64);
+                chunks.push(data);
+            }
             if terminal {
                 ended.push(seq);
             }
@@ -1320,6 +1406,27 @@ async fn commit(
     let drops: Params<1> = [&dropped];
     let tombs: Params<4> = [&dropped, &objects, &now, &dropped_tenants];
     let forgets: Params<1> = [&forgotten];
+    let chunk_data: Vec<&[u8]> = chunks.iter().map(|c| &c[..]).collect();
+    let chunk_rows: Params<3> = [&chunk_run, &chunk_at, &chunk_data];
+    let streams: Params<2> = [&stream_ids, &stream_types];
+    // Streams (spec §27) before the events: a reader that saw an event finds every byte
+    // written before it.
+    if !stream_ids.is_empty() {
+        tx.execute(
+            "UPDATE longrun.runs r SET stream = u.s FROM unnest($1::text[], $2::text[]) \
+             AS u(i, s) WHERE r.id = u.i",
+            &streams,
+        )
+        .await?;
+    }
+    if !chunk_run.is_empty() {
+        tx.execute(
+            "INSERT INTO longrun.stream_chunks (run, at, data) \
+             SELECT * FROM unnest($1::int8[], $2::int8[], $3::bytea[]) ON CONFLICT DO NOTHING",
+            &chunk_rows,
+        )
+        .await?;
+    }
     let mut writes = Vec::new();
     if !ev_run.is_empty() {
         writes.push(tx.execute(&st.events, &events));
