@@ -862,3 +862,85 @@ async fn tokens_from_an_auth_file_reloaded_on_sighup() {
     child.start_kill().unwrap();
     child.wait().await.unwrap();
 }
+
+/// A hooked run the server was running when it was killed gets its `run.ended` after the
+/// restart (its `interrupted` end), signed (spec §26.7): the hook is kept in the SQLite file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_delivers_the_hook_of_an_interrupted_run_after_the_restart() {
+    use tokio::io::AsyncWriteExt;
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    // A receiver: each request's headers and body, answered 204.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, mut got) = tokio::sync::mpsc::unbounded_channel::<(Vec<(String, String)>, Vec<u8>)>();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(stream);
+                let mut headers = Vec::new();
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).await.unwrap();
+                    if line == "\r\n" || line.is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = line.trim_end().split_once(": ") {
+                        headers.push((k.to_ascii_lowercase(), v.to_owned()));
+                    }
+                }
+                let len = headers
+                    .iter()
+                    .find(|(k, _)| k == "content-length")
+                    .map_or(0, |(_, v)| v.parse().unwrap());
+                let mut body = vec![0; len];
+                reader.read_exact(&mut body).await.unwrap();
+                let mut stream = reader.into_inner();
+                let answer = b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n";
+                stream.write_all(answer).await.unwrap();
+                let _ = tx.send((headers, body));
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite:{}", dir.path().join("runs.db").display());
+    let args = [
+        "--store",
+        store.as_str(),
+        "--hook-secret",
+        SECRET,
+        "--hook-allow",
+        "127.0.0.1",
+    ];
+    let mut first = Serve::start(&args, &[]).await;
+    let res = first
+        .http
+        .post(first.url("/sleep"))
+        .header("longrun-hook", &hook)
+        .json(&json!({"ms": 3_600_000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let sleep = res.json::<Value>().await.unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Its 201 is committed after everything the server wrote before (the hook among it).
+    first.submit("echo", json!({})).await;
+    first.child.start_kill().unwrap(); // SIGKILL: no shutdown, no flush
+    first.child.wait().await.unwrap();
+    let _second = Serve::start(&args, &[]).await;
+    let (headers, body) = tokio::time::timeout(std::time::Duration::from_secs(60), got.recv())
+        .await
+        .expect("the hook is delivered after the restart")
+        .unwrap();
+    let pairs = headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    longrun::webhook::verify(SECRET, pairs, &body, longrun::webhook::TOLERANCE).unwrap();
+    let payload: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(payload["type"], "run.ended");
+    assert_eq!(payload["data"]["url"], sleep.as_str());
+    assert_eq!(payload["data"]["state"], "error");
+    assert_eq!(payload["data"]["error"]["reason"], "interrupted");
+}

@@ -466,6 +466,11 @@ impl Caller {
         self.0.as_deref().map(|t| t.name.as_str())
     }
 
+    /// The server itself, which sees every run (hooks resumed at start).
+    pub fn server() -> Caller {
+        Caller(None)
+    }
+
     /// Whether a run of `owner` exists for this caller.
     pub fn sees(&self, owner: Option<&str>) -> bool {
         match &self.0 {

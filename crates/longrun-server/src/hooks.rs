@@ -54,6 +54,8 @@ const CLAIM: i64 = 32;
 /// How often the sender looks for due deliveries it was not woken for (retries of other
 /// replicas on Postgres; a wake-up otherwise comes with each enqueue and each due time).
 const POLL: Duration = Duration::from_millis(250);
+/// The kind of the row that keeps a hooked run's hook on SQLite until its `run.ended`.
+const WATCH: &str = "watch";
 /// How often finished deliveries past their retention are deleted.
 const FORGET_EVERY: Duration = Duration::from_secs(10);
 /// The longest ack a unix socket receiver may send.
@@ -518,16 +520,108 @@ impl Hooks {
     }
 
     /// Start the sender (`serve` calls it).
-    pub fn start(self: &Arc<Self>) {
+    pub fn start(self: &Arc<Self>, server: &Server) {
         let hooks = self.clone();
         tokio::spawn(async move { hooks.send_loop().await });
+        let hooks = self.clone();
+        let server = server.clone();
+        self.watchers
+            .spawn(async move { hooks.resume(&server).await });
     }
 
-    /// Watch a hooked run (just created) and enqueue its deliveries.
+    /// Watch a hooked run (just created) and enqueue its deliveries. On SQLite the hook is
+    /// written down too (a `watch` row), so that a run the process was running when it
+    /// stopped still gets its `run.ended` (its `interrupted` end) after the restart.
     pub fn attach(self: &Arc<Self>, run: Arc<Run>, hook: Hook) {
+        if self.journal.is_some() && self.shared().is_none() {
+            let watch = Delivery {
+                id: format!("{WATCH}_{}", run.id),
+                run: run.id.to_string(),
+                kind: WATCH.into(),
+                event: 0,
+                url: hook.url.clone(),
+                body: serde_json::json!({
+                    "object": run.object,
+                    "events": if hook.events == Events::All { "all" } else { "ended" },
+                })
+                .to_string(),
+                state: DState::Delivered,
+                attempts: Vec::new(),
+                attempt_count: 0,
+                next_ms: None,
+                finished_ms: None,
+                seq: 0,
+            };
+            let watch = self.lock().insert(watch);
+            self.persist(&watch);
+        }
+        self.spawn_watch(run, hook, None);
+    }
+
+    fn spawn_watch(self: &Arc<Self>, run: Arc<Run>, hook: Hook, after: Option<u64>) {
         let hooks = self.clone();
         self.watchers
-            .spawn(async move { hooks.watch(run, hook).await });
+            .spawn(async move { hooks.watch(run, hook, after).await });
+    }
+
+    /// Watch again the hooked runs of the file's `watch` rows (at start): each run has ended
+    /// by now (a restart ends the runs it finds running), so each gets its `run.ended`.
+    async fn resume(self: &Arc<Self>, server: &Server) {
+        let watches: Vec<Delivery> = {
+            let local = self.lock();
+            local
+                .deliveries
+                .values()
+                .filter(|d| d.kind == WATCH)
+                .cloned()
+                .collect()
+        };
+        for w in watches {
+            let spec: serde_json::Value = serde_json::from_str(&w.body).unwrap_or_default();
+            let object = spec["object"].as_str().unwrap_or_default();
+            let events = match spec["events"].as_str() {
+                Some("all") => Events::All,
+                _ => Events::Ended,
+            };
+            let caller = Caller::server();
+            let found = server
+                .registry
+                .find(&server.config, &caller, object, &w.run)
+                .await;
+            let Ok(crate::registry::Lookup::Found(run)) = found else {
+                self.unwatch(&w.run);
+                continue;
+            };
+            let after = {
+                let local = self.lock();
+                local.by_run.get(&w.run).and_then(|ids| {
+                    ids.iter()
+                        .filter_map(|id| local.deliveries.get(id))
+                        .filter(|d| d.kind != WATCH)
+                        .map(|d| d.event)
+                        .max()
+                })
+            };
+            let hook = Hook { events, url: w.url };
+            self.spawn_watch(run, hook, after);
+        }
+    }
+
+    /// The run's `run.ended` is in the outbox: its `watch` row goes.
+    fn unwatch(&self, run: &str) {
+        let Ok(id) = RunId::parse(run) else {
+            return;
+        };
+        let id = format!("{WATCH}_{id}");
+        let found = {
+            let mut local = self.lock();
+            let found = local.deliveries.contains_key(&id);
+            local.remove(&id);
+            found
+        };
+        if let (true, Some(journal)) = (found, &self.journal) {
+            journal.hook(crate::store::HookWrite::Delete { id });
+        }
     }
 
     /// Wait until every watcher has enqueued what its run ended with, then stop the sender
@@ -547,9 +641,11 @@ impl Hooks {
         self.attempts.subscribe()
     }
 
-    async fn watch(&self, run: Arc<Run>, hook: Hook) {
+    /// Turn the run's events into deliveries until it ends; `after`: the newest event a
+    /// delivery was made for already (a watch resumed at start).
+    async fn watch(&self, run: Arc<Run>, hook: Hook, after: Option<u64>) {
         let mut appended = run.subscribe();
-        let mut next = 0u64;
+        let mut next = after.map_or(0, |id| id + 1);
         let mut sent_events = 0u32;
         let mut last_sent: Option<tokio::time::Instant> = None;
         let mut held: Option<Event> = None;
@@ -560,6 +656,7 @@ impl Hooks {
             for event in events {
                 if event.state.is_terminal() {
                     self.enqueue(&run, &hook, "run.ended", &event).await;
+                    self.unwatch(&run.id.to_string());
                     return;
                 }
                 if hook.events == Events::All {
@@ -897,6 +994,7 @@ impl Hooks {
             .into_iter()
             .flatten()
             .filter_map(|id| local.deliveries.get(id).cloned())
+            .filter(|d| d.kind != WATCH)
             .collect();
         out.sort_by_key(|d| d.seq);
         Ok(out)

@@ -298,7 +298,7 @@ pub async fn serve_all(
     }
     let janitor = tokio::spawn(janitor(server.clone()));
     server.nodes.start();
-    server.hooks.start();
+    server.hooks.start(&server);
     let router = app(server.clone());
     let draining = server.clone();
     let mut listeners: Vec<conn::Acceptor> = listeners
