@@ -965,8 +965,9 @@ impl Hooks {
         let before = now_ms() - self.retention.as_millis() as i64;
         let mut local = self.lock();
         let mut gone = Vec::new();
+        // Past their retention, and the oldest beyond `hook_outbox` finished ones.
         while let Some((ms, _)) = local.finished.first() {
-            if *ms >= before {
+            if *ms >= before && local.finished.len() <= self.max_outbox {
                 break;
             }
             let (_, id) = local.finished.pop_first().expect("a first entry");
