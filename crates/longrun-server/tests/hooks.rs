@@ -710,3 +710,21 @@ async fn redirects_are_not_followed_and_retry_after_is_honoured() {
     assert!(wait > Duration::from_secs(3600), "{wait:?}");
     ts.stop().await.unwrap();
 }
+
+/// A burst of events makes a few `run.event` deliveries (at most one per 500 ms), never one
+/// per event; the end is always delivered.
+#[tokio::test]
+async fn a_burst_of_events_is_coalesced() {
+    let rx = Receiver::new();
+    let hook = rx.http().await;
+    let ts = TestServer::with_config(config(&[0])).await;
+    let events: Vec<u32> = (0..200).collect();
+    let run = submit(&ts, "emit", json!({"events": events}), &hook, "all").await;
+    let list = until(&ts, &run, |d| {
+        all_in("delivered")(d) && d.iter().any(|d| d["type"] == "run.ended")
+    })
+    .await;
+    assert!(list.len() < 50, "{} deliveries for 202 events", list.len());
+    assert_eq!(list.last().unwrap()["event"], 201, "{list:#?}");
+    ts.stop().await.unwrap();
+}
