@@ -92,6 +92,13 @@ impl Client {
         }
     }
 
+    /// Read a run's byte stream (spec §27) as a [`std::io::Read`], resuming after a
+    /// disconnect as [`crate::Client::stream`] does.
+    pub fn stream(&self, run: &Run) -> crate::StreamReader {
+        let _guard = self.rt.enter();
+        crate::StreamReader::new(self.inner.stream(run), self.rt.clone())
+    }
+
     pub fn cancel(&self, run: &Run) -> Result<CancelOutcome> {
         self.rt.block_on(self.inner.cancel(run))
     }

@@ -849,7 +849,7 @@ impl Client {
 
     /// A client sends its token and headers to its own server only: a run rebuilt from a URL
     /// that names another server (perhaps from untrusted input) is refused, not contacted.
-    fn same_server(&self, run: &Run) -> Result<()> {
+    pub(crate) fn same_server(&self, run: &Run) -> Result<()> {
         let base = &self.inner.base;
         // A unix URL's origin is opaque (never equal): the same socket is the same server,
         // and a run is `OBJECT/ID` right under it.

@@ -46,6 +46,7 @@ mod follow;
 mod interrupt;
 mod rt;
 mod run;
+mod stream;
 pub mod webhook;
 
 pub use client::{
@@ -57,3 +58,6 @@ pub use follow::{EventStream, FollowOptions, cursor_from_decimal, cursor_from_f6
 pub use interrupt::Interrupt;
 pub use longrun_proto::{Event, Progress, RawEvent, RunId, State};
 pub use run::Run;
+pub use stream::ByteStream;
+#[cfg(not(target_arch = "wasm32"))]
+pub use stream::StreamReader;

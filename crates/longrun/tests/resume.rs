@@ -597,3 +597,125 @@ fn blocking_follow_is_exactly_once_through_cuts() {
         assert_eq!(proxy.connections(), plan.len() + 1, "{context}");
     }
 }
+
+/// Byte `i` of the `bytes` demo's stream (spec §18).
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+/// Read a run's byte stream to its end through `client` (rebuilt on the client's base URL).
+async fn stream_all(client: &Client, run: &Run) -> Vec<u8> {
+    let run = &client.run(run.object(), &run.id().to_string()).unwrap();
+    let mut stream = client.stream(run);
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(chunk) => bytes.extend_from_slice(&chunk),
+            Err(e) => panic!(
+                "the stream of {run} failed after {} bytes: {e}",
+                bytes.len()
+            ),
+        }
+    }
+    bytes
+}
+
+/// A byte stream (spec §27) is resumed with `Range: bytes=<received>-` after each cut, in the
+/// head, the body and the chunked encoding, of an ended stream and of a live one: every byte
+/// once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_byte_stream_resumes_at_its_offset_after_every_cut() {
+    const N: usize = 300_000;
+    let server = start_server().await;
+    let proxy = Proxy::start(server).await;
+    let direct = Client::new(&format!("http://{server}")).unwrap();
+    // Ended: one body with a Content-Length.
+    let run = direct
+        .submit("bytes", json!({"n": N, "chunk": 4096}))
+        .await
+        .unwrap();
+    let result = direct.wait(&run, None).await.unwrap();
+    assert_eq!(result["n"], N);
+    let plan = [
+        Cut::MidHeaders,
+        Cut::IntoBody(0),
+        Cut::IntoBody(1),
+        Cut::IntoBody(5000),
+        Cut::IntoBody(70_000),
+        Cut::At(3),
+    ];
+    proxy.plan(plan);
+    let bytes = stream_all(&proxied_client(&proxy), &run).await;
+    assert!(bytes == pattern(N), "ended stream, cuts {plan:?}");
+    assert_eq!(proxy.cuts(), plan.len());
+    assert_eq!(proxy.connections(), plan.len() + 1);
+    // Live: chunked, one chunk per write as the run writes them.
+    let run = direct
+        .submit("bytes", json!({"n": N, "chunk": 3000, "interval_ms": 1}))
+        .await
+        .unwrap();
+    let plan = [
+        Cut::IntoBody(0),
+        Cut::MidChunkSize(2),
+        Cut::MidChunkEnd(3),
+        Cut::IntoBody(10_000),
+    ];
+    proxy.plan(plan);
+    let bytes = stream_all(&proxied_client(&proxy), &run).await;
+    assert!(bytes == pattern(N), "live stream, cuts {plan:?}");
+    assert_eq!(proxy.cuts(), plan.len());
+    assert_eq!(direct.wait(&run, None).await.unwrap()["n"], N);
+    // Random cuts anywhere in the answers; eight of at most N/16 bytes each leave every
+    // answer long enough to be cut.
+    let mut rng = fastrand::Rng::with_seed(seed());
+    let plan: Vec<Cut> = (0..8).map(|_| Cut::At(rng.usize(1..N / 16))).collect();
+    proxy.plan(plan.clone());
+    let bytes = stream_all(&proxied_client(&proxy), &run).await;
+    assert!(bytes == pattern(N), "random cuts {plan:?}");
+    assert_eq!(proxy.cuts(), plan.len());
+}
+
+/// The blocking client reads a byte stream as a `std::io::Read`, resumed after cuts too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_blocking_byte_stream_is_a_read_that_resumes() {
+    use std::io::Read;
+    const N: usize = 100_000;
+    let server = start_server().await;
+    let proxy = Proxy::start(server).await;
+    let plan = [Cut::MidHeaders, Cut::IntoBody(7), Cut::IntoBody(30_000)];
+    proxy.plan(plan);
+    let url = proxy.url();
+    let bytes = tokio::task::spawn_blocking(move || {
+        let direct = longrun::blocking::Client::new(&format!("http://{server}")).unwrap();
+        let run = direct
+            .submit("bytes", json!({"n": N, "chunk": 1000}))
+            .unwrap();
+        direct.wait(&run, None).unwrap();
+        let client = longrun::blocking::Client::from_builder(
+            Client::builder(url).reconnect(reconnect_fast()),
+        )
+        .unwrap();
+        let run = client.run("bytes", &run.id().to_string()).unwrap();
+        let mut bytes = Vec::new();
+        client.stream(&run).read_to_end(&mut bytes).unwrap();
+        bytes
+    })
+    .await
+    .unwrap();
+    assert!(bytes == pattern(N), "blocking, cuts {plan:?}");
+    assert_eq!(proxy.cuts(), plan.len());
+}
+
+/// A run without a stream is `NotFound` (problem `no-stream`), not retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_without_a_stream_is_not_found() {
+    let server = start_server().await;
+    let client = Client::new(&format!("http://{server}")).unwrap();
+    let run = client.submit("echo", json!({})).await.unwrap();
+    let err = client.stream(&run).next().await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), longrun::ErrorKind::NotFound, "{err}");
+    assert_eq!(
+        err.problem().and_then(|p| p.kind()),
+        Some(longrun_proto::ProblemKind::NoStream)
+    );
+}
