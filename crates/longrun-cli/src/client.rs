@@ -153,6 +153,22 @@ The exit code is the run's outcome.
     /// {"exists","state","last_event_id"} or {"exists": false, "gone"}.
     #[command(after_help = exit_codes!())]
     Exists(RunArg),
+    /// Write a run's byte stream to stdout as it is written, until the run ends.
+    ///
+    /// The run's URL (or its stream URL, URL/stream). A connection that drops is resumed
+    /// from the bytes already written (Range), so each byte is written once. The exit code is
+    /// the run's outcome, as for wait: `longrun stream URL > file`.
+    #[command(after_help = exit_codes!())]
+    Stream(StreamArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct StreamArgs {
+    #[command(flatten)]
+    run: RunArg,
+    /// Start at byte N (the count of bytes you already have), e.g. to append to a file.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    from: u64,
 }
 
 #[derive(Args, Debug)]
@@ -318,7 +334,38 @@ async fn dispatch(global: &Global, command: Command) -> Outcome {
             let (client, run) = run_client(global, &a)?;
             exists(&client, &run, global.json).await
         }
+        Command::Stream(mut a) => {
+            // The stream's own URL names the same run.
+            if let Some(url) = a.run.url.strip_suffix("/stream") {
+                a.run.url = url.to_owned();
+            }
+            let (client, run) = run_client(global, &a.run)?;
+            let work = stream(&client, &run, a.from);
+            interruptible(&client, &run, false, work).await
+        }
     }
+}
+
+/// Copy the run's byte stream to stdout, then report the run's outcome.
+async fn stream(client: &Client, run: &Run, from: u64) -> Outcome {
+    use futures::StreamExt;
+    use std::io::Write;
+    let mut bytes = client.stream_from(run, from);
+    // One run at a time: a blocking write to stdout holds up nothing else.
+    let mut out = std::io::stdout().lock();
+    let cannot =
+        |e: std::io::Error| Failure::new(code::FAILED, format!("cannot write stdout: {e}"));
+    while let Some(chunk) = bytes.next().await {
+        let chunk = chunk.map_err(|e| failure(e, Target::Run(run)))?;
+        out.write_all(&chunk).map_err(cannot)?;
+    }
+    out.flush().map_err(cannot)?;
+    drop(out);
+    client
+        .wait(run, None)
+        .await
+        .map(drop)
+        .map_err(|e| failure(e, Target::Run(run)))
 }
 
 /// The token of --token, LONGRUN_TOKEN or --token-file, if any.

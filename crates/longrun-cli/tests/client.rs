@@ -197,7 +197,9 @@ impl Running {
 #[test]
 fn help_lists_the_subcommands_and_the_exit_codes() {
     let help = run(&["--help"]).expect(0).stdout;
-    for command in ["serve", "submit", "follow", "wait", "cancel", "exists"] {
+    for command in [
+        "serve", "submit", "follow", "wait", "cancel", "exists", "stream",
+    ] {
         assert!(
             help.contains(&format!("\n  {command} ")),
             "{command}: {help}"
@@ -702,4 +704,39 @@ fn submit_with_an_idempotency_key_twice_prints_the_same_run() {
     assert!(other.stderr.contains("a new key"), "{other:#?}");
     let bad = run(&["submit", "echo", "--idempotency-key", "has space"]).expect(2);
     assert!(bad.stderr.contains("idempotency key"), "{bad:#?}");
+}
+
+/// `longrun stream URL > file` writes the run's byte stream (spec §27), every byte once; the
+/// stream's own URL works too, `--from N` starts at byte N, and the exit code is the run's.
+#[test]
+fn stream_writes_the_bytes_to_stdout() {
+    let run = submit(&["bytes", "n:=100000", "chunk:=999"]);
+    let pattern: Vec<u8> = (0..100_000usize).map(|i| (i % 251) as u8).collect();
+    for (url, from) in [
+        (run.clone(), 0),
+        (format!("{run}/stream"), 0),
+        (run.clone(), 4321),
+    ] {
+        let from_arg = from.to_string();
+        let out = longrun(&["stream", &url, "--from", &from_arg])
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.stdout == pattern[from..], "{url} from {from}");
+    }
+    // A run without a stream: an error on stderr, nothing on stdout.
+    let echo = submit(&["echo"]);
+    let out = longrun(&["stream", &echo]).output().unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(out.stdout.is_empty());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("stream"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
