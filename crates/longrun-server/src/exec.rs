@@ -51,6 +51,12 @@ pub struct ExecSpec {
     /// Keep this object's ended runs for this long (at most the server's retention).
     #[serde(default, with = "humantime_serde")]
     pub retention: Option<Duration>,
+    /// The run has a byte stream (spec §27): the program's raw stdout goes to it, and its
+    /// events are the lines it writes to the FIFO named by `LONGRUN_EVENTS` (spec §19.4).
+    #[serde(default)]
+    pub stream: bool,
+    /// The stream's content type (with `stream = true`; default `application/octet-stream`).
+    pub content_type: Option<String>,
 }
 
 /// A command as written by the user.
@@ -71,6 +77,8 @@ impl ExecSpec {
             env: BTreeMap::new(),
             timeout: None,
             retention: None,
+            stream: false,
+            content_type: None,
         };
         spec.argv()?;
         Ok(spec)
@@ -97,7 +105,9 @@ impl ExecSpec {
         ObjectOptions {
             timeout: self.timeout,
             retention: self.retention,
-            ..Default::default()
+            stream: self
+                .stream
+                .then(|| self.content_type.clone().unwrap_or_default()),
         }
     }
 
@@ -107,6 +117,7 @@ impl ExecSpec {
             argv: Arc::new(self.argv()?),
             cwd: self.cwd.clone(),
             env: Arc::new(self.env.clone()),
+            stream: self.stream,
         })
     }
 }
@@ -115,6 +126,7 @@ pub struct ExecHandler {
     argv: Arc<Vec<String>>,
     cwd: Option<PathBuf>,
     env: Arc<BTreeMap<String, String>>,
+    stream: bool,
 }
 
 impl Handler for ExecHandler {
@@ -122,7 +134,8 @@ impl Handler for ExecHandler {
         let argv = self.argv.clone();
         let cwd = self.cwd.clone();
         let env = self.env.clone();
-        Box::pin(async move { run_program(&argv, cwd, &env, args, ctx).await })
+        let stream = self.stream;
+        Box::pin(async move { run_program(&argv, cwd, &env, stream, args, ctx).await })
     }
 }
 
@@ -149,6 +162,7 @@ async fn run_program(
     argv: &[String],
     cwd: Option<PathBuf>,
     env: &BTreeMap<String, String>,
+    stream: bool,
     args: Value,
     ctx: RunContext,
 ) -> HandlerResult {
@@ -178,6 +192,14 @@ async fn run_program(
     if let Some(dir) = cwd {
         cmd.current_dir(dir);
     }
+    // With a stream, stdout is bytes and the events come through a FIFO.
+    let mut events = if stream {
+        let fifo = Fifo::open(result_dir.path().join("events"))?;
+        cmd.env("LONGRUN_EVENTS", &fifo.path);
+        Some(fifo)
+    } else {
+        None
+    };
     let mut child = cmd
         .spawn()
         .map_err(|e| RunError::new(format!("cannot start {:?}: {e}", argv[0])))?;
@@ -204,33 +226,43 @@ async fn run_program(
         let start = tail.len().saturating_sub(STDERR_TAIL);
         String::from_utf8_lossy(&tail[start..]).into_owned()
     });
+    let stdout = child.stdout.take().expect("stdout is piped");
     // Split on bytes, not UTF-8 lines: a line with invalid UTF-8 becomes U+FFFD (lossy), it
     // must not stop the reading of stdout.
-    let mut lines = FramedRead::new(
-        child.stdout.take().expect("stdout is piped"),
-        StdoutLines(AnyDelimiterCodec::new_with_max_length(
-            b"\n".to_vec(),
-            Vec::new(),
-            MAX_LINE,
-        )),
-    );
+    let (mut lines, mut raw) = if stream {
+        (None, Some(stdout))
+    } else {
+        (Some(FramedRead::new(stdout, line_codec())), None)
+    };
+    let mut buf = bytes::BytesMut::new();
+    let mut events_open = true;
 
     let mut status = None;
     let mut stdout_open = true;
     let mut terminated = false;
     while status.is_none() || stdout_open {
         tokio::select! {
-            line = lines.next(), if stdout_open => match line {
-                Some(Ok(Some(line))) => emit_line(&ctx, &String::from_utf8_lossy(&line)),
-                Some(Ok(None)) => {
-                    tracing::warn!(run = %ctx.id(), "dropped a stdout line longer than {MAX_LINE} bytes");
+            line = next_line(lines.as_mut()), if stdout_open && lines.is_some() => {
+                if !take_line(&ctx, line, "stdout") {
+                    stdout_open = false;
                 }
-                Some(Err(e)) => {
+            }
+            read = read_chunk(&mut raw, &mut buf), if stdout_open && raw.is_some() => match read {
+                Ok(Some(chunk)) => {
+                    // Refused past the limit or once stopping: the run is being stopped
+                    // (SIGTERM below); the rest is read and dropped, so the program is
+                    // never blocked on a full pipe.
+                    let _ = ctx.write(chunk);
+                }
+                Ok(None) => stdout_open = false,
+                Err(e) => {
                     tracing::warn!(run = %ctx.id(), "reading stdout failed: {e}");
                     stdout_open = false;
                 }
-                None => stdout_open = false,
             },
+            line = next_line(events.as_mut().map(|f| &mut f.lines)), if events_open && events.is_some() => {
+                events_open = take_line(&ctx, line, "the events FIFO");
+            }
             exit = child.wait(), if status.is_none() => {
                 status = Some(exit.map_err(|e| RunError::new(format!("waiting for the program failed: {e}")))?);
                 // The run is over when the program is; whatever it left running in its
@@ -242,6 +274,10 @@ async fn run_program(
                 group.signal(Signal::SIGTERM);
             }
         }
+    }
+    // The events the program wrote before it ended, up to our end mark.
+    if let Some(fifo) = events.take() {
+        fifo.drain(&ctx).await;
     }
     let stderr = stderr_tail.await.unwrap_or_default();
     let status = status.expect("loop ends after exit");
@@ -277,6 +313,114 @@ fn parse_output(text: &str) -> Option<Value> {
 fn emit_line(ctx: &RunContext, line: &str) {
     if let Some(value) = parse_output(line) {
         ctx.emit(value);
+    }
+}
+
+type Lines<R> = FramedRead<R, StdoutLines>;
+
+fn line_codec() -> StdoutLines {
+    StdoutLines(AnyDelimiterCodec::new_with_max_length(
+        b"\n".to_vec(),
+        Vec::new(),
+        MAX_LINE,
+    ))
+}
+
+/// The next line of `lines` (never ready without them: the select guards that).
+async fn next_line<R: tokio::io::AsyncRead + Unpin>(
+    lines: Option<&mut Lines<R>>,
+) -> Option<std::io::Result<Option<bytes::Bytes>>> {
+    match lines {
+        Some(lines) => lines.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Emit a line as an event; false once the source ended.
+fn take_line(
+    ctx: &RunContext,
+    line: Option<std::io::Result<Option<bytes::Bytes>>>,
+    source: &str,
+) -> bool {
+    match line {
+        Some(Ok(Some(line))) => emit_line(ctx, &String::from_utf8_lossy(&line)),
+        Some(Ok(None)) => {
+            tracing::warn!(run = %ctx.id(), "dropped a line of {source} longer than {MAX_LINE} bytes");
+        }
+        Some(Err(e)) => {
+            tracing::warn!(run = %ctx.id(), "reading {source} failed: {e}");
+            return false;
+        }
+        None => return false,
+    }
+    true
+}
+
+/// The next chunk of raw stdout (`None` at its end), up to 64 KiB.
+async fn read_chunk(
+    raw: &mut Option<tokio::process::ChildStdout>,
+    buf: &mut bytes::BytesMut,
+) -> std::io::Result<Option<bytes::Bytes>> {
+    let Some(raw) = raw else {
+        return std::future::pending().await;
+    };
+    buf.reserve(64 * 1024);
+    match raw.read_buf(buf).await? {
+        0 => Ok(None),
+        _ => Ok(Some(buf.split().freeze())),
+    }
+}
+
+/// The events side channel of an exec object with a stream: a FIFO the program writes event
+/// lines to (`LONGRUN_EVENTS`). The server holds a writer end too, so the reader never sees
+/// an end while programs open and close it (`echo … > "$LONGRUN_EVENTS"` per line); once the
+/// program is gone, that writer sends an end mark, and everything before it is read.
+struct Fifo {
+    path: PathBuf,
+    lines: Lines<tokio::net::unix::pipe::Receiver>,
+    writer: tokio::net::unix::pipe::Sender,
+    mark: Vec<u8>,
+}
+
+impl Fifo {
+    fn open(path: PathBuf) -> Result<Fifo, RunError> {
+        use nix::sys::stat::Mode;
+        use tokio::net::unix::pipe;
+        let failed = |e: &dyn std::fmt::Display| {
+            RunError::new(format!("cannot create the events FIFO: {e}"))
+        };
+        nix::unistd::mkfifo(&path, Mode::S_IRUSR | Mode::S_IWUSR).map_err(|e| failed(&e))?;
+        let reader = pipe::OpenOptions::new()
+            .open_receiver(&path)
+            .map_err(|e| failed(&e))?;
+        let writer = pipe::OpenOptions::new()
+            .open_sender(&path)
+            .map_err(|e| failed(&e))?;
+        let mark = format!("\0longrun-end-{}\n", uuid::Uuid::new_v4()).into_bytes();
+        Ok(Fifo {
+            path,
+            lines: FramedRead::new(reader, line_codec()),
+            writer,
+            mark,
+        })
+    }
+
+    /// Write the end mark and emit every line before it.
+    async fn drain(mut self, ctx: &RunContext) {
+        if self.writer.write_all(&self.mark).await.is_err() {
+            return;
+        }
+        let mark = &self.mark[..self.mark.len() - 1];
+        while let Some(line) = self.lines.next().await {
+            if let Ok(Some(line)) = &line {
+                if &line[..] == mark {
+                    return;
+                }
+            }
+            if !take_line(ctx, Some(line), "the events FIFO") {
+                return;
+            }
+        }
     }
 }
 

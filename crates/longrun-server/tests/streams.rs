@@ -510,3 +510,56 @@ async fn postgres_a_reader_on_another_replica_gets_every_byte() {
     a.stop().await.unwrap();
     b.stop().await.unwrap();
 }
+
+/// An exec object with `stream = true` (spec §19.4): its raw stdout is the stream, its events
+/// are the lines it writes to `$LONGRUN_EVENTS`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_object_streams_its_stdout_and_takes_events_from_the_fifo() {
+    let script = r#"echo '{"progress": 0.5}' > "$LONGRUN_EVENTS"
+printf 'hello\n'
+printf 'wor'; printf 'ld'
+echo '"second"' > "$LONGRUN_EVENTS"
+head -c 100000 /dev/zero
+echo '{"done": true}' > "$LONGRUN_RESULT""#;
+    let spec: longrun_server::exec::ExecSpec = serde_json::from_value(json!({
+        "command": script, "shell": true, "stream": true, "content_type": "text/plain",
+    }))
+    .unwrap();
+    let builder = Server::builder().object_with("script", spec.options(), spec.handler().unwrap());
+    let ts = TestServer::start(builder).await;
+    let (run, reply) = submit(&ts, "script", json!({})).await;
+    let stream = reply["stream_url"].as_str().unwrap().to_owned();
+    let res = get(&ts, &stream, None).await;
+    assert_eq!(header(&res, "content-type"), Some("text/plain"));
+    let body = res.bytes().await.unwrap();
+    let mut want = b"hello\nworld".to_vec();
+    want.extend_from_slice(&[0; 100_000]);
+    assert!(body == want, "{} bytes", body.len());
+    let events = ts.events(&run).await;
+    let values: Vec<&Value> = events[1..].iter().map(|e| &e["value"]).collect();
+    assert_eq!(
+        values,
+        [
+            &json!({"progress": 0.5}),
+            &json!("second"),
+            &json!({"done": true})
+        ]
+    );
+    assert_eq!(events.last().unwrap()["state"], "success");
+
+    // Past the limit: the run ends error, the program is stopped.
+    let limited = TestServer::start(
+        Server::builder()
+            .config(Config {
+                max_stream_bytes: 1000,
+                ..Config::default()
+            })
+            .object_with("script", spec.options(), spec.handler().unwrap()),
+    )
+    .await;
+    let (run, _) = submit(&limited, "script", json!({})).await;
+    let events = limited.events(&run).await;
+    let end = events.last().unwrap();
+    assert_eq!(end["state"], "error", "{end}");
+    assert_eq!(end["value"]["limit"], 1000);
+}
