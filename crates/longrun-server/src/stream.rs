@@ -385,6 +385,10 @@ pub(crate) async fn stream(
     }
     let start = range_start(&headers);
     let offset = start.unwrap_or(0);
+    // A reader is a follower of the run (§6.1): it holds a slot from here, also while a
+    // range waits for its first byte, until its body is done.
+    let tenant = caller.admit_follower()?;
+    let slot = crate::follow::follower_slot(&server, &run)?.with_tenant(tenant);
     // A range from a byte not written yet waits for that byte, or for the end, so that the
     // answer is a 206 holding it or a 416 (§27.2).
     if start.is_some() {
@@ -412,9 +416,6 @@ pub(crate) async fn stream(
         status_headers(&run, hs);
         return Ok(res);
     }
-    // A reader is a follower of the run (§6.1): it holds a slot while its body is open.
-    let tenant = caller.admit_follower()?;
-    let slot = crate::follow::follower_slot(&server, &run)?.with_tenant(tenant);
     let body = Body::from_stream(reader(run.clone(), offset, slot));
     let mut res = Response::new(body);
     let hs = res.headers_mut();

@@ -563,3 +563,34 @@ echo '{"done": true}' > "$LONGRUN_RESULT""#;
     assert_eq!(end["state"], "error", "{end}");
     assert_eq!(end["value"]["limit"], 1000);
 }
+
+/// A reader is a follower (§6.1): past `max_followers_per_run` a reader is refused, also one
+/// whose range would wait for a byte not written yet (it is counted before it waits).
+#[tokio::test]
+async fn stream_readers_count_as_followers() {
+    let (builder, tx) = tail(Server::builder().config(Config {
+        max_followers_per_run: 1,
+        ..Config::default()
+    }));
+    let ts = TestServer::start(builder).await;
+    let (run, _) = submit(&ts, "tail", json!({})).await;
+    let stream = format!("{run}/stream");
+    // Its headers came: it holds the run's one slot.
+    let mut first = get(&ts, &stream, None).await;
+    assert_eq!(first.status(), 200);
+    for range in [None, Some("bytes=3-")] {
+        let res = get(&ts, &stream, range).await;
+        assert_eq!(
+            problem(res).await,
+            (503, "too-many-followers".into()),
+            "{range:?}"
+        );
+    }
+    tx.send(Bytes::from_static(b"abcdef")).unwrap();
+    drop(tx);
+    let mut got = Vec::new();
+    while let Some(chunk) = first.chunk().await.unwrap() {
+        got.extend_from_slice(&chunk);
+    }
+    assert_eq!(got, b"abcdef");
+}
