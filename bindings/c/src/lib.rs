@@ -864,6 +864,7 @@ pub unsafe extern "C" fn longrun_client_submit_with_key(
             };
             let options = longrun::SubmitOptions {
                 idempotency_key: key,
+                ..Default::default()
             };
             let submitted = block(
                 &client.rt,

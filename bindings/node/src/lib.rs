@@ -94,7 +94,10 @@ impl NativeClient {
         idempotency_key: Option<String>,
     ) -> Result<String> {
         let args = shared::args(args.as_deref()).map_err(|e| fail(&e))?;
-        let options = longrun::SubmitOptions { idempotency_key };
+        let options = longrun::SubmitOptions {
+            idempotency_key,
+            ..Default::default()
+        };
         let run = self
             .inner
             .submit_with(&object, args, options)

@@ -554,7 +554,10 @@ impl Client {
             Some(a) => py_to_json(a).or_raise(py)?,
             None => Value::Object(Default::default()),
         };
-        let options = longrun::SubmitOptions { idempotency_key };
+        let options = longrun::SubmitOptions {
+            idempotency_key,
+            ..Default::default()
+        };
         let inner = py
             .detach(|| self.inner.submit_with(object, args, options))
             .or_raise(py)?;
@@ -679,7 +682,10 @@ impl AsyncClient {
             Some(a) => py_to_json(a).or_raise(py)?,
             None => Value::Object(Default::default()),
         };
-        let options = longrun::SubmitOptions { idempotency_key };
+        let options = longrun::SubmitOptions {
+            idempotency_key,
+            ..Default::default()
+        };
         let client = self.inner.clone();
         aio::future_into_py(py, async move {
             let inner = client.submit_with(&object, args, options).await?;

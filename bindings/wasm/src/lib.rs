@@ -76,7 +76,10 @@ impl NativeClient {
         let client = self.inner.clone();
         future_to_promise(async move {
             let args = shared::args(args.as_deref()).map_err(|e| fail(&e))?;
-            let options = longrun::SubmitOptions { idempotency_key };
+            let options = longrun::SubmitOptions {
+                idempotency_key,
+                ..Default::default()
+            };
             let run = client
                 .submit_with(&object, args, options)
                 .await

@@ -204,6 +204,10 @@ pub struct SubmitArgs {
     /// is also retried when the connection fails before the reply.
     #[arg(long, value_name = "KEY")]
     idempotency_key: Option<String>,
+    /// Send Longrun-Deadline: the run ends canceled (reason deadline) if it is still going
+    /// this long after the submit, e.g. 30s or 2h
+    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+    deadline: Option<std::time::Duration>,
 }
 
 #[derive(Args, Debug)]
@@ -525,6 +529,7 @@ async fn submit(global: &Global, a: SubmitArgs) -> Outcome {
     };
     let options = longrun::SubmitOptions {
         idempotency_key: a.idempotency_key.clone(),
+        deadline: a.deadline,
     };
     let run = client
         .submit_with(&a.object, value, options)

@@ -916,7 +916,12 @@ mod tests {
         sample("max_retained", "7", "7", Some(("70", "70"))),
         sample("max_active_runs", "8", "8", Some(("80", "80"))),
         sample("max_events_per_run", "9", "9", Some(("90", "90"))),
-        sample("max_stream_bytes", "5KiB", r#""5KiB""#, Some(("6KiB", "6144"))),
+        sample(
+            "max_stream_bytes",
+            "5KiB",
+            r#""5KiB""#,
+            Some(("6KiB", "6144")),
+        ),
         sample("tombstone_ttl", "3m", r#""3m""#, Some(("4m", r#""4m""#))),
         sample("max_tombstones", "11", "11", Some(("110", "110"))),
         sample("keep_alive", "4s", r#""4s""#, Some(("40s", r#""40s""#))),
@@ -973,12 +978,7 @@ mod tests {
             r#"["1s", "2s"]"#,
             Some(("3s", r#"["3s"]"#)),
         ),
-        sample(
-            "hook_timeout",
-            "24s",
-            r#""24s""#,
-            Some(("25s", r#""25s""#)),
-        ),
+        sample("hook_timeout", "24s", r#""24s""#, Some(("25s", r#""25s""#))),
         sample("hook_outbox", "26", "26", Some(("260", "260"))),
         sample(
             "cors_origins",

@@ -134,7 +134,10 @@ mod prefer_tests {
     fn the_wait_preference_is_read_as_rfc_7240_says() {
         assert_eq!(prefer_wait(["wait=10"]), Some(10));
         assert_eq!(prefer_wait(["respond-async, Wait = 5"]), Some(5));
-        assert_eq!(prefer_wait(["handling=lenient; x=1", "wait=\"7\";foo"]), Some(7));
+        assert_eq!(
+            prefer_wait(["handling=lenient; x=1", "wait=\"7\";foo"]),
+            Some(7)
+        );
         assert_eq!(prefer_wait(["wait=600"]), Some(60));
         assert_eq!(prefer_wait(["wait=99999999999999999999999"]), Some(60));
         assert_eq!(prefer_wait(["wait=soon"]), None);

@@ -710,8 +710,11 @@ impl Hooks {
             "url": path,
             "state": event.state.as_str(),
             "event": event,
-            "stream_url": path,
         });
+        // acomm's name, for the run's byte stream (§27) when it has one.
+        if let Some(stream) = crate::stream::url(run) {
+            data["stream_url"] = stream.into();
+        }
         match event.state {
             RunState::Success => data["result"] = event.value.clone(),
             RunState::Error | RunState::Canceled => data["error"] = event.value.clone(),

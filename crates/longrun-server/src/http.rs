@@ -599,9 +599,11 @@ async fn create(
             object,
             obj,
             caller.owner(),
-            args,
-            key,
-            deadline,
+            crate::registry::Submission {
+                args,
+                key,
+                deadline,
+            },
         )
         .map_err(|e| {
             Some(match e {

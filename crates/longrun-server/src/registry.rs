@@ -100,6 +100,14 @@ pub(crate) enum SubmitError {
     ShuttingDown,
 }
 
+/// What a submit asks for besides its object: the arguments, the idempotency key with the
+/// request's fingerprint, the caller's deadline (spec §4.4).
+pub(crate) struct Submission {
+    pub args: Value,
+    pub key: Option<(IdemKey, String)>,
+    pub deadline: Option<Duration>,
+}
+
 /// A run just created; with a durable store, `durable` answers once its event 0 is committed
 /// (a submit answers 201 only then).
 pub(crate) struct Submitted {
@@ -380,10 +388,13 @@ impl Registry {
         name: &str,
         object: &Object,
         tenant: Option<&str>,
-        args: Value,
-        key: Option<(IdemKey, String)>,
-        deadline: Option<Duration>,
+        submission: Submission,
     ) -> Result<Submitted, SubmitError> {
+        let Submission {
+            args,
+            key,
+            deadline,
+        } = submission;
         let (run, swept) = {
             let mut inner = self.lock();
             if inner.shutting_down {

@@ -259,13 +259,23 @@ async fn an_ended_hook_is_delivered_once_and_signed() {
     assert_eq!(payload["type"], "run.ended");
     let data = &payload["data"];
     assert_eq!(data["url"], run.as_str());
-    assert_eq!(data["stream_url"], run.as_str());
+    assert!(
+        data.get("stream_url").is_none(),
+        "echo has no stream: {data}"
+    );
     assert_eq!(data["state"], "success");
     assert_eq!(data["result"], json!({"x": 1}));
     assert_eq!(data["event"]["state"], "success");
     assert!(data.get("error").is_none());
+    // A run with a byte stream (§27) names it.
+    let bytes = submit(&ts, "bytes", json!({"n": 10}), &hook, "ended").await;
+    rx.wait_for(2).await;
+    until(&ts, &bytes, all_in("delivered")).await;
+    let got = rx.got();
+    let data = &got[1].json()["data"];
+    assert_eq!(data["stream_url"], format!("{bytes}/stream"));
     ts.stop().await.unwrap();
-    assert_eq!(rx.got().len(), 1, "delivered once");
+    assert_eq!(rx.got().len(), 2, "each delivered once");
 }
 
 #[tokio::test]

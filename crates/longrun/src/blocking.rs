@@ -68,6 +68,19 @@ impl Client {
             .block_on(self.inner.submit_with(object, args, options))
     }
 
+    /// [`Client::call`](crate::Client::call): submit, and the run's outcome, in one exchange
+    /// when it ends within the server's wait.
+    pub fn call(
+        &self,
+        object: &str,
+        args: impl Serialize,
+        options: SubmitOptions,
+        timeout: Option<Duration>,
+    ) -> Result<Value> {
+        self.rt
+            .block_on(self.inner.call(object, args, options, timeout))
+    }
+
     pub fn follow(&self, run: &Run) -> Events {
         self.follow_with(run, FollowOptions::default())
     }

@@ -2,7 +2,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use longrun_proto::header as h;
-use longrun_proto::{ObjectName, Problem, RunRef, State};
+use longrun_proto::{Event, ObjectName, Problem, RunRef, State};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -673,6 +673,23 @@ pub struct SubmitOptions {
     /// a submit whose connection fails before the reply is sent again, with the same key,
     /// under the client's [`Reconnect`] policy; without one it is never sent twice.
     pub idempotency_key: Option<String>,
+    /// Sent as `Longrun-Deadline` (spec §4.4): a run still going this long after the submit
+    /// is stopped and ends `canceled` with reason `deadline`, queued or running. More than
+    /// the server's maximum (7 days by default) is refused, an `InvalidArgument`.
+    pub deadline: Option<Duration>,
+}
+
+/// The `Longrun-Deadline` value of a deadline: seconds, to the millisecond.
+fn deadline(after: Duration) -> Result<HeaderValue> {
+    if after.is_zero() {
+        return Err(Error::invalid(
+            "a deadline must be more than 0 seconds away",
+        ));
+    }
+    // Rounded up, so a deadline under a millisecond is not sent as 0.
+    let millis = after.as_nanos().div_ceil(1_000_000);
+    HeaderValue::from_str(&format!("{}.{:03}", millis / 1000, millis % 1000))
+        .map_err(|_| Error::invalid("the deadline is not a header value"))
 }
 
 /// Check an idempotency key before it is sent: the server would refuse it anyway (400).
@@ -745,13 +762,51 @@ impl Client {
             .await
     }
 
-    /// [`Client::submit`] with options: an idempotency key (see [`SubmitOptions`]).
+    /// [`Client::submit`] with options: an idempotency key, a deadline (see
+    /// [`SubmitOptions`]).
     pub async fn submit_with(
         &self,
         object: &str,
         args: impl Serialize,
         options: SubmitOptions,
     ) -> Result<Run> {
+        let (run, _) = self.submitting(object, args, options, None).await?;
+        Ok(run)
+    }
+
+    /// Submit and wait for the run's end in one exchange when the server can: the submit
+    /// asks the server to hold it until the run ends (`Prefer: wait`, spec §4.5, up to 60 s
+    /// or `timeout`), and only a run still going then is followed to its end, as
+    /// [`Client::wait`] does. The same outcomes as `wait`: the `success` value, `RunFailed`,
+    /// `Canceled`, or `Timeout` once `timeout` passes (the run goes on).
+    pub async fn call(
+        &self,
+        object: &str,
+        args: impl Serialize,
+        options: SubmitOptions,
+        timeout: Option<Duration>,
+    ) -> Result<Value> {
+        let wait = timeout.map_or(h::MAX_PREFER_WAIT, |t| t.as_secs().min(h::MAX_PREFER_WAIT));
+        let (run, ended) = self.submitting(object, args, options, Some(wait)).await?;
+        match ended {
+            Some(event) => crate::follow::outcome(event),
+            // The server held the submit `wait` seconds: what is left of the timeout.
+            None => {
+                let left = timeout.map(|t| t.saturating_sub(Duration::from_secs(wait)));
+                self.wait(&run, left).await
+            }
+        }
+    }
+
+    /// The submit itself; with `wait`, `Prefer: wait=N`, and the terminal event when the
+    /// server answered with it (200).
+    async fn submitting(
+        &self,
+        object: &str,
+        args: impl Serialize,
+        options: SubmitOptions,
+        wait: Option<u64>,
+    ) -> Result<(Run, Option<Event>)> {
         let name = ObjectName::new(object).map_err(|e| Error::invalid(e.to_string()))?;
         let args = serde_json::to_value(args)
             .map_err(|e| Error::invalid(format!("the arguments do not serialize to JSON: {e}")))?;
@@ -765,6 +820,9 @@ impl Client {
             .as_deref()
             .map(idempotency_key)
             .transpose()?;
+        let deadline = options.deadline.map(deadline).transpose()?;
+        let prefer = wait
+            .map(|n| HeaderValue::from_str(&format!("wait={n}")).expect("digits are header-safe"));
         let url = self
             .inner
             .base
@@ -783,11 +841,19 @@ impl Client {
             if let Some(key) = &key {
                 req = req.header(h::IDEMPOTENCY_KEY, key.clone());
             }
+            if let Some(deadline) = &deadline {
+                req = req.header(h::LONGRUN_DEADLINE, deadline.clone());
+            }
+            if let Some(prefer) = &prefer {
+                req = req.header(h::PREFER, prefer.clone());
+            }
             let attempt = self
                 .inner
                 .exchange(&doing, async {
                     let res = self.inner.send(req, &doing).await?;
-                    if res.status().as_u16() != 201 {
+                    let status = res.status().as_u16();
+                    // 200 only answers a `Prefer: wait` whose run ended in time.
+                    if status != 201 && !(status == 200 && prefer.is_some()) {
                         return Err(error_from(res, &what).await);
                     }
                     res.bytes().await.map_err(|e| Error::transport(&e))
@@ -816,11 +882,29 @@ impl Client {
         }?;
         let submitted: RunRef = serde_json::from_slice(&body)
             .map_err(|e| Error::Protocol(format!("the submit answer is not a run: {e}")))?;
-        Run::at(
+        let run = Run::at(
             &self.inner.base,
             &submitted.object,
             &submitted.id.to_string(),
-        )
+        )?;
+        let ended = if submitted.state.is_terminal() {
+            #[derive(Deserialize)]
+            struct Ended {
+                event: Event,
+            }
+            let ended: Ended = serde_json::from_slice(&body).map_err(|e| {
+                Error::Protocol(format!("an ended submit answer has no terminal event: {e}"))
+            })?;
+            if !ended.event.state.is_terminal() {
+                return Err(Error::Protocol(
+                    "an ended submit answer's event is not terminal".into(),
+                ));
+            }
+            Some(ended.event)
+        } else {
+            None
+        };
+        Ok((run, ended))
     }
 
     /// Follow a run from its first event: an ordered, gap-free, duplicate-free stream that ends

@@ -33,6 +33,7 @@
 //! let client = Client::builder("https://longrun.example").token("lrt_…").build()?;
 //! let options = SubmitOptions {
 //!     idempotency_key: Some("order-17".into()),
+//!     ..Default::default()
 //! };
 //! let run = client.submit_with("echo", serde_json::json!({"a": 1}), options).await?;
 //! # Ok(()) }

@@ -1297,6 +1297,7 @@ async fn the_token_is_not_in_the_errors_of_a_refused_call() {
 fn keyed(key: &str) -> SubmitOptions {
     SubmitOptions {
         idempotency_key: Some(key.to_owned()),
+        ..Default::default()
     }
 }
 
@@ -1436,4 +1437,86 @@ async fn a_submit_without_a_key_is_never_sent_twice() {
     let heads = heads.lock().unwrap().clone();
     assert_eq!(heads.len(), 1, "{heads:?}");
     assert!(!heads[0].to_ascii_lowercase().contains("idempotency-key"));
+}
+
+// ---- Submit options: a deadline, and the answer in the submit's reply (`Prefer: wait`) ----
+
+#[tokio::test]
+async fn call_answers_with_the_outcome_of_the_run() {
+    let client = Client::new(&demo().await).unwrap();
+    let value = client
+        .call("count", json!({"n": 3}), SubmitOptions::default(), None)
+        .await
+        .unwrap();
+    assert_eq!(value, json!({"n": 3}));
+    let err = client
+        .call(
+            "fail",
+            json!({}),
+            SubmitOptions::default(),
+            Some(Duration::from_secs(30)),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::RunFailed, "{err}");
+    // Still going when the timeout passes: Timeout, and the run goes on.
+    let err = client
+        .call(
+            "sleep",
+            json!({"ms": 3_600_000}),
+            SubmitOptions::default(),
+            Some(Duration::from_millis(300)),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    let base = demo().await;
+    let value = tokio::task::spawn_blocking(move || {
+        let blocking = longrun::blocking::Client::new(&base).unwrap();
+        blocking.call("echo", json!({"b": 2}), SubmitOptions::default(), None)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(value, json!({"b": 2}));
+}
+
+#[tokio::test]
+async fn a_deadline_ends_the_run_canceled() {
+    let client = Client::new(&demo().await).unwrap();
+    let options = SubmitOptions {
+        deadline: Some(Duration::from_millis(200)),
+        ..Default::default()
+    };
+    let run = client
+        .submit_with("sleep", json!({"ms": 3_600_000}), options.clone())
+        .await
+        .unwrap();
+    let err = client.wait(&run, None).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Canceled, "{err}");
+    assert!(format!("{err:?}").contains("deadline"), "{err:?}");
+    // The same through call, and a deadline of nothing is refused before sending.
+    let err = client
+        .call("sleep", json!({"ms": 3_600_000}), options, None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Canceled, "{err}");
+    let zero = SubmitOptions {
+        deadline: Some(Duration::ZERO),
+        ..Default::default()
+    };
+    let err = client
+        .submit_with("echo", json!({}), zero)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    let far = SubmitOptions {
+        deadline: Some(Duration::from_secs(365 * 86400)),
+        ..Default::default()
+    };
+    let err = client
+        .submit_with("echo", json!({}), far)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
 }
