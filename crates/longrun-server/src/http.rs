@@ -99,6 +99,11 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
                 header::CONTENT_TYPE,
                 header::ACCEPT,
                 header::RANGE,
+                // The submit options (spec §4.4, §4.5, §26.1), so a page can send them.
+                name(h::PREFER),
+                name(h::LONGRUN_DEADLINE),
+                name(crate::hooks::LONGRUN_HOOK),
+                name(crate::hooks::LONGRUN_HOOK_EVENTS),
             ])
             .expose_headers([
                 header::LOCATION,
@@ -109,6 +114,7 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
                 name(h::LONGRUN_STREAM_URL),
                 name(h::LONGRUN_STREAM_LENGTH),
                 header::CONTENT_RANGE,
+                name(h::PREFERENCE_APPLIED),
             ])
             .max_age(std::time::Duration::from_secs(3600)),
     )

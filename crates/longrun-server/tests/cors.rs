@@ -39,7 +39,7 @@ async fn a_preflight_from_an_allowed_origin_is_answered() {
                 ("Access-Control-Request-Method", "POST"),
                 (
                     "Access-Control-Request-Headers",
-                    "content-type,authorization,last-event-id,idempotency-key",
+                    "content-type,authorization,last-event-id,idempotency-key,prefer,longrun-deadline,longrun-hook,longrun-hook-events,range",
                 ),
             ],
             "",
@@ -57,6 +57,11 @@ async fn a_preflight_from_an_allowed_origin_is_answered() {
         "content-type",
         "idempotency-key",
         "last-event-id",
+        "prefer",
+        "longrun-deadline",
+        "longrun-hook",
+        "longrun-hook-events",
+        "range",
     ] {
         assert!(headers.contains(&h.to_owned()), "{headers:?}");
     }
@@ -78,10 +83,14 @@ async fn an_actual_request_exposes_location_and_longrun_headers() {
     assert_eq!(
         list(res.header("access-control-expose-headers")),
         [
+            "content-range",
             "idempotent-replayed",
             "location",
             "longrun-last-event-id",
             "longrun-state",
+            "longrun-stream-length",
+            "longrun-stream-url",
+            "preference-applied",
             "www-authenticate"
         ]
     );
