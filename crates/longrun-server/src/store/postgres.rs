@@ -759,35 +759,12 @@ async fn start(url: &str, limits: Limits) -> Result<(Handle, Background), String
     Ok((handle, background))
 }
 
-/// Versioned migrations under an advisory lock, so replicas starting together migrate once.
-async fn migrate(client: &mut Client) -> Result<(), String> {
-    let e = |e: tokio_postgres::Error| pg_error(&e);
-    let tx = client.transaction().await.map_err(e)?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK])
-        .await
-        .map_err(e)?;
-    tx.batch_execute(
-        "CREATE SCHEMA IF NOT EXISTS longrun;
-         CREATE TABLE IF NOT EXISTS longrun.meta (version INTEGER NOT NULL);",
-    )
-    .await
-    .map_err(e)?;
-    let version: i32 = tx
-        .query_opt("SELECT version FROM longrun.meta", &[])
-        .await
-        .map_err(e)?
-        .map_or(0, |r| r.get(0));
-    if version > SCHEMA_VERSION {
-        return Err(format!(
-            "its schema is version {version}, newer than this longrun knows ({SCHEMA_VERSION}); \
-             use a newer longrun, or another database"
-        ));
-    }
-    if version < 1 {
-        tx.batch_execute(
-            // The same tables as the SQLite store, plus who executes a run (`owner`, a
-            // replica) and a stop request recorded for it by another replica.
-            "CREATE TABLE longrun.replicas (
+/// The schema's migrations: entry `k` takes the database from version `k` to `k + 1`, each in
+/// the one migrating transaction; a released entry is never edited.
+const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
+    // The same tables as the SQLite store, plus who executes a run (`owner`, a
+    // replica) and a stop request recorded for it by another replica.
+    "CREATE TABLE longrun.replicas (
                  id TEXT PRIMARY KEY,
                  lease_until_ms BIGINT NOT NULL
              );
@@ -816,27 +793,13 @@ async fn migrate(client: &mut Client) -> Result<(), String> {
                  dropped_ms BIGINT NOT NULL
              );
              CREATE INDEX tombstones_dropped ON longrun.tombstones (dropped_ms);
-             DELETE FROM longrun.meta;
-             INSERT INTO longrun.meta (version) VALUES (1);",
-        )
-        .await
-        .map_err(e)?;
-    }
-    if version < 2 {
-        // v2: the tenant a run (and its tombstone) belongs to; NULL without an auth file.
-        tx.batch_execute(
-            "ALTER TABLE longrun.runs ADD COLUMN tenant TEXT;
-             ALTER TABLE longrun.tombstones ADD COLUMN tenant TEXT;
-             UPDATE longrun.meta SET version = 2;",
-        )
-        .await
-        .map_err(e)?;
-    }
-    if version < 3 {
-        // v3: idempotency keys, written with the run they made; the key is unique across
-        // replicas, so two racing duplicates make one run.
-        tx.batch_execute(
-            "CREATE TABLE longrun.idempotency (
+             DELETE FROM longrun.meta;",
+    // v2: the tenant a run (and its tombstone) belongs to; NULL without an auth file.
+    "ALTER TABLE longrun.runs ADD COLUMN tenant TEXT;
+             ALTER TABLE longrun.tombstones ADD COLUMN tenant TEXT;",
+    // v3: idempotency keys, written with the run they made; the key is unique across
+    // replicas, so two racing duplicates make one run.
+    "CREATE TABLE longrun.idempotency (
                  scope TEXT NOT NULL,
                  key TEXT NOT NULL,
                  fingerprint TEXT NOT NULL,
@@ -845,31 +808,17 @@ async fn migrate(client: &mut Client) -> Result<(), String> {
                  created_ms BIGINT NOT NULL,
                  PRIMARY KEY (scope, key)
              );
-             CREATE INDEX idempotency_created ON longrun.idempotency (created_ms);
-             UPDATE longrun.meta SET version = 3;",
-        )
-        .await
-        .map_err(e)?;
-    }
-    if version < 4 {
-        // v4: worker node registrations (spec §25.7), shared by the replicas.
-        tx.batch_execute(
-            "CREATE TABLE longrun.nodes (
+             CREATE INDEX idempotency_created ON longrun.idempotency (created_ms);",
+    // v4: worker node registrations (spec §25.7), shared by the replicas.
+    "CREATE TABLE longrun.nodes (
                  id TEXT PRIMARY KEY,
                  record TEXT NOT NULL,
                  health TEXT,
                  dirty TEXT
-             );
-             UPDATE longrun.meta SET version = 4;",
-        )
-        .await
-        .map_err(e)?;
-    }
-    if version < 5 {
-        // v5: the hook outbox (spec §26.7), shared by the replicas: a replica leases the due
-        // rows it sends (`lease_until_ms`), so each attempt is made by one replica.
-        tx.batch_execute(
-            "CREATE TABLE longrun.hook_deliveries (
+             );",
+    // v5: the hook outbox (spec §26.7), shared by the replicas: a replica leases the due
+    // rows it sends (`lease_until_ms`), so each attempt is made by one replica.
+    "CREATE TABLE longrun.hook_deliveries (
                  id TEXT PRIMARY KEY,
                  run TEXT NOT NULL,
                  state TEXT NOT NULL,
@@ -882,27 +831,54 @@ async fn migrate(client: &mut Client) -> Result<(), String> {
              CREATE INDEX hook_deliveries_due ON longrun.hook_deliveries (next_ms)
                  WHERE state = 'pending';
              CREATE INDEX hook_deliveries_run ON longrun.hook_deliveries (run);
-             CREATE INDEX hook_deliveries_finished ON longrun.hook_deliveries (finished_ms);
-             UPDATE longrun.meta SET version = 5;",
-        )
-        .await
-        .map_err(e)?;
-    }
-    if version < 6 {
-        // v6: byte streams (spec §27): a run's content type when it has one, and its bytes
-        // in chunks (one per run and commit) by offset, deleted with the run.
-        tx.batch_execute(
-            "ALTER TABLE longrun.runs ADD COLUMN stream TEXT;
+             CREATE INDEX hook_deliveries_finished ON longrun.hook_deliveries (finished_ms);",
+    // v6: byte streams (spec §27): a run's content type when it has one, and its bytes
+    // in chunks (one per run and commit) by offset, deleted with the run.
+    "ALTER TABLE longrun.runs ADD COLUMN stream TEXT;
              CREATE TABLE longrun.stream_chunks (
                  run BIGINT NOT NULL REFERENCES longrun.runs (seq) ON DELETE CASCADE,
                  at BIGINT NOT NULL,
                  data BYTEA NOT NULL,
                  PRIMARY KEY (run, at)
-             );
-             UPDATE longrun.meta SET version = 6;",
-        )
+             );",
+];
+
+/// Versioned migrations under an advisory lock, so replicas starting together migrate once.
+async fn migrate(client: &mut Client) -> Result<(), String> {
+    let e = |e: tokio_postgres::Error| pg_error(&e);
+    let tx = client.transaction().await.map_err(e)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK])
         .await
         .map_err(e)?;
+    tx.batch_execute(
+        "CREATE SCHEMA IF NOT EXISTS longrun;
+         CREATE TABLE IF NOT EXISTS longrun.meta (version INTEGER NOT NULL);",
+    )
+    .await
+    .map_err(e)?;
+    let version: i32 = tx
+        .query_opt("SELECT version FROM longrun.meta", &[])
+        .await
+        .map_err(e)?
+        .map_or(0, |r| r.get(0));
+    if version > SCHEMA_VERSION {
+        return Err(format!(
+            "its schema is version {version}, newer than this longrun knows ({SCHEMA_VERSION}); \
+             use a newer longrun, or another database"
+        ));
+    }
+    for (from, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+        tx.batch_execute(sql).await.map_err(e)?;
+        let to = from as i32 + 1;
+        let bumped = tx
+            .execute("UPDATE longrun.meta SET version = $1", &[&to])
+            .await
+            .map_err(e)?;
+        if bumped == 0 {
+            tx.execute("INSERT INTO longrun.meta (version) VALUES ($1)", &[&to])
+                .await
+                .map_err(e)?;
+        }
     }
     tx.commit().await.map_err(e)
 }
