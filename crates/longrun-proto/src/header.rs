@@ -18,6 +18,9 @@ pub fn is_valid_idempotency_key(key: &[u8]) -> bool {
 }
 /// A submit's deadline (spec §4.4): seconds from now, or an RFC 3339 time.
 pub const LONGRUN_DEADLINE: &str = "longrun-deadline";
+/// Where a run's outcome is pushed, and which events (spec §26.1).
+pub const LONGRUN_HOOK: &str = "longrun-hook";
+pub const LONGRUN_HOOK_EVENTS: &str = "longrun-hook-events";
 /// RFC 7240 preferences; longrun honours `wait=N` on a submit (spec §4.5).
 pub const PREFER: &str = "prefer";
 pub const PREFERENCE_APPLIED: &str = "preference-applied";

@@ -37,9 +37,7 @@ use crate::run::Run;
 use crate::store::Journal;
 use crate::{Config, Server};
 
-/// The submit headers (spec §26.1).
-pub const LONGRUN_HOOK: &str = "longrun-hook";
-pub const LONGRUN_HOOK_EVENTS: &str = "longrun-hook-events";
+use longrun_proto::header::{LONGRUN_HOOK, LONGRUN_HOOK_EVENTS};
 
 /// At most one `run.event` delivery per run in this window (spec §26.2).
 pub(crate) const COALESCE: Duration = Duration::from_millis(500);

@@ -102,8 +102,8 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
                 // The submit options (spec §4.4, §4.5, §26.1), so a page can send them.
                 name(h::PREFER),
                 name(h::LONGRUN_DEADLINE),
-                name(crate::hooks::LONGRUN_HOOK),
-                name(crate::hooks::LONGRUN_HOOK_EVENTS),
+                name(h::LONGRUN_HOOK),
+                name(h::LONGRUN_HOOK_EVENTS),
             ])
             .expose_headers([
                 header::LOCATION,
