@@ -75,10 +75,25 @@ pub enum ProblemKind {
     InvalidHook,
     /// 422: the hook guard refused the hook URL (spec §26.6), or the server sends no hooks.
     HookRefused,
+    /// 400: a topic is not a dotted name (or a pattern where one topic is needed), or a
+    /// client publishes to a reserved `_` topic (spec §28.5).
+    InvalidTopic,
+    /// 400: a WebSocket packet is not JSON, lacks its `uid` or `m`, or names a path that
+    /// cannot be a request (spec §28.2).
+    InvalidPacket,
+    /// 409: a WebSocket packet reuses the `uid` of a request still in flight (spec §28.2).
+    UidInUse,
+    /// 429: one WebSocket holds as many requests or subscriptions as it may (spec §28.6).
+    TooManyInFlight,
+    /// 406: the answer is a byte stream, which a WebSocket packet cannot carry: read it
+    /// over HTTP (spec §28.3).
+    NotRepresentable,
+    /// 503: a publication to a new topic while the server holds as many topics as it may.
+    TooManyTopics,
 }
 
 impl ProblemKind {
-    pub const ALL: [ProblemKind; 33] = [
+    pub const ALL: [ProblemKind; 39] = [
         ProblemKind::RateLimited,
         ProblemKind::InvalidIdempotencyKey,
         ProblemKind::InvalidDeadline,
@@ -112,6 +127,12 @@ impl ProblemKind {
         ProblemKind::InvalidComposition,
         ProblemKind::InvalidHook,
         ProblemKind::HookRefused,
+        ProblemKind::InvalidTopic,
+        ProblemKind::InvalidPacket,
+        ProblemKind::UidInUse,
+        ProblemKind::TooManyInFlight,
+        ProblemKind::NotRepresentable,
+        ProblemKind::TooManyTopics,
     ];
 
     pub fn slug(self) -> &'static str {
@@ -149,6 +170,12 @@ impl ProblemKind {
             ProblemKind::InvalidComposition => "invalid-composition",
             ProblemKind::InvalidHook => "invalid-hook",
             ProblemKind::HookRefused => "hook-refused",
+            ProblemKind::InvalidTopic => "invalid-topic",
+            ProblemKind::InvalidPacket => "invalid-packet",
+            ProblemKind::UidInUse => "uid-in-use",
+            ProblemKind::TooManyInFlight => "too-many-in-flight",
+            ProblemKind::NotRepresentable => "not-representable",
+            ProblemKind::TooManyTopics => "too-many-topics",
         }
     }
 
@@ -186,6 +213,12 @@ impl ProblemKind {
             | ProblemKind::StoreUnavailable => 503,
             ProblemKind::InvalidHook => 400,
             ProblemKind::HookRefused => 422,
+            ProblemKind::InvalidTopic => 400,
+            ProblemKind::InvalidPacket => 400,
+            ProblemKind::UidInUse => 409,
+            ProblemKind::TooManyInFlight => 429,
+            ProblemKind::NotRepresentable => 406,
+            ProblemKind::TooManyTopics => 503,
         }
     }
 
@@ -224,6 +257,12 @@ impl ProblemKind {
             ProblemKind::InvalidComposition => "The composition is not valid",
             ProblemKind::InvalidHook => "The hook is not valid",
             ProblemKind::HookRefused => "The hook is refused",
+            ProblemKind::InvalidTopic => "The topic is not a valid topic name",
+            ProblemKind::InvalidPacket => "The WebSocket packet is not valid",
+            ProblemKind::UidInUse => "The packet's uid is in flight",
+            ProblemKind::TooManyInFlight => "The connection has too many requests or subscriptions",
+            ProblemKind::NotRepresentable => "The answer cannot be sent as a packet",
+            ProblemKind::TooManyTopics => "The server holds too many topics",
         }
     }
 

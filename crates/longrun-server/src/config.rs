@@ -74,6 +74,28 @@ pub struct Config {
     /// How many bytes one run's byte stream may hold (spec §27.4); a write past it ends the
     /// run as `error`.
     pub max_stream_bytes: u64,
+    /// WebSocket (spec §28): bytes queued towards one connection at most. A stream's packets
+    /// wait for room (its run's log keeps the events); a publication that finds no room closes
+    /// the connection with 4008, and its subscriber resumes from its offset.
+    pub ws_queue_bytes: usize,
+    /// The largest packet a client may send over the WebSocket (close 1009 beyond).
+    pub ws_max_message: usize,
+    /// Requests (streams included) in flight on one WebSocket at once (429 beyond).
+    pub ws_max_requests: usize,
+    /// Subscriptions on one WebSocket at once (429 beyond).
+    pub ws_max_subscriptions: usize,
+    /// A ping every this long; a connection that sent nothing, not even the pong, by the next
+    /// ping is closed.
+    pub ws_ping_interval: Duration,
+    /// Publications kept per topic for `since` (spec §28.5), by count and by age.
+    pub topic_history: usize,
+    pub topic_history_age: Duration,
+    /// Bytes of publications kept for `since` over all topics; past it a topic's oldest go
+    /// first, so memory stays bounded whatever the number of topics.
+    pub topic_history_bytes: usize,
+    /// Topics known at once; a publication to a new topic past it is refused (503) until
+    /// idle topics expire.
+    pub max_topics: usize,
 }
 
 impl Default for Config {
@@ -111,6 +133,15 @@ impl Default for Config {
             dispatch_timeout: Duration::from_secs(30),
             max_deadline: Duration::from_secs(7 * 86400),
             max_stream_bytes: 64 * 1024 * 1024,
+            ws_queue_bytes: 1024 * 1024,
+            ws_max_message: 1024 * 1024,
+            ws_max_requests: 1024,
+            ws_max_subscriptions: 1024,
+            ws_ping_interval: Duration::from_secs(25),
+            topic_history: 1000,
+            topic_history_age: Duration::from_secs(600),
+            topic_history_bytes: 64 * 1024 * 1024,
+            max_topics: 100_000,
         }
     }
 }

@@ -46,6 +46,7 @@ pub fn app(server: Server) -> Router {
         .route("/_nodes/{id}/signal", post(crate::nodes::node_signal))
         .route("/_nodes/{id}/request", post(crate::nodes::node_request))
         .route("/_signals/{topic}", post(crate::nodes::signal))
+        .route("/_topics/{topic}", post(publish))
         .route(
             "/_nodes/{node}/runs/{id}/events",
             post(crate::nodes::progress),
@@ -64,7 +65,13 @@ pub fn app(server: Server) -> Router {
         .route("/{object}/{id}/hooks", get(crate::hooks::list))
         .fallback(|| async { ApiError::new(ProblemKind::NotFound, "no route has this path") })
         .layer(middleware::from_fn(bare_errors_to_problems))
-        .with_state(server);
+        .with_state(server.clone());
+    // Every packet of a WebSocket is served by the routes above (not by `/_ws` itself).
+    let ws = crate::ws::WsState {
+        server,
+        api: router.clone(),
+    };
+    let router = router.route(crate::ws::PATH, get(crate::ws::upgrade).with_state(ws));
     // Outermost, so it answers preflights before routing (which knows no OPTIONS).
     match cors {
         Some(cors) => router.layer(cors),
@@ -187,6 +194,15 @@ impl ApiError {
     /// rather than let a pooling client reuse a dead connection.
     fn closing(self) -> Self {
         self.header(header::CONNECTION, HeaderValue::from_static("close"))
+    }
+}
+
+impl ApiError {
+    /// The status and the problem as JSON text (a WebSocket reply carries them, spec §28).
+    pub(crate) fn status_and_body(self) -> (u16, String) {
+        let problem = &self.0.problem;
+        let body = serde_json::to_string(problem).expect("a problem always serializes");
+        (problem.status, body)
     }
 }
 
@@ -397,6 +413,39 @@ async fn submit(
     Err(store_unavailable(
         "the idempotency key could not be settled".into(),
     ))
+}
+
+/// `POST /_topics/{topic}` (spec §28.5): publish the body (any JSON) to a topic of the
+/// caller's tenant; 202 with its offset.
+async fn publish(
+    caller: Caller,
+    State(server): State<Server>,
+    Path(topic): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    crate::topics::check_publish(&topic)?;
+    let bytes = axum::body::to_bytes(body, server.config.body_limit)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                ProblemKind::BodyTooLarge,
+                format!(
+                    "a publication is at most {} bytes",
+                    server.config.body_limit
+                ),
+            )
+        })?;
+    let data = serde_json::from_slice::<Box<serde_json::value::RawValue>>(&bytes).map_err(|e| {
+        ApiError::new(
+            ProblemKind::InvalidJson,
+            format!("the body is not JSON: {e}"),
+        )
+    })?;
+    let ns = caller.owner().map(std::sync::Arc::from);
+    let offset = server.topics.publish(&ns, &topic, data)?;
+    let body = serde_json::json!({ "topic": topic, "offset": offset }).to_string();
+    let ct = [(header::CONTENT_TYPE, HeaderValue::from_static(h::JSON))];
+    Ok((StatusCode::ACCEPTED, ct, body).into_response())
 }
 
 /// The `Longrun-Deadline` of a submit (spec §4.4): seconds from now (a decimal number more

@@ -29,6 +29,8 @@ mod registry;
 mod run;
 mod store;
 mod stream;
+mod topics;
+mod ws;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -59,6 +61,10 @@ pub struct Server {
     pub(crate) nodes: Arc<nodes::Nodes>,
     /// Response hooks and their outbox (spec §26).
     pub(crate) hooks: Arc<hooks::Hooks>,
+    /// Pubsub topics and the run feeds (spec §28.5).
+    pub(crate) topics: Arc<topics::Topics>,
+    /// The open WebSockets (spec §28), closed on shutdown.
+    pub(crate) sockets: Arc<ws::Sockets>,
     /// The tenants and tokens, when the server has an auth file; replaced whole on reload.
     auth: Arc<RwLock<Option<Arc<Auth>>>>,
 }
@@ -258,7 +264,11 @@ impl ServerBuilder {
             nodes,
         ));
         let hooks = hooks::Hooks::new(&self.config, registry.journal().cloned(), outbox);
+        let topics = Arc::new(topics::Topics::new(&self.config));
+        registry.set_feed(topics.clone());
         Ok(Server {
+            topics,
+            sockets: Arc::default(),
             hooks: Arc::new(hooks),
             config: Arc::new(self.config),
             objects: Arc::new(self.objects),
@@ -307,10 +317,12 @@ pub async fn serve_all(
         .collect();
     // hyper's HTTP/1 connection directly rather than `axum::serve` (whose connection, built
     // to tell HTTP/1 from HTTP/2, costs an idle follower 22.5 KiB instead of 13 KiB here;
-    // the workspace builds axum for HTTP/1 only anyway). Shutdown is as graceful as axum's:
-    // stop accepting, let every connection finish its exchange, wait for all of them. (A
-    // WebSocket will need `with_upgrades`, which hyper-util's graceful watcher does not take.)
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // the workspace builds axum for HTTP/1 only anyway), with upgrades for `/_ws`. Shutdown
+    // is as graceful as axum's: stop accepting, let every connection finish its exchange,
+    // wait for all of them. (hyper-util's graceful watcher does not take an upgradeable
+    // connection, so a token and a task tracker do its job.)
+    let closing = tokio_util::sync::CancellationToken::new();
+    let connections = tokio_util::task::TaskTracker::new();
     let http = hyper::server::conn::http1::Builder::new();
     tokio::pin!(shutdown);
     loop {
@@ -329,10 +341,20 @@ pub async fn serve_all(
                         hyper::service::Service::call(&service, req)
                     },
                 );
-                let conn = http.serve_connection(hyper_util::rt::TokioIo::new(io), service);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                let conn = http
+                    .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+                    .with_upgrades();
+                let closing = closing.clone();
+                connections.spawn(async move {
+                    let mut conn = std::pin::pin!(conn);
+                    let ended = tokio::select! {
+                        ended = conn.as_mut() => ended,
+                        _ = closing.cancelled() => {
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
+                        }
+                    };
+                    if let Err(e) = ended {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
                 });
@@ -344,7 +366,10 @@ pub async fn serve_all(
     drop(listeners);
     // Runs end (so their streams end) while the connections drain.
     tokio::spawn(async move { draining.shutdown().await });
-    graceful.shutdown().await;
+    closing.cancel();
+    connections.close();
+    server.sockets.shutdown().await;
+    connections.wait().await;
     server.shutdown().await;
     janitor.abort();
     Ok(())
@@ -357,5 +382,6 @@ async fn janitor(server: Server) {
     loop {
         tick.tick().await;
         server.registry.sweep(&server.config);
+        server.topics.sweep();
     }
 }

@@ -34,6 +34,8 @@ pub(crate) struct Registry {
     tasks: TaskTracker,
     /// The durable store's writer, when runs are kept on disk too.
     journal: Option<Arc<Journal>>,
+    /// The run feeds, set once the server is built.
+    feed: std::sync::OnceLock<Arc<crate::topics::Topics>>,
 }
 
 #[derive(Default)]
@@ -128,6 +130,18 @@ impl Registry {
             inner: Mutex::new(Inner::default()),
             tasks: TaskTracker::new(),
             journal,
+            feed: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Where runs created and ended are announced (the `_runs` feeds, spec §28.5).
+    pub fn set_feed(&self, topics: Arc<crate::topics::Topics>) {
+        let _ = self.feed.set(topics);
+    }
+
+    fn announce(&self, run: &Run, state: longrun_proto::State) {
+        if let Some(feed) = self.feed.get() {
+            feed.run_feed(run.tenant.as_ref(), &run.object, &run.id.to_string(), state);
         }
     }
 
@@ -427,6 +441,7 @@ impl Registry {
             (run, swept)
         };
         self.journal_swept(swept);
+        self.announce(&run, longrun_proto::State::Queued);
         let retention = object
             .options
             .retention
@@ -494,6 +509,8 @@ impl Registry {
         let mut inner = self.lock();
         run.finish(result);
         inner.active -= 1;
+        // Under the lock, so the feed says `ended` after `queued` for every run.
+        self.announce(run, run.latest_state());
         let now = Instant::now();
         let seq = inner.seq;
         inner.seq += 1;

@@ -336,6 +336,12 @@ impl Run {
         self.appended.subscribe()
     }
 
+    /// The state of the newest event appended, committed or not (the run feeds announce an
+    /// end as it happens; followers read it once committed).
+    pub fn latest_state(&self) -> State {
+        self.lock().state
+    }
+
     /// State and id of the newest event.
     pub fn status(&self) -> (State, u64) {
         self.lock().visible_status()
