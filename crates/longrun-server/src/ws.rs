@@ -197,8 +197,8 @@ struct Conn {
     peer: Option<SocketAddr>,
     /// Requests in flight by uid (canonical JSON text): what a `STOP` ends.
     inflight: Mutex<HashMap<String, Inflight>>,
-    /// Subscriptions by the topic (or pattern) they name.
-    subs: Mutex<HashMap<String, Vec<Subscription>>>,
+    /// Subscriptions by the topic (or pattern) they name, each with its SUB's uid.
+    subs: Mutex<HashMap<String, Vec<(String, Subscription)>>>,
     nsubs: Mutex<usize>,
 }
 
@@ -270,7 +270,7 @@ async fn serve(
     }
     let topics = &conn.state.server.topics;
     for (_, subs) in lock(&conn.subs).drain() {
-        for sub in subs {
+        for (_, sub) in subs {
             topics.unsubscribe(&sub);
         }
     }
@@ -409,7 +409,7 @@ impl Conn {
         };
         let answer = match m.as_str() {
             "SUB" => self.subscribe(&uid, &r, packet.d).await,
-            "UNSUB" => self.unsubscribe(&uid, &r).await,
+            "UNSUB" => self.unsubscribe(&uid, &r, packet.d).await,
             "PUB" => self.publish(&uid, &r, packet.d).await,
             "AUTH" => self.auth(&uid, packet.d).await,
             "STOP" => self.stop(&uid, packet.d).await,
@@ -496,10 +496,11 @@ impl Conn {
         );
         match subscribed {
             Ok(s) => {
+                let entry = (uid.to_owned(), s);
                 lock(&self.subs)
                     .entry(topic.to_owned())
                     .or_default()
-                    .push(s);
+                    .push(entry);
                 Ok(None)
             }
             Err(e) => {
@@ -509,15 +510,46 @@ impl Conn {
         }
     }
 
-    async fn unsubscribe(&self, uid: &str, topic: &str) -> Result<Option<String>, ApiError> {
-        let Some(subs) = lock(&self.subs).remove(topic) else {
+    /// `UNSUB` of a topic: every subscription of it on this connection, or with `d` the uid
+    /// of one SUB, that one.
+    async fn unsubscribe(
+        &self,
+        uid: &str,
+        topic: &str,
+        d: Option<&RawValue>,
+    ) -> Result<Option<String>, ApiError> {
+        let which =
+            match d {
+                None => None,
+                Some(d) => Some(canonical_uid(d).ok_or_else(|| {
+                    invalid("UNSUB's d, when given, is the uid of the SUB to end")
+                })?),
+            };
+        let gone: Vec<Subscription> = {
+            let mut subs = lock(&self.subs);
+            let list = subs.get_mut(topic);
+            let gone = match (list, &which) {
+                (None, _) => Vec::new(),
+                (Some(list), None) => std::mem::take(list),
+                (Some(list), Some(w)) => {
+                    let (gone, kept) = std::mem::take(list).into_iter().partition(|(u, _)| u == w);
+                    *list = kept;
+                    gone
+                }
+            };
+            if subs.get(topic).is_some_and(Vec::is_empty) {
+                subs.remove(topic);
+            }
+            gone.into_iter().map(|(_, s)| s).collect()
+        };
+        if gone.is_empty() {
             return Err(ApiError::new(
                 ProblemKind::SubscriptionNotFound,
-                format!("this connection has no subscription to {topic:?}"),
+                format!("this connection has no such subscription to {topic:?}"),
             ));
-        };
-        *lock(&self.nsubs) -= subs.len();
-        for sub in &subs {
+        }
+        *lock(&self.nsubs) -= gone.len();
+        for sub in &gone {
             self.state.server.topics.unsubscribe(sub);
         }
         // Queued behind every publication offered to those subscriptions.

@@ -554,3 +554,31 @@ async fn a_plain_get_of_the_socket_path_is_a_problem() {
     assert_eq!(res.headers()["content-type"], "application/problem+json");
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn unsubscribe_by_uid_ends_only_that_subscription() {
+    let server = TestServer::demo().await;
+    let mut ws = connect(&server, None).await;
+    for uid in ["one", "two"] {
+        send(&mut ws, json!({"uid": uid, "m": "SUB", "r": "t"})).await;
+        assert_eq!(recv(&mut ws).await["c"], 200);
+    }
+    send(
+        &mut ws,
+        json!({"uid": "u", "m": "UNSUB", "r": "t", "d": "one"}),
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await["c"], 200);
+    send(&mut ws, json!({"uid": "p", "m": "PUB", "r": "t", "d": 1})).await;
+    let (a, b) = (recv(&mut ws).await, recv(&mut ws).await);
+    let delivered: Vec<&Value> = [&a, &b].into_iter().filter(|p| p["c"].is_null()).collect();
+    assert_eq!(delivered.len(), 1, "{a} {b}");
+    assert_eq!(delivered[0]["uid"], "two");
+    send(
+        &mut ws,
+        json!({"uid": "u2", "m": "UNSUB", "r": "t", "d": "one"}),
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await["c"], 404);
+    server.stop().await.unwrap();
+}

@@ -20,6 +20,12 @@ pub enum Transport {
     Sse,
     /// Long polling only.
     Poll,
+    /// One WebSocket per client (spec §28), shared by every submit, follow, cancel, exists
+    /// and wait: a page following many runs holds one connection, not one per run. A follow
+    /// over it reads the run's events as packets and resumes from its cursor on a new socket
+    /// after the old one is lost. Byte streams (spec §27) still go over HTTP. Not in the
+    /// browser build.
+    WebSocket,
 }
 
 impl Transport {
@@ -27,19 +33,21 @@ impl Transport {
         match self {
             Transport::Sse => "sse",
             Transport::Poll => "poll",
+            Transport::WebSocket => "ws",
         }
     }
 }
 
-/// The names every binding accepts: `"sse"` and `"poll"`.
+/// The names every binding accepts: `"sse"`, `"poll"`, and `"ws"` (or `"websocket"`).
 impl std::str::FromStr for Transport {
     type Err = Error;
     fn from_str(name: &str) -> Result<Self> {
         match name {
             "sse" => Ok(Transport::Sse),
             "poll" => Ok(Transport::Poll),
+            "ws" | "websocket" => Ok(Transport::WebSocket),
             other => Err(Error::invalid(format!(
-                "transport {other:?}: use \"sse\" or \"poll\""
+                "transport {other:?}: use \"sse\", \"poll\" or \"ws\""
             ))),
         }
     }
@@ -467,6 +475,14 @@ impl ClientBuilder {
             value.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
+        #[cfg(target_arch = "wasm32")]
+        if self.transport == Transport::WebSocket {
+            return Err(Error::invalid(
+                "the WebSocket transport is not in the browser build yet: use \"sse\" or \"poll\"",
+            ));
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        let all_headers = headers.clone();
         let builder = reqwest::Client::builder().default_headers(headers);
         // A unix base URL: every connection goes to its socket (parse_url refused it on
         // targets without unix sockets).
@@ -489,6 +505,10 @@ impl ClientBuilder {
                 http,
                 base,
                 config: self,
+                #[cfg(not(target_arch = "wasm32"))]
+                headers: all_headers,
+                #[cfg(not(target_arch = "wasm32"))]
+                socket: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -578,6 +598,13 @@ pub(crate) struct Inner {
     pub http: reqwest::Client,
     pub base: Url,
     pub config: ClientBuilder,
+    /// The headers every request carries (the token among them), for the WebSocket.
+    #[cfg(not(target_arch = "wasm32"))]
+    headers: HeaderMap,
+    /// The WebSocket (spec §28), opened on first use: every exchange goes over it with
+    /// [`Transport::WebSocket`], and subscriptions whatever the transport.
+    #[cfg(not(target_arch = "wasm32"))]
+    socket: std::sync::OnceLock<crate::ws::Socket>,
 }
 
 impl Inner {
@@ -609,6 +636,27 @@ impl Inner {
             .unwrap_or_else(|| url.clone())
     }
 
+    /// The client's WebSocket (not opened until a packet is sent).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn socket(&self) -> Result<&crate::ws::Socket> {
+        Ok(self.socket.get_or_init(|| {
+            crate::ws::Socket::new(
+                &self.base,
+                &self.headers,
+                #[cfg(unix)]
+                unix_socket_path(&self.base),
+            )
+        }))
+    }
+
+    /// No WebSocket in the browser build.
+    #[cfg(target_arch = "wasm32")]
+    pub fn socket(&self) -> Result<&crate::ws::Socket> {
+        Err(Error::invalid(
+            "subscriptions need the WebSocket, which is not in the browser build yet",
+        ))
+    }
+
     /// Send a request within the request timeout.
     pub async fn send(
         &self,
@@ -636,6 +684,32 @@ impl Inner {
     }
 
     pub async fn send_within(
+        &self,
+        req: reqwest::RequestBuilder,
+        limit: Duration,
+        what: &str,
+    ) -> Result<reqwest::Response> {
+        #[cfg(not(target_arch = "wasm32"))]
+        if self.config.transport == Transport::WebSocket {
+            let req = req
+                .build()
+                .map_err(|e| Error::invalid(format!("cannot build the request: {e}")))?;
+            // Boxed: the socket's futures (its handshake among them) would otherwise sit
+            // inside every caller's future, and a debug build's stack overflows.
+            let exchange = Box::pin(self.socket()?.exchange(req, limit));
+            return match rt::timeout(limit, exchange).await {
+                Some(res) => res,
+                None => Err(Error::Timeout {
+                    after: limit,
+                    what: what.to_owned(),
+                }),
+            };
+        }
+        self.send_http(req, limit, what).await
+    }
+
+    /// Send a request over HTTP whatever the transport (a byte stream, spec §27).
+    pub async fn send_http(
         &self,
         req: reqwest::RequestBuilder,
         limit: Duration,
@@ -1179,7 +1253,7 @@ mod tests {
     #[test]
     fn bad_options_are_invalid_arguments() {
         for json in [
-            r#"{"transport": "websocket"}"#,
+            r#"{"transport": "carrier-pigeon"}"#,
             r#"{"timeout_ms": -1}"#,
             r#"{"bogus": 1}"#,
             r#"{"reconnect": {"bogus": 1}}"#,

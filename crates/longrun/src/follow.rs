@@ -343,7 +343,7 @@ pub(crate) fn follow(inner: Arc<Inner>, run: Run, options: FollowOptions) -> Eve
         'follow: loop {
             // One connection; `failure` says why it ended without the terminal event.
             let failure: Error = match transport {
-                Transport::Sse => match open_sse(&inner, &run, &cursor).await {
+                Transport::Sse | Transport::WebSocket => match open_sse(&inner, &run, &cursor).await {
                     Ok(SseOpen::Ended) => return,
                     Ok(SseOpen::NotSse) => {
                         transport = Transport::Poll;

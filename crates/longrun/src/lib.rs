@@ -45,10 +45,19 @@ mod client;
 mod error;
 mod follow;
 mod interrupt;
+#[cfg(not(target_arch = "wasm32"))]
+mod pubsub;
 mod rt;
 mod run;
 mod stream;
 pub mod webhook;
+#[cfg(not(target_arch = "wasm32"))]
+mod ws;
+#[cfg(target_arch = "wasm32")]
+mod ws {
+    /// The browser build has no WebSocket transport yet.
+    pub(crate) enum Socket {}
+}
 
 pub use client::{
     CancelOutcome, Client, ClientBuilder, ClientOptions, Reconnect, RunStatus, SubmitOptions,
@@ -58,6 +67,8 @@ pub use error::{Error, ErrorKind, Result};
 pub use follow::{EventStream, FollowOptions, cursor_from_decimal, cursor_from_f64};
 pub use interrupt::Interrupt;
 pub use longrun_proto::{Event, Progress, RawEvent, RunId, State};
+#[cfg(not(target_arch = "wasm32"))]
+pub use pubsub::{Publication, Subscription};
 pub use run::Run;
 pub use stream::ByteStream;
 #[cfg(not(target_arch = "wasm32"))]

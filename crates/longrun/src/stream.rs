@@ -82,7 +82,10 @@ async fn open(inner: &Inner, url: &url::Url, received: u64) -> Result<Opened> {
         req = req.header(RANGE, format!("bytes={received}-"));
     }
     // Only the head within the request timeout: a live body may be silent for long.
-    let res = inner.send(req, "opening the byte stream").await?;
+    // Bulk bytes go over HTTP even on a WebSocket client: a packet carries JSON (spec §28.3).
+    let res = inner
+        .send_http(req, inner.timeout(), "opening the byte stream")
+        .await?;
     let content_range = res
         .headers()
         .get(CONTENT_RANGE)

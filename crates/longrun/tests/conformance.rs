@@ -648,12 +648,18 @@ async fn run_scenario(api: &Api, base: &str, scenario: &Scenario) -> (Verdict, u
 /// Run every scenario through one flavour of the client against the demo server at `base`,
 /// and panic with every unexpected result.
 async fn conformance(flavour: Flavour, base: String) {
+    conformance_over(flavour, base, Transport::Sse).await
+}
+
+/// [`conformance`] with the client's transport: `Transport::WebSocket` sends every call of
+/// every scenario over one WebSocket (spec §28).
+async fn conformance_over(flavour: Flavour, base: String, transport: Transport) {
     let files = load();
+    let builder = longrun::Client::builder(base.clone()).transport(transport);
     let api = match flavour {
-        Flavour::Async => Api::Async(longrun::Client::new(&base).expect("an async client")),
+        Flavour::Async => Api::Async(builder.build().expect("an async client")),
         Flavour::Blocking => {
-            let base = base.clone();
-            let client = unblock(move || longrun::blocking::Client::new(&base))
+            let client = unblock(move || longrun::blocking::Client::from_builder(builder))
                 .await
                 .expect("a blocking client");
             Api::Blocking(client)
@@ -682,7 +688,10 @@ async fn conformance(flavour: Flavour, base: String) {
         .filter(|(f, _)| *f == flavour)
         .map(|(_, description)| *description)
         .collect();
-    let name = flavour.name();
+    let name = match transport {
+        Transport::WebSocket => format!("{} over a WebSocket", flavour.name()),
+        _ => flavour.name().to_owned(),
+    };
     let mut problems = Vec::new();
     for stale in known
         .iter()
@@ -747,6 +756,19 @@ async fn the_async_client_passes_the_conformance_scenarios_over_a_unix_socket() 
 async fn the_blocking_client_passes_the_conformance_scenarios_over_a_unix_socket() {
     let (base, _dir) = common::unix_demo_server().await;
     conformance(Flavour::Blocking, base).await;
+}
+
+/// Every call of every scenario over one WebSocket per client (spec §28).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_async_client_passes_the_conformance_scenarios_over_a_websocket() {
+    let base = common::demo_server().await;
+    conformance_over(Flavour::Async, base, Transport::WebSocket).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_blocking_client_passes_the_conformance_scenarios_over_a_websocket_on_a_unix_socket() {
+    let (base, _dir) = common::unix_demo_server().await;
+    conformance_over(Flavour::Blocking, base, Transport::WebSocket).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

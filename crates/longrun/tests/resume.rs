@@ -271,8 +271,15 @@ fn reconnect_fast() -> Reconnect {
 /// A fresh client per follow, so no pooled connection carries over from one follow to the
 /// next and the n-th connection the proxy sees is the follow's n-th.
 fn proxied_client(proxy: &Proxy) -> Client {
+    proxied_client_over(proxy, Transport::Sse)
+}
+
+/// A client of the proxy whose calls go by `transport` (over one WebSocket for
+/// `Transport::WebSocket`: then a cut kills the socket, and the follow resumes on a new one).
+fn proxied_client_over(proxy: &Proxy, transport: Transport) -> Client {
     Client::builder(proxy.url())
         .reconnect(reconnect_fast())
+        .transport(transport)
         .build()
         .unwrap()
 }
@@ -473,7 +480,7 @@ async fn a_stalled_event_stream_is_resumed_after_the_idle_timeout() {
 async fn answer_len(direct: &Client, proxy: &Proxy, transport: Transport, n: u64) -> usize {
     let run = ended_count(direct, n).await;
     proxy.plan([]);
-    let events = follow_all(&proxied_client(proxy), &run, transport).await;
+    let events = follow_all(&proxied_client_over(proxy, transport), &run, transport).await;
     assert_count_events(&events, n, &format!("{transport:?} without cuts"));
     assert_eq!(proxy.connections(), 1);
     proxy.clean_bytes()
@@ -497,7 +504,8 @@ async fn random_cuts_on_ended_runs(transport: Transport) {
             .map(|_| Cut::At(rng.usize(0..whole)))
             .collect();
         proxy.plan(plan.iter().copied());
-        let events = follow_all(&proxied_client(&proxy), &run, transport).await;
+        let client = proxied_client_over(&proxy, transport);
+        let events = follow_all(&client, &run, transport).await;
         let context = format!("seed {seed}, run {i}, {transport:?} with cuts {plan:?}");
         assert_count_events(&events, N, &context);
         let cuts = proxy.cuts();
@@ -523,6 +531,14 @@ async fn poll_follow_is_exactly_once_through_cuts_at_random_points() {
     random_cuts_on_ended_runs(Transport::Poll).await;
 }
 
+/// The same over one WebSocket (spec §28): a cut anywhere in the socket's bytes (its
+/// handshake, a packet, between packets) loses the socket; the follow resumes from its cursor
+/// on a new one, every event exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_follow_is_exactly_once_through_cuts_at_random_points() {
+    random_cuts_on_ended_runs(Transport::WebSocket).await;
+}
+
 /// Runs still emitting while followed: SSE answers arrive event by event, long polls return
 /// as soon as there is something new (so one connection carries many answers), and the cuts
 /// fall wherever the offsets say.
@@ -534,7 +550,7 @@ async fn live_runs_are_followed_exactly_once_through_cuts_at_random_points() {
     let proxy = Proxy::start(server).await;
     let seed = seed();
     let mut rng = fastrand::Rng::with_seed(seed);
-    for transport in [Transport::Sse, Transport::Poll] {
+    for transport in [Transport::Sse, Transport::Poll, Transport::WebSocket] {
         for (i, interval_ms) in [1, 2, 3].into_iter().enumerate() {
             // Each cut falls within the first 600 bytes of its connection: a head and a few
             // events, always less than the run's answer, so every cut lands.
@@ -544,7 +560,8 @@ async fn live_runs_are_followed_exactly_once_through_cuts_at_random_points() {
                 .submit("count", json!({"n": N, "interval_ms": interval_ms}))
                 .await
                 .unwrap();
-            let events = follow_all(&proxied_client(&proxy), &run, transport).await;
+            let client = proxied_client_over(&proxy, transport);
+            let events = follow_all(&client, &run, transport).await;
             let context = format!("seed {seed}, live run {i}, {transport:?} with cuts {plan:?}");
             assert_count_events(&events, N, &context);
             // The first cut falls while the run is still going, so it forces a reconnect;

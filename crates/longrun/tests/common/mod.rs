@@ -1,5 +1,6 @@
 //! What the client's test suites share: the reference server with its demo objects and default
 //! settings, in-process on an ephemeral loopback port.
+#![allow(dead_code)] // each test binary uses its own part of this module
 
 /// Start the demo server on the current tokio runtime and return its base URL
 /// (`http://127.0.0.1:PORT`). It serves until the runtime shuts down, i.e. until the test ends.
