@@ -115,6 +115,12 @@ pub fn build(args: Option<&Source>, items: &[Item]) -> Result<Value, String> {
     Ok(Value::Object(object))
 }
 
+/// Any JSON value from `source` (the data of `longrun pub`).
+pub fn read_json(source: &Source) -> Result<Value, String> {
+    let text = source.read()?;
+    serde_json::from_str(&text).map_err(|e| format!("the data is not JSON: {e}"))
+}
+
 fn kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",

@@ -160,6 +160,34 @@ The exit code is the run's outcome.
     /// the run's outcome, as for wait: `longrun stream URL > file`.
     #[command(after_help = exit_codes!())]
     Stream(StreamArgs),
+    /// Print a topic's publications as they come, one JSON line each: {"topic","offset","data"}.
+    ///
+    /// TOPIC is a dotted name (chat.room-1) or a pattern (chat.*); _runs and _runs.OBJECT are
+    /// the server's feeds of runs created and ended. Over the server's WebSocket; after a lost
+    /// connection it resumes from the next offset. Runs until Ctrl-C (exit 130).
+    #[command(after_help = exit_codes!())]
+    Sub(SubArgs),
+    /// Publish JSON to a topic; prints its offset.
+    #[command(after_help = exit_codes!())]
+    Pub(PubArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SubArgs {
+    /// The topic, or a pattern with * and ?.
+    topic: String,
+    /// Start at offset N (replayed from the server's history), instead of from now.
+    #[arg(long, value_name = "N")]
+    since: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+pub struct PubArgs {
+    /// The topic: dot-separated parts of letters, digits, _ and -.
+    topic: String,
+    /// The data: inline JSON, @FILE to read it from a file, @- from stdin.
+    #[arg(value_name = "JSON|@FILE|@-")]
+    data: String,
 }
 
 #[derive(Args, Debug)]
@@ -249,6 +277,8 @@ enum TransportArg {
     Sse,
     /// Long polling only.
     Poll,
+    /// The server's WebSocket (spec §28).
+    Ws,
 }
 
 impl From<TransportArg> for Transport {
@@ -256,6 +286,7 @@ impl From<TransportArg> for Transport {
         match t {
             TransportArg::Sse => Transport::Sse,
             TransportArg::Poll => Transport::Poll,
+            TransportArg::Ws => Transport::WebSocket,
         }
     }
 }
@@ -338,6 +369,29 @@ async fn dispatch(global: &Global, command: Command) -> Outcome {
             let (client, run) = run_client(global, &a)?;
             exists(&client, &run, global.json).await
         }
+        Command::Sub(a) => {
+            let client = server_client(global)?;
+            let work = subscribe(&client, &a.topic, a.since);
+            tokio::select! {
+                biased;
+                () = ctrl_c() => Err(Failure::quiet(code::INTERRUPTED)),
+                outcome = work => outcome,
+            }
+        }
+        Command::Pub(a) => {
+            let client = server_client(global)?;
+            let data = args::read_json(&Source::parse(&a.data)).map_err(Failure::usage)?;
+            let offset = client
+                .publish(&a.topic, &data)
+                .await
+                .map_err(|e| failure(e, Target::Server(&global.server)))?;
+            if global.json {
+                println!("{}", json!({"topic": a.topic, "offset": offset}));
+            } else {
+                println!("{offset}");
+            }
+            Ok(())
+        }
         Command::Stream(mut a) => {
             // The stream's own URL names the same run.
             if let Some(url) = a.run.url.strip_suffix("/stream") {
@@ -348,6 +402,25 @@ async fn dispatch(global: &Global, command: Command) -> Outcome {
             interruptible(&client, &run, false, work).await
         }
     }
+}
+
+/// A client of --server.
+fn server_client(global: &Global) -> Result<Client, Failure> {
+    connect(&global.server, global)?.map_err(|e| Failure::usage(e.to_string()))
+}
+
+/// Print every publication of `topic` as a JSON line until interrupted.
+async fn subscribe(client: &Client, topic: &str, since: Option<u64>) -> Outcome {
+    let mut publications = client.subscribe(topic, since);
+    let mut out = std::io::stdout().lock();
+    while let Some(p) = publications.next().await {
+        let p = p.map_err(|e| failure(e, Target::Server(client.base_url().as_str())))?;
+        let line = json!({"topic": p.topic, "offset": p.offset, "data": p.data});
+        writeln!(out, "{line}")
+            .and_then(|()| out.flush())
+            .map_err(|e| Failure::new(code::FAILED, format!("cannot write stdout: {e}")))?;
+    }
+    Ok(())
 }
 
 /// Copy the run's byte stream to stdout, then report the run's outcome.
@@ -430,8 +503,13 @@ fn run_client(global: &Global, arg: &RunArg) -> Result<(Client, Run), Failure> {
 /// What a failed call was about, for the hint that follows the error.
 #[derive(Clone, Copy)]
 enum Target<'a> {
-    Object { name: &'a str, server: &'a str },
+    Object {
+        name: &'a str,
+        server: &'a str,
+    },
     Run(&'a Run),
+    /// A call on the server itself (a topic).
+    Server(&'a str),
 }
 
 fn exit_code(kind: ErrorKind) -> u8 {
@@ -452,9 +530,11 @@ fn exit_code(kind: ErrorKind) -> u8 {
 fn failure(e: Error, target: Target<'_>) -> Failure {
     let kind = e.kind();
     let hint = match (kind, target) {
-        (ErrorKind::Transport, Target::Object { server, .. }) => Some(format!(
-            "is a longrun server running at {server}? Point --server (or LONGRUN_SERVER) at it"
-        )),
+        (ErrorKind::Transport, Target::Object { server, .. } | Target::Server(server)) => {
+            Some(format!(
+                "is a longrun server running at {server}? Point --server (or LONGRUN_SERVER) at it"
+            ))
+        }
         (ErrorKind::Transport, Target::Run(_)) => {
             Some("is the server up? Try again once it is".to_owned())
         }

@@ -230,6 +230,35 @@ layer! {
         /// [default: 100000]
         #[arg(long, env = "LONGRUN_HOOK_OUTBOX", value_name = "N")]
         hook_outbox: Option<usize>,
+        /// Bytes queued towards one WebSocket at most; a subscriber that overflows it is closed with 4008 and resumes from its offset [default: 1MiB]
+        #[arg(long, env = "LONGRUN_WS_QUEUE_BYTES", value_name = "SIZE")]
+        ws_queue_bytes: Option<ByteSize>,
+        /// The largest packet a client may send over the WebSocket (close 1009 beyond) [default: 1MiB]
+        #[arg(long, env = "LONGRUN_WS_MAX_MESSAGE", value_name = "SIZE")]
+        ws_max_message: Option<ByteSize>,
+        /// Requests in flight on one WebSocket at once (429 beyond) [default: 1024]
+        #[arg(long, env = "LONGRUN_WS_MAX_REQUESTS", value_name = "N")]
+        ws_max_requests: Option<usize>,
+        /// Subscriptions on one WebSocket at once (429 beyond) [default: 1024]
+        #[arg(long, env = "LONGRUN_WS_MAX_SUBSCRIPTIONS", value_name = "N")]
+        ws_max_subscriptions: Option<usize>,
+        /// A WebSocket ping every this long; a socket silent by the next one is closed [default: 25s]
+        #[arg(long, env = "LONGRUN_WS_PING_INTERVAL", value_name = "DUR", value_parser = duration)]
+        #[serde(with = "humantime_serde")]
+        ws_ping_interval: Option<Duration>,
+        /// Publications kept per topic for subscribers that give `since` [default: 1000]
+        #[arg(long, env = "LONGRUN_TOPIC_HISTORY", value_name = "N")]
+        topic_history: Option<usize>,
+        /// How long a publication stays in its topic's history [default: 10m]
+        #[arg(long, env = "LONGRUN_TOPIC_HISTORY_AGE", value_name = "DUR", value_parser = duration)]
+        #[serde(with = "humantime_serde")]
+        topic_history_age: Option<Duration>,
+        /// Bytes of publications kept over all topics; past it a topic's oldest go first [default: 64MiB]
+        #[arg(long, env = "LONGRUN_TOPIC_HISTORY_BYTES", value_name = "SIZE")]
+        topic_history_bytes: Option<ByteSize>,
+        /// Topics held at once; a publication to a new one beyond is refused (503) [default: 100000]
+        #[arg(long, env = "LONGRUN_MAX_TOPICS", value_name = "N")]
+        max_topics: Option<usize>,
         /// Let browser pages from this origin call the server (CORS), e.g.
         /// http://localhost:3000; `*` allows any origin (repeatable; env: comma-separated;
         /// none by default)
@@ -468,6 +497,15 @@ impl Layer {
             hook_retry,
             hook_timeout,
             hook_outbox,
+            ws_queue_bytes,
+            ws_max_message,
+            ws_max_requests,
+            ws_max_subscriptions,
+            ws_ping_interval,
+            topic_history,
+            topic_history_age,
+            topic_history_bytes,
+            max_topics,
             cors_origins,
             demo,
             exec: exec_layers,
@@ -484,6 +522,21 @@ impl Layer {
                 .ok()
                 .filter(|n| i32::try_from(*n).is_ok())
                 .ok_or_else(|| invalid("send_buffer", "is too large for a socket option"))?,
+        };
+        let ws_queue_bytes = match ws_queue_bytes {
+            None => d.ws_queue_bytes,
+            Some(size) => usize::try_from(size.as_u64())
+                .map_err(|_| invalid("ws_queue_bytes", "is too large for this machine"))?,
+        };
+        let ws_max_message = match ws_max_message {
+            None => d.ws_max_message,
+            Some(size) => usize::try_from(size.as_u64())
+                .map_err(|_| invalid("ws_max_message", "is too large for this machine"))?,
+        };
+        let topic_history_bytes = match topic_history_bytes {
+            None => d.topic_history_bytes,
+            Some(size) => usize::try_from(size.as_u64())
+                .map_err(|_| invalid("topic_history_bytes", "is too large for this machine"))?,
         };
         // No `..d` either: a new `Config` field does not compile until a `Layer` field sets it.
         let config = Config {
@@ -517,6 +570,15 @@ impl Layer {
             hook_retry: hook_retry.unwrap_or(d.hook_retry),
             hook_timeout: hook_timeout.unwrap_or(d.hook_timeout),
             hook_outbox: hook_outbox.unwrap_or(d.hook_outbox),
+            ws_queue_bytes,
+            ws_max_message,
+            ws_max_requests: ws_max_requests.unwrap_or(d.ws_max_requests),
+            ws_max_subscriptions: ws_max_subscriptions.unwrap_or(d.ws_max_subscriptions),
+            ws_ping_interval: ws_ping_interval.unwrap_or(d.ws_ping_interval),
+            topic_history: topic_history.unwrap_or(d.topic_history),
+            topic_history_age: topic_history_age.unwrap_or(d.topic_history_age),
+            topic_history_bytes,
+            max_topics: max_topics.unwrap_or(d.max_topics),
         };
         check(&config)?;
         let mut exec = BTreeMap::new();
@@ -591,6 +653,24 @@ fn check(c: &Config) -> Result<(), String> {
     if c.hook_outbox == 0 {
         return Err(invalid("hook_outbox", "must be more than 0"));
     }
+    if c.ws_queue_bytes == 0 {
+        return Err(invalid("ws_queue_bytes", "must be more than 0"));
+    }
+    if c.ws_max_message == 0 {
+        return Err(invalid("ws_max_message", "must be more than 0"));
+    }
+    if c.ws_max_requests == 0 {
+        return Err(invalid("ws_max_requests", "must be more than 0"));
+    }
+    if c.ws_max_subscriptions == 0 {
+        return Err(invalid("ws_max_subscriptions", "must be more than 0"));
+    }
+    if c.max_topics == 0 {
+        return Err(invalid("max_topics", "must be more than 0"));
+    }
+    if c.ws_ping_interval.is_zero() {
+        return Err(invalid("ws_ping_interval", "must be longer than 0s"));
+    }
     if c.health_timeout.is_zero() {
         return Err(invalid("health_timeout", "must be longer than 0s"));
     }
@@ -622,6 +702,8 @@ fn check(c: &Config) -> Result<(), String> {
         ("dispatch_timeout", c.dispatch_timeout),
         ("max_deadline", c.max_deadline),
         ("hook_timeout", c.hook_timeout),
+        ("ws_ping_interval", c.ws_ping_interval),
+        ("topic_history_age", c.topic_history_age),
     ];
     let retries = c.hook_retry.iter().map(|d| ("hook_retry", *d));
     for (id, duration) in durations.into_iter().chain(retries) {
@@ -981,6 +1063,45 @@ mod tests {
         sample("hook_timeout", "24s", r#""24s""#, Some(("25s", r#""25s""#))),
         sample("hook_outbox", "26", "26", Some(("260", "260"))),
         sample(
+            "ws_queue_bytes",
+            "27KiB",
+            r#""27KiB""#,
+            Some(("28KiB", r#"28672"#)),
+        ),
+        sample(
+            "ws_max_message",
+            "29KiB",
+            r#""29KiB""#,
+            Some(("30KiB", r#"30720"#)),
+        ),
+        sample("ws_max_requests", "31", r#"31"#, Some(("310", r#"310"#))),
+        sample(
+            "ws_max_subscriptions",
+            "32",
+            r#"32"#,
+            Some(("320", r#"320"#)),
+        ),
+        sample(
+            "ws_ping_interval",
+            "33s",
+            r#""33s""#,
+            Some(("34s", r#""34s""#)),
+        ),
+        sample("topic_history", "35", r#"35"#, Some(("350", r#"350"#))),
+        sample(
+            "topic_history_age",
+            "36m",
+            r#""36m""#,
+            Some(("37m", r#""37m""#)),
+        ),
+        sample(
+            "topic_history_bytes",
+            "38KiB",
+            r#""38KiB""#,
+            Some(("39KiB", r#"39936"#)),
+        ),
+        sample("max_topics", "40", r#"40"#, Some(("400", r#"400"#))),
+        sample(
             "cors_origins",
             "http://a.example,http://b.example",
             r#"["http://a.example", "http://b.example"]"#,
@@ -1056,6 +1177,15 @@ mod tests {
                 hook_retry: vec![Duration::from_secs(1), Duration::from_secs(2)],
                 hook_timeout: Duration::from_secs(24),
                 hook_outbox: 26,
+                ws_queue_bytes: 27 * 1024,
+                ws_max_message: 29 * 1024,
+                ws_max_requests: 31,
+                ws_max_subscriptions: 32,
+                ws_ping_interval: Duration::from_secs(33),
+                topic_history: 35,
+                topic_history_age: Duration::from_secs(36 * 60),
+                topic_history_bytes: 38 * 1024,
+                max_topics: 40,
             },
             demo: false,
             exec: BTreeMap::from([(
@@ -1097,7 +1227,9 @@ mod tests {
             poll_wait_max, cors_origins, send_buffer, stall_timeout, max_followers_per_run,
             max_followers, idempotency_ttl, max_idempotency_keys, health_interval,
             health_timeout, health_failures, dispatch_timeout, max_deadline, hook_secret,
-            hook_allow, hook_retry, hook_timeout, hook_outbox,
+            hook_allow, hook_retry, hook_timeout, hook_outbox, ws_queue_bytes, ws_max_message,
+            ws_max_requests, ws_max_subscriptions, ws_ping_interval, topic_history,
+            topic_history_age, topic_history_bytes, max_topics,
         );
     }
 

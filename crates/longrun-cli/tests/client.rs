@@ -740,3 +740,37 @@ fn stream_writes_the_bytes_to_stdout() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn follow_over_the_websocket_prints_the_same_events() {
+    let url = submit(&["count", "n:=2"]);
+    let ran = run(&["follow", &url, "--transport", "ws"]).expect(0);
+    assert_eq!(
+        states(&ran.events()),
+        ["queued", "running", "running", "success"]
+    );
+}
+
+#[test]
+fn sub_prints_what_pub_publishes() {
+    // A topic of this test alone; from offset 0, so it does not matter whether the
+    // subscription is up before the first publication.
+    let topic = format!("cli.t{}", std::process::id());
+    let mut sub = Running::spawn(&["sub", &topic, "--since", "0"]);
+    for (i, data) in [r#"{"a":1}"#, "[2]"].into_iter().enumerate() {
+        let ran = run(&["pub", &topic, data]).expect(0);
+        assert_eq!(ran.stdout, format!("{i}\n"));
+    }
+    let line: Value = serde_json::from_str(&sub.stdout_line()).unwrap();
+    assert_eq!(line, json!({"topic": topic, "offset": 0, "data": {"a": 1}}));
+    let line: Value = serde_json::from_str(&sub.stdout_line()).unwrap();
+    assert_eq!(line["data"], json!([2]));
+    sub.child.kill().unwrap();
+    let _ = sub.child.wait();
+    let ran = run(&["--json", "pub", &topic, "3"]).expect(0);
+    assert_eq!(ran.json(), json!({"topic": topic, "offset": 2}));
+    // Bad data and a reserved topic are usage errors.
+    run(&["pub", &topic, "{nope"]).expect(2);
+    let ran = run(&["pub", "_runs", "1"]).expect(2);
+    assert!(ran.stderr.contains("reserved"), "{ran:#?}");
+}

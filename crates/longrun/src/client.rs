@@ -689,8 +689,27 @@ impl Inner {
         limit: Duration,
         what: &str,
     ) -> Result<reqwest::Response> {
+        self.send_over(
+            req,
+            limit,
+            what,
+            self.config.transport == Transport::WebSocket,
+        )
+        .await
+    }
+
+    /// [`send_within`](Self::send_within) over the WebSocket if `ws`, else over HTTP.
+    pub async fn send_over(
+        &self,
+        req: reqwest::RequestBuilder,
+        limit: Duration,
+        what: &str,
+        ws: bool,
+    ) -> Result<reqwest::Response> {
+        #[cfg(target_arch = "wasm32")]
+        let _ = ws;
         #[cfg(not(target_arch = "wasm32"))]
-        if self.config.transport == Transport::WebSocket {
+        if ws {
             let req = req
                 .build()
                 .map_err(|e| Error::invalid(format!("cannot build the request: {e}")))?;

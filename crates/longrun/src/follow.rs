@@ -249,7 +249,7 @@ enum SseOpen {
     NotSse,
 }
 
-async fn open_sse(inner: &Inner, run: &Run, cursor: &Cursor) -> Result<SseOpen> {
+async fn open_sse(inner: &Inner, run: &Run, cursor: &Cursor, ws: bool) -> Result<SseOpen> {
     let mut req = inner
         .http
         .get(inner.wire(run.url()))
@@ -260,7 +260,7 @@ async fn open_sse(inner: &Inner, run: &Run, cursor: &Cursor) -> Result<SseOpen> 
     // Headers must come within the fallback time too: a proxy that buffers may hold them.
     let limit = inner.timeout().min(inner.sse_fallback_after());
     let res = match inner
-        .send_within(req, limit, "opening the event stream")
+        .send_over(req, limit, "opening the event stream", ws)
         .await
     {
         Err(Error::Timeout { .. }) => return Ok(SseOpen::NotSse),
@@ -285,7 +285,12 @@ async fn open_sse(inner: &Inner, run: &Run, cursor: &Cursor) -> Result<SseOpen> 
 }
 
 /// One long poll: the events after the cursor, and whether the run has ended (`Longrun-State`).
-async fn poll_once(inner: &Inner, run: &Run, cursor: &Cursor) -> Result<(Vec<RawEvent>, bool)> {
+async fn poll_once(
+    inner: &Inner,
+    run: &Run,
+    cursor: &Cursor,
+    ws: bool,
+) -> Result<(Vec<RawEvent>, bool)> {
     let wait = inner.poll_wait();
     let mut req = inner
         .http
@@ -301,7 +306,7 @@ async fn poll_once(inner: &Inner, run: &Run, cursor: &Cursor) -> Result<(Vec<Raw
         message: format!("a long poll got no complete answer within {limit:?}"),
     };
     let limit = wait + inner.timeout();
-    let res = match inner.send_within(req, limit, "long polling").await {
+    let res = match inner.send_over(req, limit, "long polling", ws).await {
         Err(Error::Timeout { .. }) => return Err(stalled(limit)),
         other => other?,
     };
@@ -338,12 +343,14 @@ pub(crate) fn follow(inner: Arc<Inner>, run: Run, options: FollowOptions) -> Eve
     let stream = async_stream::stream! {
         let mut cursor = Cursor { last: options.since };
         let mut transport = options.transport.unwrap_or(inner.config.transport);
+        // Over the client's WebSocket when the client or this follow says so.
+        let ws = transport == Transport::WebSocket || inner.config.transport == Transport::WebSocket;
         let mut retry = inner.reconnect().initial_delay;
         let mut failures = 0u32;
         'follow: loop {
             // One connection; `failure` says why it ended without the terminal event.
             let failure: Error = match transport {
-                Transport::Sse | Transport::WebSocket => match open_sse(&inner, &run, &cursor).await {
+                Transport::Sse | Transport::WebSocket => match open_sse(&inner, &run, &cursor, ws).await {
                     Ok(SseOpen::Ended) => return,
                     Ok(SseOpen::NotSse) => {
                         transport = Transport::Poll;
@@ -403,7 +410,7 @@ pub(crate) fn follow(inner: Arc<Inner>, run: Run, options: FollowOptions) -> Eve
                         }
                     }
                 },
-                Transport::Poll => match poll_once(&inner, &run, &cursor).await {
+                Transport::Poll => match poll_once(&inner, &run, &cursor, ws).await {
                     Err(e) if !e.is_retryable() => {
                         yield Err(e);
                         return;
