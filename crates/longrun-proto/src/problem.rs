@@ -90,10 +90,12 @@ pub enum ProblemKind {
     NotRepresentable,
     /// 503: a publication to a new topic while the server holds as many topics as it may.
     TooManyTopics,
+    /// 426: `GET /_ws` without a WebSocket upgrade (spec §28).
+    UpgradeRequired,
 }
 
 impl ProblemKind {
-    pub const ALL: [ProblemKind; 39] = [
+    pub const ALL: [ProblemKind; 40] = [
         ProblemKind::RateLimited,
         ProblemKind::InvalidIdempotencyKey,
         ProblemKind::InvalidDeadline,
@@ -133,6 +135,7 @@ impl ProblemKind {
         ProblemKind::TooManyInFlight,
         ProblemKind::NotRepresentable,
         ProblemKind::TooManyTopics,
+        ProblemKind::UpgradeRequired,
     ];
 
     pub fn slug(self) -> &'static str {
@@ -176,6 +179,7 @@ impl ProblemKind {
             ProblemKind::TooManyInFlight => "too-many-in-flight",
             ProblemKind::NotRepresentable => "not-representable",
             ProblemKind::TooManyTopics => "too-many-topics",
+            ProblemKind::UpgradeRequired => "upgrade-required",
         }
     }
 
@@ -219,6 +223,7 @@ impl ProblemKind {
             ProblemKind::TooManyInFlight => 429,
             ProblemKind::NotRepresentable => 406,
             ProblemKind::TooManyTopics => 503,
+            ProblemKind::UpgradeRequired => 426,
         }
     }
 
@@ -263,6 +268,7 @@ impl ProblemKind {
             ProblemKind::TooManyInFlight => "The connection has too many requests or subscriptions",
             ProblemKind::NotRepresentable => "The answer cannot be sent as a packet",
             ProblemKind::TooManyTopics => "The server holds too many topics",
+            ProblemKind::UpgradeRequired => "This is a WebSocket: upgrade to it",
         }
     }
 

@@ -87,8 +87,16 @@ pub(crate) async fn upgrade(
     let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
         Ok(ws) => ws,
         Err(rejection) => {
-            let status = rejection.into_response().status();
-            return ApiError::from_status(status).into_response();
+            let why = rejection.body_text();
+            return ApiError::new(
+                ProblemKind::UpgradeRequired,
+                format!(
+                    "GET /_ws is a WebSocket (spec §28): upgrade with Connection: Upgrade, \
+                     Upgrade: websocket ({why})"
+                ),
+            )
+            .header(header::UPGRADE, HeaderValue::from_static("websocket"))
+            .into_response();
         }
     };
     let config = &state.server.config;
