@@ -142,6 +142,57 @@ impl Client {
             rt: self.rt.clone(),
         }
     }
+
+    /// [`Client::call`] as a handle driven in slices, like [`Client::waiting`]. The
+    /// arguments are serialized now; a failure is the handle's outcome.
+    pub fn calling(
+        &self,
+        object: &str,
+        args: impl Serialize,
+        options: SubmitOptions,
+        timeout: Option<Duration>,
+    ) -> Waiting {
+        let client = self.inner.clone();
+        let object = object.to_owned();
+        let args = serde_json::to_value(args)
+            .map_err(|e| Error::invalid(format!("the arguments do not serialize to JSON: {e}")));
+        Waiting {
+            wait: Some(Box::pin(async move {
+                client.call(&object, args?, options, timeout).await
+            })),
+            rt: self.rt.clone(),
+        }
+    }
+
+    /// A run's byte stream as chunks taken in slices ([`Chunks::next_timeout`]), for callers
+    /// that check their own interruption between them; [`Client::stream`] is the `Read`.
+    pub fn stream_chunks(&self, run: &Run) -> Chunks {
+        Chunks {
+            stream: self.inner.stream(run),
+            rt: self.rt.clone(),
+        }
+    }
+}
+
+/// The chunks of a run's byte stream; see [`Client::stream_chunks`]. Every byte once, in
+/// order, resumed after disconnects; an `Err` item is final.
+pub struct Chunks {
+    stream: crate::ByteStream,
+    rt: Arc<tokio::runtime::Runtime>,
+}
+
+impl Chunks {
+    /// Wait at most `timeout` for the next chunk: `Next::Pending` loses nothing.
+    pub fn next_timeout(&mut self, timeout: Duration) -> Next<Result<bytes::Bytes>> {
+        let next = self
+            .rt
+            .block_on(crate::rt::timeout(timeout, self.stream.next()));
+        match next {
+            Some(Some(item)) => Next::Item(item),
+            Some(None) => Next::End,
+            None => Next::Pending,
+        }
+    }
 }
 
 type BoxedWait = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value>> + Send>>;
