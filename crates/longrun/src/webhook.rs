@@ -49,7 +49,20 @@ pub fn verify<'a>(
     body: &[u8],
     tolerance: Duration,
 ) -> Result<(), VerifyError> {
-    verify_at(secret, headers, body, tolerance, SystemTime::now())
+    verify_at(secret, headers, body, tolerance, now())
+}
+
+/// The time now. `SystemTime::now` panics on wasm32-unknown-unknown (it has no clock), so the
+/// browser build asks JavaScript's `Date`.
+fn now() -> SystemTime {
+    #[cfg(target_arch = "wasm32")]
+    {
+        UNIX_EPOCH + Duration::from_secs_f64(js_sys::Date::now().max(0.0) / 1000.0)
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        SystemTime::now()
+    }
 }
 
 /// Verify a delivery as of `now`: the secret decodes, `webhook-id`, `webhook-timestamp` and
