@@ -50,6 +50,28 @@ pub fn args(args: Option<&str>) -> Result<Value, Error> {
     }
 }
 
+/// Submit options from JS: the JSON of the options object, read by the core's
+/// `SubmitOptions` (whose camelCase spellings, `deadlineMs`, `waitMs`, `hookEvents`, are the
+/// JS ones); none is the defaults.
+pub fn submit_options(options: Option<&str>) -> Result<longrun::SubmitOptions, Error> {
+    longrun::SubmitOptions::from_json(options.unwrap_or(""))
+}
+
+/// `verifyWebhook`: `headers` the JSON of a headers object (Node's `IncomingMessage.headers`)
+/// or of `[name, value]` pairs (a fetch `Headers`' entries), `tolerance_ms` none for the
+/// core's default.
+pub fn verify_webhook(
+    secret: &str,
+    headers: &str,
+    body: &[u8],
+    tolerance_ms: Option<f64>,
+) -> Result<(), Error> {
+    let headers: Value = serde_json::from_str(headers)
+        .map_err(|e| invalid(format!("the webhook headers are not JSON: {e}")))?;
+    let tolerance = tolerance_ms.map(millis).transpose()?;
+    longrun::webhook::verify_json(secret, &headers, body, tolerance)
+}
+
 pub fn run_json(run: &Run) -> String {
     json!({"object": run.object(), "id": run.id().to_string(), "url": run.url().as_str()})
         .to_string()
