@@ -17,6 +17,11 @@ pub fn millis(ms: f64) -> Result<Duration, Error> {
         .map_err(|_| invalid(format!("{ms} is not a duration in milliseconds")))
 }
 
+/// An optional JS duration in milliseconds (`timeoutMs`).
+pub fn timeout(ms: Option<f64>) -> Result<Option<Duration>, Error> {
+    ms.map(millis).transpose()
+}
+
 fn invalid(message: String) -> Error {
     Error::InvalidArgument {
         message,
@@ -68,7 +73,7 @@ pub fn verify_webhook(
 ) -> Result<(), Error> {
     let headers: Value = serde_json::from_str(headers)
         .map_err(|e| invalid(format!("the webhook headers are not JSON: {e}")))?;
-    let tolerance = tolerance_ms.map(millis).transpose()?;
+    let tolerance = timeout(tolerance_ms)?;
     longrun::webhook::verify_json(secret, &headers, body, tolerance)
 }
 

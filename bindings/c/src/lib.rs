@@ -861,26 +861,39 @@ pub unsafe extern "C" fn longrun_client_submit_with_key(
             } else {
                 Some(str_arg(idempotency_key, idempotency_key_len, "idempotency_key")?.to_owned())
             };
-            let run = out(run, "run")?;
-            let args: serde_json::Value = if args.is_empty() {
-                serde_json::Value::Object(Default::default())
-            } else {
-                serde_json::from_str(args)
-                    .map_err(|e| invalid(format!("the arguments are not valid JSON: {e}")))?
-            };
             let options = longrun::SubmitOptions {
                 idempotency_key: key,
                 ..Default::default()
             };
-            let submitted = block(
-                &client.rt,
+            submit(
+                client,
+                object,
+                args,
+                options,
                 interrupt.as_ref(),
-                client.client.submit_with(object, args, options),
-            )?;
-            *run = longrun_run::boxed(submitted);
-            Ok(())
+                out(run, "run")?,
+            )
         })
     }
+}
+
+/// What every submit entry point does once its arguments are read.
+fn submit(
+    client: &longrun_client,
+    object: &str,
+    args: &str,
+    options: longrun::SubmitOptions,
+    interrupt: Option<&longrun_interrupt>,
+    run: &mut *mut longrun_run,
+) -> Result<()> {
+    let args = submit_args(args)?;
+    let submitted = block(
+        &client.rt,
+        interrupt,
+        client.client.submit_with(object, args, options),
+    )?;
+    *run = longrun_run::boxed(submitted);
+    Ok(())
 }
 
 /// The arguments JSON of a submit: empty is `{}`.
@@ -919,17 +932,17 @@ pub unsafe extern "C" fn longrun_client_submit_with_options(
         guard(err, || {
             let client = handle(client, "client")?;
             let object = str_arg(object, object_len, "object")?;
-            let args = submit_args(str_arg(args, args_len, "args")?)?;
+            let args = str_arg(args, args_len, "args")?;
             let options =
                 longrun::SubmitOptions::from_json(str_arg(options, options_len, "options")?)?;
-            let run = out(run, "run")?;
-            let submitted = block(
-                &client.rt,
+            submit(
+                client,
+                object,
+                args,
+                options,
                 interrupt.as_ref(),
-                client.client.submit_with(object, args, options),
-            )?;
-            *run = longrun_run::boxed(submitted);
-            Ok(())
+                out(run, "run")?,
+            )
         })
     }
 }

@@ -372,7 +372,12 @@ fn submit_options_streams_and_webhooks_refuse_bad_input() {
     // SAFETY: every pointer is NULL or valid; NULL where the test says so.
     unsafe {
         let mut run = null_mut();
-        for options in [&b"{\"bogus\": 1}"[..], b"{\"deadline_ms\": -1}", b"[", b"\"x\""] {
+        for options in [
+            &b"{\"bogus\": 1}"[..],
+            b"{\"deadline_ms\": -1}",
+            b"[",
+            b"\"x\"",
+        ] {
             let code = longrun_client_submit_with_options(
                 c,
                 b"echo".as_ptr(),
@@ -440,7 +445,10 @@ fn submit_options_streams_and_webhooks_refuse_bad_input() {
         };
         assert_eq!(verify(b"{", b"{}", &mut err), longrun_code::InvalidArgument);
         take(&mut err);
-        assert_eq!(verify(b"{}", b"{}", &mut err), longrun_code::WebhookRejected);
+        assert_eq!(
+            verify(b"{}", b"{}", &mut err),
+            longrun_code::WebhookRejected
+        );
         assert!(take(&mut err).1.contains("webhook-id"));
         let code = longrun_verify_webhook(null(), 3, null(), 0, null(), 0, -1, &mut err);
         assert_eq!(code, longrun_code::NullArgument);

@@ -118,10 +118,7 @@ impl NativeClient {
             object,
             args: shared::args(args.as_deref()).map_err(|e| fail(&e))?,
             options: shared::submit_options(options.as_deref()).map_err(|e| fail(&e))?,
-            timeout: timeout_ms
-                .map(shared::millis)
-                .transpose()
-                .map_err(|e| fail(&e))?,
+            timeout: shared::timeout(timeout_ms).map_err(|e| fail(&e))?,
             abort: Interrupt::new(),
         })
     }
@@ -190,10 +187,7 @@ impl NativeClient {
         Ok(NativeWait {
             client: self.inner.clone(),
             run: run(&run_url)?,
-            timeout: timeout_ms
-                .map(shared::millis)
-                .transpose()
-                .map_err(|e| fail(&e))?,
+            timeout: shared::timeout(timeout_ms).map_err(|e| fail(&e))?,
             abort: Interrupt::new(),
         })
     }

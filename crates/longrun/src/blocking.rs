@@ -184,14 +184,7 @@ pub struct Chunks {
 impl Chunks {
     /// Wait at most `timeout` for the next chunk: `Next::Pending` loses nothing.
     pub fn next_timeout(&mut self, timeout: Duration) -> Next<Result<bytes::Bytes>> {
-        let next = self
-            .rt
-            .block_on(crate::rt::timeout(timeout, self.stream.next()));
-        match next {
-            Some(Some(item)) => Next::Item(item),
-            Some(None) => Next::End,
-            None => Next::Pending,
-        }
+        next_within(&self.rt, &mut self.stream, timeout)
     }
 }
 
@@ -250,14 +243,7 @@ impl Events {
     /// a caller can wait in slices and check its own interruption (Ctrl-C, a Go context)
     /// between them.
     pub fn next_timeout(&mut self, timeout: Duration) -> Next<Result<Event>> {
-        let next = self
-            .rt
-            .block_on(crate::rt::timeout(timeout, self.stream.next()));
-        match next {
-            Some(Some(item)) => Next::Item(item),
-            Some(None) => Next::End,
-            None => Next::Pending,
-        }
+        next_within(&self.rt, &mut self.stream, timeout)
     }
 
     /// Like [`EventStream::next_batch`], waiting at most `timeout` for the first event.
@@ -282,6 +268,20 @@ impl Events {
             .rt
             .block_on(crate::rt::timeout(timeout, self.stream.next_raw_batch(max)));
         batch_found(batch)
+    }
+}
+
+/// The next item of `stream` within `timeout`, as [`Next`] (the streams' `next` is
+/// cancel-safe: `Pending` loses nothing).
+fn next_within<S: futures::Stream + Unpin>(
+    rt: &tokio::runtime::Runtime,
+    stream: &mut S,
+    timeout: Duration,
+) -> Next<S::Item> {
+    match rt.block_on(crate::rt::timeout(timeout, stream.next())) {
+        Some(Some(item)) => Next::Item(item),
+        Some(None) => Next::End,
+        None => Next::Pending,
     }
 }
 
