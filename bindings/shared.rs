@@ -17,6 +17,11 @@ pub fn millis(ms: f64) -> Result<Duration, Error> {
         .map_err(|_| invalid(format!("{ms} is not a duration in milliseconds")))
 }
 
+/// An optional JS duration in milliseconds (`timeoutMs`).
+pub fn timeout(ms: Option<f64>) -> Result<Option<Duration>, Error> {
+    ms.map(millis).transpose()
+}
+
 fn invalid(message: String) -> Error {
     Error::InvalidArgument {
         message,
@@ -48,6 +53,28 @@ pub fn args(args: Option<&str>) -> Result<Value, Error> {
         Some(text) => serde_json::from_str(text)
             .map_err(|e| invalid(format!("the arguments are not JSON: {e}"))),
     }
+}
+
+/// Submit options from JS: the JSON of the options object, read by the core's
+/// `SubmitOptions` (whose camelCase spellings, `deadlineMs`, `waitMs`, `hookEvents`, are the
+/// JS ones); none is the defaults.
+pub fn submit_options(options: Option<&str>) -> Result<longrun::SubmitOptions, Error> {
+    longrun::SubmitOptions::from_json(options.unwrap_or(""))
+}
+
+/// `verifyWebhook`: `headers` the JSON of a headers object (Node's `IncomingMessage.headers`)
+/// or of `[name, value]` pairs (a fetch `Headers`' entries), `tolerance_ms` none for the
+/// core's default.
+pub fn verify_webhook(
+    secret: &str,
+    headers: &str,
+    body: &[u8],
+    tolerance_ms: Option<f64>,
+) -> Result<(), Error> {
+    let headers: Value = serde_json::from_str(headers)
+        .map_err(|e| invalid(format!("the webhook headers are not JSON: {e}")))?;
+    let tolerance = timeout(tolerance_ms)?;
+    longrun::webhook::verify_json(secret, &headers, body, tolerance)
 }
 
 pub fn run_json(run: &Run) -> String {

@@ -25,6 +25,7 @@ const (
 	KindServer          Kind = "Server"          // the server failed (5xx)
 	KindUnauthorized    Kind = "Unauthorized"    // no token, or one the server does not know (401)
 	KindForbidden       Kind = "Forbidden"       // the token does not allow this (403)
+	KindWebhookRejected Kind = "WebhookRejected" // a hook delivery failed VerifyWebhook
 	// KindInternal is a bug in this package or the library under it (a caught panic, a NULL
 	// handed to C); it never comes from the server.
 	KindInternal Kind = "Internal"
@@ -45,6 +46,7 @@ var kinds = map[C.longrun_code]Kind{
 	C.LONGRUN_CODE_SERVER:           KindServer,
 	C.LONGRUN_CODE_UNAUTHORIZED:     KindUnauthorized,
 	C.LONGRUN_CODE_FORBIDDEN:        KindForbidden,
+	C.LONGRUN_CODE_WEBHOOK_REJECTED: KindWebhookRejected,
 	C.LONGRUN_CODE_INVALID_UTF8:     KindInvalidArgument, // a Go string that is not UTF-8
 	C.LONGRUN_CODE_NULL_ARGUMENT:    KindInternal,
 	C.LONGRUN_CODE_PANIC:            KindInternal,
@@ -91,6 +93,7 @@ var (
 	ErrServer          error = sentinel(KindServer)
 	ErrUnauthorized    error = sentinel(KindUnauthorized)
 	ErrForbidden       error = sentinel(KindForbidden)
+	ErrWebhookRejected error = sentinel(KindWebhookRejected)
 	ErrInternal        error = sentinel(KindInternal)
 )
 

@@ -292,12 +292,20 @@ func (c *Client) Run(object, id string) (Run, error) {
 	return run, err
 }
 
-// SubmitOption sets up one Submit.
+// SubmitOption sets up one Submit (or Call).
 type SubmitOption func(*submitOptions)
 
+// submitOptions is the JSON the C ABI takes (longrun_client_submit_with_options), read by the
+// core's SubmitOptions: unset members are not sent.
 type submitOptions struct {
-	idempotencyKey *string
+	IdempotencyKey *string  `json:"idempotency_key,omitempty"`
+	DeadlineMs     *float64 `json:"deadline_ms,omitempty"`
+	WaitMs         *float64 `json:"wait_ms,omitempty"`
+	Hook           *string  `json:"hook,omitempty"`
+	HookEvents     *string  `json:"hook_events,omitempty"`
 }
+
+func fms(d time.Duration) *float64 { v := float64(d) / float64(time.Millisecond); return &v }
 
 // WithIdempotencyKey sends `Idempotency-Key: key` (1 to 255 visible ASCII characters, e.g. a
 // UUID): the server answers a submit that repeats the key with the first submit's run, and
@@ -305,46 +313,107 @@ type submitOptions struct {
 // With a key, a submit whose connection fails before the reply is sent again with the same
 // key (under the client's Reconnect policy); without one it is never sent twice.
 func WithIdempotencyKey(key string) SubmitOption {
-	return func(o *submitOptions) { o.idempotencyKey = &key }
+	return func(o *submitOptions) { o.IdempotencyKey = &key }
 }
 
-// noBytes lends C a non-NULL pointer for an empty string (NULL means "none").
-var noBytes [1]byte
+// WithDeadline sends `Longrun-Deadline`: a run still going d after the submit is stopped and
+// ends canceled with {"reason": "deadline"}, queued or running. More than the server's
+// maximum (7 days by default), zero or negative is ErrInvalidArgument.
+func WithDeadline(d time.Duration) SubmitOption {
+	return func(o *submitOptions) { o.DeadlineMs = fms(d) }
+}
 
-// Submit starts a run of object with args: anything that encodes (encoding/json) to a JSON
-// object, or nil for none.
-func (c *Client) Submit(ctx context.Context, object string, args any, opts ...SubmitOption) (Run, error) {
+// WithWait sends `Prefer: wait=N` (1 to 60 s, rounded up): the server holds the submit until
+// the run ends, up to d, so the run Submit returns may already be over. Call asks for its
+// own wait.
+func WithWait(d time.Duration) SubmitOption {
+	return func(o *submitOptions) { o.WaitMs = fms(d) }
+}
+
+// HookEvents says which events a response hook is sent (`Longrun-Hook-Events`).
+type HookEvents string
+
+const (
+	// HookEnded sends the run's end only (the server's default).
+	HookEnded HookEvents = "ended"
+	// HookAll sends every event (coalesced by the server), then the end.
+	HookAll HookEvents = "all"
+)
+
+// WithHook sends `Longrun-Hook: url`: the server pushes the run's outcome there, an
+// http(s):// URL (a signed POST: check it with VerifyWebhook) or unix:///path/to.sock. A
+// URL the server refuses is ErrInvalidArgument (400 invalid-hook, 422 hook-refused).
+func WithHook(url string) SubmitOption {
+	return func(o *submitOptions) { o.Hook = &url }
+}
+
+// WithHookEvents sends `Longrun-Hook-Events` (with WithHook).
+func WithHookEvents(events HookEvents) SubmitOption {
+	return func(o *submitOptions) { e := string(events); o.HookEvents = &e }
+}
+
+// submitJSON is the arguments' and options' JSON of a Submit or Call.
+func submitJSON(args any, opts []SubmitOption) (body, options []byte, err error) {
 	var so submitOptions
 	for _, opt := range opts {
 		opt(&so)
 	}
-	var body []byte
 	if args != nil {
-		var err error
 		if body, err = json.Marshal(args); err != nil {
-			return Run{}, &Error{Kind: KindInvalidArgument, Message: "invalid argument: the arguments do not encode to JSON: " + err.Error()}
+			return nil, nil, &Error{Kind: KindInvalidArgument, Message: "invalid argument: the arguments do not encode to JSON: " + err.Error()}
 		}
 	}
+	if options, err = json.Marshal(so); err != nil {
+		return nil, nil, &Error{Kind: KindInvalidArgument, Message: "invalid argument: " + err.Error()}
+	}
+	return body, options, nil
+}
+
+// Submit starts a run of object with args: anything that encodes (encoding/json) to a JSON
+// object, or nil for none.
+func (c *Client) Submit(ctx context.Context, object string, args any, opts ...SubmitOption) (Run, error) {
+	body, options, err := submitJSON(args, opts)
+	if err != nil {
+		return Run{}, err
+	}
 	var run Run
-	err := c.call(ctx, nil, func(h *C.longrun_client, _ *C.longrun_run, intr *C.longrun_interrupt, cerr **C.longrun_error) C.longrun_code {
+	err = c.call(ctx, nil, func(h *C.longrun_client, _ *C.longrun_run, intr *C.longrun_interrupt, cerr **C.longrun_error) C.longrun_code {
 		op, on := cstr(object)
 		ap, an := cbytes(body)
-		var kp *C.uint8_t
-		var kn C.size_t
-		if so.idempotencyKey != nil {
-			kp, kn = cstr(*so.idempotencyKey)
-			if kn == 0 {
-				kp = (*C.uint8_t)(unsafe.Pointer(&noBytes[0]))
-			}
-		}
+		sp, sn := cbytes(options)
 		var r *C.longrun_run
-		code := C.longrun_client_submit_with_key(h, op, on, ap, an, kp, kn, intr, &r, cerr)
+		code := C.longrun_client_submit_with_options(h, op, on, ap, an, sp, sn, intr, &r, cerr)
 		if code == C.LONGRUN_CODE_OK {
 			run = goRun(r)
 		}
 		return code
 	})
 	return run, err
+}
+
+// Call submits a run and returns its success value, in one exchange when the run ends within
+// the server's wait (`Prefer: wait`), else following it as Wait does. The same outcomes as
+// Wait: *RunFailedError, ErrCanceled (e.g. past WithDeadline), ErrTimeout when ctx's
+// deadline passes (the run goes on).
+func (c *Client) Call(ctx context.Context, object string, args any, opts ...SubmitOption) (json.RawMessage, error) {
+	body, options, err := submitJSON(args, opts)
+	if err != nil {
+		return nil, err
+	}
+	var value json.RawMessage
+	err = c.call(ctx, nil, func(h *C.longrun_client, _ *C.longrun_run, intr *C.longrun_interrupt, cerr **C.longrun_error) C.longrun_code {
+		op, on := cstr(object)
+		ap, an := cbytes(body)
+		sp, sn := cbytes(options)
+		var buf C.longrun_buf
+		code := C.longrun_client_call(h, op, on, ap, an, sp, sn, -1, intr, &buf, cerr)
+		if code == C.LONGRUN_CODE_OK {
+			value = C.GoBytes(unsafe.Pointer(buf.ptr), C.int(buf.len))
+			C.longrun_buf_free(&buf)
+		}
+		return code
+	})
+	return value, err
 }
 
 // Cancel asks the server to cancel the run. A run that had already ended (success or error)

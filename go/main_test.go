@@ -18,6 +18,12 @@ var serverURL string
 // unixURL is the base URL (unix:///…) of a third server, on a unix socket (spec §20.2).
 var unixURL string
 
+// hookURL is a server that sends response hooks, signed with hookSecret, and may send them to
+// loopback receivers.
+var hookURL string
+
+const hookSecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
 // authURL is a second server, with tenants (`--auth`): one tenant whose token authToken may
 // do everything and readToken only read, and a second tenant with otherToken.
 var authURL string
@@ -64,12 +70,13 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	var open, tenants, unix *exec.Cmd
+	var open, tenants, unix, hooks *exec.Cmd
 	serverURL, open = startServer(bin)
 	authURL, tenants = startServer(bin, "--auth", auth)
 	unixURL, unix = startServerOn(bin, "unix:"+filepath.Join(dir, "longrun.sock"))
+	hookURL, hooks = startServer(bin, "--hook-secret", hookSecret, "--hook-allow", "127.0.0.1")
 	code := m.Run()
-	for _, cmd := range []*exec.Cmd{open, tenants, unix} {
+	for _, cmd := range []*exec.Cmd{open, tenants, unix, hooks} {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 	}

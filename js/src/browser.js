@@ -7,5 +7,5 @@ export * from "./errors.js";
 
 await init();
 
-export const { Client, Run, errorKinds } = makeApi(native);
+export const { Client, Run, errorKinds, verifyWebhook } = makeApi(native);
 export const build = "wasm";

@@ -4,7 +4,7 @@
 // (`bindings/shared.rs`). Nothing here knows the protocol: this file decodes, maps errors
 // by the table in errors.js, and wires AbortSignal to the native abort.
 
-import { LongrunError, toError } from "./errors.js";
+import { InvalidArgumentError, LongrunError, toError } from "./errors.js";
 
 export * from "./errors.js";
 
@@ -256,14 +256,76 @@ export function makeApi(native, { settle } = {}) {
     }
 
     /**
-     * Start a run of `object` with `args` (a JSON object; none: `{}`). `options.idempotencyKey`
-     * is sent as `Idempotency-Key`: the same key gets the same run back, and a keyed submit
-     * whose connection fails before the reply is sent again (by the core) with the same key.
+     * Start a run of `object` with `args` (a JSON object; none: `{}`). `options` are the
+     * core's submit options as they are (`idempotencyKey`, `deadlineMs`, `waitMs`, `hook`,
+     * `hookEvents`; an unknown one is an InvalidArgumentError).
      */
     async submit(object, args, options = {}) {
       const json = args === undefined ? undefined : JSON.stringify(args);
-      const key = options?.idempotencyKey ?? undefined;
-      return toRun(await call(() => this.#native.submit(object, json, key)));
+      return toRun(await call(() => this.#native.submit(object, json, JSON.stringify(options ?? {}))));
+    }
+
+    /**
+     * Submit and the run's `success` value, in one exchange when the run ends within the
+     * server's wait (`Prefer: wait`). The outcomes of `wait`; `timeoutMs` and `signal` as
+     * there, every other option a submit option.
+     */
+    async call(object, args, options = {}) {
+      const { timeoutMs, signal, ...submit } = options ?? {};
+      if (signal?.aborted) throw abortReason(signal);
+      const json = args === undefined ? undefined : JSON.stringify(args);
+      const caller = callSync(() =>
+        this.#native.caller(object, json, JSON.stringify(submit), timeoutMs ?? undefined),
+      );
+      const onAbort = () => caller.abort();
+      signal?.addEventListener("abort", onAbort, { once: true });
+      try {
+        return JSON.parse(await call(() => caller.call()));
+      } catch (e) {
+        if (e === ABORTED) throw abortReason(signal);
+        throw e;
+      } finally {
+        signal?.removeEventListener("abort", onAbort);
+      }
+    }
+
+    /**
+     * The run's byte stream (spec §27) as an async iterator of Uint8Array chunks: every byte
+     * once, in order, resumed by the core after a disconnect; it ends when the run has ended
+     * and every byte was read. Leaving the loop or aborting `signal` closes the connection.
+     * Node only: the browser build throws InvalidArgumentError.
+     */
+    stream(run, options = {}) {
+      const { signal } = options ?? {};
+      const url = runUrl(run);
+      if (typeof this.#native.stream !== "function") {
+        throw new InvalidArgumentError({
+          kind: "InvalidArgument",
+          message: "byte streams are not supported by the browser build; read GET {run}/stream with fetch",
+        });
+      }
+      const native = callSync(() => this.#native.stream(url));
+      return (async function* chunks() {
+        const onAbort = () => native.close();
+        signal?.addEventListener("abort", onAbort, { once: true });
+        try {
+          for (;;) {
+            if (signal?.aborted) throw abortReason(signal);
+            let chunk;
+            try {
+              chunk = await call(() => native.nextChunk());
+            } catch (e) {
+              if (e === ABORTED) throw abortReason(signal);
+              throw e;
+            }
+            if (chunk == null) return;
+            yield chunk;
+          }
+        } finally {
+          signal?.removeEventListener("abort", onAbort);
+          native.close();
+        }
+      })();
     }
 
     /** The run's state and newest event id; NotFoundError when it does not exist. */
@@ -323,10 +385,34 @@ export function makeApi(native, { settle } = {}) {
     }
   }
 
+  /**
+   * Check a response hook's delivery on the receiving side (the core's verifier): `headers` a
+   * plain object (Node's `req.headers`), a fetch `Headers` or `[name, value]` pairs; `body`
+   * the bytes exactly as received (a Uint8Array/Buffer, or a string). Returns when authentic;
+   * throws WebhookRejectedError (a missing header, a stale timestamp, no matching signature)
+   * or InvalidArgumentError (a malformed secret).
+   */
+  function verifyWebhook(secret, headers, body, options = {}) {
+    const { toleranceMs } = options ?? {};
+    const pairs =
+      headers && !Array.isArray(headers) && typeof headers.entries === "function"
+        ? [...headers.entries()]
+        : headers;
+    const bytes =
+      typeof body === "string"
+        ? new TextEncoder().encode(body)
+        : body instanceof ArrayBuffer
+          ? new Uint8Array(body)
+          : body;
+    callSync(() =>
+      native.verifyWebhook(String(secret), JSON.stringify(pairs ?? {}), bytes, toleranceMs ?? undefined),
+    );
+  }
+
   /** The core's error kinds (`ErrorKind::ALL`); `errorClasses` has a class for each. */
   const errorKinds = Object.freeze(JSON.parse(native.errorKinds()));
 
-  return { Client, Run, errorKinds };
+  return { Client, Run, errorKinds, verifyWebhook };
 }
 
 export { LongrunError };

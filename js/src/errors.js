@@ -49,6 +49,9 @@ export class UnauthorizedError extends LongrunError {}
 /** The token does not allow this (403): it lacks the scope for this verb or object. */
 export class ForbiddenError extends LongrunError {}
 
+/** A response hook's delivery failed `verifyWebhook`: answer 4xx and ignore it. */
+export class WebhookRejectedError extends LongrunError {}
+
 /** ErrorKind → class: the one table. */
 export const errorClasses = Object.freeze({
   NotFound: NotFoundError,
@@ -62,6 +65,7 @@ export const errorClasses = Object.freeze({
   Server: ServerError,
   Unauthorized: UnauthorizedError,
   Forbidden: ForbiddenError,
+  WebhookRejected: WebhookRejectedError,
 });
 
 /** The error a native failure `info` ({kind, message, status, value, problem}) stands for. */

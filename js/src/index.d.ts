@@ -58,7 +58,62 @@ export interface SubmitOptions {
    * reply is sent again with the same key; one without a key never is.
    */
   idempotencyKey?: string;
+  /**
+   * Sent as `Longrun-Deadline`: a run still going this many ms after the submit is stopped
+   * and ends `canceled` with `{reason: "deadline"}` (queued or running).
+   */
+  deadlineMs?: number;
+  /**
+   * Sent as `Prefer: wait=N` (1 to 60 s, rounded up): the server holds the submit until the
+   * run ends, up to this long, so the run returned may already be over.
+   */
+  waitMs?: number;
+  /**
+   * Sent as `Longrun-Hook`: where the server pushes the run's outcome, an `http(s)://` URL (a
+   * signed POST: check it with `verifyWebhook`) or `unix:///path/to.sock`.
+   */
+  hook?: string;
+  /** Sent as `Longrun-Hook-Events`: `"ended"` (the server's default) or `"all"`. */
+  hookEvents?: HookEvents;
 }
+
+export type HookEvents = "ended" | "all";
+
+export interface CallOptions extends Omit<SubmitOptions, "waitMs"> {
+  /** Give up after this many ms with a TimeoutError; the run goes on. */
+  timeoutMs?: number;
+  /** Aborting stops the call (the run goes on): it throws `signal.reason`. */
+  signal?: AbortSignal;
+}
+
+export interface StreamOptions {
+  /** Aborting stops the stream at once: the loop throws `signal.reason`. */
+  signal?: AbortSignal;
+}
+
+export interface VerifyWebhookOptions {
+  /** How far `webhook-timestamp` may be from now, in ms (default 300000). */
+  toleranceMs?: number;
+}
+
+/** A delivery's headers: Node's `req.headers`, a fetch `Headers`, or `[name, value]` pairs. */
+export type WebhookHeaders =
+  | Record<string, string | string[] | undefined>
+  | Headers
+  | Iterable<[string, string]>
+  | [string, string][];
+
+/**
+ * Check a response hook's delivery on the receiving side. Returns when it is authentic;
+ * throws `WebhookRejectedError` (a missing header, a stale timestamp, no matching signature)
+ * or `InvalidArgumentError` (a malformed secret).
+ */
+export declare function verifyWebhook(
+  secret: string,
+  headers: WebhookHeaders,
+  body: Uint8Array | ArrayBuffer | string,
+  options?: VerifyWebhookOptions,
+): void;
 
 export interface FollowOptions {
   /**
@@ -120,6 +175,17 @@ export declare class Client {
   cancel(run: RunLike): Promise<CancelOutcome>;
   follow(run: RunLike, options?: FollowOptions): Follow;
   wait(run: RunLike, options?: WaitOptions): Promise<Json>;
+  /** Submit and the run's `success` value (the outcomes of `wait`). */
+  call(
+    object: string,
+    args?: { [key: string]: Json | undefined },
+    options?: CallOptions,
+  ): Promise<Json>;
+  /**
+   * The run's byte stream as Uint8Array chunks, resumed after disconnects. Node only: the
+   * browser build throws `InvalidArgumentError`.
+   */
+  stream(run: RunLike, options?: StreamOptions): AsyncIterableIterator<Uint8Array>;
 }
 
 export type ErrorKind =
@@ -133,7 +199,8 @@ export type ErrorKind =
   | "InvalidArgument"
   | "Server"
   | "Unauthorized"
-  | "Forbidden";
+  | "Forbidden"
+  | "WebhookRejected";
 
 export declare class LongrunError extends Error {
   readonly kind: ErrorKind;
@@ -155,6 +222,7 @@ export declare class InvalidArgumentError extends LongrunError {}
 export declare class ServerError extends LongrunError {}
 export declare class UnauthorizedError extends LongrunError {}
 export declare class ForbiddenError extends LongrunError {}
+export declare class WebhookRejectedError extends LongrunError {}
 
 export declare const errorClasses: Readonly<Record<ErrorKind, typeof LongrunError>>;
 /** The error kinds of the native build's core; `errorClasses` has a class for each. */

@@ -17,5 +17,5 @@ try {
 // Progress calls come through a threadsafe function, queued before the wait's answer.
 const settle = () => new Promise((resolve) => setImmediate(resolve));
 
-export const { Client, Run, errorKinds } = makeApi(native, { settle });
+export const { Client, Run, errorKinds, verifyWebhook } = makeApi(native, { settle });
 export const build = "napi";

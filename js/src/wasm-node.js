@@ -8,5 +8,5 @@ export * from "./errors.js";
 
 await init({ module_or_path: await readFile(new URL("../wasm/longrun_wasm_bg.wasm", import.meta.url)) });
 
-export const { Client, Run, errorKinds } = makeApi(native);
+export const { Client, Run, errorKinds, verifyWebhook } = makeApi(native);
 export const build = "wasm";

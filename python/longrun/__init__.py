@@ -55,6 +55,7 @@ from ._errors import (
     Timeout,
     Transport,
     Unauthorized,
+    WebhookRejected,
 )
 from ._native import Event, Progress
 
@@ -83,6 +84,9 @@ __all__ = [
     "Timeout",
     "Transport",
     "Unauthorized",
+    "SubmitOptions",
+    "WebhookRejected",
+    "verify_webhook",
 ]
 
 #: How many events cross from Rust in one call when they are already there.
@@ -123,6 +127,54 @@ class ClientOptions(TypedDict, total=False):
     reconnect_delay: Optional[float]
     #: The longest reconnect delay (delays double per failure). 30 s.
     reconnect_max_delay: Optional[float]
+
+
+class SubmitOptions(TypedDict, total=False):
+    """The keyword arguments of ``submit`` and ``call``, for type checkers only: like
+    ``ClientOptions`` they go to the Rust core as they are (its ``SubmitOptions`` reads them
+    and refuses an unknown one with ``InvalidArgument``). Durations are in seconds."""
+
+    #: Sent as ``Idempotency-Key`` (1 to 255 visible ASCII characters, e.g. a UUID): the
+    #: server answers a submit that repeats it with the first one's run, and refuses it with
+    #: other arguments (``InvalidArgument``, status 422). With a key, a submit whose
+    #: connection fails before the reply is sent again with the same key; without one it is
+    #: never sent twice.
+    idempotency_key: Optional[str]
+    #: Sent as ``Longrun-Deadline``: a run still going this many seconds after the submit is
+    #: stopped and ends ``canceled`` with ``{"reason": "deadline"}``, queued or running.
+    deadline: Optional[float]
+    #: Sent as ``Prefer: wait=N`` (1 to 60 s, rounded up): the server holds the submit until
+    #: the run ends, up to this long, so the run returned may already be over. (``call``
+    #: asks for its own wait.)
+    wait: Optional[float]
+    #: Sent as ``Longrun-Hook``: where the server pushes the run's outcome — an
+    #: ``http(s)://`` URL (a signed POST; check it with ``verify_webhook``) or
+    #: ``unix:///path/to.sock``.
+    hook: Optional[str]
+    #: Sent as ``Longrun-Hook-Events``: ``"ended"`` (the server's default) or ``"all"``.
+    hook_events: Optional[str]
+
+
+WebhookHeaders = Union[Mapping[str, str], Sequence[Tuple[str, str]], Any]
+
+
+def verify_webhook(
+    secret: str,
+    headers: WebhookHeaders,
+    body: Union[bytes, bytearray, memoryview, str],
+    tolerance: Optional[float] = None,
+) -> None:
+    """Check a response hook's delivery, on the receiving side: ``secret`` is the server's
+    ``--hook-secret`` (``whsec_…``), ``headers`` the request's headers (a mapping — a dict,
+    or any object with ``items()`` such as a framework's headers — or ``(name, value)``
+    pairs), ``body`` its bytes exactly as received, ``tolerance`` how many seconds the
+    ``webhook-timestamp`` may be from now (default 300). Returns None when the delivery is
+    authentic; raises ``WebhookRejected`` (a missing header, a stale timestamp, no matching
+    signature: answer 4xx and ignore it), or ``InvalidArgument`` for a malformed secret."""
+    items = getattr(headers, "items", None)
+    pairs = [(str(k), str(v)) for k, v in items()] if callable(items) else list(headers)
+    data = body.encode() if isinstance(body, str) else bytes(body)
+    _native.verify_webhook(secret, pairs, data, tolerance)
 
 
 class RunStatus(NamedTuple):
@@ -261,17 +313,39 @@ class Client(_ClientBase[_native.Client]):
         self,
         object: str,
         args: Optional[Mapping[str, Any]] = None,
-        *,
-        idempotency_key: Optional[str] = None,
+        **options: Unpack[SubmitOptions],
     ) -> Run:
-        """Start a run of ``object`` with ``args`` (a JSON object).
+        """Start a run of ``object`` with ``args`` (a JSON object). The keyword arguments
+        are ``SubmitOptions``: ``idempotency_key``, ``deadline`` (seconds), ``wait``
+        (seconds the server may hold the submit until the run ends), ``hook`` and
+        ``hook_events`` (a response hook)."""
+        return Run._wrap(self._n.submit(object, args, options), self)
 
-        ``idempotency_key`` (1 to 255 visible ASCII characters, e.g. a UUID) is sent as
-        ``Idempotency-Key``: the server answers a submit that repeats it with the first one's
-        run, and refuses it with other arguments (``InvalidArgument``, status 422). With a key,
-        a submit whose connection fails before the reply is sent again with the same key;
-        without one it is never sent twice."""
-        return Run._wrap(self._n.submit(object, args, idempotency_key), self)
+    def call(
+        self,
+        object: str,
+        args: Optional[Mapping[str, Any]] = None,
+        *,
+        timeout: Optional[float] = None,
+        **options: Unpack[SubmitOptions],
+    ) -> Any:
+        """Submit and return the run's ``success`` value, in one exchange when the run ends
+        within the server's wait (``Prefer: wait``), else followed as ``wait`` does. Raises as
+        ``wait`` does (``RunFailed``, ``Canceled``, ``Timeout`` after ``timeout`` seconds: the
+        run goes on). The keyword arguments are ``SubmitOptions`` (``deadline``, …)."""
+        return self._n.call(object, args, options, timeout)
+
+    def stream(self, run: Run) -> Iterator[bytes]:
+        """The run's byte stream (spec §27) as chunks of ``bytes``: live while the run goes
+        on, every byte once and in order, resumed after a disconnect from the count of bytes
+        received; ends when the run has ended and every byte was read. ``NotFound`` for a run
+        without a stream. Ctrl-C interrupts it."""
+        chunks = self._n.stream(run._run)
+        while True:
+            chunk = chunks.next_chunk()
+            if chunk is None:
+                return
+            yield chunk
 
     def follow(
         self,
@@ -363,11 +437,30 @@ class AsyncClient(_ClientBase[_native.AsyncClient]):
         self,
         object: str,
         args: Optional[Mapping[str, Any]] = None,
-        *,
-        idempotency_key: Optional[str] = None,
+        **options: Unpack[SubmitOptions],
     ) -> Run:
         """Start a run; see ``Client.submit``."""
-        return Run._wrap(await self._n.submit(object, args, idempotency_key), self)
+        return Run._wrap(await self._n.submit(object, args, options), self)
+
+    async def call(
+        self,
+        object: str,
+        args: Optional[Mapping[str, Any]] = None,
+        *,
+        timeout: Optional[float] = None,
+        **options: Unpack[SubmitOptions],
+    ) -> Any:
+        """Submit and the run's ``success`` value; see ``Client.call``."""
+        return await self._n.call(object, args, options, timeout)
+
+    async def stream(self, run: Run) -> AsyncIterator[bytes]:
+        """``async for chunk in client.stream(run): ...`` — see ``Client.stream``."""
+        chunks = self._n.stream(run._run)
+        while True:
+            chunk = await chunks.next_chunk()
+            if chunk is None:
+                return
+            yield chunk
 
     def follow(
         self,

@@ -102,6 +102,14 @@ class Forbidden(Error, PermissionError):
     kind = "Forbidden"
 
 
+class WebhookRejected(Error):
+    """A response hook's delivery failed ``verify_webhook``: a header is missing, its
+    timestamp is outside the tolerance, or no signature matches (another secret, or the body
+    was changed). Answer it with a 4xx and do not act on it."""
+
+    kind = "WebhookRejected"
+
+
 #: The one table: ``ErrorKind`` name -> exception class.
 KINDS: Dict[str, Type[Error]] = {
     cls.kind: cls
@@ -117,6 +125,7 @@ KINDS: Dict[str, Type[Error]] = {
         Server,
         Unauthorized,
         Forbidden,
+        WebhookRejected,
     )
 }
 

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::{apt_install, cargo, ci, ensure_target, root, step};
+use crate::{apt_install, cargo, ci, ensure_target, root, step, target_dir};
 
 /// Must equal the exact `wasm-bindgen` version pinned in bindings/wasm/Cargo.toml.
 const WASM_BINDGEN: &str = "0.2.130";
@@ -114,7 +114,7 @@ pub fn build(release: bool) -> Result<(), String> {
     step("napi addon", &mut napi)?;
     let native = js_dir().join("native");
     std::fs::create_dir_all(&native).map_err(|e| format!("{}: {e}", native.display()))?;
-    let lib = cdylib(&root().join("target").join(profile), "longrun_node");
+    let lib = cdylib(&target_dir().join(profile), "longrun_node");
     std::fs::copy(&lib, native.join(addon_name()))
         .map_err(|e| format!("copying {}: {e}", lib.display()))?;
 
@@ -131,8 +131,8 @@ pub fn build(release: bool) -> Result<(), String> {
         wasm.arg("--release");
     }
     step("wasm module", &mut wasm)?;
-    let module = root()
-        .join("target/wasm32-unknown-unknown")
+    let module = target_dir()
+        .join("wasm32-unknown-unknown")
         .join(profile)
         .join("longrun_wasm.wasm");
     step(
@@ -201,7 +201,7 @@ fn node_test() -> Result<(u64, u64), String> {
     use std::io::{BufRead, BufReader};
     let mut cmd = Command::new("node");
     cmd.args(["--test", "--test-reporter=tap", "test/"])
-        .env("LONGRUN_BIN", root().join("target/debug/longrun"))
+        .env("LONGRUN_BIN", target_dir().join("debug/longrun"))
         .current_dir(js_dir())
         .stdout(Stdio::piped());
     eprintln!("\n==> js tests: {cmd:?}");
@@ -245,7 +245,7 @@ pub fn bench() -> Result<(), String> {
         "js benchmark",
         Command::new("node")
             .arg("bench/drain.js")
-            .env("LONGRUN_BIN", root().join("target/release/longrun")),
+            .env("LONGRUN_BIN", target_dir().join("release/longrun")),
     )
 }
 

@@ -53,6 +53,12 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Where cargo puts what it builds: `CARGO_TARGET_DIR` when set (a worktree sharing another's
+/// build), else `target/`. Tools and venvs stay in the workspace's own `target/`.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from)
+}
+
 /// Run a command from the workspace root, echoing it first; fail with its name.
 fn step(step: &str, cmd: &mut Command) -> Result<(), String> {
     eprintln!("\n==> {step}: {cmd:?}");

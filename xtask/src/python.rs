@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::{cargo, ci, root, step};
+use crate::{cargo, ci, root, step, target_dir};
 
 /// What the main venv needs from PyPI (the benchmark's peers included, so `bench` reuses it).
 const TOOLS: &[&str] = &[
@@ -106,7 +106,7 @@ fn server_binary() -> Result<PathBuf, String> {
         "server for python",
         cargo().args(["build", "--quiet", "-p", "longrun-cli"]),
     )?;
-    Ok(root().join("target/debug/longrun"))
+    Ok(target_dir().join("debug/longrun"))
 }
 
 /// Run pytest, echoing its output; `(passed, failed)` from its closing summary line.
@@ -278,7 +278,7 @@ pub fn bench() -> Result<(), String> {
         "python benchmark",
         Command::new(bin(&main, "python"))
             .arg(root().join("python/bench/drain.py"))
-            .arg(root().join("target/release/longrun")),
+            .arg(target_dir().join("release/longrun")),
     )
 }
 

@@ -58,6 +58,9 @@ typedef enum {
   LONGRUN_CODE_UNAUTHORIZED = 10,
   // The token does not allow this (403).
   LONGRUN_CODE_FORBIDDEN = 11,
+  // A response hook's delivery failed `longrun_verify_webhook` (a missing header, a stale
+  // timestamp, no matching signature).
+  LONGRUN_CODE_WEBHOOK_REJECTED = 12,
   // A required pointer argument was NULL.
   LONGRUN_CODE_NULL_ARGUMENT = 100,
   // A string argument was not UTF-8.
@@ -117,6 +120,10 @@ typedef struct longrun_interrupt longrun_interrupt;
 
 // A run: its object, id and absolute URL (the portable resume token). Immutable.
 typedef struct longrun_run longrun_run;
+
+// A run's byte stream (spec §27): every byte once, in order, resumed by the core after a
+// disconnect from the count of bytes received.
+typedef struct longrun_stream longrun_stream;
 
 // An owned byte buffer (UTF-8 JSON) returned by the library. Free it with `longrun_buf_free`.
 typedef struct {
@@ -354,6 +361,66 @@ longrun_code longrun_client_submit_with_key(const longrun_client *client,
                                             longrun_run **run,
                                             longrun_error **err);
 
+// `longrun_client_submit` with submit options: `options` is NULL (`options_len` 0) or a JSON
+// object read by the core's `SubmitOptions::from_json`, with any of `idempotency_key`,
+// `deadline_ms` (`Longrun-Deadline`: the run ends `canceled` with reason `deadline` when it
+// passes), `wait_ms` (`Prefer: wait`: the server holds the submit until the run ends, up to
+// 60 s), `hook` (`Longrun-Hook`: an `http(s)://` or `unix:///` URL) and `hook_events`
+// (`"ended"` or `"all"`). An unknown member is `INVALID_ARGUMENT`.
+//
+// # Safety
+// Pointers are NULL, live handles, or valid for their lengths / for writing.
+longrun_code longrun_client_submit_with_options(const longrun_client *client,
+                                                const uint8_t *object,
+                                                size_t object_len,
+                                                const uint8_t *args,
+                                                size_t args_len,
+                                                const uint8_t *options,
+                                                size_t options_len,
+                                                const longrun_interrupt *interrupt,
+                                                longrun_run **run,
+                                                longrun_error **err);
+
+// Submit and wait for the run's end in one call (the core's `Client::call`: `Prefer: wait`,
+// then a follow if the run is still going). `options` as in
+// `longrun_client_submit_with_options` (its `wait_ms` is not used: the call asks for its
+// own). The outcomes of `longrun_client_wait`: `*value` the `success` value (free it with
+// `longrun_buf_free`), `RUN_FAILED`, `CANCELED`, `TIMEOUT` after `timeout_ms` ≥ 0 (negative:
+// no limit). `interrupt` may be NULL.
+//
+// # Safety
+// Pointers are NULL, live handles, or valid for their lengths / for writing.
+longrun_code longrun_client_call(const longrun_client *client,
+                                 const uint8_t *object,
+                                 size_t object_len,
+                                 const uint8_t *args,
+                                 size_t args_len,
+                                 const uint8_t *options,
+                                 size_t options_len,
+                                 int64_t timeout_ms,
+                                 const longrun_interrupt *interrupt,
+                                 longrun_buf *value,
+                                 longrun_error **err);
+
+// Verify a response hook's delivery (the core's `longrun::webhook::verify_json`), on the
+// receiving side. `secret` is the server's `whsec_…`; `headers` JSON: an object of names to a
+// string or a list of strings (Go's `http.Header`), or a list of `[name, value]` pairs;
+// `body` the bytes as received; `tolerance_ms` ≥ 0 how far `webhook-timestamp` may be from
+// now (negative: the core's 5 minutes). `OK`: authentic. `WEBHOOK_REJECTED`: a header is
+// missing, the timestamp is out of the tolerance, or no signature matches.
+// `INVALID_ARGUMENT`: a malformed secret or headers.
+//
+// # Safety
+// Pointers are NULL or valid for their lengths; `err` as in the conventions.
+longrun_code longrun_verify_webhook(const uint8_t *secret,
+                                    size_t secret_len,
+                                    const uint8_t *headers,
+                                    size_t headers_len,
+                                    const uint8_t *body,
+                                    size_t body_len,
+                                    int64_t tolerance_ms,
+                                    longrun_error **err);
+
 // Ask the server to cancel a run; `*outcome` says whether it was accepted or the run had
 // already ended. `interrupt` may be NULL.
 //
@@ -447,6 +514,40 @@ void longrun_batch_free(longrun_batch *batch);
 // `events` is NULL or a stream from this library not yet freed, with no call on it still
 // running; it is invalid afterwards.
 void longrun_events_free(longrun_events *events);
+
+// Open a run's byte stream. Nothing is sent until the first `longrun_stream_next`. On
+// success `*stream` is a new stream; free it with `longrun_stream_free`. It does not borrow
+// `client` or `run`.
+//
+// # Safety
+// Pointers are NULL, live handles, or valid for writing.
+longrun_code longrun_client_stream(const longrun_client *client,
+                                   const longrun_run *run,
+                                   longrun_stream **stream,
+                                   longrun_error **err);
+
+// Wait for the next bytes of a stream. `*next` says what was found: `EVENTS` (`*chunk` holds
+// one or more bytes, an owned buffer to free with `longrun_buf_free`), `END` (every byte was
+// read and the run has ended; `*chunk` is empty) or `PENDING` (`timeout_ms` ≥ 0 passed with
+// nothing new; negative waits without limit). A run without a stream is `NOT_FOUND`. An error
+// is final. `INTERRUPTED` and `PENDING` lose nothing. Calls on one stream are serialized.
+// `interrupt` may be NULL.
+//
+// # Safety
+// Pointers are NULL, live handles, or valid for writing.
+longrun_code longrun_stream_next(const longrun_stream *stream,
+                                 int64_t timeout_ms,
+                                 const longrun_interrupt *interrupt,
+                                 longrun_next *next,
+                                 longrun_buf *chunk,
+                                 longrun_error **err);
+
+// Free a byte stream (closing its connection). NULL is allowed.
+//
+// # Safety
+// `stream` is NULL or a stream from this library not yet freed, with no call on it still
+// running; it is invalid afterwards.
+void longrun_stream_free(longrun_stream *stream);
 
 #ifdef __cplusplus
 }  // extern "C"

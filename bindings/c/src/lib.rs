@@ -74,6 +74,9 @@ pub enum longrun_code {
     Unauthorized = 10,
     /// The token does not allow this (403).
     Forbidden = 11,
+    /// A response hook's delivery failed `longrun_verify_webhook` (a missing header, a stale
+    /// timestamp, no matching signature).
+    WebhookRejected = 12,
     /// A required pointer argument was NULL.
     NullArgument = 100,
     /// A string argument was not UTF-8.
@@ -223,6 +226,7 @@ fn code_of(kind: ErrorKind) -> longrun_code {
         ErrorKind::Server => longrun_code::Server,
         ErrorKind::Unauthorized => longrun_code::Unauthorized,
         ErrorKind::Forbidden => longrun_code::Forbidden,
+        ErrorKind::WebhookRejected => longrun_code::WebhookRejected,
         _ => longrun_code::Protocol,
     }
 }
@@ -348,6 +352,7 @@ pub extern "C" fn longrun_code_name(code: i32) -> *const c_char {
         Some(longrun_code::Server) => b"Server\0",
         Some(longrun_code::Unauthorized) => b"Unauthorized\0",
         Some(longrun_code::Forbidden) => b"Forbidden\0",
+        Some(longrun_code::WebhookRejected) => b"WebhookRejected\0",
         Some(longrun_code::NullArgument) => b"NullArgument\0",
         Some(longrun_code::InvalidUtf8) => b"InvalidUtf8\0",
         Some(longrun_code::Interrupted) => b"Interrupted\0",
@@ -371,6 +376,7 @@ fn code_from(code: i32) -> Option<longrun_code> {
         Server,
         Unauthorized,
         Forbidden,
+        WebhookRejected,
         NullArgument,
         InvalidUtf8,
         Interrupted,
@@ -855,23 +861,174 @@ pub unsafe extern "C" fn longrun_client_submit_with_key(
             } else {
                 Some(str_arg(idempotency_key, idempotency_key_len, "idempotency_key")?.to_owned())
             };
-            let run = out(run, "run")?;
-            let args: serde_json::Value = if args.is_empty() {
-                serde_json::Value::Object(Default::default())
-            } else {
-                serde_json::from_str(args)
-                    .map_err(|e| invalid(format!("the arguments are not valid JSON: {e}")))?
-            };
             let options = longrun::SubmitOptions {
                 idempotency_key: key,
                 ..Default::default()
             };
-            let submitted = block(
+            submit(
+                client,
+                object,
+                args,
+                options,
+                interrupt.as_ref(),
+                out(run, "run")?,
+            )
+        })
+    }
+}
+
+/// What every submit entry point does once its arguments are read.
+fn submit(
+    client: &longrun_client,
+    object: &str,
+    args: &str,
+    options: longrun::SubmitOptions,
+    interrupt: Option<&longrun_interrupt>,
+    run: &mut *mut longrun_run,
+) -> Result<()> {
+    let args = submit_args(args)?;
+    let submitted = block(
+        &client.rt,
+        interrupt,
+        client.client.submit_with(object, args, options),
+    )?;
+    *run = longrun_run::boxed(submitted);
+    Ok(())
+}
+
+/// The arguments JSON of a submit: empty is `{}`.
+fn submit_args(args: &str) -> Result<serde_json::Value> {
+    if args.is_empty() {
+        return Ok(serde_json::Value::Object(Default::default()));
+    }
+    serde_json::from_str(args)
+        .map_err(|e| invalid(format!("the arguments are not valid JSON: {e}")))
+}
+
+/// `longrun_client_submit` with submit options: `options` is NULL (`options_len` 0) or a JSON
+/// object read by the core's `SubmitOptions::from_json`, with any of `idempotency_key`,
+/// `deadline_ms` (`Longrun-Deadline`: the run ends `canceled` with reason `deadline` when it
+/// passes), `wait_ms` (`Prefer: wait`: the server holds the submit until the run ends, up to
+/// 60 s), `hook` (`Longrun-Hook`: an `http(s)://` or `unix:///` URL) and `hook_events`
+/// (`"ended"` or `"all"`). An unknown member is `INVALID_ARGUMENT`.
+///
+/// # Safety
+/// Pointers are NULL, live handles, or valid for their lengths / for writing.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn longrun_client_submit_with_options(
+    client: *const longrun_client,
+    object: *const u8,
+    object_len: usize,
+    args: *const u8,
+    args_len: usize,
+    options: *const u8,
+    options_len: usize,
+    interrupt: *const longrun_interrupt,
+    run: *mut *mut longrun_run,
+    err: *mut *mut longrun_error,
+) -> longrun_code {
+    // SAFETY: the caller's contract, passed on.
+    unsafe {
+        guard(err, || {
+            let client = handle(client, "client")?;
+            let object = str_arg(object, object_len, "object")?;
+            let args = str_arg(args, args_len, "args")?;
+            let options =
+                longrun::SubmitOptions::from_json(str_arg(options, options_len, "options")?)?;
+            submit(
+                client,
+                object,
+                args,
+                options,
+                interrupt.as_ref(),
+                out(run, "run")?,
+            )
+        })
+    }
+}
+
+/// Submit and wait for the run's end in one call (the core's `Client::call`: `Prefer: wait`,
+/// then a follow if the run is still going). `options` as in
+/// `longrun_client_submit_with_options` (its `wait_ms` is not used: the call asks for its
+/// own). The outcomes of `longrun_client_wait`: `*value` the `success` value (free it with
+/// `longrun_buf_free`), `RUN_FAILED`, `CANCELED`, `TIMEOUT` after `timeout_ms` ≥ 0 (negative:
+/// no limit). `interrupt` may be NULL.
+///
+/// # Safety
+/// Pointers are NULL, live handles, or valid for their lengths / for writing.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn longrun_client_call(
+    client: *const longrun_client,
+    object: *const u8,
+    object_len: usize,
+    args: *const u8,
+    args_len: usize,
+    options: *const u8,
+    options_len: usize,
+    timeout_ms: i64,
+    interrupt: *const longrun_interrupt,
+    value: *mut longrun_buf,
+    err: *mut *mut longrun_error,
+) -> longrun_code {
+    // SAFETY: the caller's contract, passed on.
+    unsafe {
+        guard(err, || {
+            let client = handle(client, "client")?;
+            let object = str_arg(object, object_len, "object")?;
+            let args = submit_args(str_arg(args, args_len, "args")?)?;
+            let options =
+                longrun::SubmitOptions::from_json(str_arg(options, options_len, "options")?)?;
+            let value = out(value, "value")?;
+            let timeout = u64::try_from(timeout_ms).ok().map(Duration::from_millis);
+            let result = block(
                 &client.rt,
                 interrupt.as_ref(),
-                client.client.submit_with(object, args, options),
+                client.client.call(object, args, options, timeout),
             )?;
-            *run = longrun_run::boxed(submitted);
+            *value = buf_of(result.to_string().into_bytes());
+            Ok(())
+        })
+    }
+}
+
+/// Verify a response hook's delivery (the core's `longrun::webhook::verify_json`), on the
+/// receiving side. `secret` is the server's `whsec_…`; `headers` JSON: an object of names to a
+/// string or a list of strings (Go's `http.Header`), or a list of `[name, value]` pairs;
+/// `body` the bytes as received; `tolerance_ms` ≥ 0 how far `webhook-timestamp` may be from
+/// now (negative: the core's 5 minutes). `OK`: authentic. `WEBHOOK_REJECTED`: a header is
+/// missing, the timestamp is out of the tolerance, or no signature matches.
+/// `INVALID_ARGUMENT`: a malformed secret or headers.
+///
+/// # Safety
+/// Pointers are NULL or valid for their lengths; `err` as in the conventions.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn longrun_verify_webhook(
+    secret: *const u8,
+    secret_len: usize,
+    headers: *const u8,
+    headers_len: usize,
+    body: *const u8,
+    body_len: usize,
+    tolerance_ms: i64,
+    err: *mut *mut longrun_error,
+) -> longrun_code {
+    // SAFETY: the caller's contract, passed on.
+    unsafe {
+        guard(err, || {
+            let secret = str_arg(secret, secret_len, "secret")?;
+            let headers: serde_json::Value =
+                serde_json::from_str(str_arg(headers, headers_len, "headers")?)
+                    .map_err(|e| invalid(format!("the headers are not valid JSON: {e}")))?;
+            let body: &[u8] = if body.is_null() {
+                if body_len != 0 {
+                    return Err(null("body"));
+                }
+                &[]
+            } else {
+                std::slice::from_raw_parts(body, body_len)
+            };
+            let tolerance = u64::try_from(tolerance_ms).ok().map(Duration::from_millis);
+            longrun::webhook::verify_json(secret, &headers, body, tolerance)?;
             Ok(())
         })
     }
@@ -1185,6 +1342,131 @@ pub unsafe extern "C" fn longrun_events_free(events: *mut longrun_events) {
             // Dropping the stream may touch its connection: do it inside the runtime.
             let _guard = events.rt.enter();
             drop(events.stream);
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Byte streams
+
+/// A run's byte stream (spec §27): every byte once, in order, resumed by the core after a
+/// disconnect from the count of bytes received.
+pub struct longrun_stream {
+    rt: Arc<Runtime>,
+    stream: Mutex<Option<longrun::ByteStream>>,
+}
+
+/// Open a run's byte stream. Nothing is sent until the first `longrun_stream_next`. On
+/// success `*stream` is a new stream; free it with `longrun_stream_free`. It does not borrow
+/// `client` or `run`.
+///
+/// # Safety
+/// Pointers are NULL, live handles, or valid for writing.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn longrun_client_stream(
+    client: *const longrun_client,
+    run: *const longrun_run,
+    stream: *mut *mut longrun_stream,
+    err: *mut *mut longrun_error,
+) -> longrun_code {
+    // SAFETY: the caller's contract, passed on.
+    unsafe {
+        guard(err, || {
+            let client = handle(client, "client")?;
+            let run = handle(run, "run")?;
+            let stream = out(stream, "stream")?;
+            let bytes = client.client.stream(&run.run);
+            *stream = Box::into_raw(Box::new(longrun_stream {
+                rt: client.rt.clone(),
+                stream: Mutex::new(Some(bytes)),
+            }));
+            Ok(())
+        })
+    }
+}
+
+/// Wait for the next bytes of a stream. `*next` says what was found: `EVENTS` (`*chunk` holds
+/// one or more bytes, an owned buffer to free with `longrun_buf_free`), `END` (every byte was
+/// read and the run has ended; `*chunk` is empty) or `PENDING` (`timeout_ms` ≥ 0 passed with
+/// nothing new; negative waits without limit). A run without a stream is `NOT_FOUND`. An error
+/// is final. `INTERRUPTED` and `PENDING` lose nothing. Calls on one stream are serialized.
+/// `interrupt` may be NULL.
+///
+/// # Safety
+/// Pointers are NULL, live handles, or valid for writing.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn longrun_stream_next(
+    stream: *const longrun_stream,
+    timeout_ms: i64,
+    interrupt: *const longrun_interrupt,
+    next: *mut longrun_next,
+    chunk: *mut longrun_buf,
+    err: *mut *mut longrun_error,
+) -> longrun_code {
+    use futures::StreamExt;
+    // SAFETY: the caller's contract, passed on.
+    unsafe {
+        guard(err, || {
+            let stream = handle(stream, "stream")?;
+            let next = out(next, "next")?;
+            let chunk = out(chunk, "chunk")?;
+            let interrupt = interrupt.as_ref();
+            let mut guard = stream
+                .stream
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let Some(bytes) = guard.as_mut() else {
+                *next = longrun_next::End;
+                *chunk = buf_of(Vec::new());
+                return Ok(());
+            };
+            let limit = u64::try_from(timeout_ms).ok().map(Duration::from_millis);
+            let found = block(&stream.rt, interrupt, async {
+                match limit {
+                    None => Ok(Some(bytes.next().await)),
+                    Some(limit) => Ok(tokio::time::timeout(limit, bytes.next()).await.ok()),
+                }
+            })?;
+            match found {
+                None => {
+                    *next = longrun_next::Pending;
+                    *chunk = buf_of(Vec::new());
+                }
+                Some(None) => {
+                    // Over: drop the stream (and its connection) now.
+                    let _enter = stream.rt.enter();
+                    *guard = None;
+                    *next = longrun_next::End;
+                    *chunk = buf_of(Vec::new());
+                }
+                Some(Some(Err(e))) => {
+                    let _enter = stream.rt.enter();
+                    *guard = None;
+                    return Err(e.into());
+                }
+                Some(Some(Ok(bytes))) => {
+                    *next = longrun_next::Events;
+                    *chunk = buf_of(bytes.to_vec());
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Free a byte stream (closing its connection). NULL is allowed.
+///
+/// # Safety
+/// `stream` is NULL or a stream from this library not yet freed, with no call on it still
+/// running; it is invalid afterwards.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn longrun_stream_free(stream: *mut longrun_stream) {
+    if !stream.is_null() {
+        // SAFETY: the caller's contract.
+        let stream = unsafe { Box::from_raw(stream) };
+        guard_value((), move || {
+            let _guard = stream.rt.enter();
+            drop(stream.stream);
         });
     }
 }

@@ -363,3 +363,96 @@ fn a_transport_that_is_none_is_an_invalid_argument() {
         longrun_client_free(c);
     }
 }
+
+/// Submit options, streams and webhooks: bad input is a code, before anything is sent.
+#[test]
+fn submit_options_streams_and_webhooks_refuse_bad_input() {
+    let mut err = null_mut();
+    let c = client();
+    // SAFETY: every pointer is NULL or valid; NULL where the test says so.
+    unsafe {
+        let mut run = null_mut();
+        for options in [
+            &b"{\"bogus\": 1}"[..],
+            b"{\"deadline_ms\": -1}",
+            b"[",
+            b"\"x\"",
+        ] {
+            let code = longrun_client_submit_with_options(
+                c,
+                b"echo".as_ptr(),
+                4,
+                null(),
+                0,
+                options.as_ptr(),
+                options.len(),
+                null(),
+                &mut run,
+                &mut err,
+            );
+            assert_eq!(code, longrun_code::InvalidArgument);
+            take(&mut err);
+        }
+        let mut value = longrun_buf {
+            ptr: null_mut(),
+            len: 0,
+        };
+        let code = longrun_client_call(
+            c,
+            b"echo".as_ptr(),
+            4,
+            null(),
+            0,
+            b"{\"wait_ms\": 0}".as_ptr(),
+            14,
+            -1,
+            null(),
+            &mut value,
+            &mut err,
+        );
+        // Its options are read (a call ignores wait_ms: it asks for its own), and then the
+        // closed port fails it.
+        assert_eq!(code, longrun_code::Transport);
+        take(&mut err);
+        let mut stream = null_mut();
+        let code = longrun_client_stream(c, null(), &mut stream, &mut err);
+        assert_eq!(code, longrun_code::NullArgument);
+        take(&mut err);
+        let (mut next, mut chunk) = (
+            longrun_next::Pending,
+            longrun_buf {
+                ptr: null_mut(),
+                len: 0,
+            },
+        );
+        let code = longrun_stream_next(null(), -1, null(), &mut next, &mut chunk, &mut err);
+        assert_eq!(code, longrun_code::NullArgument);
+        take(&mut err);
+        longrun_stream_free(null_mut());
+
+        let secret = b"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let verify = |headers: &[u8], body: &[u8], err: &mut *mut longrun_error| {
+            longrun_verify_webhook(
+                secret.as_ptr(),
+                secret.len(),
+                headers.as_ptr(),
+                headers.len(),
+                body.as_ptr(),
+                body.len(),
+                -1,
+                err,
+            )
+        };
+        assert_eq!(verify(b"{", b"{}", &mut err), longrun_code::InvalidArgument);
+        take(&mut err);
+        assert_eq!(
+            verify(b"{}", b"{}", &mut err),
+            longrun_code::WebhookRejected
+        );
+        assert!(take(&mut err).1.contains("webhook-id"));
+        let code = longrun_verify_webhook(null(), 3, null(), 0, null(), 0, -1, &mut err);
+        assert_eq!(code, longrun_code::NullArgument);
+        take(&mut err);
+        longrun_client_free(c);
+    }
+}

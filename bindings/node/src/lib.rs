@@ -86,24 +86,52 @@ impl NativeClient {
         Ok(shared::run_json(&run))
     }
 
+    /// `options`: the JSON of the JS `SubmitOptions`.
     #[napi]
     pub async fn submit(
         &self,
         object: String,
         args: Option<String>,
-        idempotency_key: Option<String>,
+        options: Option<String>,
     ) -> Result<String> {
         let args = shared::args(args.as_deref()).map_err(|e| fail(&e))?;
-        let options = longrun::SubmitOptions {
-            idempotency_key,
-            ..Default::default()
-        };
+        let options = shared::submit_options(options.as_deref()).map_err(|e| fail(&e))?;
         let run = self
             .inner
             .submit_with(&object, args, options)
             .await
             .map_err(|e| fail(&e))?;
         Ok(shared::run_json(&run))
+    }
+
+    /// A call (submit, then the outcome) for `NativeWait.wait` to start: `Client::call`.
+    #[napi]
+    pub fn caller(
+        &self,
+        object: String,
+        args: Option<String>,
+        options: Option<String>,
+        timeout_ms: Option<f64>,
+    ) -> Result<NativeCall> {
+        Ok(NativeCall {
+            client: self.inner.clone(),
+            object,
+            args: shared::args(args.as_deref()).map_err(|e| fail(&e))?,
+            options: shared::submit_options(options.as_deref()).map_err(|e| fail(&e))?,
+            timeout: shared::timeout(timeout_ms).map_err(|e| fail(&e))?,
+            abort: Interrupt::new(),
+        })
+    }
+
+    /// The run's byte stream; read it with `nextChunk`.
+    #[napi]
+    pub fn stream(&self, run_url: String) -> Result<NativeStream> {
+        Ok(NativeStream {
+            stream: Arc::new(futures::lock::Mutex::new(Some(
+                self.inner.stream(&run(&run_url)?),
+            ))),
+            abort: Interrupt::new(),
+        })
     }
 
     #[napi]
@@ -159,10 +187,7 @@ impl NativeClient {
         Ok(NativeWait {
             client: self.inner.clone(),
             run: run(&run_url)?,
-            timeout: timeout_ms
-                .map(shared::millis)
-                .transpose()
-                .map_err(|e| fail(&e))?,
+            timeout: shared::timeout(timeout_ms).map_err(|e| fail(&e))?,
             abort: Interrupt::new(),
         })
     }
@@ -229,6 +254,81 @@ impl NativeFollow {
             *guard = None;
         }
     }
+}
+
+/// A call in progress (`Client::call`); `abort` stops it (the run goes on).
+#[napi]
+pub struct NativeCall {
+    client: longrun::Client,
+    object: String,
+    args: serde_json::Value,
+    options: longrun::SubmitOptions,
+    timeout: Option<std::time::Duration>,
+    abort: Interrupt,
+}
+
+#[napi]
+impl NativeCall {
+    /// The run's success value (JSON).
+    #[napi]
+    pub async fn call(&self) -> Result<String> {
+        let (client, abort) = (self.client.clone(), self.abort.clone());
+        let (args, options) = (self.args.clone(), self.options.clone());
+        let call = client.call(&self.object, args, options, self.timeout);
+        Ok(unless_aborted(&abort, call).await?.to_string())
+    }
+
+    #[napi]
+    pub fn abort(&self) {
+        self.abort.raise();
+    }
+}
+
+/// A run's byte stream (`Client::stream`).
+#[napi]
+pub struct NativeStream {
+    stream: Arc<futures::lock::Mutex<Option<longrun::ByteStream>>>,
+    abort: Interrupt,
+}
+
+#[napi]
+impl NativeStream {
+    /// The next bytes, or `null` once every byte was read and the run has ended.
+    #[napi]
+    pub async fn next_chunk(&self) -> Result<Option<napi::bindgen_prelude::Buffer>> {
+        use futures::StreamExt;
+        let (stream, abort) = (self.stream.clone(), self.abort.clone());
+        let mut guard = stream.lock().await;
+        let Some(bytes) = guard.as_mut() else {
+            return Ok(None);
+        };
+        let next = unless_aborted(&abort, async { bytes.next().await.transpose() }).await;
+        if !matches!(next, Ok(Some(_))) {
+            *guard = None; // over or failed: close the connection now
+        }
+        Ok(next?.map(|chunk| chunk.to_vec().into()))
+    }
+
+    /// Stop reading now: a pending `nextChunk` rejects with `Aborted`, the connection closes.
+    #[napi]
+    pub fn close(&self) {
+        self.abort.raise();
+        if let Some(mut guard) = self.stream.try_lock() {
+            *guard = None;
+        }
+    }
+}
+
+/// Verify a response hook's delivery (`longrun::webhook::verify_json`); throws
+/// `WebhookRejected` or `InvalidArgument` as error JSON.
+#[napi]
+pub fn verify_webhook(
+    secret: String,
+    headers: String,
+    body: napi::bindgen_prelude::Uint8Array,
+    tolerance_ms: Option<f64>,
+) -> Result<()> {
+    shared::verify_webhook(&secret, &headers, &body, tolerance_ms).map_err(|e| fail(&e))
 }
 
 /// A wait's progress callback: at most this many calls queued for the JS thread.

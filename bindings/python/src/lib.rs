@@ -15,11 +15,13 @@ use futures::FutureExt;
 use std::time::Duration;
 
 use longrun::blocking::{self, Next};
-use longrun::{CancelOutcome, ClientBuilder, ClientOptions, FollowOptions, Transport};
+use longrun::{
+    CancelOutcome, ClientBuilder, ClientOptions, FollowOptions, SubmitOptions, Transport,
+};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -491,6 +493,35 @@ fn builder(base_url: &str, options: Option<&Bound<'_, PyDict>>) -> longrun::Resu
     options.apply(ClientBuilder::new(base_url))
 }
 
+/// Submit options from the keyword arguments of `submit`/`call`, as they are: the core's
+/// `SubmitOptions` reads them (seconds for durations) and refuses an unknown one.
+fn submit_options(options: Option<&Bound<'_, PyDict>>) -> longrun::Result<SubmitOptions> {
+    match options {
+        Some(options) => SubmitOptions::from_value(py_to_json(options.as_any())?),
+        None => Ok(SubmitOptions::default()),
+    }
+}
+
+/// Submit arguments: none is `{}`.
+fn submit_args(args: Option<&Bound<'_, PyAny>>) -> longrun::Result<Value> {
+    match args {
+        Some(a) => py_to_json(a),
+        None => Ok(Value::Object(Default::default())),
+    }
+}
+
+/// A chunk of a byte stream, handed to Python as `bytes`.
+struct Chunk(bytes::Bytes);
+
+impl<'py> IntoPyObject<'py> for Chunk {
+    type Target = PyBytes;
+    type Output = Bound<'py, PyBytes>;
+    type Error = PyErr;
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Self::Output> {
+        Ok(PyBytes::new(py, &self.0))
+    }
+}
+
 fn cancel_outcome(outcome: CancelOutcome) -> (&'static str, Option<&'static str>) {
     match outcome {
         CancelOutcome::Accepted => ("accepted", None),
@@ -542,26 +573,52 @@ impl Client {
         Ok(Run { inner })
     }
 
-    #[pyo3(signature = (object, args=None, idempotency_key=None))]
+    /// `options`: the keyword arguments of `longrun.Client.submit` (`longrun.SubmitOptions`).
+    #[pyo3(signature = (object, args=None, options=None))]
     fn submit(
         &self,
         py: Python<'_>,
         object: &str,
         args: Option<&Bound<'_, PyAny>>,
-        idempotency_key: Option<String>,
+        options: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Run> {
-        let args = match args {
-            Some(a) => py_to_json(a).or_raise(py)?,
-            None => Value::Object(Default::default()),
-        };
-        let options = longrun::SubmitOptions {
-            idempotency_key,
-            ..Default::default()
-        };
+        let args = submit_args(args).or_raise(py)?;
+        let options = submit_options(options).or_raise(py)?;
         let inner = py
             .detach(|| self.inner.submit_with(object, args, options))
             .or_raise(py)?;
         Ok(Run { inner })
+    }
+
+    /// Submit and the run's `success` value (`longrun::Client::call`); waits in slices, as
+    /// `wait` does, so Ctrl-C stops it (the run goes on).
+    #[pyo3(signature = (object, args=None, options=None, timeout=None))]
+    fn call<'py>(
+        &self,
+        py: Python<'py>,
+        object: &str,
+        args: Option<&Bound<'py, PyAny>>,
+        options: Option<&Bound<'py, PyDict>>,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let args = submit_args(args).or_raise(py)?;
+        let options = submit_options(options).or_raise(py)?;
+        let timeout = seconds("timeout", timeout).or_raise(py)?;
+        let mut calling = self.inner.calling(object, args, options, timeout);
+        loop {
+            match py.detach(|| calling.next_timeout(SLICE)) {
+                Next::Item(outcome) => return json_to_py(py, &outcome.or_raise(py)?),
+                Next::Pending => py.check_signals()?,
+                Next::End => return Err(PyRuntimeError::new_err("the call was already over")),
+            }
+        }
+    }
+
+    /// The run's byte stream (spec §27), chunk by chunk.
+    fn stream(&self, run: &Run) -> ByteChunks {
+        ByteChunks {
+            inner: Mutex::new(self.inner.stream_chunks(&run.inner)),
+        }
     }
 
     #[pyo3(signature = (run, since=None, transport=None))]
@@ -643,6 +700,68 @@ impl Events {
     }
 }
 
+/// A blocking byte stream: `next_chunk` waits (in slices, checking for signals) for the next
+/// bytes; `None` at the end. An error is final.
+#[pyclass(frozen, module = "longrun._native")]
+struct ByteChunks {
+    inner: Mutex<blocking::Chunks>,
+}
+
+#[pymethods]
+impl ByteChunks {
+    fn next_chunk(&self, py: Python<'_>) -> PyResult<Option<Chunk>> {
+        let mut guard = self.inner.try_lock().map_err(|_| {
+            PyRuntimeError::new_err(
+                "this stream is being read by another thread (or a call panicked)",
+            )
+        })?;
+        let chunks: &mut blocking::Chunks = &mut guard;
+        loop {
+            match py.detach(|| chunks.next_timeout(SLICE)) {
+                Next::Item(chunk) => return Ok(Some(Chunk(chunk.or_raise(py)?))),
+                Next::End => return Ok(None),
+                Next::Pending => py.check_signals()?,
+            }
+        }
+    }
+}
+
+/// An asyncio byte stream: `next_chunk` is awaitable (`None` at the end); cancelling it
+/// loses nothing.
+#[pyclass(frozen, module = "longrun._native")]
+struct AsyncByteChunks {
+    inner: Arc<tokio::sync::Mutex<longrun::ByteStream>>,
+}
+
+#[pymethods]
+impl AsyncByteChunks {
+    fn next_chunk<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        use futures::StreamExt;
+        let stream = self.inner.clone();
+        aio::future_into_py(py, async move {
+            let mut stream = stream.lock().await;
+            stream.next().await.map(|c| c.map(Chunk)).transpose()
+        })
+    }
+}
+
+/// Verify a response hook's delivery (`longrun::webhook::verify_json`): `headers` a dict or
+/// `(name, value)` pairs, `body` the bytes as received, `tolerance` seconds (None: the
+/// core's 5 minutes). Raises `WebhookRejected`, or `InvalidArgument` for a bad secret.
+#[pyfunction]
+#[pyo3(signature = (secret, headers, body, tolerance=None))]
+fn verify_webhook(
+    py: Python<'_>,
+    secret: &str,
+    headers: &Bound<'_, PyAny>,
+    body: &[u8],
+    tolerance: Option<f64>,
+) -> PyResult<()> {
+    let headers = py_to_json(headers).or_raise(py)?;
+    let tolerance = seconds("tolerance", tolerance).or_raise(py)?;
+    longrun::webhook::verify_json(secret, &headers, body, tolerance).or_raise(py)
+}
+
 /// The asyncio client (`longrun::Client` on the runtime of `aio`).
 #[pyclass(frozen, module = "longrun._native")]
 struct AsyncClient {
@@ -670,27 +789,45 @@ impl AsyncClient {
         Ok(Run { inner })
     }
 
-    #[pyo3(signature = (object, args=None, idempotency_key=None))]
+    #[pyo3(signature = (object, args=None, options=None))]
     fn submit<'py>(
         &self,
         py: Python<'py>,
         object: String,
         args: Option<&Bound<'py, PyAny>>,
-        idempotency_key: Option<String>,
+        options: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let args = match args {
-            Some(a) => py_to_json(a).or_raise(py)?,
-            None => Value::Object(Default::default()),
-        };
-        let options = longrun::SubmitOptions {
-            idempotency_key,
-            ..Default::default()
-        };
+        let args = submit_args(args).or_raise(py)?;
+        let options = submit_options(options).or_raise(py)?;
         let client = self.inner.clone();
         aio::future_into_py(py, async move {
             let inner = client.submit_with(&object, args, options).await?;
             Ok(Run { inner })
         })
+    }
+
+    #[pyo3(signature = (object, args=None, options=None, timeout=None))]
+    fn call<'py>(
+        &self,
+        py: Python<'py>,
+        object: String,
+        args: Option<&Bound<'py, PyAny>>,
+        options: Option<&Bound<'py, PyDict>>,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let args = submit_args(args).or_raise(py)?;
+        let options = submit_options(options).or_raise(py)?;
+        let timeout = seconds("timeout", timeout).or_raise(py)?;
+        let client = self.inner.clone();
+        aio::future_into_py(py, async move {
+            Ok(Json(client.call(&object, args, options, timeout).await?))
+        })
+    }
+
+    fn stream(&self, run: &Run) -> AsyncByteChunks {
+        AsyncByteChunks {
+            inner: Arc::new(tokio::sync::Mutex::new(self.inner.stream(&run.inner))),
+        }
     }
 
     #[pyo3(signature = (run, since=None, transport=None))]
@@ -817,7 +954,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<AsyncClient>()?;
     m.add_class::<AsyncEvents>()?;
     m.add_class::<RawBatch>()?;
+    m.add_class::<ByteChunks>()?;
+    m.add_class::<AsyncByteChunks>()?;
     m.add_function(wrap_pyfunction!(error_kinds, m)?)?;
+    m.add_function(wrap_pyfunction!(verify_webhook, m)?)?;
     // Before the interpreter finalizes, the asyncio runtime stops (see `aio`).
     m.py()
         .import("atexit")?

@@ -67,24 +67,35 @@ impl NativeClient {
         Ok(shared::run_json(&run))
     }
 
-    pub fn submit(
-        &self,
-        object: String,
-        args: Option<String>,
-        idempotency_key: Option<String>,
-    ) -> Promise {
+    /// `options`: the JSON of the JS `SubmitOptions`.
+    pub fn submit(&self, object: String, args: Option<String>, options: Option<String>) -> Promise {
         let client = self.inner.clone();
         future_to_promise(async move {
             let args = shared::args(args.as_deref()).map_err(|e| fail(&e))?;
-            let options = longrun::SubmitOptions {
-                idempotency_key,
-                ..Default::default()
-            };
+            let options = shared::submit_options(options.as_deref()).map_err(|e| fail(&e))?;
             let run = client
                 .submit_with(&object, args, options)
                 .await
                 .map_err(|e| fail(&e))?;
             Ok(shared::run_json(&run).into())
+        })
+    }
+
+    /// A call (submit, then the outcome) for `NativeCall.call` to start: `Client::call`.
+    pub fn caller(
+        &self,
+        object: String,
+        args: Option<String>,
+        options: Option<String>,
+        timeout_ms: Option<f64>,
+    ) -> Result<NativeCall, JsValue> {
+        Ok(NativeCall {
+            client: self.inner.clone(),
+            object,
+            args: shared::args(args.as_deref()).map_err(|e| fail(&e))?,
+            options: shared::submit_options(options.as_deref()).map_err(|e| fail(&e))?,
+            timeout: shared::timeout(timeout_ms).map_err(|e| fail(&e))?,
+            abort: Interrupt::new(),
         })
     }
 
@@ -132,10 +143,7 @@ impl NativeClient {
         Ok(NativeWait {
             client: self.inner.clone(),
             run: run(run_url)?,
-            timeout: timeout_ms
-                .map(shared::millis)
-                .transpose()
-                .map_err(|e| fail(&e))?,
+            timeout: shared::timeout(timeout_ms).map_err(|e| fail(&e))?,
             abort: Interrupt::new(),
         })
     }
@@ -169,6 +177,46 @@ impl NativeFollow {
         if let Some(mut guard) = self.stream.try_lock() {
             *guard = None;
         }
+    }
+}
+
+/// Verify a response hook's delivery (`longrun::webhook::verify_json`): pure computation, so
+/// the browser build has it too.
+#[wasm_bindgen(js_name = verifyWebhook)]
+pub fn verify_webhook(
+    secret: &str,
+    headers: &str,
+    body: &[u8],
+    tolerance_ms: Option<f64>,
+) -> Result<(), JsValue> {
+    shared::verify_webhook(secret, headers, body, tolerance_ms).map_err(|e| fail(&e))
+}
+
+#[wasm_bindgen]
+pub struct NativeCall {
+    client: longrun::Client,
+    object: String,
+    args: serde_json::Value,
+    options: longrun::SubmitOptions,
+    timeout: Option<std::time::Duration>,
+    abort: Interrupt,
+}
+
+#[wasm_bindgen]
+impl NativeCall {
+    pub fn call(&self) -> Promise {
+        let (client, abort, object) =
+            (self.client.clone(), self.abort.clone(), self.object.clone());
+        let (args, options, timeout) = (self.args.clone(), self.options.clone(), self.timeout);
+        future_to_promise(async move {
+            let value =
+                unless_aborted(&abort, client.call(&object, args, options, timeout)).await?;
+            Ok(value.to_string().into())
+        })
+    }
+
+    pub fn abort(&self) {
+        self.abort.raise();
     }
 }
 

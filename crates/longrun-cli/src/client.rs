@@ -610,6 +610,7 @@ async fn submit(global: &Global, a: SubmitArgs) -> Outcome {
     let options = longrun::SubmitOptions {
         idempotency_key: a.idempotency_key.clone(),
         deadline: a.deadline,
+        ..Default::default()
     };
     let run = client
         .submit_with(&a.object, value, options)

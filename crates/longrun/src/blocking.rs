@@ -142,6 +142,50 @@ impl Client {
             rt: self.rt.clone(),
         }
     }
+
+    /// [`Client::call`] as a handle driven in slices, like [`Client::waiting`]. The
+    /// arguments are serialized now; a failure is the handle's outcome.
+    pub fn calling(
+        &self,
+        object: &str,
+        args: impl Serialize,
+        options: SubmitOptions,
+        timeout: Option<Duration>,
+    ) -> Waiting {
+        let client = self.inner.clone();
+        let object = object.to_owned();
+        let args = serde_json::to_value(args)
+            .map_err(|e| Error::invalid(format!("the arguments do not serialize to JSON: {e}")));
+        Waiting {
+            wait: Some(Box::pin(async move {
+                client.call(&object, args?, options, timeout).await
+            })),
+            rt: self.rt.clone(),
+        }
+    }
+
+    /// A run's byte stream as chunks taken in slices ([`Chunks::next_timeout`]), for callers
+    /// that check their own interruption between them; [`Client::stream`] is the `Read`.
+    pub fn stream_chunks(&self, run: &Run) -> Chunks {
+        Chunks {
+            stream: self.inner.stream(run),
+            rt: self.rt.clone(),
+        }
+    }
+}
+
+/// The chunks of a run's byte stream; see [`Client::stream_chunks`]. Every byte once, in
+/// order, resumed after disconnects; an `Err` item is final.
+pub struct Chunks {
+    stream: crate::ByteStream,
+    rt: Arc<tokio::runtime::Runtime>,
+}
+
+impl Chunks {
+    /// Wait at most `timeout` for the next chunk: `Next::Pending` loses nothing.
+    pub fn next_timeout(&mut self, timeout: Duration) -> Next<Result<bytes::Bytes>> {
+        next_within(&self.rt, &mut self.stream, timeout)
+    }
 }
 
 type BoxedWait = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value>> + Send>>;
@@ -199,14 +243,7 @@ impl Events {
     /// a caller can wait in slices and check its own interruption (Ctrl-C, a Go context)
     /// between them.
     pub fn next_timeout(&mut self, timeout: Duration) -> Next<Result<Event>> {
-        let next = self
-            .rt
-            .block_on(crate::rt::timeout(timeout, self.stream.next()));
-        match next {
-            Some(Some(item)) => Next::Item(item),
-            Some(None) => Next::End,
-            None => Next::Pending,
-        }
+        next_within(&self.rt, &mut self.stream, timeout)
     }
 
     /// Like [`EventStream::next_batch`], waiting at most `timeout` for the first event.
@@ -231,6 +268,20 @@ impl Events {
             .rt
             .block_on(crate::rt::timeout(timeout, self.stream.next_raw_batch(max)));
         batch_found(batch)
+    }
+}
+
+/// The next item of `stream` within `timeout`, as [`Next`] (the streams' `next` is
+/// cancel-safe: `Pending` loses nothing).
+fn next_within<S: futures::Stream + Unpin>(
+    rt: &tokio::runtime::Runtime,
+    stream: &mut S,
+    timeout: Duration,
+) -> Next<S::Item> {
+    match rt.block_on(crate::rt::timeout(timeout, stream.next())) {
+        Some(Some(item)) => Next::Item(item),
+        Some(None) => Next::End,
+        None => Next::Pending,
     }
 }
 

@@ -121,22 +121,30 @@ enum Group {
 
 /// One member's value, read by the kind of setting it is.
 struct Member<'a> {
+    /// Whose member: `"client option"`, `"submit option"`.
+    options: &'static str,
     group: Group,
     name: &'a str,
     value: Value,
 }
 
 impl Member<'_> {
-    fn label(&self) -> String {
+    /// Its name where it is (`reconnect.max_attempts`).
+    fn path(&self) -> String {
         match self.group {
             Group::Top => self.name.to_owned(),
             Group::Reconnect => format!("reconnect.{}", self.name),
         }
     }
 
+    /// What messages call it (`client option reconnect.max_attempts`).
+    fn label(&self) -> String {
+        format!("{} {}", self.options, self.path())
+    }
+
     /// (The value is not shown: it may be a token or a header's secret.)
     fn invalid(&self, what: &str) -> Error {
-        Error::invalid(format!("client option {} must be {what}", self.label()))
+        Error::invalid(format!("{} must be {what}", self.label()))
     }
 
     fn text(self) -> Result<String> {
@@ -201,31 +209,43 @@ fn put<T>(slot: &mut Option<T>, label: String, value: T) -> Result<()> {
     match slot.replace(value) {
         None => Ok(()),
         Some(_) => Err(Error::invalid(format!(
-            "client option {label} is given twice (under two spellings)"
+            "{label} is given twice (under two spellings)"
         ))),
     }
 }
 
+/// The members of an options object, or `InvalidArgument` naming `what` for anything else.
+fn members(value: Value, what: &str) -> Result<serde_json::Map<String, Value>> {
+    match value {
+        Value::Object(members) => Ok(members),
+        other => Err(Error::invalid(format!(
+            "{what} must be a JSON object, not {other}"
+        ))),
+    }
+}
+
+/// Parse options JSON text; empty text is `null` (no options).
+fn options_json(json: &str, what: &str) -> Result<Value> {
+    if json.trim().is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_str(json).map_err(|e| Error::invalid(format!("{what}: {e}")))
+}
+
 impl ClientOptions {
-    /// Parse options JSON; empty text means no options.
+    /// Parse options JSON; empty text (or `null`) means no options.
     pub fn from_json(json: &str) -> Result<Self> {
-        if json.trim().is_empty() {
-            return Ok(Self::default());
-        }
-        let value = serde_json::from_str(json)
-            .map_err(|e| Error::invalid(format!("client options: {e}")))?;
-        Self::from_value(value)
+        Self::from_value(options_json(json, "client options")?)
     }
 
-    /// Read options from a JSON object (what a binding built from its caller's arguments).
+    /// Read options from a JSON object (what a binding built from its caller's arguments);
+    /// `null` is no options.
     pub fn from_value(value: Value) -> Result<Self> {
-        let Value::Object(members) = value else {
-            return Err(Error::invalid(format!(
-                "client options must be a JSON object, not {value}"
-            )));
-        };
         let mut options = Self::default();
-        for (name, value) in members {
+        if value.is_null() {
+            return Ok(options);
+        }
+        for (name, value) in members(value, "client options")? {
             options.set(Group::Top, &name, value)?;
         }
         Ok(options)
@@ -237,7 +257,12 @@ impl ClientOptions {
         if value.is_null() {
             return Ok(());
         }
-        let m = Member { group, name, value };
+        let m = Member {
+            options: "client option",
+            group,
+            name,
+            value,
+        };
         let label = m.label();
         match (group, name) {
             (Top, "token") => put(&mut self.token, label, m.text()?),
@@ -277,7 +302,10 @@ impl ClientOptions {
             (Reconnect, "max_delay") | (Top, "reconnect_max_delay") => {
                 put(&mut self.reconnect_max_delay, label, m.seconds()?)
             }
-            _ => Err(Error::invalid(format!("{label:?} is not a client option"))),
+            _ => Err(Error::invalid(format!(
+                "{:?} is not a client option",
+                m.path()
+            ))),
         }
     }
 
@@ -770,6 +798,121 @@ pub struct SubmitOptions {
     /// is stopped and ends `canceled` with reason `deadline`, queued or running. More than
     /// the server's maximum (7 days by default) is refused, an `InvalidArgument`.
     pub deadline: Option<Duration>,
+    /// Sent as `Prefer: wait=N` (spec §4.5): the server holds the submit up to this long
+    /// (whole seconds, rounded up; 1 to 60) and answers once the run has ended, if it ends in
+    /// that time — so the run a submit returns may already be over. [`Client::call`] asks
+    /// for its own wait and ignores this one.
+    pub wait: Option<Duration>,
+    /// Sent as `Longrun-Hook` (spec §26): where the server pushes the run's outcome, an
+    /// `http(s)://` URL (a signed POST) or `unix:///path.sock` (acomm's framing). The
+    /// server checks it (400 `invalid-hook`, 422 `hook-refused`, both `InvalidArgument`).
+    /// Verify deliveries with [`crate::webhook::verify`].
+    pub hook: Option<String>,
+    /// Sent as `Longrun-Hook-Events`: which events the hook gets; the server's default is
+    /// [`HookEvents::Ended`]. Needs `hook`.
+    pub hook_events: Option<HookEvents>,
+}
+
+/// Which events a response hook is sent (`Longrun-Hook-Events`, spec §26.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HookEvents {
+    /// The run's end only (`run.ended`).
+    #[default]
+    Ended,
+    /// Every event (`run.event`, coalesced by the server), then the end.
+    All,
+}
+
+impl HookEvents {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookEvents::Ended => "ended",
+            HookEvents::All => "all",
+        }
+    }
+}
+
+/// The names every binding accepts: `"ended"` and `"all"`.
+impl std::str::FromStr for HookEvents {
+    type Err = Error;
+    fn from_str(name: &str) -> Result<Self> {
+        match name {
+            "ended" => Ok(HookEvents::Ended),
+            "all" => Ok(HookEvents::All),
+            other => Err(Error::invalid(format!(
+                "hook events {other:?}: use \"ended\" or \"all\""
+            ))),
+        }
+    }
+}
+
+impl SubmitOptions {
+    /// Parse submit options JSON; empty text (or `null`) means none. See
+    /// [`SubmitOptions::from_value`].
+    pub fn from_json(json: &str) -> Result<Self> {
+        Self::from_value(options_json(json, "submit options")?)
+    }
+
+    /// Submit options as data, for bindings (as [`ClientOptions`] are): a JSON object whose
+    /// members are all optional (null is unset), an unknown one `InvalidArgument`. The
+    /// spellings, read here only: `idempotency_key` / `idempotencyKey`; `deadline` and
+    /// `wait` in seconds (Python) or `deadline_ms` / `deadlineMs`, `wait_ms` / `waitMs` in
+    /// milliseconds (C, Go, JavaScript); `hook`; `hook_events` / `hookEvents` (`"ended"`,
+    /// `"all"`).
+    pub fn from_value(value: Value) -> Result<Self> {
+        let mut options = Self::default();
+        if value.is_null() {
+            return Ok(options);
+        }
+        for (name, value) in members(value, "submit options")? {
+            if value.is_null() {
+                continue;
+            }
+            let m = Member {
+                options: "submit option",
+                group: Group::Top,
+                name: &name,
+                value,
+            };
+            let label = m.label();
+            match name.as_str() {
+                "idempotency_key" | "idempotencyKey" => {
+                    put(&mut options.idempotency_key, label, m.text()?)
+                }
+                "deadline" => put(&mut options.deadline, label, m.seconds()?),
+                "deadline_ms" | "deadlineMs" => put(&mut options.deadline, label, m.millis()?),
+                "wait" => put(&mut options.wait, label, m.seconds()?),
+                "wait_ms" | "waitMs" => put(&mut options.wait, label, m.millis()?),
+                "hook" => put(&mut options.hook, label, m.text()?),
+                "hook_events" | "hookEvents" => {
+                    put(&mut options.hook_events, label, m.text()?.parse()?)
+                }
+                _ => Err(Error::invalid(format!("{name:?} is not a submit option"))),
+            }?;
+        }
+        Ok(options)
+    }
+}
+
+/// The `Prefer: wait` seconds of a wait: rounded up, 1 to [`h::MAX_PREFER_WAIT`].
+fn prefer_wait(wait: Duration) -> Result<u64> {
+    let seconds = wait.as_nanos().div_ceil(1_000_000_000);
+    if wait.is_zero() || seconds > u128::from(h::MAX_PREFER_WAIT) {
+        return Err(Error::invalid(format!(
+            "a submit waits 1 to {} seconds (Prefer: wait), not {wait:?}",
+            h::MAX_PREFER_WAIT
+        )));
+    }
+    Ok(seconds as u64)
+}
+
+/// A header value the caller gave (a hook URL), checked before it is sent.
+fn header_value(value: &str, what: &str) -> Result<HeaderValue> {
+    HeaderValue::from_str(value).map_err(|_| {
+        Error::invalid(format!(
+            "the {what} has characters a header cannot carry (a URL is visible ASCII)"
+        ))
+    })
 }
 
 /// The `Longrun-Deadline` value of a deadline: seconds, to the millisecond.
@@ -855,15 +998,16 @@ impl Client {
             .await
     }
 
-    /// [`Client::submit`] with options: an idempotency key, a deadline (see
-    /// [`SubmitOptions`]).
+    /// [`Client::submit`] with options: an idempotency key, a deadline, a wait, a response
+    /// hook (see [`SubmitOptions`]).
     pub async fn submit_with(
         &self,
         object: &str,
         args: impl Serialize,
         options: SubmitOptions,
     ) -> Result<Run> {
-        let (run, _) = self.submitting(object, args, options, None).await?;
+        let wait = options.wait.map(prefer_wait).transpose()?;
+        let (run, _) = self.submitting(object, args, options, wait).await?;
         Ok(run)
     }
 
@@ -914,6 +1058,14 @@ impl Client {
             .map(idempotency_key)
             .transpose()?;
         let deadline = options.deadline.map(deadline).transpose()?;
+        let hook = options
+            .hook
+            .as_deref()
+            .map(|url| header_value(url.trim(), "hook URL"))
+            .transpose()?;
+        let hook_events = options
+            .hook_events
+            .map(|events| HeaderValue::from_static(events.as_str()));
         let prefer = wait
             .map(|n| HeaderValue::from_str(&format!("wait={n}")).expect("digits are header-safe"));
         let url = self
@@ -936,6 +1088,12 @@ impl Client {
             }
             if let Some(deadline) = &deadline {
                 req = req.header(h::LONGRUN_DEADLINE, deadline.clone());
+            }
+            if let Some(hook) = &hook {
+                req = req.header(h::LONGRUN_HOOK, hook.clone());
+            }
+            if let Some(events) = &hook_events {
+                req = req.header(h::LONGRUN_HOOK_EVENTS, events.clone());
             }
             if let Some(prefer) = &prefer {
                 req = req.header(h::PREFER, prefer.clone());
@@ -1267,6 +1425,69 @@ mod tests {
         assert_eq!(nested.idle_timeout, b.idle_timeout);
         assert_eq!(nested.reconnect.initial_delay, b.reconnect.initial_delay);
         assert_eq!(nested.reconnect.max_delay, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn submit_options_read_every_binding_spelling() {
+        let python = SubmitOptions::from_json(
+            r#"{"idempotency_key": "k-1", "deadline": 1.5, "wait": 2, "hook": "http://h/x",
+                "hook_events": "all"}"#,
+        )
+        .unwrap();
+        let js = SubmitOptions::from_json(
+            r#"{"idempotencyKey": "k-1", "deadlineMs": 1500, "waitMs": 2000, "hook": "http://h/x",
+                "hookEvents": "all"}"#,
+        )
+        .unwrap();
+        let c = SubmitOptions::from_json(
+            r#"{"idempotency_key": "k-1", "deadline_ms": 1500, "wait_ms": 2000, "hook": "http://h/x",
+                "hook_events": "all"}"#,
+        )
+        .unwrap();
+        for o in [&python, &js, &c] {
+            assert_eq!(o.idempotency_key.as_deref(), Some("k-1"));
+            assert_eq!(o.deadline, Some(Duration::from_millis(1500)));
+            assert_eq!(o.wait, Some(Duration::from_secs(2)));
+            assert_eq!(o.hook.as_deref(), Some("http://h/x"));
+            assert_eq!(o.hook_events, Some(HookEvents::All));
+        }
+        for none in ["", "null", "{}", r#"{"deadline": null, "hook": null}"#] {
+            let o = SubmitOptions::from_json(none).unwrap();
+            assert!(
+                o.deadline.is_none() && o.hook.is_none() && o.wait.is_none(),
+                "{none}"
+            );
+        }
+        assert_eq!(prefer_wait(Duration::from_millis(1500)).unwrap(), 2);
+        assert_eq!(prefer_wait(Duration::from_secs(60)).unwrap(), 60);
+    }
+
+    #[test]
+    fn bad_submit_options_are_invalid_arguments() {
+        for json in [
+            r#"{"bogus": 1}"#,
+            r#"{"deadline": -1}"#,
+            r#"{"deadline": "1s"}"#,
+            r#"{"deadline": 1, "deadlineMs": 1000}"#,
+            r#"{"wait_ms": -5}"#,
+            r#"{"hook": 1}"#,
+            r#"{"hook_events": "some"}"#,
+            r#"{"idempotencyKey": 7}"#,
+            r#"[1]"#,
+            r#""x""#,
+            r#"{"#,
+        ] {
+            let err = SubmitOptions::from_json(json).unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument, "{json}");
+        }
+        for wait in [Duration::ZERO, Duration::from_secs(61)] {
+            let err = prefer_wait(wait).unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument, "{wait:?}");
+        }
+        assert_eq!(
+            header_value("http://h/\n", "hook URL").unwrap_err().kind(),
+            crate::ErrorKind::InvalidArgument
+        );
     }
 
     #[test]

@@ -37,10 +37,14 @@ pub enum ErrorKind {
     Unauthorized,
     /// The token does not allow this (403): it lacks the scope for this verb or object.
     Forbidden,
+    /// A response hook's delivery failed verification (`webhook::verify`): a header is
+    /// missing, its timestamp is out of the tolerance, or no signature matches under this
+    /// secret. Answer the delivery with a 4xx and do not act on it.
+    WebhookRejected,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 11] = [
+    pub const ALL: [ErrorKind; 12] = [
         ErrorKind::NotFound,
         ErrorKind::Gone,
         ErrorKind::Canceled,
@@ -52,6 +56,7 @@ impl ErrorKind {
         ErrorKind::Server,
         ErrorKind::Unauthorized,
         ErrorKind::Forbidden,
+        ErrorKind::WebhookRejected,
     ];
 
     /// The name bindings and the conformance scenarios use.
@@ -68,6 +73,7 @@ impl ErrorKind {
             ErrorKind::Server => "Server",
             ErrorKind::Unauthorized => "Unauthorized",
             ErrorKind::Forbidden => "Forbidden",
+            ErrorKind::WebhookRejected => "WebhookRejected",
         }
     }
 }
@@ -120,6 +126,9 @@ pub enum Error {
     Unauthorized { problem: Option<Box<Problem>> },
     #[error("forbidden (403): the token does not allow this{}", detail(problem))]
     Forbidden { problem: Option<Box<Problem>> },
+    /// (A bad secret is `InvalidArgument`: it is the receiver's own mistake.)
+    #[error("webhook rejected: {0}")]
+    WebhookRejected(crate::webhook::VerifyError),
 }
 
 fn detail(problem: &Option<Box<Problem>>) -> String {
@@ -150,6 +159,7 @@ impl Error {
             Error::Server { .. } => ErrorKind::Server,
             Error::Unauthorized { .. } => ErrorKind::Unauthorized,
             Error::Forbidden { .. } => ErrorKind::Forbidden,
+            Error::WebhookRejected(_) => ErrorKind::WebhookRejected,
         }
     }
 

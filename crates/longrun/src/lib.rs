@@ -60,8 +60,8 @@ mod ws {
 }
 
 pub use client::{
-    CancelOutcome, Client, ClientBuilder, ClientOptions, Reconnect, RunStatus, SubmitOptions,
-    Transport,
+    CancelOutcome, Client, ClientBuilder, ClientOptions, HookEvents, Reconnect, RunStatus,
+    SubmitOptions, Transport,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use follow::{EventStream, FollowOptions, cursor_from_decimal, cursor_from_f64};

@@ -49,7 +49,20 @@ pub fn verify<'a>(
     body: &[u8],
     tolerance: Duration,
 ) -> Result<(), VerifyError> {
-    verify_at(secret, headers, body, tolerance, SystemTime::now())
+    verify_at(secret, headers, body, tolerance, now())
+}
+
+/// The time now. `SystemTime::now` panics on wasm32-unknown-unknown (it has no clock), so the
+/// browser build asks JavaScript's `Date`.
+fn now() -> SystemTime {
+    #[cfg(target_arch = "wasm32")]
+    {
+        UNIX_EPOCH + Duration::from_secs_f64(js_sys::Date::now().max(0.0) / 1000.0)
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        SystemTime::now()
+    }
 }
 
 /// Verify a delivery as of `now`: the secret decodes, `webhook-id`, `webhook-timestamp` and
@@ -96,6 +109,67 @@ pub fn verify_at<'a>(
     } else {
         Err(VerifyError::Mismatch)
     }
+}
+
+impl From<VerifyError> for crate::Error {
+    /// A bad secret is the caller's argument (`InvalidArgument`); every other failed check
+    /// rejects the delivery (`WebhookRejected`).
+    fn from(e: VerifyError) -> Self {
+        match e {
+            VerifyError::Secret(message) => {
+                crate::Error::invalid(format!("the hook secret is not valid: {message}"))
+            }
+            other => crate::Error::WebhookRejected(other),
+        }
+    }
+}
+
+/// [`verify`] for bindings, which hand the headers over as they have them, as JSON: an
+/// object of names to a value or a list of values (Node's `IncomingMessage.headers`, Go's
+/// `http.Header`, a Python dict), or a list of `[name, value]` pairs (Python's
+/// `headers.items()`, a fetch `Headers`' entries). Repeated values of one header are joined
+/// with a space (how `webhook-signature` lists several signatures). `tolerance` `None` is
+/// [`TOLERANCE`]. The one place that reads headers for every SDK.
+pub fn verify_json(
+    secret: &str,
+    headers: &serde_json::Value,
+    body: &[u8],
+    tolerance: Option<Duration>,
+) -> crate::Result<()> {
+    use serde_json::Value;
+    let bad = || {
+        crate::Error::invalid(
+            "webhook headers are an object of names to strings (or lists of strings), or a \
+             list of [name, value] pairs",
+        )
+    };
+    let text = |value: &Value| -> crate::Result<String> {
+        match value {
+            Value::String(s) => Ok(s.clone()),
+            Value::Array(values) => values
+                .iter()
+                .map(|v| v.as_str().ok_or_else(bad))
+                .collect::<crate::Result<Vec<_>>>()
+                .map(|values| values.join(" ")),
+            _ => Err(bad()),
+        }
+    };
+    let pairs: Vec<(String, String)> = match headers {
+        Value::Object(map) => map
+            .iter()
+            .map(|(name, value)| Ok((name.clone(), text(value)?)))
+            .collect::<crate::Result<_>>()?,
+        Value::Array(pairs) => pairs
+            .iter()
+            .map(|pair| match pair.as_array().map(Vec::as_slice) {
+                Some([Value::String(name), value]) => Ok((name.clone(), text(value)?)),
+                _ => Err(bad()),
+            })
+            .collect::<crate::Result<_>>()?,
+        _ => return Err(bad()),
+    };
+    let headers = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    verify(secret, headers, body, tolerance.unwrap_or(TOLERANCE)).map_err(Into::into)
 }
 
 #[cfg(test)]
@@ -146,5 +220,42 @@ mod tests {
             check(&headers, body, "whsec_%%"),
             Err(VerifyError::Secret(_))
         ));
+    }
+
+    /// What bindings hand over: every shape of headers, each failure as its error kind.
+    #[test]
+    fn json_headers_in_every_shape_map_to_error_kinds() {
+        use crate::ErrorKind;
+        use serde_json::json;
+        let body = br#"{"type":"run.ended"}"#;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let headers = signed(body, now);
+        let object: serde_json::Map<_, _> =
+            headers.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        let lists: serde_json::Map<_, _> = headers
+            .iter()
+            .map(|(k, v)| (k.clone(), json!([v])))
+            .collect();
+        let pairs = json!(headers);
+        for shape in [json!(object), json!(lists), pairs] {
+            verify_json(SECRET, &shape, body, None).unwrap();
+            let err = verify_json(SECRET, &shape, b"{}", None).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::WebhookRejected, "{err}");
+            let err = verify_json("whsec_%%", &shape, body, None).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+        }
+        let stale = json!(signed(body, now - 3600));
+        let err = verify_json(SECRET, &stale, body, None).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::WebhookRejected, "{err}");
+        assert!(err.to_string().contains("tolerance"), "{err}");
+        let wide = Some(Duration::from_secs(7200));
+        verify_json(SECRET, &stale, body, wide).unwrap();
+        for bad in [json!("webhook-id: x"), json!([["a"]]), json!({"a": 1})] {
+            let err = verify_json(SECRET, &bad, body, None).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{bad}");
+        }
     }
 }

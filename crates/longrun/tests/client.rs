@@ -1520,3 +1520,30 @@ async fn a_deadline_ends_the_run_canceled() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
 }
+
+/// `SubmitOptions::wait` sends `Prefer: wait`: the submit returns once the run has ended.
+/// A hook the server cannot send (no `--hook-secret`) is refused at submit, which shows the
+/// header was sent; hook events without a hook are refused by the server too.
+#[tokio::test]
+async fn a_submit_with_wait_returns_the_ended_run_and_hooks_reach_the_server() {
+    let client = Client::new(&demo().await).unwrap();
+    let options = SubmitOptions::from_json(r#"{"wait": 30}"#).unwrap();
+    let run = client
+        .submit_with("echo", json!({"a": 1}), options)
+        .await
+        .unwrap();
+    assert_eq!(client.status(&run).await.unwrap().state, State::Success);
+    let hooked = SubmitOptions::from_json(r#"{"hook": "http://127.0.0.1:9/x"}"#).unwrap();
+    let err = client
+        .submit_with("echo", json!({}), hooked)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert_eq!(err.status(), Some(422), "{err}");
+    let events_only = SubmitOptions::from_json(r#"{"hook_events": "all"}"#).unwrap();
+    let err = client
+        .submit_with("echo", json!({}), events_only)
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(400), "{err}");
+}

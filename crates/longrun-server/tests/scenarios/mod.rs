@@ -340,10 +340,11 @@ pub enum Kind {
     Server,
     Unauthorized,
     Forbidden,
+    WebhookRejected,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::NotFound,
         Kind::Gone,
         Kind::Canceled,
@@ -355,6 +356,7 @@ impl Kind {
         Kind::Server,
         Kind::Unauthorized,
         Kind::Forbidden,
+        Kind::WebhookRejected,
     ];
 
     /// The name scenario files use, which is the client's `ErrorKind::as_str`.
@@ -371,6 +373,7 @@ impl Kind {
             Kind::Server => "Server",
             Kind::Unauthorized => "Unauthorized",
             Kind::Forbidden => "Forbidden",
+            Kind::WebhookRejected => "WebhookRejected",
         }
     }
 
