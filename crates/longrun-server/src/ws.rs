@@ -23,7 +23,8 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router};
 use futures::{SinkExt, StreamExt};
-use longrun_proto::{ProblemKind, sse};
+use longrun_proto::ProblemKind;
+use longrun_proto::header as h;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -740,6 +741,10 @@ impl Conn {
         started: &std::sync::atomic::AtomicBool,
     ) {
         let head = req.method() == Method::HEAD;
+        if req.method() == Method::GET && crate::http::wants_event_stream(req.headers()) {
+            self.follow(uid, m, r, req, started).await;
+            return;
+        }
         let res = match self.state.api.clone().oneshot(req).await {
             Ok(res) => res,
             Err(never) => match never {},
@@ -759,8 +764,13 @@ impl Conn {
                 .await;
             return;
         }
-        if ct.starts_with("text/event-stream") {
-            self.events(uid, m, r, c, &h, body, started).await;
+        if ct.starts_with(h::EVENT_STREAM) {
+            // Only a follow streams events, and it was served by polls above.
+            let e = ApiError::new(
+                ProblemKind::NotRepresentable,
+                "this answer is an event stream of a kind a packet does not carry",
+            );
+            self.out.send(problem_reply(uid, m, r, e)).await;
             return;
         }
         let json = ct.starts_with("application/json") || ct.contains("+json");
@@ -801,59 +811,131 @@ impl Conn {
             .await;
     }
 
-    /// An event stream as packets: each holds the events one read of the body gave (a whole
-    /// sealed segment when the follower is behind), in the long-poll form; the one with the
-    /// terminal event is the last.
-    #[allow(clippy::too_many_arguments)]
-    async fn events(
+    /// A follow (a GET of a run asking for an event stream) as packets: the router's own
+    /// long polls, one after the other from the cursor, each answer's events — the run's
+    /// pre-encoded JSON, up to 10,000 when the follower is behind — sent as they are in one
+    /// packet. The first poll does not wait, so the head goes out at once (as an SSE head
+    /// would); the packet with the terminal event is the last.
+    async fn follow(
         &self,
         uid: &str,
         m: &str,
         r: &str,
-        c: u16,
-        h: &str,
-        body: Body,
+        req: Request<Body>,
         started: &std::sync::atomic::AtomicBool,
     ) {
-        let mut decoder = sse::Decoder::new();
-        let mut stream = body.into_data_stream();
+        #[derive(Deserialize)]
+        struct Id {
+            id: u64,
+        }
+        let (parts, _) = req.into_parts();
+        let path = parts.uri.path().to_owned();
+        let query: Vec<(String, String)> =
+            form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+                .into_owned()
+                .filter(|(k, _)| k != h::WAIT_QUERY)
+                .collect();
+        let mut cursor = parts.headers.get(h::LAST_EVENT_ID).cloned();
         let mut first = true;
-        let mut events = String::new();
         loop {
-            let chunk = match stream.next().await {
-                Some(Ok(chunk)) => chunk,
-                // The body ended (or broke: the server is stopping) without a terminal event.
-                _ => {
-                    let h = first.then_some(h);
-                    self.out.send(reply(uid, m, r, c, h, "[]", false)).await;
+            let wait = if first { "0" } else { "60" };
+            let query = {
+                let mut q = form_urlencoded::Serializer::new(String::new());
+                q.extend_pairs(&query);
+                q.append_pair(h::WAIT_QUERY, wait);
+                q.finish()
+            };
+            let uri: Uri = format!("{path}?{query}")
+                .parse()
+                .expect("a path and a query");
+            let mut poll = Request::builder()
+                .method(Method::GET)
+                .uri(uri)
+                .body(Body::empty())
+                .expect("valid parts");
+            *poll.headers_mut() = parts.headers.clone();
+            let headers = poll.headers_mut();
+            headers.insert(header::ACCEPT, HeaderValue::from_static(h::JSON));
+            headers.remove(h::LAST_EVENT_ID);
+            if let Some(c) = &cursor {
+                headers.insert(h::LAST_EVENT_ID, c.clone());
+            }
+            poll.extensions_mut().extend(parts.extensions.clone());
+            let res = match self.state.api.clone().oneshot(poll).await {
+                Ok(res) => res,
+                Err(never) => match never {},
+            };
+            let state = res
+                .headers()
+                .get(h::LONGRUN_STATE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(longrun_proto::State::parse);
+            let (Some(state), StatusCode::OK) = (state, res.status()) else {
+                // An error (the run is gone, the token does not let in): as any reply.
+                self.reply_with(uid, m, r, res).await;
+                return;
+            };
+            let last = res
+                .headers()
+                .get(h::LONGRUN_LAST_EVENT_ID)
+                .and_then(|v| v.to_str().ok())
+                .and_then(h::parse_cursor);
+            let (res_parts, body) = res.into_parts();
+            let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+                return;
+            };
+            let ids: Vec<Id> = serde_json::from_slice(&bytes).unwrap_or_default();
+            let newest = ids.last().map(|e| e.id);
+            let ended = state.is_terminal() && (newest.is_none() || newest == last);
+            let mut head = None;
+            if first {
+                let mut headers = res_parts.headers.clone();
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(h::EVENT_STREAM),
+                );
+                head = Some(headers_json(&headers));
+                if ended && ids.is_empty() {
+                    // Nothing after the cursor and the run has ended: 204, as over SSE.
+                    let h = head.as_deref();
+                    self.out.send(reply(uid, m, r, 204, h, "null", false)).await;
                     return;
                 }
-            };
-            let mut ended = false;
-            events.clear();
-            decoder.feed_with(&chunk, |item| {
-                let sse::SseItemRef::Message(msg) = item else {
-                    return;
-                };
-                let Some(event) = sse::to_raw_event(&msg) else {
-                    return;
-                };
-                ended |= event.state.is_terminal();
-                events.push(if events.is_empty() { '[' } else { ',' });
-                events.push_str(&serde_json::to_string(&event).expect("events serialize"));
-            });
-            if events.is_empty() {
-                // A keep-alive or the retry hint: nothing for the client.
-                continue;
             }
-            events.push(']');
-            let h = first.then_some(h);
+            if let Some(id) = newest {
+                cursor = Some(HeaderValue::from(id));
+            }
+            if first || !ids.is_empty() || ended {
+                started.store(true, std::sync::atomic::Ordering::SeqCst);
+                let d = std::str::from_utf8(&bytes).unwrap_or("[]");
+                let d = if ids.is_empty() { "[]" } else { d };
+                let text = reply(uid, m, r, 200, head.as_deref(), d, !ended);
+                if !self.out.send(text).await || ended {
+                    return;
+                }
+            }
             first = false;
-            started.store(true, std::sync::atomic::Ordering::SeqCst);
-            if !self.out.send(reply(uid, m, r, c, h, &events, !ended)).await || ended {
-                return;
-            }
         }
+    }
+
+    /// Send a whole response as one reply packet.
+    async fn reply_with(&self, uid: &str, m: &str, r: &str, res: Response) {
+        let (parts, body) = res.into_parts();
+        let c = parts.status.as_u16();
+        let h = headers_json(&parts.headers);
+        let bytes = axum::body::to_bytes(body, 16 * 1024 * 1024)
+            .await
+            .unwrap_or_default();
+        let d = if bytes.is_empty() {
+            "null".to_owned()
+        } else if serde_json::from_slice::<&RawValue>(&bytes).is_ok() {
+            String::from_utf8(bytes.to_vec()).expect("JSON is UTF-8")
+        } else {
+            serde_json::to_string(&String::from_utf8_lossy(&bytes)).expect("strings serialize")
+        };
+        self.out
+            .send(reply(uid, m, r, c, Some(&h), &d, false))
+            .await;
     }
 }
 
