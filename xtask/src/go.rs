@@ -14,14 +14,10 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use crate::{cargo, ci, root, step};
+use crate::{cargo, ci, root, step, target_dir};
 
 /// The seed implementation's module, fetched from the Go module proxy by go/seed.
 const SEED_MODULE: &str = "github.com/factorysh/go-longrun";
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from)
-}
 
 fn go_available() -> bool {
     Command::new("go")

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::{apt_install, cargo, ci, ensure_target, root, step};
+use crate::{apt_install, cargo, ci, ensure_target, root, step, target_dir};
 
 /// Must equal the exact `wasm-bindgen` version pinned in bindings/wasm/Cargo.toml.
 const WASM_BINDGEN: &str = "0.2.130";
@@ -114,10 +114,16 @@ pub fn build(release: bool) -> Result<(), String> {
     step("napi addon", &mut napi)?;
     let native = js_dir().join("native");
     std::fs::create_dir_all(&native).map_err(|e| format!("{}: {e}", native.display()))?;
-    let lib = cdylib(&root().join("target").join(profile), "longrun_node");
+    let lib = cdylib(&target_dir().join(profile), "longrun_node");
     std::fs::copy(&lib, native.join(addon_name()))
         .map_err(|e| format!("copying {}: {e}", lib.display()))?;
+    wasm(release, &js_dir().join("wasm"))
+}
 
+/// Build the wasm module and its wasm-bindgen glue into `out` (js/wasm/ in the checkout;
+/// `cargo xtask dist` stages its own); optimised by wasm-opt in release.
+pub fn wasm(release: bool, out: &Path) -> Result<(), String> {
+    let profile = if release { "release" } else { "debug" };
     ensure_target("wasm32-unknown-unknown")?;
     let mut wasm = cargo();
     wasm.args([
@@ -131,32 +137,39 @@ pub fn build(release: bool) -> Result<(), String> {
         wasm.arg("--release");
     }
     step("wasm module", &mut wasm)?;
-    let module = root()
-        .join("target/wasm32-unknown-unknown")
+    let module = target_dir()
+        .join("wasm32-unknown-unknown")
         .join(profile)
         .join("longrun_wasm.wasm");
     step(
         "wasm-bindgen",
         Command::new(wasm_bindgen()?)
             .args(["--target", "web", "--out-name", "longrun_wasm", "--out-dir"])
-            .arg(js_dir().join("wasm"))
+            .arg(out)
             .arg(&module),
     )?;
     if release {
         // The npm package `binaryen`'s wasm-opt (Debian's wasm-opt 108 writes broken modules).
-        let out = "wasm/longrun_wasm_bg.wasm";
+        let out = out.join("longrun_wasm_bg.wasm");
         in_js(
             "wasm-opt",
-            Command::new("node").args([
-                "node_modules/binaryen/bin/wasm-opt",
-                "-O2",
-                out,
-                "-o",
-                out,
-            ]),
+            Command::new("node")
+                .arg("node_modules/binaryen/bin/wasm-opt")
+                .arg("-O2")
+                .arg(&out)
+                .arg("-o")
+                .arg(&out),
         )?;
     }
     Ok(())
+}
+
+/// `npm ci` in js/ unless it has run (the dev dependencies: binaryen's wasm-opt, tsc).
+pub fn ensure_node_modules() -> Result<(), String> {
+    if js_dir().join("node_modules").exists() {
+        return Ok(());
+    }
+    npm_ci()
 }
 
 fn npm_ci() -> Result<(), String> {
@@ -201,7 +214,7 @@ fn node_test() -> Result<(u64, u64), String> {
     use std::io::{BufRead, BufReader};
     let mut cmd = Command::new("node");
     cmd.args(["--test", "--test-reporter=tap", "test/"])
-        .env("LONGRUN_BIN", root().join("target/debug/longrun"))
+        .env("LONGRUN_BIN", target_dir().join("debug/longrun"))
         .current_dir(js_dir())
         .stdout(Stdio::piped());
     eprintln!("\n==> js tests: {cmd:?}");
@@ -245,7 +258,7 @@ pub fn bench() -> Result<(), String> {
         "js benchmark",
         Command::new("node")
             .arg("bench/drain.js")
-            .env("LONGRUN_BIN", root().join("target/release/longrun")),
+            .env("LONGRUN_BIN", target_dir().join("release/longrun")),
     )
 }
 
@@ -253,9 +266,7 @@ pub fn bench() -> Result<(), String> {
 pub fn run(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
         Some("build") => {
-            if !js_dir().join("node_modules").exists() {
-                npm_ci()?;
-            }
+            ensure_node_modules()?;
             build(args.iter().any(|a| a == "--release"))
         }
         Some("test") => {

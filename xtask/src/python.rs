@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::{cargo, ci, root, step};
+use crate::{cargo, ci, root, step, target_dir};
 
 /// What the main venv needs from PyPI (the benchmark's peers included, so `bench` reuses it).
 const TOOLS: &[&str] = &[
@@ -23,7 +23,7 @@ const TOOLS: &[&str] = &[
 /// Oldest CPython the abi3 wheel supports (pyproject's `requires-python`).
 const OLDEST_MINOR: u32 = 9;
 
-fn python3() -> Option<PathBuf> {
+pub fn python3() -> Option<PathBuf> {
     let name = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let ok = Command::new(&name)
         .arg("--version")
@@ -34,13 +34,13 @@ fn python3() -> Option<PathBuf> {
     ok.then(|| PathBuf::from(name))
 }
 
-fn bin(venv: &Path, tool: &str) -> PathBuf {
+pub fn bin(venv: &Path, tool: &str) -> PathBuf {
     venv.join("bin").join(tool)
 }
 
 /// A venv at `dir` made by `python` (reused when there), with `packages` installed once: a
 /// stamp file remembers what was installed, so a warm run does not touch PyPI.
-fn venv(python: &Path, dir: &Path, packages: &[&str]) -> Result<(), String> {
+pub fn venv(python: &Path, dir: &Path, packages: &[&str]) -> Result<(), String> {
     if !bin(dir, "python").exists() {
         step(
             "python venv",
@@ -106,7 +106,7 @@ fn server_binary() -> Result<PathBuf, String> {
         "server for python",
         cargo().args(["build", "--quiet", "-p", "longrun-cli"]),
     )?;
-    Ok(root().join("target/debug/longrun"))
+    Ok(target_dir().join("debug/longrun"))
 }
 
 /// Run pytest, echoing its output; `(passed, failed)` from its closing summary line.
@@ -278,7 +278,7 @@ pub fn bench() -> Result<(), String> {
         "python benchmark",
         Command::new(bin(&main, "python"))
             .arg(root().join("python/bench/drain.py"))
-            .arg(root().join("target/release/longrun")),
+            .arg(target_dir().join("release/longrun")),
     )
 }
 
