@@ -16,7 +16,9 @@
 //!
 //! First of all, every package must carry the workspace's version (`versions()`).
 //! `cargo xtask test` calls `build(Checks::Quick)` for the install suite (`install_test.rs`):
-//! the same artifacts, without `cargo package`'s verification build (`cargo xtask dist` does it).
+//! the same packaging around the debug builds the test run has already made (server, C
+//! library, addon, wasm without wasm-opt), without `cargo package`'s verification build — so
+//! CI pays only for the wheel. `cargo xtask dist` builds release and verifies.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -45,9 +47,9 @@ pub struct Artifacts {
 
 #[derive(Clone, Copy, PartialEq)]
 pub enum Checks {
-    /// `cargo package` verifies each crate by building it from its `.crate`.
+    /// Release builds; `cargo package` verifies each crate by building it from its `.crate`.
     Full,
-    /// `cargo package --no-verify`: what the install suite in `cargo xtask test` uses.
+    /// The test run's debug builds, `cargo package --no-verify`: for the install suite.
     Quick,
 }
 
@@ -175,25 +177,38 @@ pub fn build(checks: Checks) -> Result<Artifacts, String> {
     fresh_dir(&dist)?;
     fresh_dir(&stage_dir())?;
 
-    // One cargo invocation for the three native artifacts: one feature resolution, so the
-    // dependencies they share compile once.
-    step(
-        "release build (server, C library, napi addon)",
-        cargo().args([
-            "build",
-            "--release",
-            "-p",
-            "longrun-cli",
-            "-p",
-            "longrun-c",
-            "-p",
-            "longrun-node",
-        ]),
-    )?;
-    let release = target_dir().join("release");
-    let server = server_tarball(&version, &release)?;
-    let go = go_module(&version, &release)?;
-    let (npm_main, npm_platform) = npm_packages(&version, &release)?;
+    let built = if checks == Checks::Full {
+        // One cargo invocation for the three native artifacts: one feature resolution, so the
+        // dependencies they share compile once.
+        step(
+            "release build (server, C library, napi addon)",
+            cargo().args([
+                "build",
+                "--release",
+                "-p",
+                "longrun-cli",
+                "-p",
+                "longrun-c",
+                "-p",
+                "longrun-node",
+            ]),
+        )?;
+        target_dir().join("release")
+    } else {
+        // The very invocations of go.rs and js.rs, so these are the builds their suites made.
+        step(
+            "C library and server (debug, as the Go suite builds them)",
+            cargo().args(["build", "-p", "longrun-c", "-p", "longrun-cli"]),
+        )?;
+        step(
+            "napi addon (debug, as the JS suite builds it)",
+            cargo().args(["build", "-p", "longrun-node"]),
+        )?;
+        target_dir().join("debug")
+    };
+    let server = server_tarball(&version, &built)?;
+    let go = go_module(&version, &built)?;
+    let (npm_main, npm_platform) = npm_packages(&version, &built, checks == Checks::Full)?;
     let wheel = python(&version)?;
     crates(checks)?;
     checksums()?;
@@ -251,11 +266,11 @@ pub fn glibc_needed(binary: &Path) -> Result<(u32, u32), String> {
     newest.ok_or_else(|| format!("{}: no GLIBC_2.* symbol versions", binary.display()))
 }
 
-fn server_tarball(version: &str, release: &Path) -> Result<PathBuf, String> {
+fn server_tarball(version: &str, built: &Path) -> Result<PathBuf, String> {
     let name = format!("longrun-{version}-{TRIPLE}");
     let dir = stage_dir().join(&name);
     fresh_dir(&dir)?;
-    copy(&release.join("longrun"), &dir.join("longrun"))?;
+    copy(&built.join("longrun"), &dir.join("longrun"))?;
     copy(&root().join("README.md"), &dir.join("README.md"))?;
     let (major, minor) = glibc_needed(&dir.join("longrun"))?;
     eprintln!("\n==> server binary needs glibc >= {major}.{minor}");
@@ -266,7 +281,7 @@ fn server_tarball(version: &str, release: &Path) -> Result<PathBuf, String> {
 
 /// The Go module as a user gets it: its sources (not its tests, which need this checkout),
 /// the header in `include/` and the static library in `lib/` (cgo.go names both).
-fn go_module(version: &str, release: &Path) -> Result<PathBuf, String> {
+fn go_module(version: &str, built: &Path) -> Result<PathBuf, String> {
     let name = format!("longrun-go-{version}");
     let dir = stage_dir().join(&name);
     fresh_dir(&dir)?;
@@ -290,7 +305,7 @@ fn go_module(version: &str, release: &Path) -> Result<PathBuf, String> {
         &dir.join("include/longrun.h"),
     )?;
     copy(
-        &release.join("liblongrun_c.a"),
+        &built.join("liblongrun_c.a"),
         &dir.join("lib/liblongrun_c.a"),
     )?;
     let out = dist_dir().join(format!("{name}.tar.gz"));
@@ -301,11 +316,11 @@ fn go_module(version: &str, release: &Path) -> Result<PathBuf, String> {
 /// `npm pack` of the main package (js/ with the release wasm build, package.json given the
 /// platform packages as `optionalDependencies`, as `napi prepublish` does) and of the
 /// per-platform package holding the addon.
-fn npm_packages(version: &str, release: &Path) -> Result<(PathBuf, PathBuf), String> {
+fn npm_packages(version: &str, built: &Path, release: bool) -> Result<(PathBuf, PathBuf), String> {
     crate::js::ensure_node_modules()?;
     let main = stage_dir().join("npm/longrun");
     fresh_dir(&main)?;
-    crate::js::wasm(true, &main.join("wasm"))?;
+    crate::js::wasm(release, &main.join("wasm"))?;
     let js = root().join("js");
     step(
         "stage js/src",
@@ -336,7 +351,7 @@ fs.writeFileSync(to, JSON.stringify(p, null, 2) + "\n");"#,
     let platform = stage_dir().join("npm").join(&platform_package);
     fresh_dir(&platform)?;
     let addon = format!("longrun.{NPM_PLATFORM}.node");
-    copy(&release.join("liblongrun_node.so"), &platform.join(&addon))?;
+    copy(&built.join("liblongrun_node.so"), &platform.join(&addon))?;
     let manifest = format!(
         r#"{{
   "name": "{platform_package}",

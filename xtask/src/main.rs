@@ -32,7 +32,7 @@ fn main() -> ExitCode {
             eprintln!(
                 "usage: cargo xtask test [--quick]   run every suite (what CI runs)\n       \
                  cargo xtask bench           run the benchmarks\n       \
-                 cargo xtask dist [--quick] | test   build every package users install into target/dist (--quick: cargo package --no-verify), or run the install suite\n       \
+                 cargo xtask dist [--quick] | test   build every package users install into target/dist (--quick: the debug builds, cargo package --no-verify), or run the install suite\n       \
                  cargo xtask go [--release] | test | bench   build the C library the Go module links (into go/lib), or its suite or benchmark alone\n       \
                  cargo xtask js build [--release] | test   the JS package: build its native halves, or its suites\n       \
                  cargo xtask python test | bench   the Python SDK's suite or benchmark alone\n       \
