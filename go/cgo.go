@@ -3,10 +3,11 @@ package longrun
 // The cgo layer: how the Go package reaches the C ABI of the Rust client core
 // (bindings/c, header bindings/c/include/longrun.h). The static library is built by
 // `cargo xtask go` (or `cargo xtask test`) into go/lib/liblongrun_c.a; the -l flags after it
-// are what the Rust standard library needs on Linux (`--print native-static-libs`).
+// are what the Rust standard library needs on Linux (`--print native-static-libs`). The
+// packaged module (`cargo xtask dist`) carries the header in include/ and the library in lib/.
 
 /*
-#cgo CFLAGS: -I${SRCDIR}/../bindings/c/include
+#cgo CFLAGS: -I${SRCDIR}/include -I${SRCDIR}/../bindings/c/include
 #cgo LDFLAGS: -L${SRCDIR}/lib -llongrun_c -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
 #include <stdlib.h>
 #include "longrun.h"

@@ -1,18 +1,11 @@
 // `import { Client } from "longrun"` in Node: the napi addon, built by `cargo xtask js build`
-// into ../native/.
-import { createRequire } from "node:module";
+// into ../native/, or the installed platform package's (addon.js).
+import { loadAddon } from "./addon.js";
 import { makeApi } from "./core.js";
 
 export * from "./errors.js";
 
-const require = createRequire(import.meta.url);
-const file = `../native/longrun.${process.platform}-${process.arch}.node`;
-let native;
-try {
-  native = require(file);
-} catch (e) {
-  throw new Error(`longrun: cannot load the native addon ${file} (build it with \`cargo xtask js build\`): ${e.message}`);
-}
+const native = loadAddon();
 
 // Progress calls come through a threadsafe function, queued before the wait's answer.
 const settle = () => new Promise((resolve) => setImmediate(resolve));

@@ -117,7 +117,13 @@ pub fn build(release: bool) -> Result<(), String> {
     let lib = cdylib(&target_dir().join(profile), "longrun_node");
     std::fs::copy(&lib, native.join(addon_name()))
         .map_err(|e| format!("copying {}: {e}", lib.display()))?;
+    wasm(release, &js_dir().join("wasm"))
+}
 
+/// Build the wasm module and its wasm-bindgen glue into `out` (js/wasm/ in the checkout;
+/// `cargo xtask dist` stages its own); optimised by wasm-opt in release.
+pub fn wasm(release: bool, out: &Path) -> Result<(), String> {
+    let profile = if release { "release" } else { "debug" };
     ensure_target("wasm32-unknown-unknown")?;
     let mut wasm = cargo();
     wasm.args([
@@ -139,24 +145,31 @@ pub fn build(release: bool) -> Result<(), String> {
         "wasm-bindgen",
         Command::new(wasm_bindgen()?)
             .args(["--target", "web", "--out-name", "longrun_wasm", "--out-dir"])
-            .arg(js_dir().join("wasm"))
+            .arg(out)
             .arg(&module),
     )?;
     if release {
         // The npm package `binaryen`'s wasm-opt (Debian's wasm-opt 108 writes broken modules).
-        let out = "wasm/longrun_wasm_bg.wasm";
+        let out = out.join("longrun_wasm_bg.wasm");
         in_js(
             "wasm-opt",
-            Command::new("node").args([
-                "node_modules/binaryen/bin/wasm-opt",
-                "-O2",
-                out,
-                "-o",
-                out,
-            ]),
+            Command::new("node")
+                .arg("node_modules/binaryen/bin/wasm-opt")
+                .arg("-O2")
+                .arg(&out)
+                .arg("-o")
+                .arg(&out),
         )?;
     }
     Ok(())
+}
+
+/// `npm ci` in js/ unless it has run (the dev dependencies: binaryen's wasm-opt, tsc).
+pub fn ensure_node_modules() -> Result<(), String> {
+    if js_dir().join("node_modules").exists() {
+        return Ok(());
+    }
+    npm_ci()
 }
 
 fn npm_ci() -> Result<(), String> {
@@ -253,9 +266,7 @@ pub fn bench() -> Result<(), String> {
 pub fn run(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
         Some("build") => {
-            if !js_dir().join("node_modules").exists() {
-                npm_ci()?;
-            }
+            ensure_node_modules()?;
             build(args.iter().any(|a| a == "--release"))
         }
         Some("test") => {

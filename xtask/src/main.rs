@@ -4,9 +4,12 @@
 //! - `cargo xtask test`  — every suite the repository has; this is what CI runs.
 //! - `cargo xtask bench` — the benchmarks, printed side by side with their peers.
 //! - `cargo xtask pg -- CMD …` — CMD beside a throwaway PostgreSQL cluster (`pg.rs`).
+//! - `cargo xtask dist` — every package users install, into `target/dist` (`dist.rs`).
 
 mod bench;
+mod dist;
 mod go;
+mod install_test;
 mod js;
 mod pg;
 mod python;
@@ -20,6 +23,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
+        Some("dist") => dist::run(&args[1..]),
         Some("go") => go::run(&args[1..]),
         Some("js") => js::run(&args[1..]),
         Some("pg") => pg::run(&args[1..]),
@@ -28,6 +32,7 @@ fn main() -> ExitCode {
             eprintln!(
                 "usage: cargo xtask test [--quick]   run every suite (what CI runs)\n       \
                  cargo xtask bench           run the benchmarks\n       \
+                 cargo xtask dist [--quick] | test   build every package users install into target/dist (--quick: the debug builds, cargo package --no-verify), or run the install suite\n       \
                  cargo xtask go [--release] | test | bench   build the C library the Go module links (into go/lib), or its suite or benchmark alone\n       \
                  cargo xtask js build [--release] | test   the JS package: build its native halves, or its suites\n       \
                  cargo xtask python test | bench   the Python SDK's suite or benchmark alone\n       \
@@ -61,9 +66,14 @@ fn target_dir() -> PathBuf {
 
 /// Run a command from the workspace root, echoing it first; fail with its name.
 fn step(step: &str, cmd: &mut Command) -> Result<(), String> {
+    step_in(&root(), step, cmd)
+}
+
+/// `step`, run in `dir`.
+fn step_in(dir: &Path, step: &str, cmd: &mut Command) -> Result<(), String> {
     eprintln!("\n==> {step}: {cmd:?}");
     let status = cmd
-        .current_dir(root())
+        .current_dir(dir)
         .status()
         .map_err(|e| format!("{step}: cannot start {:?}: {e}", cmd.get_program()))?;
     if status.success() {
@@ -71,6 +81,11 @@ fn step(step: &str, cmd: &mut Command) -> Result<(), String> {
     } else {
         Err(format!("{step} failed ({status})"))
     }
+}
+
+/// Where cargo puts its builds: `CARGO_TARGET_DIR`, else the workspace's `target/`.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from)
 }
 
 fn cargo() -> Command {

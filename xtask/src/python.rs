@@ -23,7 +23,7 @@ const TOOLS: &[&str] = &[
 /// Oldest CPython the abi3 wheel supports (pyproject's `requires-python`).
 const OLDEST_MINOR: u32 = 9;
 
-fn python3() -> Option<PathBuf> {
+pub fn python3() -> Option<PathBuf> {
     let name = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let ok = Command::new(&name)
         .arg("--version")
@@ -34,13 +34,13 @@ fn python3() -> Option<PathBuf> {
     ok.then(|| PathBuf::from(name))
 }
 
-fn bin(venv: &Path, tool: &str) -> PathBuf {
+pub fn bin(venv: &Path, tool: &str) -> PathBuf {
     venv.join("bin").join(tool)
 }
 
 /// A venv at `dir` made by `python` (reused when there), with `packages` installed once: a
 /// stamp file remembers what was installed, so a warm run does not touch PyPI.
-fn venv(python: &Path, dir: &Path, packages: &[&str]) -> Result<(), String> {
+pub fn venv(python: &Path, dir: &Path, packages: &[&str]) -> Result<(), String> {
     if !bin(dir, "python").exists() {
         step(
             "python venv",

@@ -1,6 +1,6 @@
 //! `cargo xtask test`: formatting, lints, the wasm build of the shared crates, and every
 //! test suite (the Rust one beside a throwaway PostgreSQL cluster, `pg.rs`), then the
-//! JavaScript, Python and Go suites.
+//! JavaScript, Python and Go suites, and the install suite over `target/dist`.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -58,6 +58,10 @@ fn run_all(quick: bool) -> Result<(), String> {
     totals.failed += failed;
     // The Go SDK: the C ABI's static library, then go vet and go test -race in go/.
     let (passed, failed) = crate::go::test()?;
+    totals.passed += passed;
+    totals.failed += failed;
+    // Every package users install (`cargo xtask dist`), installed where no Rust toolchain is.
+    let (passed, failed) = crate::install_test::test()?;
     totals.passed += passed;
     totals.failed += failed;
     // One plain closing line over every suite, since the last runner's own summary may be a

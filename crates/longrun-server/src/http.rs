@@ -270,8 +270,9 @@ async fn health(State(server): State<Server>) -> Result<Response, ApiError> {
     ))
 }
 
-/// The OpenAPI document, converted from `spec/openapi.yaml` (a test keeps the two in step).
-static OPENAPI_JSON: &str = include_str!("../../../spec/openapi.json");
+/// The OpenAPI document, converted from `spec/openapi.yaml` (a test keeps the two in step);
+/// `openapi.json` here links to `spec/openapi.json` so that `cargo package` takes it along.
+static OPENAPI_JSON: &str = include_str!("../openapi.json");
 
 async fn openapi() -> Response {
     (
