@@ -83,11 +83,6 @@ fn step_in(dir: &Path, step: &str, cmd: &mut Command) -> Result<(), String> {
     }
 }
 
-/// Where cargo puts its builds: `CARGO_TARGET_DIR`, else the workspace's `target/`.
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from)
-}
-
 fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
