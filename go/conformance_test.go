@@ -66,12 +66,17 @@ func TestConformance(t *testing.T) { conformance(t, serverURL) }
 // The same scenarios with a unix:///… base URL.
 func TestConformanceOverAUnixSocket(t *testing.T) { conformance(t, unixURL) }
 
-func conformance(t *testing.T, baseURL string) {
+// The same scenarios with every call over one WebSocket (spec §28).
+func TestConformanceOverAWebSocket(t *testing.T) {
+	conformance(t, serverURL, longrun.WithTransport(longrun.TransportWebSocket))
+}
+
+func conformance(t *testing.T, baseURL string, opts ...longrun.Option) {
 	files, err := filepath.Glob("../spec/conformance/*.json")
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no scenario files in ../spec/conformance (%v)", err)
 	}
-	client, err := longrun.NewClient(baseURL)
+	client, err := longrun.NewClient(baseURL, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}

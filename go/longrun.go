@@ -91,6 +91,9 @@ const (
 	TransportSSE
 	// TransportPoll is long polling only.
 	TransportPoll
+	// TransportWebSocket sends every call over one WebSocket per client (spec §28); as a
+	// follow's transport (Via), that follow goes over the client's WebSocket.
+	TransportWebSocket
 )
 
 // Reconnect is how a follow reconnects after a dropped connection or a 5xx (see WithReconnect).
@@ -149,6 +152,8 @@ func WithTransport(t Transport) Option {
 			name = "sse"
 		case TransportPoll:
 			name = "poll"
+		case TransportWebSocket:
+			name = "ws"
 		default:
 			o.Transport = nil
 			return

@@ -3,7 +3,8 @@
 
 export type State = "queued" | "running" | "success" | "error" | "canceled";
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
-export type Transport = "sse" | "poll";
+/** "ws": every call over one WebSocket per client (spec §28; the napi build only). */
+export type Transport = "sse" | "poll" | "ws";
 
 /** The progress convention (spec §17): from an event value with `progress` and/or `message`. */
 export interface Progress {

@@ -111,7 +111,8 @@ class ClientOptions(TypedDict, total=False):
     timeout: Optional[float]
     #: Headers sent with every request: a mapping, or ``(name, value)`` pairs.
     headers: Optional[Headers]
-    #: Default transport of follows: ``"sse"`` (falling back to ``"poll"`` by itself) or ``"poll"``.
+    #: Default transport of follows: ``"sse"`` (falling back to ``"poll"`` by itself) or ``"poll"``;
+    #: or ``"ws"``: every call over one WebSocket per client (spec §28).
     transport: Optional[str]
     user_agent: Optional[str]
     #: How long the server may hold one long poll. 20 s.

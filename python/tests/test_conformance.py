@@ -275,10 +275,10 @@ async def async_call(client: longrun.AsyncClient, call: Call) -> Any:
     return await getattr(client, call.verb)(*call.args, **call.kwargs)
 
 
-def run_sync(url: str, scenario: Dict[str, Any]) -> None:
+def run_sync(url: str, scenario: Dict[str, Any], **options: Any) -> None:
     skip, _ = _skipped_names(scenario["steps"])
     saved: Dict[str, longrun.Run] = {}
-    with longrun.Client(url) as client:
+    with longrun.Client(url, **options) as client:
         try:
             for index, (step, skipped) in enumerate(zip(scenario["steps"], skip)):
                 if skipped:
@@ -300,10 +300,10 @@ def run_sync(url: str, scenario: Dict[str, Any]) -> None:
                     pass
 
 
-async def run_async(url: str, scenario: Dict[str, Any]) -> None:
+async def run_async(url: str, scenario: Dict[str, Any], **options: Any) -> None:
     skip, _ = _skipped_names(scenario["steps"])
     saved: Dict[str, longrun.Run] = {}
-    async with longrun.AsyncClient(url) as client:
+    async with longrun.AsyncClient(url, **options) as client:
 
         async def run_step(step: Dict[str, Any]) -> None:
             steps = Stepper(step_plan(step, saved, client))
@@ -330,14 +330,24 @@ async def run_async(url: str, scenario: Dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("flavour,file,scenario", _params())
-def test_conformance(url: str, flavour: str, file: str, scenario: Dict[str, Any]) -> None:
+def test_conformance(
+    url: str, flavour: str, file: str, scenario: Dict[str, Any], **options: Any
+) -> None:
     skip, skipped = _skipped_names(scenario["steps"])
     if all(skip):
         pytest.skip(f"all {skipped} steps are http steps")
     if flavour == "sync":
-        run_sync(url, scenario)
+        run_sync(url, scenario, **options)
     else:
-        asyncio.run(run_async(url, scenario))
+        asyncio.run(run_async(url, scenario, **options))
+
+
+@pytest.mark.parametrize("flavour,file,scenario", _params())
+def test_conformance_over_a_websocket(
+    url: str, flavour: str, file: str, scenario: Dict[str, Any]
+) -> None:
+    """The same scenarios with every call over one WebSocket per client (spec §28)."""
+    test_conformance(url, flavour, file, scenario, transport="ws")
 
 
 @pytest.mark.parametrize("flavour,file,scenario", _params())

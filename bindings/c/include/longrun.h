@@ -98,6 +98,8 @@ typedef enum {
   LONGRUN_TRANSPORT_SSE = 1,
   // Long polling only.
   LONGRUN_TRANSPORT_POLL = 2,
+  // Over the client's WebSocket (spec §28).
+  LONGRUN_TRANSPORT_WEB_SOCKET = 3,
 } longrun_transport;
 
 // The library-owned storage behind a `longrun_batch`.
@@ -259,7 +261,7 @@ void longrun_interrupt_free(longrun_interrupt *interrupt);
 //
 // `options` is NULL (`options_len` 0) or a JSON object with any of: `token` (string: sends
 // `Authorization: Bearer …`), `headers` (array of `[name, value]`), `timeout_ms` (one request's
-// limit), `transport` (`"sse"` or `"poll"`), `user_agent`, `poll_wait_ms`, `idle_timeout_ms`,
+// limit), `transport` (`"sse"`, `"poll"` or `"ws"`), `user_agent`, `poll_wait_ms`, `idle_timeout_ms`,
 // `sse_fallback_after_ms`, `reconnect` (`{max_attempts, initial_delay_ms, max_delay_ms}`).
 // Defaults are the core's. On success `*client` is a new client; free it with
 // `longrun_client_free`. `url` and `options` are borrowed for the call only.

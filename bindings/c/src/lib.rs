@@ -108,6 +108,8 @@ pub enum longrun_transport {
     Sse = 1,
     /// Long polling only.
     Poll = 2,
+    /// Over the client's WebSocket (spec §28).
+    WebSocket = 3,
 }
 
 /// What `longrun_events_next` found.
@@ -618,7 +620,7 @@ pub struct longrun_client {
 ///
 /// `options` is NULL (`options_len` 0) or a JSON object with any of: `token` (string: sends
 /// `Authorization: Bearer …`), `headers` (array of `[name, value]`), `timeout_ms` (one request's
-/// limit), `transport` (`"sse"` or `"poll"`), `user_agent`, `poll_wait_ms`, `idle_timeout_ms`,
+/// limit), `transport` (`"sse"`, `"poll"` or `"ws"`), `user_agent`, `poll_wait_ms`, `idle_timeout_ms`,
 /// `sse_fallback_after_ms`, `reconnect` (`{max_attempts, initial_delay_ms, max_delay_ms}`).
 /// Defaults are the core's. On success `*client` is a new client; free it with
 /// `longrun_client_free`. `url` and `options` are borrowed for the call only.
@@ -1209,6 +1211,9 @@ pub unsafe extern "C" fn longrun_client_follow(
                     t if t == longrun_transport::Default as i32 => None,
                     t if t == longrun_transport::Sse as i32 => Some(longrun::Transport::Sse),
                     t if t == longrun_transport::Poll as i32 => Some(longrun::Transport::Poll),
+                    t if t == longrun_transport::WebSocket as i32 => {
+                        Some(longrun::Transport::WebSocket)
+                    }
                     other => return Err(invalid(format!("{other} is not a longrun_transport"))),
                 },
             };

@@ -34,6 +34,7 @@ pub(crate) async fn follow(
     State(server): State<Server>,
     Path((object, id)): Path<(String, String)>,
     RawQuery(query): RawQuery,
+    packets: Option<axum::Extension<crate::ws::Packets>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     caller.require(Scope::Read, &object)?;
@@ -49,6 +50,9 @@ pub(crate) async fn follow(
         let tenant = caller.admit_follower()?;
         let slot = follower_slot(&server, &run)?.with_tenant(tenant);
         run.mark_followed();
+        if packets.is_some() {
+            return Ok(follow_packets(run, next, slot));
+        }
         Ok(follow_sse(&server, run, next, slot))
     } else {
         let wait = wait(&server, &query)?;
@@ -142,6 +146,47 @@ fn follow_sse(server: &Server, run: Arc<Run>, next: u64, slot: FollowerSlot) -> 
     hs.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Ask nginx-like proxies not to buffer the stream.
     hs.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    status_headers(&run, hs);
+    res
+}
+
+/// The event stream of a follow that came over the WebSocket (spec §28.3): the same follow,
+/// each body chunk a JSON array of the events one read found (the log's own pre-encoded JSON,
+/// up to [`POLL_BATCH_EVENTS`]), which the socket sends as one packet.
+fn follow_packets(run: Arc<Run>, next: u64, slot: FollowerSlot) -> Response {
+    let (state, last) = run.status();
+    if state.is_terminal() && next > last {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    let appended = run.subscribe();
+    let follower = (run.clone(), appended, next, false, slot);
+    let body = futures::stream::unfold(
+        follower,
+        |(run, mut appended, next, done, slot)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                let batch = run.read_json(next, POLL_BATCH_EVENTS);
+                if batch.count > 0 {
+                    let (next, done) = (batch.next, batch.finished);
+                    return Some((
+                        Ok::<_, Infallible>(batch.bytes),
+                        (run, appended, next, done, slot),
+                    ));
+                }
+                if batch.finished || appended.changed().await.is_err() {
+                    return None;
+                }
+            }
+        },
+    );
+    let mut res = Response::new(Body::from_stream(body));
+    let hs = res.headers_mut();
+    hs.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(h::EVENT_STREAM),
+    );
     status_headers(&run, hs);
     res
 }

@@ -37,6 +37,10 @@ use crate::auth::{Caller, Scope};
 use crate::http::ApiError;
 use crate::topics::{self, Namespace, Subscription};
 
+/// Marks a request that came as a packet, so a follow answers in packets' form (spec §28.3).
+#[derive(Clone, Copy)]
+pub(crate) struct Packets;
+
 /// The path of the socket; a packet may not ask for it.
 pub const PATH: &str = "/_ws";
 
@@ -811,110 +815,59 @@ impl Conn {
             .await;
     }
 
-    /// A follow (a GET of a run asking for an event stream) as packets: the router's own
-    /// long polls, one after the other from the cursor, each answer's events — the run's
-    /// pre-encoded JSON, up to 10,000 when the follower is behind — sent as they are in one
-    /// packet. The first poll does not wait, so the head goes out at once (as an SSE head
-    /// would); the packet with the terminal event is the last.
+    /// A follow (a GET of a run asking for an event stream) as packets. It is served by the
+    /// router like any request — the same route, checks and follower slots — marked with
+    /// [`Packets`], so the follow's body is one JSON array of events per read of the run's
+    /// log (its pre-encoded JSON, no SSE framing to undo); each becomes one packet. The stream
+    /// holds the run like an SSE stream does, so a run dropped at its end is still read whole.
     async fn follow(
         &self,
         uid: &str,
         m: &str,
         r: &str,
-        req: Request<Body>,
+        mut req: Request<Body>,
         started: &std::sync::atomic::AtomicBool,
     ) {
-        #[derive(Deserialize)]
-        struct Id {
-            id: u64,
+        req.extensions_mut().insert(Packets);
+        let res = match self.state.api.clone().oneshot(req).await {
+            Ok(res) => res,
+            Err(never) => match never {},
+        };
+        let is_stream = res
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|ct| ct.as_bytes().starts_with(h::EVENT_STREAM.as_bytes()));
+        if res.status() != StatusCode::OK || !is_stream {
+            self.reply_with(uid, m, r, res).await;
+            return;
         }
-        let (parts, _) = req.into_parts();
-        let path = parts.uri.path().to_owned();
-        let query: Vec<(String, String)> =
-            form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
-                .into_owned()
-                .filter(|(k, _)| k != h::WAIT_QUERY)
-                .collect();
-        let mut cursor = parts.headers.get(h::LAST_EVENT_ID).cloned();
-        let mut first = true;
+        let (parts, body) = res.into_parts();
+        let mut head = Some(headers_json(&parts.headers));
+        let mut body = body.into_data_stream();
+        let mut ready = body.next().await;
         loop {
-            let wait = if first { "0" } else { "60" };
-            let query = {
-                let mut q = form_urlencoded::Serializer::new(String::new());
-                q.extend_pairs(&query);
-                q.append_pair(h::WAIT_QUERY, wait);
-                q.finish()
-            };
-            let uri: Uri = format!("{path}?{query}")
-                .parse()
-                .expect("a path and a query");
-            let mut poll = Request::builder()
-                .method(Method::GET)
-                .uri(uri)
-                .body(Body::empty())
-                .expect("valid parts");
-            *poll.headers_mut() = parts.headers.clone();
-            let headers = poll.headers_mut();
-            headers.insert(header::ACCEPT, HeaderValue::from_static(h::JSON));
-            headers.remove(h::LAST_EVENT_ID);
-            if let Some(c) = &cursor {
-                headers.insert(h::LAST_EVENT_ID, c.clone());
-            }
-            poll.extensions_mut().extend(parts.extensions.clone());
-            let res = match self.state.api.clone().oneshot(poll).await {
-                Ok(res) => res,
-                Err(never) => match never {},
-            };
-            let state = res
-                .headers()
-                .get(h::LONGRUN_STATE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(longrun_proto::State::parse);
-            let (Some(state), StatusCode::OK) = (state, res.status()) else {
-                // An error (the run is gone, the token does not let in): as any reply.
-                self.reply_with(uid, m, r, res).await;
+            let Some(Ok(chunk)) = ready.take() else {
+                // The body ended (or broke: the server is stopping) after the last packet.
+                let h = head.take();
+                self.out
+                    .send(reply(uid, m, r, 200, h.as_deref(), "[]", false))
+                    .await;
                 return;
             };
-            let last = res
-                .headers()
-                .get(h::LONGRUN_LAST_EVENT_ID)
-                .and_then(|v| v.to_str().ok())
-                .and_then(h::parse_cursor);
-            let (res_parts, body) = res.into_parts();
-            let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+            // The follow ends right after its terminal chunk: if the end is already there,
+            // this packet is the last.
+            let next = futures::FutureExt::now_or_never(body.next());
+            let last = matches!(next, Some(None));
+            let d = std::str::from_utf8(&chunk).unwrap_or("[]");
+            started.store(true, std::sync::atomic::Ordering::SeqCst);
+            let text = reply(uid, m, r, 200, head.take().as_deref(), d, !last);
+            if !self.out.send(text).await || last {
                 return;
+            }
+            ready = match next {
+                Some(item) => item,
+                None => body.next().await,
             };
-            let ids: Vec<Id> = serde_json::from_slice(&bytes).unwrap_or_default();
-            let newest = ids.last().map(|e| e.id);
-            let ended = state.is_terminal() && (newest.is_none() || newest == last);
-            let mut head = None;
-            if first {
-                let mut headers = res_parts.headers.clone();
-                headers.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static(h::EVENT_STREAM),
-                );
-                head = Some(headers_json(&headers));
-                if ended && ids.is_empty() {
-                    // Nothing after the cursor and the run has ended: 204, as over SSE.
-                    let h = head.as_deref();
-                    self.out.send(reply(uid, m, r, 204, h, "null", false)).await;
-                    return;
-                }
-            }
-            if let Some(id) = newest {
-                cursor = Some(HeaderValue::from(id));
-            }
-            if first || !ids.is_empty() || ended {
-                started.store(true, std::sync::atomic::Ordering::SeqCst);
-                let d = std::str::from_utf8(&bytes).unwrap_or("[]");
-                let d = if ids.is_empty() { "[]" } else { d };
-                let text = reply(uid, m, r, 200, head.as_deref(), d, !ended);
-                if !self.out.send(text).await || ended {
-                    return;
-                }
-            }
-            first = false;
         }
     }
 
