@@ -1,10 +1,10 @@
-//! `cargo xtask bench [server|client|workers|streams|ws|js|python|go]`: builds the benchmarks in release mode and runs them.
+//! `cargo xtask bench [server|client|workers|streams|ws|hooks|js|python|go]`: builds the benchmarks in release mode and runs them.
 //! Each starts what it compares as child processes and drives them from the same run, so every
 //! figure has its peer beside it. Later issues add the language SDKs' benchmarks here.
 
 use crate::cargo;
 
-const SUITES: [(&str, &str, &str); 5] = [
+const SUITES: [(&str, &str, &str); 6] = [
     ("server", "longrun-server", "server"),
     ("client", "longrun", "client"),
     // A worker node's service through the server against the worker called directly; the
@@ -14,6 +14,8 @@ const SUITES: [(&str, &str, &str); 5] = [
     ("streams", "longrun-server", "streams"),
     // The WebSocket (spec §28) against SSE, and pubsub fan-out.
     ("ws", "longrun-server", "ws"),
+    // Response hooks (spec §26) to a local receiver, beside plain POSTs to it.
+    ("hooks", "longrun-server", "hooks"),
 ];
 
 pub fn run(args: &[String]) -> Result<(), String> {
