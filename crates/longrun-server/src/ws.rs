@@ -212,7 +212,6 @@ struct Conn {
     inflight: Mutex<HashMap<String, Inflight>>,
     /// Subscriptions by the topic (or pattern) they name, each with its SUB's uid.
     subs: Mutex<HashMap<String, Vec<(String, Subscription)>>>,
-    nsubs: Mutex<usize>,
 }
 
 struct Inflight {
@@ -243,7 +242,6 @@ async fn serve(
         peer,
         inflight: Mutex::default(),
         subs: Mutex::default(),
-        nsubs: Mutex::new(0),
     });
     let (sink, mut stream) = socket.split();
     let seen = Arc::new(Mutex::new(Instant::now()));
@@ -481,18 +479,14 @@ impl Conn {
         if topic.starts_with(topics::RUNS_FEED) {
             caller.require(Scope::Read, "")?;
         }
-        {
-            let mut n = lock(&self.nsubs);
-            if *n >= self.state.server.config.ws_max_subscriptions {
-                return Err(ApiError::new(
-                    ProblemKind::TooManyInFlight,
-                    format!(
-                        "this connection holds {} subscriptions, as many as it may",
-                        *n
-                    ),
-                ));
-            }
-            *n += 1;
+        // Packets are read one at a time, so no other SUB lands between this count and the
+        // insert below.
+        let held: usize = lock(&self.subs).values().map(Vec::len).sum();
+        if held >= self.state.server.config.ws_max_subscriptions {
+            return Err(ApiError::new(
+                ProblemKind::TooManyInFlight,
+                format!("this connection holds {held} subscriptions, as many as it may"),
+            ));
         }
         let ns = Self::namespace(&caller, topic);
         let sink: Arc<dyn topics::Sink> = self.out.clone();
@@ -507,20 +501,12 @@ impl Conn {
                 reply(uid, "SUB", topic, 200, None, &d, false)
             },
         );
-        match subscribed {
-            Ok(s) => {
-                let entry = (uid.to_owned(), s);
-                lock(&self.subs)
-                    .entry(topic.to_owned())
-                    .or_default()
-                    .push(entry);
-                Ok(None)
-            }
-            Err(e) => {
-                *lock(&self.nsubs) -= 1;
-                Err(e)
-            }
-        }
+        let entry = (uid.to_owned(), subscribed?);
+        lock(&self.subs)
+            .entry(topic.to_owned())
+            .or_default()
+            .push(entry);
+        Ok(None)
     }
 
     /// `UNSUB` of a topic: every subscription of it on this connection, or with `d` the uid
@@ -561,7 +547,6 @@ impl Conn {
                 format!("this connection has no such subscription to {topic:?}"),
             ));
         }
-        *lock(&self.nsubs) -= gone.len();
         for sub in &gone {
             self.state.server.topics.unsubscribe(sub);
         }
@@ -786,32 +771,7 @@ impl Conn {
             self.out.send(problem_reply(uid, m, r, e)).await;
             return;
         }
-        let limit = self
-            .state
-            .server
-            .config
-            .ws_queue_bytes
-            .max(16 * 1024 * 1024);
-        let bytes = match axum::body::to_bytes(body, limit).await {
-            Ok(b) => b,
-            Err(_) => {
-                let e = ApiError::new(
-                    ProblemKind::NotRepresentable,
-                    "the answer is larger than a packet may be: read it over HTTP",
-                );
-                self.out.send(problem_reply(uid, m, r, e)).await;
-                return;
-            }
-        };
-        let d = if bytes.is_empty() {
-            "null".to_owned()
-        } else if json && serde_json::from_slice::<&RawValue>(&bytes).is_ok() {
-            String::from_utf8(bytes.to_vec()).expect("JSON is UTF-8")
-        } else {
-            serde_json::to_string(&String::from_utf8_lossy(&bytes)).expect("strings serialize")
-        };
-        self.out
-            .send(reply(uid, m, r, c, Some(&h), &d, false))
+        self.reply_with(uid, m, r, Response::from_parts(parts, body))
             .await;
     }
 
@@ -871,21 +831,38 @@ impl Conn {
         }
     }
 
-    /// Send a whole response as one reply packet.
+    /// Send a whole response as one reply packet: `d` the JSON body as it is, any other body
+    /// as a string, `null` for none.
     async fn reply_with(&self, uid: &str, m: &str, r: &str, res: Response) {
         let (parts, body) = res.into_parts();
-        let c = parts.status.as_u16();
-        let h = headers_json(&parts.headers);
-        let bytes = axum::body::to_bytes(body, 16 * 1024 * 1024)
-            .await
-            .unwrap_or_default();
+        let json = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("application/json") || ct.contains("+json"));
+        let limit = self
+            .state
+            .server
+            .config
+            .ws_queue_bytes
+            .max(16 * 1024 * 1024);
+        let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+            let e = ApiError::new(
+                ProblemKind::NotRepresentable,
+                "the answer is larger than a packet may be: read it over HTTP",
+            );
+            self.out.send(problem_reply(uid, m, r, e)).await;
+            return;
+        };
         let d = if bytes.is_empty() {
             "null".to_owned()
-        } else if serde_json::from_slice::<&RawValue>(&bytes).is_ok() {
+        } else if json && serde_json::from_slice::<&RawValue>(&bytes).is_ok() {
             String::from_utf8(bytes.to_vec()).expect("JSON is UTF-8")
         } else {
             serde_json::to_string(&String::from_utf8_lossy(&bytes)).expect("strings serialize")
         };
+        let h = headers_json(&parts.headers);
+        let c = parts.status.as_u16();
         self.out
             .send(reply(uid, m, r, c, Some(&h), &d, false))
             .await;

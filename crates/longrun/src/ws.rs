@@ -203,20 +203,15 @@ impl Socket {
         req: reqwest::Request,
         limit: Duration,
     ) -> Result<reqwest::Response> {
-        let r = req
-            .url()
-            .as_str()
-            .strip_prefix(self.base.as_str())
-            .map(|rest| format!("/{rest}"))
+        let u = req.url();
+        let r = match u.as_str().strip_prefix(self.base.as_str()) {
+            Some(rest) => format!("/{rest}"),
             // A unix base's requests go to http://localhost/… (`Inner::wire`).
-            .or_else(|| {
-                let u = req.url();
-                Some(match u.query() {
-                    Some(q) => format!("{}?{q}", u.path()),
-                    None => u.path().to_owned(),
-                })
-            })
-            .expect("a path");
+            None => match u.query() {
+                Some(q) => format!("{}?{q}", u.path()),
+                None => u.path().to_owned(),
+            },
+        };
         let mut headers = serde_json::Map::new();
         for (name, value) in &self.packet_headers {
             headers.insert(name.clone(), value.clone().into());
