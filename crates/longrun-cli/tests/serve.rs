@@ -863,16 +863,16 @@ async fn tokens_from_an_auth_file_reloaded_on_sighup() {
     child.wait().await.unwrap();
 }
 
-/// A hooked run the server was running when it was killed gets its `run.ended` after the
-/// restart (its `interrupted` end), signed (spec §26.7): the hook is kept in the SQLite file.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_server_delivers_the_hook_of_an_interrupted_run_after_the_restart() {
+const HOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+type Received = tokio::sync::mpsc::UnboundedReceiver<(Vec<(String, String)>, Vec<u8>)>;
+
+/// A hook receiver: its URL, and each request's headers and body (answered 204).
+async fn hook_receiver() -> (String, Received) {
     use tokio::io::AsyncWriteExt;
-    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-    // A receiver: each request's headers and body, answered 204.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hook = format!("http://{}/hook", listener.local_addr().unwrap());
-    let (tx, mut got) = tokio::sync::mpsc::unbounded_channel::<(Vec<(String, String)>, Vec<u8>)>();
+    let (tx, got) = tokio::sync::mpsc::unbounded_channel::<(Vec<(String, String)>, Vec<u8>)>();
     tokio::spawn(async move {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
@@ -903,44 +903,94 @@ async fn a_killed_server_delivers_the_hook_of_an_interrupted_run_after_the_resta
             });
         }
     });
+    (hook, got)
+}
+
+/// The next delivery, checked as a receiver would (signature, timestamp): its payload.
+async fn next_delivery(got: &mut Received) -> Value {
+    let (headers, body) = tokio::time::timeout(std::time::Duration::from_secs(60), got.recv())
+        .await
+        .expect("the hook is delivered")
+        .unwrap();
+    let pairs = headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    longrun::webhook::verify(HOOK_SECRET, pairs, &body, longrun::webhook::TOLERANCE).unwrap();
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// Submit a hooked `sleep` of an hour: its URL.
+async fn hooked_sleep(serve: &Serve, hook: &str) -> String {
+    let res = serve
+        .http
+        .post(serve.url("/sleep"))
+        .header("longrun-hook", hook)
+        .json(&json!({"ms": 3_600_000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    res.json::<Value>().await.unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn assert_interrupted(payload: &Value, run: &str) {
+    assert_eq!(payload["type"], "run.ended");
+    assert_eq!(payload["data"]["url"], run);
+    assert_eq!(payload["data"]["state"], "error");
+    assert_eq!(payload["data"]["error"]["reason"], "interrupted");
+}
+
+/// A hooked run the server was running when it was killed gets its `run.ended` after the
+/// restart (its `interrupted` end), signed (spec §26.7): the hook is kept in the SQLite file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_delivers_the_hook_of_an_interrupted_run_after_the_restart() {
+    let (hook, mut got) = hook_receiver().await;
     let dir = tempfile::tempdir().unwrap();
     let store = format!("sqlite:{}", dir.path().join("runs.db").display());
     let args = [
         "--store",
         store.as_str(),
         "--hook-secret",
-        SECRET,
+        HOOK_SECRET,
         "--hook-allow",
         "127.0.0.1",
     ];
     let mut first = Serve::start(&args, &[]).await;
-    let res = first
-        .http
-        .post(first.url("/sleep"))
-        .header("longrun-hook", &hook)
-        .json(&json!({"ms": 3_600_000}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    let sleep = res.json::<Value>().await.unwrap()["url"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sleep = hooked_sleep(&first, &hook).await;
     // Its 201 is committed after everything the server wrote before (the hook among it).
     first.submit("echo", json!({})).await;
     first.child.start_kill().unwrap(); // SIGKILL: no shutdown, no flush
     first.child.wait().await.unwrap();
     let _second = Serve::start(&args, &[]).await;
-    let (headers, body) = tokio::time::timeout(std::time::Duration::from_secs(60), got.recv())
+    assert_interrupted(&next_delivery(&mut got).await, &sleep);
+}
+
+/// `kill -9` of the replica executing a hooked run: the survivor's reaper ends the run and
+/// enqueues its `run.ended` in the same transaction, and a replica delivers it, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_survivor_delivers_the_hook_of_a_killed_replicas_run() {
+    let (hook, mut got) = hook_receiver().await;
+    let flags = ["--hook-secret", HOOK_SECRET, "--hook-allow", "127.0.0.1"];
+    let Some((mut a, b)) =
+        replicas("a survivor delivers a killed replica's hook", "1s", &flags).await
+    else {
+        return;
+    };
+    let sleep = hooked_sleep(&a, &hook).await;
+    a.child.start_kill().unwrap(); // SIGKILL: its watcher of the run dies with it
+    a.child.wait().await.unwrap();
+    assert_interrupted(&next_delivery(&mut got).await, &sleep);
+    let hooks: Value = b
+        .http
+        .get(b.url(&format!("{sleep}/hooks")))
+        .send()
         .await
-        .expect("the hook is delivered after the restart")
+        .unwrap()
+        .json()
+        .await
         .unwrap();
-    let pairs = headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-    longrun::webhook::verify(SECRET, pairs, &body, longrun::webhook::TOLERANCE).unwrap();
-    let payload: Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(payload["type"], "run.ended");
-    assert_eq!(payload["data"]["url"], sleep.as_str());
-    assert_eq!(payload["data"]["state"], "error");
-    assert_eq!(payload["data"]["error"]["reason"], "interrupted");
+    let deliveries = hooks["deliveries"].as_array().unwrap();
+    assert_eq!(deliveries.len(), 1, "one run.ended, no watch row: {hooks}");
+    assert_eq!(deliveries[0]["type"], "run.ended");
 }

@@ -527,11 +527,13 @@ impl Hooks {
             .spawn(async move { hooks.resume(&server).await });
     }
 
-    /// Watch a hooked run (just created) and enqueue its deliveries. On SQLite the hook is
-    /// written down too (a `watch` row), so that a run the process was running when it
-    /// stopped still gets its `run.ended` (its `interrupted` end) after the restart.
-    pub fn attach(self: &Arc<Self>, run: Arc<Run>, hook: Hook) {
-        if self.journal.is_some() && self.shared().is_none() {
+    /// Watch a hooked run (just created) and enqueue its deliveries. On a durable store the
+    /// hook is written down too (a `watch` row), so that a run ended without its watcher —
+    /// the process stopped (SQLite: its `interrupted` end after the restart) or its replica
+    /// died (Postgres: the reaper ends it and turns the row into its `run.ended`) — still gets
+    /// its `run.ended`. On Postgres the row is committed before the submit is answered.
+    pub async fn attach(self: &Arc<Self>, run: Arc<Run>, hook: Hook) {
+        if self.journal.is_some() {
             let watch = Delivery {
                 id: format!("{WATCH}_{}", run.id),
                 run: run.id.to_string(),
@@ -550,8 +552,14 @@ impl Hooks {
                 finished_ms: None,
                 seq: 0,
             };
-            let watch = self.lock().insert(watch);
-            self.persist(&watch);
+            if let Some(pg) = self.shared() {
+                if let Err(e) = pg_insert_watch(pg, &watch).await {
+                    tracing::error!(error = e, run = %run.id, "a hook could not be stored");
+                }
+            } else {
+                let watch = self.lock().insert(watch);
+                self.persist(&watch);
+            }
         }
         self.spawn_watch(run, hook, None);
     }
@@ -587,7 +595,7 @@ impl Hooks {
                 .find(&server.config, &caller, object, &w.run)
                 .await;
             let Ok(crate::registry::Lookup::Found(run)) = found else {
-                self.unwatch(&w.run);
+                self.unwatch(&w.run).await;
                 continue;
             };
             let after = {
@@ -606,11 +614,21 @@ impl Hooks {
     }
 
     /// The run's `run.ended` is in the outbox: its `watch` row goes.
-    fn unwatch(&self, run: &str) {
+    async fn unwatch(&self, run: &str) {
         let Ok(id) = RunId::parse(run) else {
             return;
         };
         let id = format!("{WATCH}_{id}");
+        if let Some(pg) = self.shared() {
+            let deleted = pg
+                .client()
+                .execute("DELETE FROM longrun.hook_deliveries WHERE id = $1", &[&id])
+                .await;
+            if let Err(e) = deleted {
+                tracing::error!(error = %e, run, "a hook's watch row could not be deleted");
+            }
+            return;
+        }
         let found = {
             let mut local = self.lock();
             let found = local.deliveries.contains_key(&id);
@@ -654,7 +672,7 @@ impl Hooks {
             for event in events {
                 if event.state.is_terminal() {
                     self.enqueue(&run, &hook, "run.ended", &event).await;
-                    self.unwatch(&run.id.to_string());
+                    self.unwatch(&run.id.to_string()).await;
                     return;
                 }
                 if hook.events == Events::All {
@@ -701,29 +719,7 @@ impl Hooks {
 
     /// The payload (spec §26.3), fixed for the delivery's life.
     fn payload(run: &Run, kind: &str, event: &Event) -> String {
-        let path = longrun_proto::run_path(&run.object, &run.id);
-        let mut data = serde_json::json!({
-            "id": run.id.to_string(),
-            "object": run.object,
-            "url": path,
-            "state": event.state.as_str(),
-            "event": event,
-        });
-        // acomm's name, for the run's byte stream (§27) when it has one.
-        if let Some(stream) = crate::stream::url(run) {
-            data["stream_url"] = stream.into();
-        }
-        match event.state {
-            RunState::Success => data["result"] = event.value.clone(),
-            RunState::Error | RunState::Canceled => data["error"] = event.value.clone(),
-            _ => {}
-        }
-        serde_json::json!({
-            "type": kind,
-            "timestamp": rfc3339(now_ms()),
-            "data": data,
-        })
-        .to_string()
+        payload(&run.object, &run.id, crate::stream::url(run), kind, event)
     }
 
     async fn enqueue(&self, run: &Run, hook: &Hook, kind: &str, event: &Event) {
@@ -1185,8 +1181,91 @@ async fn send_unix(path: &Path, body: &[u8]) -> Outcome {
     }
 }
 
+/// The payload (spec §26.3) of a run's delivery.
+fn payload(
+    object: &str,
+    id: &RunId,
+    stream_url: Option<String>,
+    kind: &str,
+    event: &Event,
+) -> String {
+    let mut data = serde_json::json!({
+        "id": id.to_string(),
+        "object": object,
+        "url": longrun_proto::run_path(object, id),
+        "state": event.state.as_str(),
+        "event": event,
+    });
+    // acomm's name, for the run's byte stream (§27) when it has one.
+    if let Some(stream) = stream_url {
+        data["stream_url"] = stream.into();
+    }
+    match event.state {
+        RunState::Success => data["result"] = event.value.clone(),
+        RunState::Error | RunState::Canceled => data["error"] = event.value.clone(),
+        _ => {}
+    }
+    serde_json::json!({
+        "type": kind,
+        "timestamp": rfc3339(now_ms()),
+        "data": data,
+    })
+    .to_string()
+}
+
+/// The `run.ended` delivery of a hooked run that the Postgres reaper ended (its replica died
+/// before its watcher saw the end), from the run's `watch` row: what that watcher would have
+/// enqueued, due at once. `None` when the row is not a watch.
+pub(crate) fn reaped(
+    watch: &str,
+    event: &Event,
+    stream: bool,
+) -> Option<(String, String, i64, String)> {
+    let watch: Delivery = serde_json::from_str(watch).ok()?;
+    let spec: serde_json::Value = serde_json::from_str(&watch.body).ok()?;
+    let object = spec["object"].as_str()?;
+    let id = RunId::parse(&watch.run).ok()?;
+    let stream_url = stream.then(|| format!("{}/stream", longrun_proto::run_path(object, &id)));
+    let now = now_ms();
+    let delivery = Delivery {
+        id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
+        run: watch.run.clone(),
+        kind: "run.ended".into(),
+        event: event.id,
+        url: watch.url,
+        body: payload(object, &id, stream_url, "run.ended", event),
+        state: DState::Pending,
+        attempts: Vec::new(),
+        attempt_count: 0,
+        next_ms: Some(now),
+        finished_ms: None,
+        seq: 0,
+    };
+    let record = serde_json::to_string(&delivery).expect("deliveries serialize");
+    Some((delivery.id, delivery.run, now, record))
+}
+
+/// The id of a run's `watch` row.
+pub(crate) fn watch_id(run: &str) -> String {
+    format!("{WATCH}_{run}")
+}
+
 // ---------------------------------------------------------------------------------------
 // Postgres.
+
+/// A hook's `watch` row: `state = 'watch'`, so it is never claimed, counted or listed.
+async fn pg_insert_watch(pg: &crate::store::postgres::Handle, d: &Delivery) -> Result<(), String> {
+    let record = serde_json::to_string(d).expect("deliveries serialize");
+    pg.client()
+        .execute(
+            "INSERT INTO longrun.hook_deliveries (id, run, state, record) \
+             VALUES ($1, $2, 'watch', $3) ON CONFLICT (id) DO NOTHING",
+            &[&d.id, &d.run, &record],
+        )
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
 
 async fn pg_pending(pg: &crate::store::postgres::Handle) -> Result<i64, String> {
     let row = pg
@@ -1266,7 +1345,8 @@ async fn pg_list(pg: &crate::store::postgres::Handle, run: &str) -> Result<Vec<D
     let rows = pg
         .client()
         .query(
-            "SELECT record FROM longrun.hook_deliveries WHERE run = $1 ORDER BY created",
+            "SELECT record FROM longrun.hook_deliveries WHERE run = $1 AND state <> 'watch' \
+             ORDER BY created",
             &[&run],
         )
         .await

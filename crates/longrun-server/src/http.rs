@@ -402,7 +402,7 @@ async fn submit(
                     guard.stored();
                 }
                 if let Some(hook) = hook.take() {
-                    server.hooks.attach(run.clone(), hook);
+                    server.hooks.attach(run.clone(), hook).await;
                 }
                 return Ok(submitted(&headers, &object, &run, false, wait).await);
             }

@@ -929,8 +929,8 @@ async fn maintain(
     .await?;
     let orphans = tx
         .query(
-            "SELECT r.seq, r.id, (SELECT max(e.id) FROM longrun.events e WHERE e.run = r.seq) \
-             FROM longrun.runs r WHERE r.ended_ms IS NULL AND NOT EXISTS \
+            "SELECT r.seq, r.id, (SELECT max(e.id) FROM longrun.events e WHERE e.run = r.seq), \
+             r.stream IS NOT NULL FROM longrun.runs r WHERE r.ended_ms IS NULL AND NOT EXISTS \
              (SELECT 1 FROM longrun.replicas p WHERE p.id = r.owner)",
             &[],
         )
@@ -956,6 +956,25 @@ async fn maintain(
         .await?;
         tx.execute("SELECT pg_notify('longrun_events', $1)", &[&id])
             .await?;
+        // A hooked run's watcher died with its replica: its `run.ended` goes into the
+        // outbox in this transaction, so the end and its delivery commit together.
+        let watch = tx
+            .query_opt(
+                "DELETE FROM longrun.hook_deliveries WHERE id = $1 RETURNING record",
+                &[&crate::hooks::watch_id(&id)],
+            )
+            .await?;
+        let stream: bool = row.get(3);
+        if let Some((delivery, run, due, record)) =
+            watch.and_then(|w| crate::hooks::reaped(w.get::<_, &str>(0), &event, stream))
+        {
+            tx.execute(
+                "INSERT INTO longrun.hook_deliveries (id, run, state, next_ms, record) \
+                 VALUES ($1, $2, 'pending', $3, $4)",
+                &[&delivery, &run, &due, &record],
+            )
+            .await?;
+        }
     }
     if !orphans.is_empty() {
         tracing::warn!(
