@@ -141,6 +141,33 @@ pub(crate) struct Delivery {
     pub seq: u64,
 }
 
+impl Delivery {
+    /// A new delivery of `kind` for event `event` of `run`, first due at `due_ms`.
+    fn pending(
+        run: String,
+        kind: &str,
+        event: u64,
+        url: String,
+        body: String,
+        due_ms: i64,
+    ) -> Self {
+        Delivery {
+            id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
+            run,
+            kind: kind.to_owned(),
+            event,
+            url,
+            body,
+            state: DState::Pending,
+            attempts: Vec::new(),
+            attempt_count: 0,
+            next_ms: Some(due_ms),
+            finished_ms: None,
+            seq: 0,
+        }
+    }
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -535,7 +562,7 @@ impl Hooks {
     pub async fn attach(self: &Arc<Self>, run: Arc<Run>, hook: Hook) {
         if self.journal.is_some() {
             let watch = Delivery {
-                id: format!("{WATCH}_{}", run.id),
+                id: watch_id(&run.id.to_string()),
                 run: run.id.to_string(),
                 kind: WATCH.into(),
                 event: 0,
@@ -618,7 +645,7 @@ impl Hooks {
         let Ok(id) = RunId::parse(run) else {
             return;
         };
-        let id = format!("{WATCH}_{id}");
+        let id = watch_id(&id.to_string());
         if let Some(pg) = self.shared() {
             let deleted = pg
                 .client()
@@ -724,20 +751,14 @@ impl Hooks {
 
     async fn enqueue(&self, run: &Run, hook: &Hook, kind: &str, event: &Event) {
         let now = now_ms();
-        let delivery = Delivery {
-            id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
-            run: run.id.to_string(),
-            kind: kind.to_owned(),
-            event: event.id,
-            url: hook.url.clone(),
-            body: Self::payload(run, kind, event),
-            state: DState::Pending,
-            attempts: Vec::new(),
-            attempt_count: 0,
-            next_ms: Some(now + self.delay(0).as_millis() as i64),
-            finished_ms: None,
-            seq: 0,
-        };
+        let delivery = Delivery::pending(
+            run.id.to_string(),
+            kind,
+            event.id,
+            hook.url.clone(),
+            Self::payload(run, kind, event),
+            now + self.delay(0).as_millis() as i64,
+        );
         let ended = kind == "run.ended";
         if let Some(pg) = self.shared() {
             if !ended {
@@ -1216,33 +1237,21 @@ fn payload(
 /// The `run.ended` delivery of a hooked run that the Postgres reaper ended (its replica died
 /// before its watcher saw the end), from the run's `watch` row: what that watcher would have
 /// enqueued, due at once. `None` when the row is not a watch.
-pub(crate) fn reaped(
-    watch: &str,
-    event: &Event,
-    stream: bool,
-) -> Option<(String, String, i64, String)> {
+pub(crate) fn reaped(watch: &str, event: &Event, stream: bool) -> Option<Delivery> {
     let watch: Delivery = serde_json::from_str(watch).ok()?;
     let spec: serde_json::Value = serde_json::from_str(&watch.body).ok()?;
     let object = spec["object"].as_str()?;
     let id = RunId::parse(&watch.run).ok()?;
-    let stream_url = stream.then(|| format!("{}/stream", longrun_proto::run_path(object, &id)));
-    let now = now_ms();
-    let delivery = Delivery {
-        id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
-        run: watch.run.clone(),
-        kind: "run.ended".into(),
-        event: event.id,
-        url: watch.url,
-        body: payload(object, &id, stream_url, "run.ended", event),
-        state: DState::Pending,
-        attempts: Vec::new(),
-        attempt_count: 0,
-        next_ms: Some(now),
-        finished_ms: None,
-        seq: 0,
-    };
-    let record = serde_json::to_string(&delivery).expect("deliveries serialize");
-    Some((delivery.id, delivery.run, now, record))
+    let stream_url = stream.then(|| crate::stream::path(object, &id));
+    let body = payload(object, &id, stream_url, "run.ended", event);
+    Some(Delivery::pending(
+        watch.run,
+        "run.ended",
+        event.id,
+        watch.url,
+        body,
+        now_ms(),
+    ))
 }
 
 /// The id of a run's `watch` row.
@@ -1280,8 +1289,18 @@ async fn pg_pending(pg: &crate::store::postgres::Handle) -> Result<i64, String> 
 }
 
 async fn pg_insert(pg: &crate::store::postgres::Handle, d: &Delivery) -> Result<(), String> {
+    insert_pending(&*pg.client(), d)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Insert a pending delivery, on a connection or in a transaction (the reaper's).
+pub(crate) async fn insert_pending(
+    client: &impl tokio_postgres::GenericClient,
+    d: &Delivery,
+) -> Result<(), tokio_postgres::Error> {
     let record = serde_json::to_string(d).expect("deliveries serialize");
-    pg.client()
+    client
         .execute(
             "INSERT INTO longrun.hook_deliveries (id, run, state, next_ms, record) \
              VALUES ($1, $2, 'pending', $3, $4)",
@@ -1289,7 +1308,6 @@ async fn pg_insert(pg: &crate::store::postgres::Handle, d: &Delivery) -> Result<
         )
         .await
         .map(drop)
-        .map_err(|e| e.to_string())
 }
 
 /// Lease the due deliveries: rows another replica is claiming are skipped, rows another

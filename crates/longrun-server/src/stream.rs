@@ -17,8 +17,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
-use longrun_proto::ProblemKind;
 use longrun_proto::header as h;
+use longrun_proto::{ProblemKind, RunId};
 use tokio::sync::watch;
 
 use crate::Server;
@@ -447,10 +447,12 @@ pub(crate) async fn stream(
 /// The path of a run's stream, when it has one (`stream_url` of a submit reply).
 pub(crate) fn url(run: &Run) -> Option<String> {
     run.stream()?;
-    Some(format!(
-        "{}/stream",
-        longrun_proto::run_path(&run.object, &run.id)
-    ))
+    Some(path(&run.object, &run.id))
+}
+
+/// The path of the stream of run `id` of `object`.
+pub(crate) fn path(object: &str, id: &RunId) -> String {
+    format!("{}/stream", longrun_proto::run_path(object, id))
 }
 
 /// Fill the stream of a run read back from a durable store (ended) with its chunks.

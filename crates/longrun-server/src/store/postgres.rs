@@ -965,15 +965,10 @@ async fn maintain(
             )
             .await?;
         let stream: bool = row.get(3);
-        if let Some((delivery, run, due, record)) =
+        if let Some(delivery) =
             watch.and_then(|w| crate::hooks::reaped(w.get::<_, &str>(0), &event, stream))
         {
-            tx.execute(
-                "INSERT INTO longrun.hook_deliveries (id, run, state, next_ms, record) \
-                 VALUES ($1, $2, 'pending', $3, $4)",
-                &[&delivery, &run, &due, &record],
-            )
-            .await?;
+            crate::hooks::insert_pending(&tx, &delivery).await?;
         }
     }
     if !orphans.is_empty() {
