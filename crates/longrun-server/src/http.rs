@@ -62,7 +62,8 @@ pub fn app(server: Server) -> Router {
             get(crate::stream::stream).head(crate::stream::stream),
         )
         .route("/{object}/{id}/read-token", post(read_token))
-        .route("/{object}/{id}/hooks", get(crate::hooks::list))
+        .route("/{object}/{id}/hooks", get(crate::hooks::list));
+    let router = crate::dashboard::routes(router)
         .fallback(|| async { ApiError::new(ProblemKind::NotFound, "no route has this path") })
         .layer(middleware::from_fn(bare_errors_to_problems))
         .with_state(server.clone());

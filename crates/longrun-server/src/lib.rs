@@ -18,6 +18,7 @@ pub mod auth;
 mod compose;
 mod config;
 mod conn;
+mod dashboard;
 mod demo;
 pub mod exec;
 mod follow;

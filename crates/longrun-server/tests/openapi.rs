@@ -611,6 +611,7 @@ async fn responses_match_the_documented_operations() {
         ("get", "/_ws", "/_ws".into(), &[], "", 426),
         ("get", "/_health", "/_health".into(), &[], "", 200),
         ("head", "/_health", "/_health".into(), &[], "", 200),
+        ("get", "/_dashboard", "/_dashboard".into(), &[], "", 200),
         (
             "get",
             "/_openapi.json",
