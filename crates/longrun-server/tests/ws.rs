@@ -582,3 +582,213 @@ async fn unsubscribe_by_uid_ends_only_that_subscription() {
     assert_eq!(recv(&mut ws).await["c"], 404);
     server.stop().await.unwrap();
 }
+
+/// The packet cases of `spec/conformance/ws/` (valid by its schema), each on a socket of its
+/// own, one after another against one server (spec/conformance/README.md, "WebSocket packets").
+#[tokio::test]
+async fn the_packet_cases_of_the_spec_hold() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../spec/conformance/ws");
+    let read = |name: &str| -> Value {
+        let text = std::fs::read_to_string(dir.join(name)).unwrap();
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name} is not JSON: {e}"))
+    };
+    let schema = read("schema.json");
+    jsonschema::draft202012::meta::validate(&schema).expect("a draft 2020-12 schema");
+    let validator = jsonschema::draft202012::new(&schema).expect("the schema compiles");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".json") && n != "schema.json")
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no packet cases in {}", dir.display());
+    let server = TestServer::demo().await;
+    let mut ran = 0;
+    for file in files {
+        let doc = read(&file);
+        let errors: Vec<String> = validator
+            .iter_errors(&doc)
+            .map(|e| format!("at {}: {e}", e.instance_path()))
+            .collect();
+        assert!(errors.is_empty(), "{file}: {errors:#?}");
+        for case in doc["cases"].as_array().unwrap() {
+            let what = format!("{file}: {}", case["description"].as_str().unwrap());
+            PacketCase::run(&server, &what, case["steps"].as_array().unwrap()).await;
+            ran += 1;
+        }
+    }
+    assert!(ran >= 10, "only {ran} packet cases ran");
+}
+
+/// One case's socket, what arrived on it and is not taken yet, and the values it saved.
+struct PacketCase<'a> {
+    what: &'a str,
+    ws: Socket,
+    arrived: Vec<(usize, Value)>,
+    count: usize,
+    saved: std::collections::HashMap<String, Value>,
+}
+
+impl<'a> PacketCase<'a> {
+    async fn run(server: &TestServer, what: &'a str, steps: &[Value]) {
+        let mut case = PacketCase {
+            what,
+            ws: connect(server, None).await,
+            arrived: Vec::new(),
+            count: 0,
+            saved: [(
+                "unique".to_owned(),
+                json!(uuid::Uuid::new_v4().simple().to_string()),
+            )]
+            .into(),
+        };
+        for (i, step) in steps.iter().enumerate() {
+            case.step(i, step).await;
+        }
+    }
+
+    /// `{name}` in every string replaced by the value saved under that name.
+    fn fill(&self, v: &Value) -> Value {
+        match v {
+            Value::String(s) => {
+                // A string that is one placeholder takes the saved value whole.
+                if let Some(saved) = s
+                    .strip_prefix('{')
+                    .and_then(|s| s.strip_suffix('}'))
+                    .and_then(|name| self.saved.get(name))
+                {
+                    return saved.clone();
+                }
+                let mut out = s.clone();
+                for (name, value) in &self.saved {
+                    let text = value
+                        .as_str()
+                        .map_or_else(|| value.to_string(), str::to_owned);
+                    out = out.replace(&format!("{{{name}}}"), &text);
+                }
+                Value::String(out)
+            }
+            Value::Array(a) => Value::Array(a.iter().map(|v| self.fill(v)).collect()),
+            Value::Object(o) => {
+                Value::Object(o.iter().map(|(k, v)| (k.clone(), self.fill(v))).collect())
+            }
+            other => other.clone(),
+        }
+    }
+
+    /// The first packet of `uid` not taken yet, and when it arrived.
+    async fn take(&mut self, uid: &Value, step: usize) -> (usize, Value) {
+        loop {
+            if let Some(i) = self.arrived.iter().position(|(_, p)| &p["uid"] == uid) {
+                return self.arrived.remove(i);
+            }
+            let next = tokio::time::timeout(std::time::Duration::from_secs(30), recv(&mut self.ws))
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "{} steps[{step}]: no packet of uid {uid} in 30 s (unmatched: {:?})",
+                        self.what, self.arrived
+                    )
+                });
+            self.arrived.push((self.count, next));
+            self.count += 1;
+        }
+    }
+
+    async fn step(&mut self, i: usize, step: &Value) {
+        let what = self.what;
+        if let Some(p) = step.get("send") {
+            let p = self.fill(p);
+            send(&mut self.ws, p).await;
+        } else if let Some(text) = step.get("send_text").and_then(Value::as_str) {
+            self.ws.send(Message::Text(text.into())).await.unwrap();
+        } else if let Some(text) = step.get("send_binary").and_then(Value::as_str) {
+            let bytes = text.as_bytes().to_vec();
+            self.ws.send(Message::Binary(bytes.into())).await.unwrap();
+        } else if let Some(n) = step.get("send_large").and_then(Value::as_u64) {
+            let head = r#"{"uid":1,"m":"GET","r":"/_health""#;
+            let text = format!("{head}{}}}", " ".repeat(n as usize - head.len() - 1));
+            assert_eq!(text.len() as u64, n);
+            // The server may close before the whole message is written.
+            let _ = self.ws.send(Message::Text(text.into())).await;
+        } else if let Some(expected) = step.get("expect").and_then(Value::as_array) {
+            let mut last_arrival = None;
+            let mut matched = Value::Null;
+            for want in expected {
+                let want = self.fill(want);
+                let (at, got) = self.take(&want["uid"], i).await;
+                assert!(
+                    last_arrival.is_none_or(|l| at > l),
+                    "{what} steps[{i}]: {got} arrived before the packet listed ahead of it"
+                );
+                last_arrival = Some(at);
+                if let Err(path) = contains(&want, &got, String::new()) {
+                    panic!("{what} steps[{i}]: at {path:?}: expected {want}, got {got}");
+                }
+                matched = got;
+            }
+            for (name, pointer) in step
+                .get("save")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+            {
+                let value = matched
+                    .pointer(pointer.as_str().unwrap())
+                    .unwrap_or_else(|| {
+                        panic!("{what} steps[{i}]: nothing at {pointer} of {matched}")
+                    });
+                self.saved.insert(name.clone(), value.clone());
+            }
+        } else if let Some(stream) = step.get("expect_stream") {
+            let uid = self.fill(&stream["uid"]);
+            let mut id = stream.get("from").and_then(Value::as_u64).unwrap_or(0);
+            let mut states = Vec::new();
+            let mut first = true;
+            loop {
+                let (_, p) = self.take(&uid, i).await;
+                if first {
+                    assert_eq!(p["c"], 200, "{what} steps[{i}]: {p}");
+                    first = false;
+                }
+                for e in p["d"]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("{what} steps[{i}]: {p}"))
+                {
+                    assert_eq!(e["id"], id, "{what} steps[{i}]: ids are dense: {p}");
+                    id += 1;
+                    states.push(e["state"].clone());
+                }
+                if p["more"] != true {
+                    break;
+                }
+            }
+            assert_eq!(Value::Array(states), stream["states"], "{what} steps[{i}]");
+        } else if let Some(code) = step.get("expect_close").and_then(Value::as_u64) {
+            let (got, _) = close_code(&mut self.ws).await;
+            assert_eq!(u64::from(got), code, "{what} steps[{i}]: the close code");
+        } else {
+            panic!("{what} steps[{i}]: no step the runner knows: {step}");
+        }
+    }
+}
+
+/// Does `got` have everything `want` has (objects: these members, a missing one counting as
+/// null; arrays: as many items, each containing the wanted one)? Else the path that differs.
+fn contains(want: &Value, got: &Value, path: String) -> Result<(), String> {
+    match (want, got) {
+        (Value::Object(w), _) => {
+            for (k, v) in w {
+                contains(v, got.get(k).unwrap_or(&Value::Null), format!("{path}/{k}"))?;
+            }
+            Ok(())
+        }
+        (Value::Array(w), Value::Array(g)) if w.len() == g.len() => w
+            .iter()
+            .zip(g)
+            .enumerate()
+            .try_for_each(|(i, (w, g))| contains(w, g, format!("{path}/{i}"))),
+        _ if want == got => Ok(()),
+        _ => Err(path),
+    }
+}
