@@ -45,6 +45,13 @@ function callSync(f) {
   }
 }
 
+function noPubsub() {
+  return new InvalidArgumentError({
+    kind: "InvalidArgument",
+    message: "pubsub is not in the browser build yet (it needs the WebSocket transport): publish with POST /_topics/{topic}",
+  });
+}
+
 function runUrl(run) {
   if (typeof run === "string") return run;
   if (run && typeof run.url === "string") return run.url;
@@ -341,6 +348,72 @@ export function makeApi(native, { settle } = {}) {
     /** Ask the server to cancel the run: `{outcome: "accepted"}` or `{outcome: "ended", state}`. */
     async cancel(run) {
       return JSON.parse(await call(() => this.#native.cancel(runUrl(run))));
+    }
+
+    /**
+     * Subscribe to `topic` (a dotted name, or a pattern with `*` and `?`), from offset `since`
+     * if given (one topic only; from now otherwise), over the client's WebSocket whatever its
+     * transport. Resolves once the server holds the subscription, so nothing published after
+     * that is missed, with an async iterator of `{topic, offset, data}` (in order, each once,
+     * resumed from the next offset after a lost connection) that also has the server's ack,
+     * `offset` and `recovered`. Leaving the loop, `close()` or aborting `signal` unsubscribes.
+     * Node only: the browser build throws InvalidArgumentError.
+     */
+    async subscribe(topic, options = {}) {
+      const { since, signal } = options ?? {};
+      if (typeof this.#native.subscribe !== "function") throw noPubsub();
+      if (signal?.aborted) throw abortReason(signal);
+      const native = callSync(() => this.#native.subscribe(String(topic), since ?? undefined));
+      const onAbort = () => native.close();
+      signal?.addEventListener("abort", onAbort, { once: true });
+      const unsubscribe = () => {
+        signal?.removeEventListener("abort", onAbort);
+        native.close();
+      };
+      let ack;
+      try {
+        ack = JSON.parse(await call(() => native.ready()));
+      } catch (e) {
+        unsubscribe();
+        throw e === ABORTED ? abortReason(signal) : e;
+      }
+      const publications = (async function* () {
+        try {
+          for (;;) {
+            if (signal?.aborted) throw abortReason(signal);
+            let text;
+            try {
+              text = await call(() => native.next());
+            } catch (e) {
+              // Closed by `close()` while waiting: the end, unless it was the signal.
+              if (e === ABORTED) {
+                if (signal?.aborted) throw abortReason(signal);
+                return;
+              }
+              throw e;
+            }
+            // Closed before the read began: by the signal, or by `close()`.
+            if (text == null) {
+              if (signal?.aborted) throw abortReason(signal);
+              return;
+            }
+            yield JSON.parse(text);
+          }
+        } finally {
+          unsubscribe();
+        }
+      })();
+      return Object.assign(publications, {
+        offset: ack.offset,
+        recovered: ack.recovered,
+        close: unsubscribe,
+      });
+    }
+
+    /** Publish `data` (any JSON value) to `topic`: its offset. Node only. */
+    async publish(topic, data) {
+      if (typeof this.#native.publish !== "function") throw noPubsub();
+      return call(() => this.#native.publish(String(topic), JSON.stringify(data ?? null)));
     }
 
     /**

@@ -92,6 +92,31 @@ export interface StreamOptions {
   signal?: AbortSignal;
 }
 
+export interface SubscribeOptions {
+  /** Replay one topic from this offset (what the server still holds), then go on live. */
+  since?: number;
+  /** Aborting unsubscribes: the loop throws `signal.reason`. */
+  signal?: AbortSignal;
+}
+
+/** One publication of a topic; `offset` is dense per topic. */
+export interface Publication {
+  /** The topic it was published to (for a pattern, the one that matched). */
+  topic: string;
+  offset: number;
+  data: Json;
+}
+
+/** A subscription: its publications in order, and the server's ack. */
+export interface Subscription extends AsyncIterableIterator<Publication> {
+  /** The topic's next offset when it subscribed (0 for a pattern). */
+  readonly offset: number;
+  /** `false` when `since` asked for publications the server no longer holds. */
+  readonly recovered: boolean;
+  /** Unsubscribe (a loop over it ends). */
+  close(): void;
+}
+
 export interface VerifyWebhookOptions {
   /** How far `webhook-timestamp` may be from now, in ms (default 300000). */
   toleranceMs?: number;
@@ -187,6 +212,13 @@ export declare class Client {
    * browser build throws `InvalidArgumentError`.
    */
   stream(run: RunLike, options?: StreamOptions): AsyncIterableIterator<Uint8Array>;
+  /**
+   * Subscribe to a topic or pattern; resolves once the server holds the subscription. Node
+   * only: the browser build throws `InvalidArgumentError`.
+   */
+  subscribe(topic: string, options?: SubscribeOptions): Promise<Subscription>;
+  /** Publish `data` to `topic`: its offset. Node only. */
+  publish(topic: string, data: Json): Promise<number>;
 }
 
 export type ErrorKind =

@@ -76,6 +76,7 @@ __all__ = [
     "NotFound",
     "Progress",
     "Protocol",
+    "Publication",
     "Run",
     "RunCanceled",
     "RunFailed",
@@ -85,6 +86,8 @@ __all__ = [
     "Transport",
     "Unauthorized",
     "SubmitOptions",
+    "AsyncSubscription",
+    "Subscription",
     "WebhookRejected",
     "verify_webhook",
 ]
@@ -195,6 +198,80 @@ class CancelOutcome(NamedTuple):
     @property
     def accepted(self) -> bool:
         return self.outcome == "accepted"
+
+
+class Publication(NamedTuple):
+    """One publication of a topic (spec §28.5). ``offset`` is dense per topic: a jump means
+    publications left the server's history before a lost subscription came back."""
+
+    topic: str
+    offset: int
+    data: Any
+
+
+class Subscription:
+    """The publications of a topic (or a ``*``/``?`` pattern) in order, each once, resumed from
+    the next offset after the WebSocket is lost. Iterate it; ``close()`` (or leaving a ``with``
+    block) unsubscribes. ``offset`` and ``recovered`` are the server's ack: the topic's next
+    offset when it subscribed, and ``False`` when ``since`` asked for publications it no longer
+    holds."""
+
+    def __init__(self, native: _native.Publications) -> None:
+        self._native: Optional[_native.Publications] = native
+        self.offset = native.offset
+        self.recovered = native.recovered
+
+    def __iter__(self) -> Subscription:
+        return self
+
+    def __next__(self) -> Publication:
+        if self._native is None:
+            raise StopIteration
+        p = self._native.next()
+        if p is None:
+            self._native = None
+            raise StopIteration
+        return Publication(*p)
+
+    def close(self) -> None:
+        self._native = None
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncSubscription:
+    """``async for publication in subscription`` — see ``Subscription``; ``await
+    subscription.close()`` or ``async with`` unsubscribes."""
+
+    def __init__(self, native: _native.AsyncPublications) -> None:
+        self._native: Optional[_native.AsyncPublications] = native
+        self.offset = native.offset
+        self.recovered = native.recovered
+
+    def __aiter__(self) -> AsyncSubscription:
+        return self
+
+    async def __anext__(self) -> Publication:
+        if self._native is None:
+            raise StopAsyncIteration
+        p = await self._native.next()
+        if p is None:
+            self._native = None
+            raise StopAsyncIteration
+        return Publication(*p)
+
+    async def close(self) -> None:
+        self._native = None
+
+    async def __aenter__(self) -> AsyncSubscription:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
 
 class Run:
@@ -385,6 +462,17 @@ class Client(_ClientBase[_native.Client]):
                 _report(batch, on_progress)
             yield from batch
 
+    def subscribe(self, topic: str, since: Optional[int] = None) -> Subscription:
+        """Subscribe to ``topic`` (a dotted name, or a pattern with ``*`` and ``?``), from
+        offset ``since`` if given (one topic only; from now otherwise), over the client's
+        WebSocket whatever its transport. Returns once the server holds the subscription, so
+        nothing published after that is missed. ``InvalidArgument`` for a bad topic."""
+        return Subscription(self._n.subscribe(topic, since))
+
+    def publish(self, topic: str, data: Any) -> int:
+        """Publish ``data`` (any JSON value) to ``topic``; its offset."""
+        return self._n.publish(topic, data)
+
     def cancel(self, run: Run) -> CancelOutcome:
         """Ask the server to cancel the run."""
         outcome, state = self._n.cancel(run._run)
@@ -509,6 +597,14 @@ class AsyncClient(_ClientBase[_native.AsyncClient]):
         finally:
             if pending is not None:
                 pending.cancel()
+
+    async def subscribe(self, topic: str, since: Optional[int] = None) -> AsyncSubscription:
+        """Subscribe once the server holds the subscription; see ``Client.subscribe``."""
+        return AsyncSubscription(await self._n.subscribe(topic, since))
+
+    async def publish(self, topic: str, data: Any) -> int:
+        """Publish ``data`` to ``topic``; its offset."""
+        return await self._n.publish(topic, data)
 
     async def cancel(self, run: Run) -> CancelOutcome:
         outcome, state = await self._n.cancel(run._run)

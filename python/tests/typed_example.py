@@ -43,6 +43,24 @@ async def follow_async(url: str) -> List[str]:
         return states
 
 
+def pubsub(url: str) -> List[int]:
+    with longrun.Client(url) as client, client.subscribe("chat.*") as sub:
+        offset: int = client.publish("chat.lobby", {"text": "hi"})
+        first: longrun.Publication = next(sub)
+        print(first.topic, first.data, sub.recovered)
+        return [offset, first.offset, sub.offset]
+
+
+async def pubsub_async(url: str) -> Optional[longrun.Publication]:
+    async with longrun.AsyncClient(url) as client:
+        sub: longrun.AsyncSubscription = await client.subscribe("log", since=0)
+        async with sub:
+            await client.publish("log", [1])
+            async for p in sub:
+                return p
+        return None
+
+
 if __name__ == "__main__":
     print(follow_and_wait("http://127.0.0.1:8080"))
     print(asyncio.run(follow_async("http://127.0.0.1:8080")))

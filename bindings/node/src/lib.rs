@@ -181,6 +181,35 @@ impl NativeClient {
         })
     }
 
+    /// A subscription to `topic` (from offset `since`); `ready` resolves once the server
+    /// holds it, `next` gives its publications.
+    #[napi]
+    pub fn subscribe(&self, topic: String, since: Option<f64>) -> Result<NativeSubscription> {
+        let since = since
+            .map(longrun::cursor_from_f64)
+            .transpose()
+            .map_err(|e| fail(&e))?;
+        Ok(NativeSubscription {
+            subscription: Arc::new(futures::lock::Mutex::new(Some(
+                self.inner.subscribe(&topic, since),
+            ))),
+            abort: Interrupt::new(),
+        })
+    }
+
+    /// Publish `data` (JSON text) to `topic`: its offset.
+    #[napi]
+    pub async fn publish(&self, topic: String, data: String) -> Result<f64> {
+        let data = shared::json_text(&data).map_err(|e| fail(&e))?;
+        let offset = self
+            .inner
+            .publish(&topic, &data)
+            .await
+            .map_err(|e| fail(&e))?;
+        // Offsets count publications: far below 2^53, exact as a JS number.
+        Ok(offset as f64)
+    }
+
     /// A wait for the run's outcome; start it with `NativeWait.wait`.
     #[napi]
     pub fn waiter(&self, run_url: String, timeout_ms: Option<f64>) -> Result<NativeWait> {
@@ -314,6 +343,56 @@ impl NativeStream {
     pub fn close(&self) {
         self.abort.raise();
         if let Some(mut guard) = self.stream.try_lock() {
+            *guard = None;
+        }
+    }
+}
+
+/// A subscription (`Client::subscribe`); dropping or closing it unsubscribes.
+#[napi]
+pub struct NativeSubscription {
+    subscription: Arc<futures::lock::Mutex<Option<longrun::Subscription>>>,
+    abort: Interrupt,
+}
+
+#[napi]
+impl NativeSubscription {
+    /// The server's ack, as JSON `{"offset", "recovered"}` (`Subscription::ready`).
+    #[napi]
+    pub async fn ready(&self) -> Result<String> {
+        let (subscription, abort) = (self.subscription.clone(), self.abort.clone());
+        let mut guard = subscription.lock().await;
+        let Some(s) = guard.as_mut() else {
+            return Err(aborted());
+        };
+        let acked = unless_aborted(&abort, s.ready()).await;
+        if acked.is_err() {
+            *guard = None;
+        }
+        Ok(shared::subscribed_json(acked?))
+    }
+
+    /// The next publication as JSON `{"topic", "offset", "data"}`, or `null` once closed.
+    #[napi]
+    pub async fn next(&self) -> Result<Option<String>> {
+        use futures::StreamExt;
+        let (subscription, abort) = (self.subscription.clone(), self.abort.clone());
+        let mut guard = subscription.lock().await;
+        let Some(s) = guard.as_mut() else {
+            return Ok(None);
+        };
+        let next = unless_aborted(&abort, async { s.next().await.transpose() }).await;
+        if !matches!(next, Ok(Some(_))) {
+            *guard = None; // over or failed: unsubscribe now
+        }
+        Ok(next?.map(|p| shared::publication_json(&p)))
+    }
+
+    /// Unsubscribe now: a pending `ready` or `next` rejects with `Aborted`.
+    #[napi]
+    pub fn close(&self) {
+        self.abort.raise();
+        if let Some(mut guard) = self.subscription.try_lock() {
             *guard = None;
         }
     }

@@ -536,12 +536,8 @@ fn follow_options(
     since: Option<&Bound<'_, PyInt>>,
     transport_name: Option<&str>,
 ) -> PyResult<FollowOptions> {
-    let since = match since {
-        Some(n) => Some(longrun::cursor_from_decimal(&n.str()?.to_cow()?).or_raise(py)?),
-        None => None,
-    };
     Ok(FollowOptions {
-        since,
+        since: offset(py, since)?,
         transport: transport(transport_name).or_raise(py)?,
     })
 }
@@ -635,6 +631,38 @@ impl Client {
         })
     }
 
+    /// Subscribe to `topic` and return once the server holds the subscription (waiting in
+    /// slices, so Ctrl-C stops it).
+    #[pyo3(signature = (topic, since=None))]
+    fn subscribe(
+        &self,
+        py: Python<'_>,
+        topic: &str,
+        since: Option<&Bound<'_, PyInt>>,
+    ) -> PyResult<Publications> {
+        let since = offset(py, since)?;
+        let mut publications = self.inner.subscribe(topic, since);
+        loop {
+            match py.detach(|| publications.ready_timeout(SLICE)) {
+                Next::Item(acked) => {
+                    let acked = acked.or_raise(py)?;
+                    return Ok(Publications {
+                        inner: Mutex::new(publications),
+                        offset: acked.offset,
+                        recovered: acked.recovered,
+                    });
+                }
+                Next::Pending | Next::End => py.check_signals()?,
+            }
+        }
+    }
+
+    /// Publish `data` (any JSON value) to `topic`: its offset.
+    fn publish(&self, py: Python<'_>, topic: &str, data: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let data = py_to_json(data).or_raise(py)?;
+        py.detach(|| self.inner.publish(topic, &data)).or_raise(py)
+    }
+
     /// `("accepted", None)` or `("ended", state)`.
     fn cancel(&self, py: Python<'_>, run: &Run) -> PyResult<(&'static str, Option<&'static str>)> {
         let outcome = py.detach(|| self.inner.cancel(&run.inner)).or_raise(py)?;
@@ -700,6 +728,30 @@ impl Events {
     }
 }
 
+/// The next item of a blocking source, waited for in slices with the GIL released, checking
+/// for signals (Ctrl-C) between them; `None` at its end. `try_lock`: a second thread waiting
+/// here would hold the GIL the first one needs.
+fn next_in_slices<S: Send, T: Send>(
+    py: Python<'_>,
+    source: &Mutex<S>,
+    what: &str,
+    next: impl Fn(&mut S) -> Next<longrun::Result<T>> + Send + Sync,
+) -> PyResult<Option<T>> {
+    let mut guard = source.try_lock().map_err(|_| {
+        PyRuntimeError::new_err(format!(
+            "this {what} is being read by another thread (or a call panicked)"
+        ))
+    })?;
+    let source: &mut S = &mut guard;
+    loop {
+        match py.detach(|| next(source)) {
+            Next::Item(item) => return item.map(Some).or_raise(py),
+            Next::End => return Ok(None),
+            Next::Pending => py.check_signals()?,
+        }
+    }
+}
+
 /// A blocking byte stream: `next_chunk` waits (in slices, checking for signals) for the next
 /// bytes; `None` at the end. An error is final.
 #[pyclass(frozen, module = "longrun._native")]
@@ -710,19 +762,8 @@ struct ByteChunks {
 #[pymethods]
 impl ByteChunks {
     fn next_chunk(&self, py: Python<'_>) -> PyResult<Option<Chunk>> {
-        let mut guard = self.inner.try_lock().map_err(|_| {
-            PyRuntimeError::new_err(
-                "this stream is being read by another thread (or a call panicked)",
-            )
-        })?;
-        let chunks: &mut blocking::Chunks = &mut guard;
-        loop {
-            match py.detach(|| chunks.next_timeout(SLICE)) {
-                Next::Item(chunk) => return Ok(Some(Chunk(chunk.or_raise(py)?))),
-                Next::End => return Ok(None),
-                Next::Pending => py.check_signals()?,
-            }
-        }
+        let chunk = next_in_slices(py, &self.inner, "stream", |c| c.next_timeout(SLICE))?;
+        Ok(chunk.map(Chunk))
     }
 }
 
@@ -741,6 +782,73 @@ impl AsyncByteChunks {
         aio::future_into_py(py, async move {
             let mut stream = stream.lock().await;
             stream.next().await.map(|c| c.map(Chunk)).transpose()
+        })
+    }
+}
+
+/// A cursor or an offset: any Python `int`, read by the core's cursor rule (a negative one
+/// is `InvalidArgument`, as in every SDK).
+fn offset(py: Python<'_>, since: Option<&Bound<'_, PyInt>>) -> PyResult<Option<u64>> {
+    since
+        .map(|n| longrun::cursor_from_decimal(&n.str()?.to_cow()?).or_raise(py))
+        .transpose()
+}
+
+/// A publication as Python gets it: `(topic, offset, data)`.
+struct Published(longrun::Publication);
+
+impl<'py> IntoPyObject<'py> for Published {
+    type Target = PyTuple;
+    type Output = Bound<'py, PyTuple>;
+    type Error = PyErr;
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Self::Output> {
+        let p = self.0;
+        (p.topic, p.offset, json_to_py(py, &p.data)?).into_pyobject(py)
+    }
+}
+
+/// A blocking subscription: `next` waits (in slices, checking for signals) for the next
+/// publication. Dropping it unsubscribes.
+#[pyclass(frozen, module = "longrun._native")]
+struct Publications {
+    inner: Mutex<blocking::Publications>,
+    /// The server's ack: the topic's next offset then, and whether `since` was recovered.
+    #[pyo3(get)]
+    offset: u64,
+    #[pyo3(get)]
+    recovered: bool,
+}
+
+#[pymethods]
+impl Publications {
+    fn next<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        let p = next_in_slices(py, &self.inner, "subscription", |p| p.next_timeout(SLICE))?;
+        p.map(|p| Published(p).into_pyobject(py)).transpose()
+    }
+}
+
+/// An asyncio subscription: `next` is awaitable; cancelling it loses nothing.
+#[pyclass(frozen, module = "longrun._native")]
+struct AsyncPublications {
+    inner: Arc<tokio::sync::Mutex<longrun::Subscription>>,
+    #[pyo3(get)]
+    offset: u64,
+    #[pyo3(get)]
+    recovered: bool,
+}
+
+#[pymethods]
+impl AsyncPublications {
+    fn next<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        use futures::StreamExt;
+        let subscription = self.inner.clone();
+        aio::future_into_py(py, async move {
+            let mut subscription = subscription.lock().await;
+            subscription
+                .next()
+                .await
+                .map(|p| p.map(Published))
+                .transpose()
         })
     }
 }
@@ -846,6 +954,38 @@ impl AsyncClient {
         Ok(AsyncEvents {
             inner: Arc::new(tokio::sync::Mutex::new(events)),
         })
+    }
+
+    /// Awaitable: an `AsyncPublications` once the server holds the subscription.
+    #[pyo3(signature = (topic, since=None))]
+    fn subscribe<'py>(
+        &self,
+        py: Python<'py>,
+        topic: &str,
+        since: Option<&Bound<'py, PyInt>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let since = offset(py, since)?;
+        let mut subscription = self.inner.subscribe(topic, since);
+        aio::future_into_py(py, async move {
+            let acked = subscription.ready().await?;
+            Ok(AsyncPublications {
+                inner: Arc::new(tokio::sync::Mutex::new(subscription)),
+                offset: acked.offset,
+                recovered: acked.recovered,
+            })
+        })
+    }
+
+    /// Awaitable: the publication's offset.
+    fn publish<'py>(
+        &self,
+        py: Python<'py>,
+        topic: String,
+        data: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let data = py_to_json(data).or_raise(py)?;
+        let client = self.inner.clone();
+        aio::future_into_py(py, async move { client.publish(&topic, &data).await })
     }
 
     fn cancel<'py>(&self, py: Python<'py>, run: &Run) -> PyResult<Bound<'py, PyAny>> {
@@ -956,6 +1096,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<RawBatch>()?;
     m.add_class::<ByteChunks>()?;
     m.add_class::<AsyncByteChunks>()?;
+    m.add_class::<Publications>()?;
+    m.add_class::<AsyncPublications>()?;
     m.add_function(wrap_pyfunction!(error_kinds, m)?)?;
     m.add_function(wrap_pyfunction!(verify_webhook, m)?)?;
     // Before the interpreter finalizes, the asyncio runtime stops (see `aio`).

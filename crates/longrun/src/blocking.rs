@@ -164,6 +164,20 @@ impl Client {
         }
     }
 
+    /// [`Client::subscribe`](crate::Client::subscribe), taken in slices
+    /// ([`Publications::ready_timeout`], [`Publications::next_timeout`]).
+    pub fn subscribe(&self, topic: &str, since: Option<u64>) -> Publications {
+        Publications {
+            subscription: self.inner.subscribe(topic, since),
+            rt: self.rt.clone(),
+        }
+    }
+
+    /// [`Client::publish`](crate::Client::publish): the publication's offset.
+    pub fn publish(&self, topic: &str, data: &Value) -> Result<u64> {
+        self.rt.block_on(self.inner.publish(topic, data))
+    }
+
     /// A run's byte stream as chunks taken in slices ([`Chunks::next_timeout`]), for callers
     /// that check their own interruption between them; [`Client::stream`] is the `Read`.
     pub fn stream_chunks(&self, run: &Run) -> Chunks {
@@ -171,6 +185,33 @@ impl Client {
             stream: self.inner.stream(run),
             rt: self.rt.clone(),
         }
+    }
+}
+
+/// A subscription taken in slices; see [`Client::subscribe`]. Dropping it unsubscribes.
+pub struct Publications {
+    subscription: crate::Subscription,
+    rt: Arc<tokio::runtime::Runtime>,
+}
+
+impl Publications {
+    /// Wait at most `timeout` for the server's ack ([`Subscription::ready`]): `Next::Pending`
+    /// loses nothing.
+    ///
+    /// [`Subscription::ready`]: crate::Subscription::ready
+    pub fn ready_timeout(&mut self, timeout: Duration) -> Next<Result<crate::Subscribed>> {
+        match self
+            .rt
+            .block_on(crate::rt::timeout(timeout, self.subscription.ready()))
+        {
+            Some(acked) => Next::Item(acked),
+            None => Next::Pending,
+        }
+    }
+
+    /// Wait at most `timeout` for the next publication: `Next::Pending` loses nothing.
+    pub fn next_timeout(&mut self, timeout: Duration) -> Next<Result<crate::Publication>> {
+        next_within(&self.rt, &mut self.subscription, timeout)
     }
 }
 

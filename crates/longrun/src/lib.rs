@@ -68,7 +68,7 @@ pub use follow::{EventStream, FollowOptions, cursor_from_decimal, cursor_from_f6
 pub use interrupt::Interrupt;
 pub use longrun_proto::{Event, Progress, RawEvent, RunId, State};
 #[cfg(not(target_arch = "wasm32"))]
-pub use pubsub::{Publication, Subscription};
+pub use pubsub::{Publication, Subscribed, Subscription};
 pub use run::Run;
 pub use stream::ByteStream;
 #[cfg(not(target_arch = "wasm32"))]

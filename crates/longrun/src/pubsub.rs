@@ -24,15 +24,72 @@ pub struct Publication {
     pub data: Value,
 }
 
+/// The server's acknowledgement of a subscription (spec §28.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscribed {
+    /// The offset the topic's next publication gets (0 for a pattern).
+    pub offset: u64,
+    /// `false` when `since` asked for publications the server no longer holds.
+    pub recovered: bool,
+}
+
+/// What the socket gives a subscription: each (re)subscription's ack, then publications.
+enum Item {
+    Acked(Subscribed),
+    Publication(Publication),
+}
+
 /// The publications of a topic (or pattern), in order, each once, across reconnects.
+///
+/// It subscribes when first polled; [`ready`](Self::ready) waits for the server's ack, so
+/// that everything published from then on is delivered (what the SDKs' `subscribe` does
+/// before it returns).
 pub struct Subscription {
-    inner: Pin<Box<dyn Stream<Item = Result<Publication>> + Send>>,
+    inner: Pin<Box<dyn Stream<Item = Result<Item>> + Send>>,
+    acked: Option<Subscribed>,
+}
+
+impl Subscription {
+    /// Subscribe (if not yet) and wait for the server's acknowledgement: the first one, also
+    /// when called again later. A refused subscription is its error (`Forbidden`,
+    /// `InvalidArgument` for a bad topic, …).
+    pub async fn ready(&mut self) -> Result<Subscribed> {
+        use futures::StreamExt;
+        if let Some(acked) = self.acked {
+            return Ok(acked);
+        }
+        match self.inner.next().await {
+            Some(Ok(Item::Acked(acked))) => {
+                self.acked = Some(acked);
+                Ok(acked)
+            }
+            // The server sends the ack before any publication (spec §28.5).
+            Some(Ok(Item::Publication(_))) => Err(Error::Protocol(
+                "a publication came before the subscription's ack".into(),
+            )),
+            Some(Err(e)) => Err(e),
+            None => Err(Error::Transport {
+                message: "the subscription ended before the server acknowledged it".into(),
+            }),
+        }
+    }
 }
 
 impl Stream for Subscription {
     type Item = Result<Publication>;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.inner.as_mut().poll_next(cx)
+        loop {
+            return match self.inner.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(Item::Acked(acked)))) => {
+                    self.acked.get_or_insert(acked);
+                    continue;
+                }
+                Poll::Ready(Some(Ok(Item::Publication(p)))) => Poll::Ready(Some(Ok(p))),
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            };
+        }
     }
 }
 
@@ -48,6 +105,12 @@ struct Pub {
     data: Value,
 }
 
+#[derive(Deserialize)]
+struct Ack {
+    offset: u64,
+    recovered: bool,
+}
+
 impl Client {
     /// Subscribe to `topic` (a dotted name, or a pattern with `*` and `?`), from offset
     /// `since` if given (one topic only; from now otherwise). The subscription opens the
@@ -61,6 +124,7 @@ impl Client {
         let topic = topic.to_owned();
         Subscription {
             inner: Box::pin(subscribe(inner, topic, since)),
+            acked: None,
         }
     }
 
@@ -97,7 +161,7 @@ fn subscribe(
     inner: std::sync::Arc<Inner>,
     topic: String,
     since: Option<u64>,
-) -> impl Stream<Item = Result<Publication>> + Send {
+) -> impl Stream<Item = Result<Item>> + Send {
     async_stream::stream! {
         let mut next = since;
         let mut failures = 0u32;
@@ -118,7 +182,16 @@ fn subscribe(
                     guard.unsub = Some(topic.clone());
                     let mut lost = None;
                     match rt::timeout(inner.timeout(), from.recv()).await {
-                        Some(Some(ack)) if ack.c == Some(200) => {}
+                        Some(Some(ack)) if ack.c == Some(200) => {
+                            let ack = ack.d.as_ref().and_then(|d| serde_json::from_str::<Ack>(d.get()).ok());
+                            match ack {
+                                Some(a) => yield Ok(Item::Acked(Subscribed { offset: a.offset, recovered: a.recovered })),
+                                None => {
+                                    yield Err(Error::Protocol("a subscription's ack has no {offset, recovered}".into()));
+                                    return;
+                                }
+                            }
+                        }
                         Some(Some(refused)) => {
                             guard.done = true;
                             let problem = refused
@@ -139,7 +212,7 @@ fn subscribe(
                                 Ok(publication) => {
                                     failures = 0;
                                     next = Some(publication.offset + 1);
-                                    yield Ok(Publication { topic: p.r, offset: publication.offset, data: publication.data });
+                                    yield Ok(Item::Publication(Publication { topic: p.r, offset: publication.offset, data: publication.data }));
                                 }
                                 Err(e) => {
                                     yield Err(Error::Protocol(format!("a publication is not {{offset, data}}: {e}")));

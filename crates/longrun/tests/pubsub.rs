@@ -144,3 +144,35 @@ async fn bad_topics_are_typed_errors() {
     assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
     assert!(sub.next().await.is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_returns_once_the_server_holds_the_subscription() {
+    let base = common::demo_server().await;
+    let client = Client::new(&base).unwrap();
+    client.publish("ready.t", &json!("before")).await.unwrap();
+    // Without `since`: from now. Once `ready` returns, nothing published is missed.
+    let mut sub = client.subscribe("ready.t", None);
+    let acked = sub.ready().await.unwrap();
+    assert_eq!(
+        acked,
+        longrun::Subscribed {
+            offset: 1,
+            recovered: true
+        }
+    );
+    // A second call answers the same, without a packet.
+    assert_eq!(sub.ready().await.unwrap(), acked);
+    client.publish("ready.t", &json!("after")).await.unwrap();
+    let p = sub.next().await.unwrap().unwrap();
+    assert_eq!((p.offset, p.data), (1, json!("after")));
+
+    // `since` on a topic the server does not hold: acknowledged, but not recovered.
+    let mut gone = client.subscribe("ready.never-published", Some(3));
+    assert!(!gone.ready().await.unwrap().recovered);
+    // A refused subscription is its error.
+    let mut bad = client.subscribe("_nodes.x", None);
+    assert_eq!(
+        bad.ready().await.unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
+}
