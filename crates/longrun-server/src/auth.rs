@@ -471,6 +471,20 @@ impl Caller {
         Caller(None)
     }
 
+    /// The tenant whose runs alone this caller sees; `None`: every run (an admin, or an
+    /// open server).
+    pub fn only_tenant(&self) -> Option<&str> {
+        self.0
+            .as_deref()
+            .filter(|t| !t.admin)
+            .map(|t| t.name.as_str())
+    }
+
+    /// A caller with the admin scope (not everyone on an open server).
+    pub fn is_admin(&self) -> bool {
+        self.0.as_deref().is_some_and(|t| t.admin)
+    }
+
     /// Whether a run of `owner` exists for this caller.
     pub fn sees(&self, owner: Option<&str>) -> bool {
         match &self.0 {

@@ -29,6 +29,7 @@ pub fn app(server: Server) -> Router {
     let router = Router::new()
         .route("/_health", get(health))
         .route("/_openapi.json", get(openapi))
+        .route("/_runs", get(crate::runs::list))
         .route(
             "/_nodes",
             get(crate::nodes::list).post(crate::nodes::register),

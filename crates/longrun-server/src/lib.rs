@@ -27,6 +27,7 @@ mod http;
 mod nodes;
 mod registry;
 mod run;
+mod runs;
 mod store;
 mod stream;
 mod topics;

@@ -41,6 +41,11 @@ pub(crate) struct Registry {
 #[derive(Default)]
 struct Inner {
     runs: HashMap<RunId, Arc<Run>>,
+    /// The runs executed or read back here (not mirrors), newest last: `GET /_runs` walks it
+    /// backwards from a page token's position.
+    by_created: BTreeSet<(SystemTime, RunId)>,
+    /// The creation time given last: the next run's is later, even if the clock went back.
+    last_created: Option<SystemTime>,
     active: usize,
     /// Ended runs by the time they are due to be dropped (`seq` breaks ties in end order).
     ended: BTreeSet<(Instant, u64, RunId)>,
@@ -158,6 +163,10 @@ impl Registry {
             let due = now + left(r.ended, r.retention);
             let mut run = Run::restored(r.id, r.object, &r.events, r.json);
             run.tenant = r.tenant;
+            run.created = r.created;
+            let _ = run.ended.set(r.ended);
+            inner.by_created.insert((run.created, run.id));
+            inner.last_created = inner.last_created.max(Some(run.created));
             if let Some((ct, chunks)) = r.stream {
                 run = run.with_stream(&ct, config.max_stream_bytes);
                 crate::stream::restore_ended(&run, chunks);
@@ -391,6 +400,36 @@ impl Registry {
         found
     }
 
+    /// The runs held here that `caller` sees and `filter` takes, newest first, from after
+    /// `after` (a page token's position) on; `limit + 1` at most, so the caller knows whether
+    /// another page follows. Tombstones are not runs: dropped runs are not listed.
+    pub fn list(
+        &self,
+        config: &Config,
+        caller: &Caller,
+        filter: &crate::runs::Filter,
+        after: Option<(SystemTime, RunId)>,
+        limit: usize,
+    ) -> Vec<crate::runs::Listed> {
+        let mut inner = self.lock();
+        // Runs past their retention are tombstones, which are not listed.
+        let swept = inner.sweep(config, Instant::now());
+        let older = match after {
+            Some(position) => inner.by_created.range(..position),
+            None => inner.by_created.range(..),
+        };
+        let listed = older
+            .rev()
+            .filter_map(|(_, id)| inner.runs.get(id))
+            .filter(|run| caller.sees(run.tenant.as_deref()))
+            .filter_map(|run| filter.admit(run))
+            .take(limit + 1)
+            .collect();
+        drop(inner);
+        self.journal_swept(swept);
+        listed
+    }
+
     pub fn is_shutting_down(&self) -> bool {
         self.lock().shutting_down
     }
@@ -427,6 +466,7 @@ impl Registry {
                 self.journal.clone(),
             );
             run.tenant = tenant.map(Arc::from);
+            run.created = inner.next_created();
             if let Some(ct) = &object.options.stream {
                 let ct = Some(ct.as_str()).filter(|c| !c.is_empty());
                 let ct = ct.unwrap_or(crate::stream::DEFAULT_CONTENT_TYPE);
@@ -437,6 +477,7 @@ impl Registry {
                 entry.run = Some(run.id);
             }
             inner.runs.insert(run.id, run.clone());
+            inner.by_created.insert((run.created, run.id));
             inner.active += 1;
             (run, swept)
         };
@@ -561,6 +602,18 @@ impl Registry {
 }
 
 impl Inner {
+    /// A creation time later than every one given before, to the microsecond (what stores
+    /// keep), so a run created after a page of `GET /_runs` was read sorts before it.
+    fn next_created(&mut self) -> SystemTime {
+        let now = crate::store::from_micros(crate::store::micros(SystemTime::now()));
+        let created = match self.last_created {
+            Some(last) if last >= now => last + Duration::from_micros(1),
+            _ => now,
+        };
+        self.last_created = Some(created);
+        created
+    }
+
     /// A key stored before (read back from the store), forgotten at `due`.
     fn remember_key(&mut self, key: IdemKey, record: KeyRecord, due: Instant) {
         self.key_generation += 1;
@@ -602,6 +655,7 @@ impl Inner {
             }
             self.ended.pop_first();
             if let Some(run) = self.runs.remove(&id) {
+                self.by_created.remove(&(run.created, id));
                 self.tombstones
                     .insert(id, (run.object.clone(), run.tenant.clone()));
                 self.tombstone_order
