@@ -404,13 +404,15 @@ impl Caller {
 
     /// 403 unless the caller has the admin scope (an open server lets everyone in).
     pub fn require_admin(&self) -> Result<(), ApiError> {
+        self.require_admin_for("manage worker nodes")
+    }
+
+    /// [`Caller::require_admin`], saying what the caller may not `do`.
+    pub fn require_admin_for(&self, what: &str) -> Result<(), ApiError> {
         match &self.0 {
             Some(t) if !t.admin => Err(ApiError::new(
                 ProblemKind::Forbidden,
-                format!(
-                    "tenant {:?} may not manage worker nodes (admin scope)",
-                    t.name
-                ),
+                format!("tenant {:?} may not {what} (admin scope)", t.name),
             )),
             _ => Ok(()),
         }

@@ -36,6 +36,7 @@ pub(crate) struct Registry {
     journal: Option<Arc<Journal>>,
     /// The run feeds, set once the server is built.
     feed: std::sync::OnceLock<Arc<crate::topics::Topics>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 #[derive(Default)]
@@ -130,13 +131,19 @@ struct Swept {
 }
 
 impl Registry {
-    pub fn new(journal: Option<Arc<Journal>>) -> Self {
+    pub fn new(journal: Option<Arc<Journal>>, metrics: Arc<crate::metrics::Metrics>) -> Self {
         Registry {
             inner: Mutex::new(Inner::default()),
             tasks: TaskTracker::new(),
             journal,
             feed: std::sync::OnceLock::new(),
+            metrics,
         }
+    }
+
+    /// How many runs this server executes that have not ended.
+    pub fn active(&self) -> usize {
+        self.lock().active
     }
 
     /// Where runs created and ended are announced (the `_runs` feeds, spec §28.5).
@@ -467,6 +474,7 @@ impl Registry {
             );
             run.tenant = tenant.map(Arc::from);
             run.created = inner.next_created();
+            run.appended_total = Some(self.metrics.events_appended.clone());
             if let Some(ct) = &object.options.stream {
                 let ct = Some(ct.as_str()).filter(|c| !c.is_empty());
                 let ct = ct.unwrap_or(crate::stream::DEFAULT_CONTENT_TYPE);
@@ -482,6 +490,9 @@ impl Registry {
             (run, swept)
         };
         self.journal_swept(swept);
+        self.metrics.submitted(name);
+        // Event 0, which `Run::new` appended before the run had its counter.
+        self.metrics.events_appended.inc();
         self.announce(&run, longrun_proto::State::Queued);
         let retention = object
             .options
@@ -552,6 +563,7 @@ impl Registry {
         inner.active -= 1;
         // Under the lock, so the feed says `ended` after `queued` for every run.
         self.announce(run, run.latest_state());
+        self.metrics.ended(&run.object, run.latest_state());
         let now = Instant::now();
         let seq = inner.seq;
         inner.seq += 1;

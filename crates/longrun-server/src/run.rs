@@ -41,6 +41,8 @@ pub(crate) struct Run {
     pub created: SystemTime,
     /// When its terminal event was appended (for a run read back, when the store says).
     pub ended: OnceLock<SystemTime>,
+    /// `longrun_events_appended_total` of its server, for a run executed here.
+    pub appended_total: Option<prometheus_client::metrics::counter::Counter>,
     log: Mutex<Log>,
     /// Bumped (to the log length) on every append; followers wait on their own receiver,
     /// which remembers what they have seen, so no wake-up is ever lost and no queue grows.
@@ -236,6 +238,12 @@ impl Run {
         written
     }
 
+    fn count_appended(&self) {
+        if let Some(total) = &self.appended_total {
+            total.inc();
+        }
+    }
+
     /// How many events the log holds.
     pub fn len(&self) -> usize {
         self.lock().entries.len()
@@ -259,6 +267,7 @@ impl Run {
             tenant: None,
             created: SystemTime::now(),
             ended: OnceLock::new(),
+            appended_total: None,
             log: Mutex::new(Log {
                 entries: Vec::new(),
                 segments: Vec::new(),
@@ -377,6 +386,7 @@ impl Run {
         });
         let len = log.entries.len();
         drop(log);
+        self.count_appended();
         self.appended(len);
         true
     }
@@ -410,6 +420,7 @@ impl Run {
         let id = log.entries.len() as u64;
         log.push(&Event { id, state, value });
         let _ = self.ended.set(SystemTime::now());
+        self.count_appended();
         if let Some(stream) = &self.stream {
             stream.close();
         }

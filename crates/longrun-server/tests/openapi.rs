@@ -618,6 +618,7 @@ async fn responses_match_the_documented_operations() {
             "",
             400,
         ),
+        ("get", "/_metrics", "/_metrics".into(), &[], "", 200),
         ("get", "/_ws", "/_ws".into(), &[], "", 426),
         ("get", "/_health", "/_health".into(), &[], "", 200),
         ("head", "/_health", "/_health".into(), &[], "", 200),
