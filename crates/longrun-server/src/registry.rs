@@ -505,17 +505,22 @@ impl Registry {
             );
             journal.create(&run, retention, event0, key)
         });
-        let mut driver = Box::pin(drive(
-            self.clone(),
-            config.clone(),
-            run.clone(),
-            object.handler.start(args, RunContext { run: run.clone() }),
-            // The caller's deadline and the object's timeout: whichever comes first.
-            match (object.options.timeout, deadline) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            },
-            retention,
+        // Every line the run's driver and handler log carries the run (one span per run).
+        let span = tracing::info_span!("run", object = %run.object, run = %run.id);
+        let mut driver = Box::pin(tracing::Instrument::instrument(
+            drive(
+                self.clone(),
+                config.clone(),
+                run.clone(),
+                object.handler.start(args, RunContext { run: run.clone() }),
+                // The caller's deadline and the object's timeout: whichever comes first.
+                match (object.options.timeout, deadline) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                },
+                retention,
+            ),
+            span,
         ));
         // A handler that finishes at its first poll (echo, a cached answer) ends here, with no
         // task and no hand-over to another worker. One that does not goes on in its own task,
@@ -699,6 +704,7 @@ async fn drive(
     timeout: Option<Duration>,
     retention: Duration,
 ) {
+    tracing::debug!("run started");
     // A panicking handler must not take the stream down with it (a bug of the seed
     // implementation): it ends the run as `error` like any other failure.
     let mut handler = AssertUnwindSafe(handler).catch_unwind();
@@ -727,11 +733,11 @@ async fn drive(
         Some(Ok(Ok(value))) => Ok(value),
         Some(Ok(Err(e))) => Err(e.to_value()),
         Some(Err(_panic)) => {
-            tracing::error!(run = %run.id, object = %run.object, "handler panicked");
+            tracing::error!("handler panicked");
             Err(json!({"message": "the handler panicked"}))
         }
         None => Err(json!({"message": "the handler did not stop within the grace period"})),
     };
     registry.end(&config, &run, result, retention);
-    tracing::debug!(run = %run.id, object = %run.object, state = %run.status().0, "run ended");
+    tracing::debug!(state = %run.latest_state(), "run ended");
 }
