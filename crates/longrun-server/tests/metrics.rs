@@ -256,3 +256,46 @@ async fn metrics_need_the_admin_scope_with_tenants() {
     }
     t.stop().await.unwrap();
 }
+
+/// Hook attempts (delivered, failed) and nodes by health, each moved by what happened: the
+/// server is its own hook receiver (`POST /echo` answers 201, `/_nothing` 404) and its own
+/// worker node (its `/_health` is the node's health path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hook_attempts_and_nodes_are_counted() {
+    let t = TestServer::with_config(longrun_server::Config {
+        hook_secret: Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
+        hook_allow: vec!["127.0.0.1".into()],
+        // One attempt each: a failed delivery is not tried again.
+        hook_retry: vec![std::time::Duration::ZERO],
+        ..longrun_server::Config::default()
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let mut attempts = t.server.hook_attempts();
+    for (path, recorded) in [("/echo", 1), ("/_nothing", 2)] {
+        let res = http
+            .post(t.url("/echo"))
+            .header("longrun-hook", t.url(path))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201);
+        attempts.wait_for(|n| *n >= recorded).await.unwrap();
+    }
+    let registration = json!({"port": t.addr.port(), "health_check": "/_health",
+        "services": [{"topic": "selfsvc", "group": "g", "path": "/echo", "timeout": 5}]});
+    let res = http
+        .post(t.url("/_nodes"))
+        .json(&registration)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let samples = scrape(&http, &t).await;
+    assert_eq!(get(&samples, "longrun_hook_deliveries_total"), 1.0);
+    assert_eq!(get(&samples, "longrun_hook_delivery_failures_total"), 1.0);
+    assert_eq!(get(&samples, "longrun_nodes{status=\"ok\"}"), 1.0);
+    assert_eq!(get(&samples, "longrun_nodes{status=\"unavailable\"}"), 0.0);
+    t.stop().await.unwrap();
+}
