@@ -170,6 +170,33 @@ The exit code is the run's outcome.
     /// Publish JSON to a topic; prints its offset.
     #[command(after_help = exit_codes!())]
     Pub(PubArgs),
+    /// List the runs the token sees, newest first: one page, or all of them with --all.
+    ///
+    /// A table (STATE, CREATED, ENDED, URL), or with --json one JSON object per run per line
+    /// ({"object","id","url","state","created","ended"}, and "tenant" for an admin). When
+    /// more runs are left, stderr says how to get the next page (--page-token TOKEN).
+    #[command(after_help = exit_codes!())]
+    Ls(LsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    /// Only runs of this object.
+    #[arg(long, value_name = "OBJECT")]
+    object: Option<String>,
+    /// Only runs in this state: queued, running, success, error, canceled, active (queued or
+    /// running) or ended.
+    #[arg(long, value_name = "STATE")]
+    state: Option<String>,
+    /// Runs per page, 1 to 1000 [default: the server's, 50].
+    #[arg(long, value_name = "N")]
+    limit: Option<u32>,
+    /// Every page, following the server's page tokens.
+    #[arg(long)]
+    all: bool,
+    /// Start at this page (the token a previous `ls` printed on stderr).
+    #[arg(long, value_name = "TOKEN", conflicts_with = "all")]
+    page_token: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -392,6 +419,10 @@ async fn dispatch(global: &Global, command: Command) -> Outcome {
             }
             Ok(())
         }
+        Command::Ls(a) => {
+            let client = server_client(global)?;
+            list(&client, a, global.json).await
+        }
         Command::Stream(mut a) => {
             // The stream's own URL names the same run.
             if let Some(url) = a.run.url.strip_suffix("/stream") {
@@ -421,6 +452,68 @@ async fn subscribe(client: &Client, topic: &str, since: Option<u64>) -> Outcome 
             .map_err(|e| Failure::new(code::FAILED, format!("cannot write stdout: {e}")))?;
     }
     Ok(())
+}
+
+/// Print the runs of one page (or, with --all, of every page) as they come.
+async fn list(client: &Client, a: LsArgs, json: bool) -> Outcome {
+    // The next page needs the same filters as this one.
+    let mut again = String::new();
+    for (flag, value) in [("--object", &a.object), ("--state", &a.state)] {
+        if let Some(value) = value {
+            again.push_str(&format!(" {flag} {value}"));
+        }
+    }
+    let mut query = longrun::ListRuns {
+        object: a.object,
+        state: a.state,
+        limit: a.limit,
+        page_token: a.page_token,
+    };
+    if !json {
+        print_line(&format!(
+            "{:<9} {:<24} {:<24} URL",
+            "STATE", "CREATED", "ENDED"
+        ))?;
+    }
+    loop {
+        let page = client
+            .list_runs(&query)
+            .await
+            .map_err(|e| failure(e, Target::Server(client.base_url().as_str())))?;
+        for listed in &page.runs {
+            let run = &listed.run;
+            print_line(&if json {
+                let mut line = json!({
+                    "object": run.object(),
+                    "id": run.id().to_string(),
+                    "url": run.url().as_str(),
+                    "state": listed.state.as_str(),
+                    "created": listed.created,
+                    "ended": listed.ended,
+                });
+                if let Some(tenant) = &listed.tenant {
+                    line["tenant"] = tenant.as_str().into();
+                }
+                line.to_string()
+            } else {
+                format!(
+                    "{:<9} {:<24} {:<24} {}",
+                    listed.state.as_str(),
+                    listed.created,
+                    listed.ended.as_deref().unwrap_or("-"),
+                    run.url()
+                )
+            })?;
+        }
+        match page.next_page_token {
+            Some(token) if a.all => query.page_token = Some(token),
+            Some(token) => {
+                eprintln!("longrun: more runs: longrun ls{again} --page-token {token} (or --all)");
+                return Ok(());
+            }
+            None => return Ok(()),
+        }
+    }
 }
 
 /// Copy the run's byte stream to stdout, then report the run's outcome.

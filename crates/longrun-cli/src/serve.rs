@@ -292,7 +292,20 @@ layer! {
         )]
         #[serde(deserialize_with = "exec_tables")]
         exec: Option<Vec<(String, ExecSpec)>>,
+        /// How logs are written to stderr: text (for people) or json (one object per line,
+        /// for a log collector) [default: text]
+        #[arg(long, env = "LONGRUN_LOG_FORMAT", value_name = "FORMAT", value_enum)]
+        log_format: Option<LogFormat>,
     }
+}
+
+/// How `longrun serve` writes its logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// How a layer's value stands over a lower layer's.
@@ -325,6 +338,7 @@ impl Merge for bool {}
 impl Merge for Vec<String> {}
 impl Merge for String {}
 impl Merge for Vec<Duration> {}
+impl Merge for LogFormat {}
 
 /// Exec objects of all layers add up ([`Layer::resolve`] refuses a name defined twice).
 impl Merge for Vec<(String, ExecSpec)> {
@@ -456,6 +470,7 @@ struct Settings {
     config: Config,
     demo: bool,
     exec: BTreeMap<String, ExecSpec>,
+    log_format: LogFormat,
 }
 
 impl Layer {
@@ -509,6 +524,7 @@ impl Layer {
             cors_origins,
             demo,
             exec: exec_layers,
+            log_format,
         } = self;
         let d = Config::default();
         let body_limit = match body_limit {
@@ -602,6 +618,7 @@ impl Layer {
             config,
             demo: demo.unwrap_or(true),
             exec,
+            log_format: log_format.unwrap_or_default(),
         })
     }
 }
@@ -778,15 +795,28 @@ fn build_server(s: &Settings) -> Result<Server, String> {
     })
 }
 
-pub fn main(args: ServeArgs) -> ExitCode {
-    tracing_subscriber::fmt()
+/// Logs to stderr in `format`, at the level `LONGRUN_LOG` says (info by default).
+fn init_logs(format: LogFormat) {
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LONGRUN_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
-        .init();
-    let result = settings(args).and_then(|s| build_server(&s).map(|server| (s, server)));
+        // Colours for a person at a terminal only, not into a file or a collector.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+}
+
+pub fn main(args: ServeArgs) -> ExitCode {
+    // The settings first: they say how to log (their own errors go to stderr as they are).
+    let result = settings(args).and_then(|s| {
+        init_logs(s.log_format);
+        build_server(&s).map(|server| (s, server))
+    });
     let (settings, server) = match result {
         Ok(ok) => ok,
         Err(e) => {
@@ -1115,6 +1145,12 @@ mod tests {
             r#"{ tool = { command = "tr a-z A-Z" } }"#,
             None,
         ),
+        sample(
+            "log_format",
+            "json",
+            r#""json""#,
+            Some(("text", r#""text""#)),
+        ),
     ];
 
     const fn sample(
@@ -1192,6 +1228,7 @@ mod tests {
                 "tool".to_owned(),
                 ExecSpec::from_command_line("tr a-z A-Z").unwrap(),
             )]),
+            log_format: LogFormat::Json,
         }
     }
 
@@ -1217,7 +1254,8 @@ mod tests {
         let (target, defaults) = (target(), defaults());
         assert_every_field_differs!(
             Settings, target, defaults;
-            listen, socket_mode, store, auth, allow_unauthenticated, config, demo, exec
+            listen, socket_mode, store, auth, allow_unauthenticated, config, demo, exec,
+            log_format
         );
         assert_every_field_differs!(
             Config, target.config, defaults.config;

@@ -774,3 +774,81 @@ fn sub_prints_what_pub_publishes() {
     let ran = run(&["pub", "_runs", "1"]).expect(2);
     assert!(ran.stderr.contains("reserved"), "{ran:#?}");
 }
+
+/// `longrun ls`: a table, JSON lines, pages with the token on stderr, every page with --all;
+/// on a server of its own, so only this test's runs are listed.
+#[test]
+fn ls_lists_runs_newest_first_in_pages() {
+    let base = spawn_server(longrun_server::Server::builder);
+    let ls = |args: &[&str]| {
+        let mut cmd = longrun(&[&["ls"], args].concat());
+        cmd.env("LONGRUN_SERVER", &base);
+        Ran::of(cmd.output().unwrap())
+    };
+    let mut urls: Vec<String> = (0..3)
+        .map(|i| {
+            let mut cmd = longrun(&["submit", "echo", &format!("i:={i}")]);
+            cmd.env("LONGRUN_SERVER", &base);
+            Ran::of(cmd.output().unwrap())
+                .expect(0)
+                .stdout
+                .trim_end()
+                .to_owned()
+        })
+        .collect();
+    urls.reverse();
+    let table = ls(&[]).expect(0);
+    let lines: Vec<&str> = table.stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("STATE") && lines[0].ends_with("URL"),
+        "{table:#?}"
+    );
+    let listed: Vec<&str> = lines[1..]
+        .iter()
+        .map(|l| l.rsplit(' ').next().unwrap())
+        .collect();
+    assert_eq!(listed, urls, "newest first");
+    assert!(lines[1].starts_with("success "), "{table:#?}");
+
+    let first = ls(&["--json", "--limit", "2"]).expect(0);
+    let runs: Vec<Value> = first
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0]["url"], urls[0]);
+    assert_eq!(runs[0]["object"], "echo");
+    assert_eq!(runs[0]["state"], "success");
+    assert!(runs[0]["created"].is_string() && runs[0]["ended"].is_string());
+    let token = first
+        .stderr
+        .split("--page-token ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no page token: {first:#?}"));
+    let rest = ls(&["--json", "--page-token", token]).expect(0);
+    assert_eq!(rest.stderr, "", "the last page");
+    let last: Value = serde_json::from_str(rest.stdout.trim_end()).unwrap();
+    assert_eq!(last["url"], urls[2]);
+
+    let all = ls(&["--json", "--all", "--limit", "1", "--object", "echo"]).expect(0);
+    let all: Vec<String> = all
+        .stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["url"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(all, urls);
+    assert_eq!(ls(&["--json", "--state", "error"]).expect(0).stdout, "");
+
+    let bad = ls(&["--state", "done"]).expect(2);
+    assert!(bad.stderr.contains("state"), "{bad:#?}");
+    let mut cmd = longrun(&["ls"]);
+    cmd.env("LONGRUN_SERVER", dead_server());
+    Ran::of(cmd.output().unwrap()).expect(5);
+}

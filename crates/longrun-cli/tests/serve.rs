@@ -994,3 +994,50 @@ async fn a_survivor_delivers_the_hook_of_a_killed_replicas_run() {
     assert_eq!(deliveries.len(), 1, "one run.ended, no watch row: {hooks}");
     assert_eq!(deliveries[0]["type"], "run.ended");
 }
+
+/// `--log-format json`: every line on stderr is a JSON object, and a run's lines carry its
+/// id (the driver's span); the setting comes from the environment and the config file too.
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_and_carry_the_run_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "log_format = \"json\"\n");
+    let debug = ("LONGRUN_LOG", "longrun_server=debug");
+    for (args, env) in [
+        (vec!["--log-format", "json"], vec![debug]),
+        (vec![], vec![debug, ("LONGRUN_LOG_FORMAT", "json")]),
+        (vec!["--config", config.as_str()], vec![debug]),
+    ] {
+        let serve = Serve::start(&args, &env).await;
+        let path = serve.submit("echo", json!({"a": 1})).await;
+        serve.events(&path).await;
+        let id = path.rsplit('/').next().unwrap().to_owned();
+        let (status, stderr) = serve.terminate().await;
+        assert!(status.success(), "{status}; stderr:\n{stderr}");
+        let lines: Vec<Value> = stderr
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+            .collect();
+        assert!(
+            lines
+                .iter()
+                .all(|l| l["level"].is_string() && l["fields"].is_object())
+        );
+        let of_run: Vec<&Value> = lines.iter().filter(|l| l["span"]["run"] == id).collect();
+        assert!(
+            of_run.iter().any(|l| l["fields"]["message"] == "run ended"),
+            "{args:?} {env:?}: no line of run {id}:\n{stderr}"
+        );
+        assert!(of_run.iter().all(|l| l["span"]["object"] == "echo"));
+    }
+    // Text stays the default.
+    let serve = Serve::start(&[], &[debug]).await;
+    let path = serve.submit("echo", json!({})).await;
+    serve.events(&path).await;
+    let (_, stderr) = serve.terminate().await;
+    let id = path.rsplit('/').next().unwrap();
+    assert!(
+        stderr.lines().any(|l| l.contains(&format!("run={id}"))),
+        "{stderr}"
+    );
+    assert!(serde_json::from_str::<Value>(stderr.lines().next().unwrap()).is_err());
+}

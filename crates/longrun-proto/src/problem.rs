@@ -92,10 +92,14 @@ pub enum ProblemKind {
     TooManyTopics,
     /// 426: `GET /_ws` without a WebSocket upgrade (spec §28).
     UpgradeRequired,
+    /// 400: a query parameter is not a value the route takes (`GET /_runs`, spec §13.4).
+    InvalidQuery,
+    /// 400: a `page_token` this server did not make, or made for another listing (§13.4).
+    InvalidPageToken,
 }
 
 impl ProblemKind {
-    pub const ALL: [ProblemKind; 40] = [
+    pub const ALL: [ProblemKind; 42] = [
         ProblemKind::RateLimited,
         ProblemKind::InvalidIdempotencyKey,
         ProblemKind::InvalidDeadline,
@@ -136,6 +140,8 @@ impl ProblemKind {
         ProblemKind::NotRepresentable,
         ProblemKind::TooManyTopics,
         ProblemKind::UpgradeRequired,
+        ProblemKind::InvalidQuery,
+        ProblemKind::InvalidPageToken,
     ];
 
     pub fn slug(self) -> &'static str {
@@ -180,6 +186,8 @@ impl ProblemKind {
             ProblemKind::NotRepresentable => "not-representable",
             ProblemKind::TooManyTopics => "too-many-topics",
             ProblemKind::UpgradeRequired => "upgrade-required",
+            ProblemKind::InvalidQuery => "invalid-query",
+            ProblemKind::InvalidPageToken => "invalid-page-token",
         }
     }
 
@@ -224,6 +232,7 @@ impl ProblemKind {
             ProblemKind::NotRepresentable => 406,
             ProblemKind::TooManyTopics => 503,
             ProblemKind::UpgradeRequired => 426,
+            ProblemKind::InvalidQuery | ProblemKind::InvalidPageToken => 400,
         }
     }
 
@@ -269,6 +278,8 @@ impl ProblemKind {
             ProblemKind::NotRepresentable => "The answer cannot be sent as a packet",
             ProblemKind::TooManyTopics => "The server holds too many topics",
             ProblemKind::UpgradeRequired => "This is a WebSocket: upgrade to it",
+            ProblemKind::InvalidQuery => "A query parameter is not valid",
+            ProblemKind::InvalidPageToken => "The page token is not valid",
         }
     }
 

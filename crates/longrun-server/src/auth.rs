@@ -404,13 +404,15 @@ impl Caller {
 
     /// 403 unless the caller has the admin scope (an open server lets everyone in).
     pub fn require_admin(&self) -> Result<(), ApiError> {
+        self.require_admin_for("manage worker nodes")
+    }
+
+    /// [`Caller::require_admin`], saying what the caller may not `do`.
+    pub fn require_admin_for(&self, what: &str) -> Result<(), ApiError> {
         match &self.0 {
             Some(t) if !t.admin => Err(ApiError::new(
                 ProblemKind::Forbidden,
-                format!(
-                    "tenant {:?} may not manage worker nodes (admin scope)",
-                    t.name
-                ),
+                format!("tenant {:?} may not {what} (admin scope)", t.name),
             )),
             _ => Ok(()),
         }
@@ -469,6 +471,20 @@ impl Caller {
     /// The server itself, which sees every run (hooks resumed at start).
     pub fn server() -> Caller {
         Caller(None)
+    }
+
+    /// The tenant whose runs alone this caller sees; `None`: every run (an admin, or an
+    /// open server).
+    pub fn only_tenant(&self) -> Option<&str> {
+        self.0
+            .as_deref()
+            .filter(|t| !t.admin)
+            .map(|t| t.name.as_str())
+    }
+
+    /// A caller with the admin scope (not everyone on an open server).
+    pub fn is_admin(&self) -> bool {
+        self.0.as_deref().is_some_and(|t| t.admin)
     }
 
     /// Whether a run of `owner` exists for this caller.

@@ -62,6 +62,7 @@ impl Connections {
             run: run.clone(),
             conns: self.clone(),
             tenant: None,
+            counted: None,
         })
     }
 }
@@ -81,11 +82,18 @@ pub(crate) struct FollowerSlot {
     conns: Arc<Connections>,
     /// The tenant's count, when it has a follower limit.
     tenant: Option<crate::auth::TenantFollower>,
+    /// `longrun_followers{transport}`, counted down with the slot.
+    counted: Option<crate::metrics::Held>,
 }
 
 impl FollowerSlot {
     pub fn with_tenant(mut self, tenant: Option<crate::auth::TenantFollower>) -> Self {
         self.tenant = tenant;
+        self
+    }
+
+    pub fn counted(mut self, held: crate::metrics::Held) -> Self {
+        self.counted = Some(held);
         self
     }
 }

@@ -46,20 +46,24 @@ pub(crate) async fn follow(
     let cursor = cursor(&headers, &query)?;
     // The first event a follower has not seen yet.
     let next = cursor.map_or(0, |c| c.saturating_add(1));
+    use crate::metrics::Transport;
     if wants_event_stream(&headers) {
         let tenant = caller.admit_follower()?;
         let slot = follower_slot(&server, &run)?.with_tenant(tenant);
         run.mark_followed();
         if packets.is_some() {
+            let slot = slot.counted(server.metrics.follower(Transport::Ws));
             return Ok(follow_packets(run, next, slot));
         }
+        let slot = slot.counted(server.metrics.follower(Transport::Sse));
         Ok(follow_sse(&server, run, next, slot))
     } else {
         let wait = wait(&server, &query)?;
         let tenant = caller.admit_follower()?;
         let slot = follower_slot(&server, &run)?.with_tenant(tenant);
+        let slot = slot.counted(server.metrics.follower(Transport::Poll));
         run.mark_followed();
-        let res = follow_poll(run, next, wait).await;
+        let res = follow_poll(run, next, wait, &server.metrics.long_poll_waits).await;
         drop(slot);
         Ok(res)
     }
@@ -251,13 +255,24 @@ fn sse_stream(
     })
 }
 
-async fn follow_poll(run: Arc<Run>, next: u64, wait: Duration) -> Response {
+/// A long poll: what is after `next` now, or else what comes within `wait`; `waits` counts
+/// the polls that had to wait.
+async fn follow_poll(
+    run: Arc<Run>,
+    next: u64,
+    wait: Duration,
+    waits: &prometheus_client::metrics::counter::Counter,
+) -> Response {
     let mut appended = run.subscribe();
     let deadline = tokio::time::Instant::now() + wait;
+    let mut waited = false;
     let batch = loop {
         let batch = run.read_json(next, POLL_BATCH_EVENTS);
         if batch.count > 0 || batch.finished {
             break batch;
+        }
+        if !wait.is_zero() && !std::mem::replace(&mut waited, true) {
+            waits.inc();
         }
         tokio::select! {
             changed = appended.changed() => {

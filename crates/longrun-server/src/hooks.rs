@@ -496,11 +496,17 @@ pub(crate) struct Hooks {
     /// Attempts recorded so far (for tests and metrics: a change means a delivery's record
     /// changed).
     attempts: watch::Sender<u64>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Hooks {
     /// The hooks of a server with this store; `restored` are the SQLite outbox's rows.
-    pub fn new(config: &Config, journal: Option<Arc<Journal>>, restored: Vec<String>) -> Self {
+    pub fn new(
+        config: &Config,
+        journal: Option<Arc<Journal>>,
+        restored: Vec<String>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
         let key = config.hook_secret.as_deref().and_then(|s| {
             longrun_proto::webhook::secret_key(s)
                 .map_err(|e| tracing::error!(error = e, "the hook secret is not valid"))
@@ -524,6 +530,7 @@ impl Hooks {
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             stop: CancellationToken::new(),
             attempts: watch::Sender::new(0),
+            metrics,
         };
         {
             let mut local = hooks.lock();
@@ -891,6 +898,10 @@ impl Hooks {
         };
         d.attempt_count += 1;
         let n = d.attempt_count as usize;
+        match outcome {
+            Outcome::Delivered(_) => self.metrics.hook_deliveries.inc(),
+            _ => self.metrics.hook_failures.inc(),
+        };
         match outcome {
             Outcome::Delivered(status) => {
                 attempt.status = status;

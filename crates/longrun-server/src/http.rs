@@ -29,6 +29,8 @@ pub fn app(server: Server) -> Router {
     let router = Router::new()
         .route("/_health", get(health))
         .route("/_openapi.json", get(openapi))
+        .route("/_runs", get(crate::runs::list))
+        .route("/_metrics", get(crate::metrics::scrape))
         .route(
             "/_nodes",
             get(crate::nodes::list).post(crate::nodes::register),
@@ -64,6 +66,12 @@ pub fn app(server: Server) -> Router {
         .route("/{object}/{id}/read-token", post(read_token))
         .route("/{object}/{id}/hooks", get(crate::hooks::list));
     let router = crate::dashboard::routes(router)
+        // On the routes above only: a route's template is its label (paths no route has
+        // would be a label each).
+        .route_layer(middleware::from_fn_with_state(
+            server.clone(),
+            crate::metrics::track,
+        ))
         .fallback(|| async { ApiError::new(ProblemKind::NotFound, "no route has this path") })
         .layer(middleware::from_fn(bare_errors_to_problems))
         .with_state(server.clone());

@@ -25,9 +25,11 @@ mod follow;
 mod handler;
 mod hooks;
 mod http;
+mod metrics;
 mod nodes;
 mod registry;
 mod run;
+mod runs;
 mod store;
 mod stream;
 mod topics;
@@ -66,6 +68,8 @@ pub struct Server {
     pub(crate) topics: Arc<topics::Topics>,
     /// The open WebSockets (spec §28), closed on shutdown.
     pub(crate) sockets: Arc<ws::Sockets>,
+    /// This server's own metrics (`GET /_metrics`), apart from other servers in the process.
+    pub(crate) metrics: Arc<metrics::Metrics>,
     /// The tenants and tokens, when the server has an auth file; replaced whole on reload.
     auth: Arc<RwLock<Option<Arc<Auth>>>>,
 }
@@ -227,8 +231,9 @@ impl ServerBuilder {
             max_idempotency_keys: self.config.max_idempotency_keys,
         };
         let mut outbox = Vec::new();
+        let metrics = Arc::new(metrics::Metrics::default());
         let (registry, nodes) = match &self.store {
-            StoreConfig::Memory => (Registry::new(None), Vec::new()),
+            StoreConfig::Memory => (Registry::new(None, metrics.clone()), Vec::new()),
             StoreConfig::Sqlite { path, full_sync } => {
                 let (journal, mut restored) =
                     store::Journal::open(path, *full_sync, keys).map_err(BuildError::Store)?;
@@ -240,7 +245,7 @@ impl ServerBuilder {
                 }
                 let nodes = std::mem::take(&mut restored.nodes);
                 outbox = std::mem::take(&mut restored.hooks);
-                let registry = Registry::new(Some(journal));
+                let registry = Registry::new(Some(journal), metrics.clone());
                 registry.restore(&self.config, restored);
                 (registry, nodes)
             }
@@ -256,7 +261,7 @@ impl ServerBuilder {
                 };
                 // Nodes too: `Nodes::start` reads them, and follows other replicas' changes.
                 let journal = store::Journal::connect(url, limits).map_err(BuildError::Store)?;
-                (Registry::new(Some(journal)), Vec::new())
+                (Registry::new(Some(journal), metrics.clone()), Vec::new())
             }
         };
         let nodes = Arc::new(nodes::Nodes::new(
@@ -264,12 +269,18 @@ impl ServerBuilder {
             registry.journal().cloned(),
             nodes,
         ));
-        let hooks = hooks::Hooks::new(&self.config, registry.journal().cloned(), outbox);
+        let hooks = hooks::Hooks::new(
+            &self.config,
+            registry.journal().cloned(),
+            outbox,
+            metrics.clone(),
+        );
         let topics = Arc::new(topics::Topics::new(&self.config));
         registry.set_feed(topics.clone());
         Ok(Server {
             topics,
             sockets: Arc::default(),
+            metrics,
             hooks: Arc::new(hooks),
             config: Arc::new(self.config),
             objects: Arc::new(self.objects),

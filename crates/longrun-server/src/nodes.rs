@@ -585,6 +585,18 @@ impl Nodes {
         })
     }
 
+    /// How many nodes are in each health status, every status named (for `/_metrics`).
+    pub fn count_by_status(&self) -> [(&'static str, i64); 3] {
+        let mut counts = [Status::Ok, Status::Unavailable, Status::Dirty].map(|s| (s, 0));
+        for node in self.lock().nodes.values() {
+            let status = *node.status.borrow();
+            if let Some((_, n)) = counts.iter_mut().find(|(s, _)| *s == status) {
+                *n += 1;
+            }
+        }
+        counts.map(|(s, n)| (s.as_str(), n))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -36,11 +36,17 @@ pub(crate) struct Registry {
     journal: Option<Arc<Journal>>,
     /// The run feeds, set once the server is built.
     feed: std::sync::OnceLock<Arc<crate::topics::Topics>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 #[derive(Default)]
 struct Inner {
     runs: HashMap<RunId, Arc<Run>>,
+    /// The runs executed or read back here (not mirrors), newest last: `GET /_runs` walks it
+    /// backwards from a page token's position.
+    by_created: BTreeSet<(SystemTime, RunId)>,
+    /// The creation time given last: the next run's is later, even if the clock went back.
+    last_created: Option<SystemTime>,
     active: usize,
     /// Ended runs by the time they are due to be dropped (`seq` breaks ties in end order).
     ended: BTreeSet<(Instant, u64, RunId)>,
@@ -125,13 +131,19 @@ struct Swept {
 }
 
 impl Registry {
-    pub fn new(journal: Option<Arc<Journal>>) -> Self {
+    pub fn new(journal: Option<Arc<Journal>>, metrics: Arc<crate::metrics::Metrics>) -> Self {
         Registry {
             inner: Mutex::new(Inner::default()),
             tasks: TaskTracker::new(),
             journal,
             feed: std::sync::OnceLock::new(),
+            metrics,
         }
+    }
+
+    /// How many runs this server executes that have not ended.
+    pub fn active(&self) -> usize {
+        self.lock().active
     }
 
     /// Where runs created and ended are announced (the `_runs` feeds, spec §28.5).
@@ -158,6 +170,10 @@ impl Registry {
             let due = now + left(r.ended, r.retention);
             let mut run = Run::restored(r.id, r.object, &r.events, r.json);
             run.tenant = r.tenant;
+            run.created = r.created;
+            let _ = run.ended.set(r.ended);
+            inner.by_created.insert((run.created, run.id));
+            inner.last_created = inner.last_created.max(Some(run.created));
             if let Some((ct, chunks)) = r.stream {
                 run = run.with_stream(&ct, config.max_stream_bytes);
                 crate::stream::restore_ended(&run, chunks);
@@ -391,6 +407,36 @@ impl Registry {
         found
     }
 
+    /// The runs held here that `caller` sees and `filter` takes, newest first, from after
+    /// `after` (a page token's position) on; `limit + 1` at most, so the caller knows whether
+    /// another page follows. Tombstones are not runs: dropped runs are not listed.
+    pub fn list(
+        &self,
+        config: &Config,
+        caller: &Caller,
+        filter: &crate::runs::Filter,
+        after: Option<(SystemTime, RunId)>,
+        limit: usize,
+    ) -> Vec<crate::runs::Listed> {
+        let mut inner = self.lock();
+        // Runs past their retention are tombstones, which are not listed.
+        let swept = inner.sweep(config, Instant::now());
+        let older = match after {
+            Some(position) => inner.by_created.range(..position),
+            None => inner.by_created.range(..),
+        };
+        let listed = older
+            .rev()
+            .filter_map(|(_, id)| inner.runs.get(id))
+            .filter(|run| caller.sees(run.tenant.as_deref()))
+            .filter_map(|run| filter.admit(run))
+            .take(limit + 1)
+            .collect();
+        drop(inner);
+        self.journal_swept(swept);
+        listed
+    }
+
     pub fn is_shutting_down(&self) -> bool {
         self.lock().shutting_down
     }
@@ -427,6 +473,8 @@ impl Registry {
                 self.journal.clone(),
             );
             run.tenant = tenant.map(Arc::from);
+            run.created = inner.next_created();
+            run.appended_total = Some(self.metrics.events_appended.clone());
             if let Some(ct) = &object.options.stream {
                 let ct = Some(ct.as_str()).filter(|c| !c.is_empty());
                 let ct = ct.unwrap_or(crate::stream::DEFAULT_CONTENT_TYPE);
@@ -437,10 +485,14 @@ impl Registry {
                 entry.run = Some(run.id);
             }
             inner.runs.insert(run.id, run.clone());
+            inner.by_created.insert((run.created, run.id));
             inner.active += 1;
             (run, swept)
         };
         self.journal_swept(swept);
+        self.metrics.submitted(name);
+        // Event 0, which `Run::new` appended before the run had its counter.
+        self.metrics.events_appended.inc();
         self.announce(&run, longrun_proto::State::Queued);
         let retention = object
             .options
@@ -453,17 +505,22 @@ impl Registry {
             );
             journal.create(&run, retention, event0, key)
         });
-        let mut driver = Box::pin(drive(
-            self.clone(),
-            config.clone(),
-            run.clone(),
-            object.handler.start(args, RunContext { run: run.clone() }),
-            // The caller's deadline and the object's timeout: whichever comes first.
-            match (object.options.timeout, deadline) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            },
-            retention,
+        // Every line the run's driver and handler log carries the run (one span per run).
+        let span = tracing::info_span!("run", object = %run.object, run = %run.id);
+        let mut driver = Box::pin(tracing::Instrument::instrument(
+            drive(
+                self.clone(),
+                config.clone(),
+                run.clone(),
+                object.handler.start(args, RunContext { run: run.clone() }),
+                // The caller's deadline and the object's timeout: whichever comes first.
+                match (object.options.timeout, deadline) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                },
+                retention,
+            ),
+            span,
         ));
         // A handler that finishes at its first poll (echo, a cached answer) ends here, with no
         // task and no hand-over to another worker. One that does not goes on in its own task,
@@ -511,6 +568,7 @@ impl Registry {
         inner.active -= 1;
         // Under the lock, so the feed says `ended` after `queued` for every run.
         self.announce(run, run.latest_state());
+        self.metrics.ended(&run.object, run.latest_state());
         let now = Instant::now();
         let seq = inner.seq;
         inner.seq += 1;
@@ -561,6 +619,18 @@ impl Registry {
 }
 
 impl Inner {
+    /// A creation time later than every one given before, to the microsecond (what stores
+    /// keep), so a run created after a page of `GET /_runs` was read sorts before it.
+    fn next_created(&mut self) -> SystemTime {
+        let now = crate::store::from_micros(crate::store::micros(SystemTime::now()));
+        let created = match self.last_created {
+            Some(last) if last >= now => last + Duration::from_micros(1),
+            _ => now,
+        };
+        self.last_created = Some(created);
+        created
+    }
+
     /// A key stored before (read back from the store), forgotten at `due`.
     fn remember_key(&mut self, key: IdemKey, record: KeyRecord, due: Instant) {
         self.key_generation += 1;
@@ -602,6 +672,7 @@ impl Inner {
             }
             self.ended.pop_first();
             if let Some(run) = self.runs.remove(&id) {
+                self.by_created.remove(&(run.created, id));
                 self.tombstones
                     .insert(id, (run.object.clone(), run.tenant.clone()));
                 self.tombstone_order
@@ -633,6 +704,7 @@ async fn drive(
     timeout: Option<Duration>,
     retention: Duration,
 ) {
+    tracing::debug!("run started");
     // A panicking handler must not take the stream down with it (a bug of the seed
     // implementation): it ends the run as `error` like any other failure.
     let mut handler = AssertUnwindSafe(handler).catch_unwind();
@@ -661,11 +733,11 @@ async fn drive(
         Some(Ok(Ok(value))) => Ok(value),
         Some(Ok(Err(e))) => Err(e.to_value()),
         Some(Err(_panic)) => {
-            tracing::error!(run = %run.id, object = %run.object, "handler panicked");
+            tracing::error!("handler panicked");
             Err(json!({"message": "the handler panicked"}))
         }
         None => Err(json!({"message": "the handler did not stop within the grace period"})),
     };
     registry.end(&config, &run, result, retention);
-    tracing::debug!(run = %run.id, object = %run.object, state = %run.status().0, "run ended");
+    tracing::debug!(state = %run.latest_state(), "run ended");
 }

@@ -10,7 +10,8 @@
 //! stalls holds handles to bytes the log holds anyway, however far behind it is.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
 use longrun_proto::{CancelReason, Event, RunId, State, sse};
@@ -35,6 +36,13 @@ pub(crate) struct Run {
     pub object: String,
     /// The tenant that submitted it (with an auth file); other tenants do not see it.
     pub tenant: Option<Arc<str>>,
+    /// When it was created, to the microsecond: its place in `GET /_runs` (newest first).
+    /// The registry makes it strictly increasing, so a new run never sorts behind one listed.
+    pub created: SystemTime,
+    /// When its terminal event was appended (for a run read back, when the store says).
+    pub ended: OnceLock<SystemTime>,
+    /// `longrun_events_appended_total` of its server, for a run executed here.
+    pub appended_total: Option<prometheus_client::metrics::counter::Counter>,
     log: Mutex<Log>,
     /// Bumped (to the log length) on every append; followers wait on their own receiver,
     /// which remembers what they have seen, so no wake-up is ever lost and no queue grows.
@@ -230,6 +238,12 @@ impl Run {
         written
     }
 
+    fn count_appended(&self) {
+        if let Some(total) = &self.appended_total {
+            total.inc();
+        }
+    }
+
     /// How many events the log holds.
     pub fn len(&self) -> usize {
         self.lock().entries.len()
@@ -251,6 +265,9 @@ impl Run {
             id,
             object,
             tenant: None,
+            created: SystemTime::now(),
+            ended: OnceLock::new(),
+            appended_total: None,
             log: Mutex::new(Log {
                 entries: Vec::new(),
                 segments: Vec::new(),
@@ -369,6 +386,7 @@ impl Run {
         });
         let len = log.entries.len();
         drop(log);
+        self.count_appended();
         self.appended(len);
         true
     }
@@ -401,6 +419,8 @@ impl Run {
         };
         let id = log.entries.len() as u64;
         log.push(&Event { id, state, value });
+        let _ = self.ended.set(SystemTime::now());
+        self.count_appended();
         if let Some(stream) = &self.stream {
             stream.close();
         }

@@ -32,7 +32,7 @@ pub(crate) mod postgres;
 pub(crate) use postgres::{Limits, Loaded};
 
 /// The schema version this binary writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 7;
+const SCHEMA_VERSION: i64 = 8;
 
 /// How many pending commands one transaction takes at most.
 const GROUP: usize = 4096;
@@ -135,6 +135,8 @@ pub(crate) struct RestoredRun {
     pub events: Vec<Event>,
     /// Each event's JSON exactly as it was served.
     pub json: Vec<Bytes>,
+    /// When it was created (its place in `GET /_runs`).
+    pub created: SystemTime,
     /// When it ended, and how long it is kept after that.
     pub ended: SystemTime,
     pub retention: Duration,
@@ -206,6 +208,9 @@ pub(crate) enum Command {
         run: Weak<Run>,
         object: String,
         tenant: Owner,
+        /// The run's creation time, kept to the microsecond, so its place in `GET /_runs`
+        /// is the same after a restart.
+        created: SystemTime,
         retention: Duration,
         event0: Bytes,
         key: Option<(IdemKey, String)>,
@@ -257,6 +262,15 @@ fn millis(t: SystemTime) -> i64 {
 
 fn from_millis(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
+}
+
+pub(crate) fn micros(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+pub(crate) fn from_micros(us: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_micros(us.max(0) as u64)
 }
 
 fn sql_error(path: &Path, e: rusqlite::Error) -> String {
@@ -356,6 +370,7 @@ impl Journal {
         self.send(Command::Create {
             id,
             tenant: run.tenant.clone(),
+            created: run.created,
             run: Arc::downgrade(run),
             object: object.to_owned(),
             retention,
@@ -511,6 +526,10 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
          data BLOB NOT NULL,
          PRIMARY KEY (run, offset)
      ) WITHOUT ROWID;",
+    // v8: a run's creation time to the microsecond (`GET /_runs` lists newest first and
+    // pages by it, so two runs of one millisecond keep their order across a restart).
+    "ALTER TABLE runs ADD COLUMN created_us INTEGER;
+     UPDATE runs SET created_us = created_ms * 1000;",
 ];
 
 /// Versioned migrations, applied at start in one transaction each.
@@ -544,7 +563,8 @@ fn restore(conn: &mut Connection, key_ttl: Duration) -> rusqlite::Result<Restore
     let mut interrupted = 0;
     {
         let mut list = tx.prepare(
-            "SELECT seq, id, object, retention_ms, ended_ms, tenant, stream FROM runs ORDER BY seq",
+            "SELECT seq, id, object, retention_ms, ended_ms, tenant, stream, created_us FROM runs \
+             ORDER BY seq",
         )?;
         let mut chunks =
             tx.prepare("SELECT offset, data FROM stream_chunks WHERE run = ?1 ORDER BY offset")?;
@@ -557,6 +577,7 @@ fn restore(conn: &mut Connection, key_ttl: Duration) -> rusqlite::Result<Restore
             Option<i64>,
             Option<String>,
             Option<String>,
+            i64,
         );
         let rows: Vec<Row> = list
             .query_map([], |r| {
@@ -568,10 +589,11 @@ fn restore(conn: &mut Connection, key_ttl: Duration) -> rusqlite::Result<Restore
                     r.get(4)?,
                     r.get(5)?,
                     r.get(6)?,
+                    r.get(7)?,
                 ))
             })?
             .collect::<Result<_, _>>()?;
-        for (seq, id_text, object, retention_ms, ended_ms, tenant, stream) in rows {
+        for (seq, id_text, object, retention_ms, ended_ms, tenant, stream, created_us) in rows {
             let Ok(id) = RunId::parse(&id_text) else {
                 continue;
             };
@@ -627,6 +649,7 @@ fn restore(conn: &mut Connection, key_ttl: Duration) -> rusqlite::Result<Restore
                 tenant: tenant.map(Arc::from),
                 events: evs,
                 json,
+                created: from_micros(created_us),
                 ended,
                 retention: Duration::from_millis(retention_ms.max(0) as u64),
                 stream,
@@ -887,6 +910,7 @@ fn commit_inner(
                     run,
                     object,
                     tenant,
+                    created: created_at,
                     retention,
                     event0,
                     key,
@@ -909,16 +933,18 @@ fn commit_inner(
                     }
                     let stream = run.upgrade().and_then(|r| crate::stream::content_type(&r));
                     tx.prepare_cached(
-                        "INSERT INTO runs (id, object, created_ms, retention_ms, tenant, stream) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        "INSERT INTO runs \
+                         (id, object, created_ms, retention_ms, tenant, stream, created_us) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     )?
                     .execute(params![
                         id.to_string(),
                         object,
-                        now,
+                        millis(*created_at),
                         retention.as_millis() as i64,
                         tenant.as_deref(),
-                        stream
+                        stream,
+                        micros(*created_at)
                     ])?;
                     let seq = tx.last_insert_rowid();
                     seqs.insert(*id, seq);
@@ -954,8 +980,10 @@ fn commit_inner(
                         insert_event.execute(params![seq, (first + i) as i64, text])?;
                     }
                     if terminal {
+                        // The run's own end, so it reads the same after a restart.
+                        let ended = run.ended.get().map_or(now, |t| millis(*t));
                         tx.prepare_cached("UPDATE runs SET ended_ms = ?2 WHERE seq = ?1")?
-                            .execute(params![seq, now])?;
+                            .execute(params![seq, ended])?;
                     }
                     published.push((run.clone(), first + events.len()));
                 }

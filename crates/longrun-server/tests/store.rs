@@ -128,7 +128,7 @@ async fn schemas_migrate_forward_and_never_back() {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 7, "migrated to the current schema");
+    assert_eq!(version, 8, "migrated to the current schema");
     conn.pragma_update(None, "user_version", 99).unwrap();
     drop(conn);
     let Err(e) = Server::builder().store(store()).demo().build() else {

@@ -120,6 +120,11 @@ impl Client {
         self.rt.block_on(self.inner.status(run))
     }
 
+    /// [`Client::list_runs`](crate::Client::list_runs): one page of runs, newest first.
+    pub fn list_runs(&self, query: &crate::ListRuns) -> Result<crate::RunPage> {
+        self.rt.block_on(self.inner.list_runs(query))
+    }
+
     pub fn exists(&self, run: &Run) -> Result<bool> {
         self.rt.block_on(self.inner.exists(run))
     }

@@ -49,6 +49,7 @@ mod interrupt;
 mod pubsub;
 mod rt;
 mod run;
+mod runs;
 mod stream;
 pub mod webhook;
 #[cfg(not(target_arch = "wasm32"))]
@@ -70,6 +71,7 @@ pub use longrun_proto::{Event, Progress, RawEvent, RunId, State};
 #[cfg(not(target_arch = "wasm32"))]
 pub use pubsub::{Publication, Subscribed, Subscription};
 pub use run::Run;
+pub use runs::{ListRuns, ListedRun, RunPage};
 pub use stream::ByteStream;
 #[cfg(not(target_arch = "wasm32"))]
 pub use stream::StreamReader;

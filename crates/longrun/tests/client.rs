@@ -4,6 +4,8 @@
 //! strip `Accept` or buffer the event stream, batches, headers on the wire, and the blocking
 //! client.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -1546,4 +1548,64 @@ async fn a_submit_with_wait_returns_the_ended_run_and_hooks_reach_the_server() {
         .await
         .unwrap_err();
     assert_eq!(err.status(), Some(400), "{err}");
+}
+
+/// `list_runs` pages through `GET /_runs`, over HTTP and over the WebSocket (the same route,
+/// served by the same router), and on a unix socket; a bad filter is an `InvalidArgument`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_runs_pages_newest_first_on_every_transport() {
+    let (unix, _dir) = common::unix_demo_server().await;
+    for (base, transport) in [
+        (common::demo_server().await, longrun::Transport::Sse),
+        (common::demo_server().await, longrun::Transport::WebSocket),
+        (unix, longrun::Transport::Sse),
+    ] {
+        let client = longrun::Client::builder(&base)
+            .transport(transport)
+            .build()
+            .unwrap();
+        let mut made = Vec::new();
+        for i in 0..3 {
+            let run = client.submit("echo", json!({"i": i})).await.unwrap();
+            client.wait(&run, None).await.unwrap();
+            made.push(run);
+        }
+        made.reverse();
+        let mut query = longrun::ListRuns {
+            object: Some("echo".into()),
+            limit: Some(2),
+            ..Default::default()
+        };
+        let mut listed = Vec::new();
+        loop {
+            let page = client.list_runs(&query).await.unwrap();
+            assert!(page.runs.len() <= 2);
+            listed.extend(page.runs);
+            match page.next_page_token {
+                Some(token) => query.page_token = Some(token),
+                None => break,
+            }
+        }
+        let urls: Vec<&str> = listed.iter().map(|l| l.run.url().as_str()).collect();
+        let want: Vec<&str> = made.iter().map(|r| r.url().as_str()).collect();
+        assert_eq!(urls, want, "{base} {transport:?}");
+        assert!(listed.iter().all(|l| l.state == longrun::State::Success));
+        assert!(
+            listed
+                .iter()
+                .all(|l| l.ended.is_some() && l.tenant.is_none())
+        );
+        // A listed run is a handle of this client.
+        assert!(client.exists(&listed[0].run).await.unwrap());
+        let bad = longrun::ListRuns {
+            state: Some("done".into()),
+            ..Default::default()
+        };
+        let err = client.list_runs(&bad).await.unwrap_err();
+        assert_eq!(err.kind(), longrun::ErrorKind::InvalidArgument, "{err}");
+        assert_eq!(
+            err.problem().unwrap().type_uri,
+            "urn:longrun:problem:invalid-query"
+        );
+    }
 }

@@ -38,7 +38,7 @@ use super::{
 use crate::run::Run;
 
 /// The schema version this binary writes (`longrun.meta`).
-const SCHEMA_VERSION: i32 = 6;
+const SCHEMA_VERSION: i32 = 7;
 
 /// Advisory lock keys: migrations, run creation (the shared active-run count), reaping.
 const MIGRATE_LOCK: i64 = 0x6c6f_6e67_0001;
@@ -350,6 +350,65 @@ impl Handle {
             .await
             .map_err(|e| pg_error(&e))?;
         Ok(tomb.map(|r| Loaded::Gone(r.get(0), r.get::<_, Option<&str>>(1).map(Arc::from))))
+    }
+
+    /// `GET /_runs` from the shared table: the runs of `tenant` (`None`: all) that `filter`
+    /// takes, newest first, older than `after`; `limit` at most.
+    pub async fn list_runs(
+        &self,
+        filter: &crate::runs::Filter,
+        tenant: Option<&str>,
+        after: Option<(SystemTime, RunId)>,
+        limit: usize,
+    ) -> Result<Vec<crate::runs::Listed>, String> {
+        let after_us = after.map(|(t, _)| super::micros(t));
+        let after_id = after.map(|(_, id)| id.to_string());
+        let states = filter.state_names();
+        // A run's state is its newest event's; the state is read from the first bytes of
+        // that event's text (the server writes `{"id":N,"state":"…",…}`), so a large value
+        // is never parsed for a listing.
+        let rows = self
+            .reader
+            .get()
+            .query(
+                "SELECT r.object, r.id, r.created_us, r.ended_ms, r.tenant, \
+                 substring(left(e.event, 64) FROM '\"state\":\"([a-z]+)\"') \
+                 FROM longrun.runs r CROSS JOIN LATERAL (SELECT event FROM longrun.events \
+                 WHERE run = r.seq ORDER BY id DESC LIMIT 1) e \
+                 WHERE ($1::text IS NULL OR r.object = $1) \
+                 AND ($2::text IS NULL OR r.tenant = $2) \
+                 AND ($3::int8 IS NULL OR (r.created_us, r.id) < ($3, $4::text)) \
+                 AND ($5::text[] IS NULL OR substring(left(e.event, 64) \
+                 FROM '\"state\":\"([a-z]+)\"') = ANY($5)) \
+                 ORDER BY r.created_us DESC, r.id DESC LIMIT $6",
+                &[
+                    &filter.object,
+                    &tenant,
+                    &after_us,
+                    &after_id,
+                    &states,
+                    &(limit as i64),
+                ],
+            )
+            .await
+            .map_err(|e| pg_error(&e))?;
+        Ok(rows
+            .iter()
+            .filter_map(|row| {
+                let state = State::parse(row.get::<_, Option<&str>>(5)?)?;
+                Some(crate::runs::Listed {
+                    object: row.get(0),
+                    id: RunId::parse(row.get::<_, &str>(1)).ok()?,
+                    state,
+                    created: super::from_micros(row.get(2)),
+                    ended: row
+                        .get::<_, Option<i64>>(3)
+                        .filter(|_| state.is_terminal())
+                        .map(super::from_millis),
+                    tenant: row.get::<_, Option<&str>>(4).map(Arc::from),
+                })
+            })
+            .collect())
     }
 
     /// What an idempotency key made, if another replica (or this one) stored it.
@@ -841,6 +900,13 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
                  data BYTEA NOT NULL,
                  PRIMARY KEY (run, at)
              );",
+    // v7: `GET /_runs` (spec §13.4) lists newest first and pages by (created_us, id). The
+    // time is the database's clock when the run's row is inserted, under the lock every
+    // creating transaction takes, so on every replica a run committed later sorts newer.
+    "ALTER TABLE longrun.runs ADD COLUMN created_us BIGINT;
+             UPDATE longrun.runs SET created_us = created_ms * 1000;
+             ALTER TABLE longrun.runs ALTER COLUMN created_us SET NOT NULL;
+             CREATE INDEX runs_listed ON longrun.runs (created_us DESC, id DESC);",
 ];
 
 /// Versioned migrations under an advisory lock, so replicas starting together migrate once.
@@ -1179,8 +1245,10 @@ impl Statements {
             client.prepare("SELECT pg_advisory_xact_lock($1)"),
             client.prepare("SELECT count(*) FROM longrun.runs WHERE ended_ms IS NULL"),
             client.prepare(
-                "INSERT INTO longrun.runs (id, object, retention_ms, created_ms, owner, tenant) \
-                 SELECT i, o, r, $4, $5, t FROM \
+                "INSERT INTO longrun.runs \
+                 (id, object, retention_ms, created_ms, owner, tenant, created_us) \
+                 SELECT i, o, r, $4, $5, t, \
+                 (extract(epoch FROM clock_timestamp()) * 1000000)::int8 FROM \
                  unnest($1::text[], $2::text[], $3::int8[], $6::text[]) AS u(i, o, r, t) \
                  RETURNING id, seq"
             ),
