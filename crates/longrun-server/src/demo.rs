@@ -265,6 +265,7 @@ async fn emit(args: EmitArgs, ctx: RunContext) -> HandlerResult {
 struct BytesArgs {
     /// How many bytes to write.
     #[serde(default = "one_mebibyte")]
+    #[schemars(range(max = u64::MAX))]
     n: u64,
     /// Bytes per write.
     #[serde(default = "sixty_four_kibibytes")]
