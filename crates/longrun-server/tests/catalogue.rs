@@ -12,7 +12,9 @@ use common::TestServer;
 use common::workers::{Worker, assert_problem, get_json, post};
 use longrun_server::exec::ExecSpec;
 use longrun_server::schemars::JsonSchema;
-use longrun_server::{BuildError, Config, ObjectOptions, RunContext, RunError, Server};
+use longrun_server::{
+    BuildError, Config, ObjectOptions, RunContext, RunError, Server, StoreConfig,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -293,6 +295,36 @@ async fn a_worker_service_declares_its_schema_at_registration() {
     )
     .await;
     assert_problem(res, 409, "topic-taken").await;
+}
+
+/// A registration read back from the store (a restart on SQLite) keeps its schema, compiled
+/// again on first use, and submits are still checked against it.
+#[tokio::test]
+async fn a_service_schema_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = || StoreConfig::Sqlite {
+        path: dir.path().join("longrun.db"),
+        full_sync: false,
+    };
+    let w = Worker::start(None, &[]).await;
+    let schema = json!({"type": "object", "required": ["text"]});
+    let t = TestServer::start(Server::builder().store(store())).await;
+    let res = post(
+        t.url("/_nodes"),
+        json!({"port": w.port, "services": [{"topic": "up", "group": "g", "path": "/upper",
+               "timeout": 5, "description": "Upper-cases text.", "args_schema": schema}]}),
+    )
+    .await;
+    assert_eq!(res.status(), 201);
+    t.stop().await.unwrap();
+
+    let t = TestServer::start(Server::builder().store(store())).await;
+    let up = get_json(t.url("/_objects/up")).await;
+    assert_eq!(up["args_schema"], schema, "{up}");
+    assert_eq!(up["description"], "Upper-cases text.");
+    let res = post(t.url("/up"), json!({})).await;
+    assert_refused(res, &[""]).await;
+    assert!(w.seen().await.is_empty(), "a refused submit was dispatched");
 }
 
 #[tokio::test]
