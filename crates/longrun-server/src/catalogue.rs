@@ -311,3 +311,40 @@ pub(crate) fn openapi(server: &Server) -> Value {
     schemas.extend(added);
     doc
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A schema is compiled from itself alone: a reference elsewhere (the web, a file) is an
+    /// error at registration, never a fetch.
+    #[test]
+    fn references_outside_the_schema_are_refused() {
+        for r in [
+            "http://127.0.0.1:9/schema.json",
+            "file:///etc/passwd",
+            "#/$defs/missing",
+        ] {
+            let schema = json!({"$ref": r});
+            let entry = Entry::new(Kind::Service, None, Some(schema), false);
+            assert!(entry.is_err(), "{r} compiled");
+        }
+        let inside = json!({"$defs": {"n": {"type": "integer"}}, "properties": {"n": {"$ref": "#/$defs/n"}}});
+        let entry = Entry::new(Kind::Service, None, Some(inside), false).unwrap();
+        assert!(entry.check("x", &json!({"n": 1})).is_ok());
+        assert!(entry.check("x", &json!({"n": "1"})).is_err());
+    }
+
+    #[test]
+    fn moved_schemas_keep_their_references() {
+        let mut schema =
+            json!({"$ref": "#", "items": {"$ref": "#/$defs/a"}, "x": {"$ref": "http://a/b"}});
+        rebase_refs(&mut schema, "#/", "#/components/schemas/args.o/");
+        assert_eq!(schema["$ref"], "#/components/schemas/args.o");
+        assert_eq!(
+            schema["items"]["$ref"],
+            "#/components/schemas/args.o/$defs/a"
+        );
+        assert_eq!(schema["x"]["$ref"], "http://a/b");
+    }
+}
