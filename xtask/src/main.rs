@@ -3,6 +3,7 @@
 //!
 //! - `cargo xtask test`  — every suite the repository has; this is what CI runs.
 //! - `cargo xtask bench` — the benchmarks, printed side by side with their peers.
+//! - `cargo xtask schemathesis` — the OpenAPI fuzz suite alone (`schemathesis.rs`).
 //! - `cargo xtask pg -- CMD …` — CMD beside a throwaway PostgreSQL cluster (`pg.rs`).
 //! - `cargo xtask dist` — every package users install, into `target/dist` (`dist.rs`).
 
@@ -13,6 +14,7 @@ mod install_test;
 mod js;
 mod pg;
 mod python;
+mod schemathesis;
 mod test;
 
 use std::path::{Path, PathBuf};
@@ -28,6 +30,7 @@ fn main() -> ExitCode {
         Some("js") => js::run(&args[1..]),
         Some("pg") => pg::run(&args[1..]),
         Some("python") => python::run(&args[1..]),
+        Some("schemathesis") => schemathesis::test().map(drop),
         _ => {
             eprintln!(
                 "usage: cargo xtask test [--quick]   run every suite (what CI runs)\n       \
@@ -36,6 +39,7 @@ fn main() -> ExitCode {
                  cargo xtask go [--release] | test | bench   build the C library the Go module links (into go/lib), or its suite or benchmark alone\n       \
                  cargo xtask js build [--release] | test   the JS package: build its native halves, or its suites\n       \
                  cargo xtask python test | bench   the Python SDK's suite or benchmark alone\n       \
+                 cargo xtask schemathesis   schemathesis over the served OpenAPI document alone\n       \
                  cargo xtask pg [--] CMD [ARGS...]   run CMD beside a throwaway PostgreSQL cluster (LONGRUN_TEST_POSTGRES and PG* set), e.g. `cargo xtask pg -- psql -c 'select 1'`"
             );
             return ExitCode::from(2);

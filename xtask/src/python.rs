@@ -101,7 +101,7 @@ fn install(venv: &Path, wheel: &Path) -> Result<(), String> {
 }
 
 /// The reference server for the tests (debug build; `cargo test` has usually built it).
-fn server_binary() -> Result<PathBuf, String> {
+pub fn server_binary() -> Result<PathBuf, String> {
     step(
         "server for python",
         cargo().args(["build", "--quiet", "-p", "longrun-cli"]),

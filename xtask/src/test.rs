@@ -1,6 +1,7 @@
 //! `cargo xtask test`: formatting, lints, the wasm build of the shared crates, and every
-//! test suite (the Rust one beside a throwaway PostgreSQL cluster, `pg.rs`), then the
-//! JavaScript, Python and Go suites, and the install suite over `target/dist`.
+//! test suite (the Rust one beside a throwaway PostgreSQL cluster, `pg.rs`), then schemathesis
+//! over the served OpenAPI document (`schemathesis.rs`), the JavaScript, Python and Go
+//! suites, and the install suite over `target/dist`.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -48,6 +49,10 @@ fn run_all(quick: bool) -> Result<(), String> {
         }
         counted("rust tests", &mut rust, &mut totals)?;
     }
+    // Schemathesis over the served OpenAPI document (every phase, every check).
+    let (passed, failed) = crate::schemathesis::test()?;
+    totals.passed += passed;
+    totals.failed += failed;
     // The JavaScript SDK: napi and wasm builds, tsc, node --test (Node, wasm-in-Node, Chromium).
     let (passed, failed) = crate::js::test()?;
     totals.passed += passed;

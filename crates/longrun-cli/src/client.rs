@@ -1,4 +1,4 @@
-//! The client subcommands (`submit`, `follow`, `wait`, `cancel`, `exists`): flags in, calls of
+//! The client subcommands (`submit`, `follow`, `wait`, `cancel`, `exists`, `objects`, …): flags in, calls of
 //! the `longrun` crate, then output and an exit code out. Protocol behaviour (resume, retries,
 //! timeouts, what each failure is called) is the crate's; this module only translates
 //! `longrun::ErrorKind` into exit codes and messages, draws progress, and handles Ctrl-C.
@@ -177,6 +177,18 @@ The exit code is the run's outcome.
     /// more runs are left, stderr says how to get the next page (--page-token TOKEN).
     #[command(after_help = exit_codes!())]
     Ls(LsArgs),
+    /// List the server's objects (name, kind, description), or print what one takes.
+    ///
+    /// With NAME, prints the JSON Schema of its arguments, which every submit is checked
+    /// against; with --json, the catalogue as the server answers it (spec §13.6).
+    #[command(after_help = exit_codes!())]
+    Objects(ObjectsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ObjectsArgs {
+    /// One object, e.g. count.
+    name: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -423,6 +435,10 @@ async fn dispatch(global: &Global, command: Command) -> Outcome {
             let client = server_client(global)?;
             list(&client, a, global.json).await
         }
+        Command::Objects(a) => {
+            let client = server_client(global)?;
+            objects(&client, a.name.as_deref(), global.json).await
+        }
         Command::Stream(mut a) => {
             // The stream's own URL names the same run.
             if let Some(url) = a.run.url.strip_suffix("/stream") {
@@ -433,6 +449,44 @@ async fn dispatch(global: &Global, command: Command) -> Outcome {
             interruptible(&client, &run, false, work).await
         }
     }
+}
+
+/// `longrun objects [NAME]`: the catalogue as a table, or one object's schema.
+async fn objects(client: &Client, name: Option<&str>, json: bool) -> Outcome {
+    let server = client.base_url().as_str();
+    let Some(name) = name else {
+        let list = client
+            .objects()
+            .await
+            .map_err(|e| failure(e, Target::Server(server)))?;
+        if json {
+            return print_line(&json!({ "objects": list }).to_string());
+        }
+        let width = |f: fn(&longrun::ObjectInfo) -> usize, title: &str| {
+            list.iter().map(f).max().unwrap_or(0).max(title.len())
+        };
+        let name_w = width(|o| o.name.len(), "NAME");
+        let kind_w = width(|o| o.kind.len(), "KIND");
+        let mut out = format!("{:name_w$}  {:kind_w$}  DESCRIPTION", "NAME", "KIND");
+        for o in &list {
+            let description = o.description.as_deref().unwrap_or("");
+            out.push_str(&format!(
+                "\n{:name_w$}  {:kind_w$}  {description}",
+                o.name, o.kind
+            ));
+        }
+        return print_line(out.trim_end());
+    };
+    let object = client
+        .object(name)
+        .await
+        .map_err(|e| failure(e, Target::Object { name, server }))?;
+    let shown = if json {
+        serde_json::to_string(&object)
+    } else {
+        serde_json::to_string_pretty(&object.args_schema)
+    };
+    print_line(&shown.expect("JSON values serialize"))
 }
 
 /// A client of --server.
@@ -659,9 +713,9 @@ fn failure(e: Error, target: Target<'_>) -> Failure {
                     .to_owned(),
             )
         }
-        (ErrorKind::InvalidArgument, Target::Object { name, .. }) => {
-            Some(format!("check the arguments {name} takes"))
-        }
+        (ErrorKind::InvalidArgument, Target::Object { name, .. }) => Some(format!(
+            "check the arguments {name} takes: `longrun objects {name}` prints its schema"
+        )),
         (ErrorKind::Timeout, Target::Run(run)) => {
             Some(format!("cancel it with: longrun cancel {run}"))
         }

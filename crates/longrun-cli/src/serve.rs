@@ -784,7 +784,10 @@ fn build_server(s: &Settings) -> Result<Server, String> {
         let handler = spec
             .handler()
             .map_err(|e| format!("exec object {name}: {e}"))?;
-        builder = builder.object_with(name, spec.options(), handler);
+        let options = spec
+            .options()
+            .map_err(|e| format!("exec object {name}: {e}"))?;
+        builder = builder.object_with(name, options, handler);
     }
     // Exec names are unique among themselves (a map); a clash can only be with a demo object.
     builder.build().map_err(|e| match e {

@@ -198,7 +198,7 @@ impl Running {
 fn help_lists_the_subcommands_and_the_exit_codes() {
     let help = run(&["--help"]).expect(0).stdout;
     for command in [
-        "serve", "submit", "follow", "wait", "cancel", "exists", "stream",
+        "serve", "submit", "follow", "wait", "cancel", "exists", "stream", "objects",
     ] {
         assert!(
             help.contains(&format!("\n  {command} ")),
@@ -324,7 +324,8 @@ fn bad_arguments_are_usage_errors() {
     let ran = run(&["submit", "count", "n:=-1"]).expect(2);
     assert_eq!(ran.stdout, "");
     assert!(
-        ran.stderr.contains("check the arguments count takes"),
+        ran.stderr
+            .contains("`longrun objects count` prints its schema"),
         "{ran:#?}"
     );
 
@@ -333,6 +334,39 @@ fn bad_arguments_are_usage_errors() {
 
     run(&["submit", "echo", "--follow", "--wait"]).expect(2);
     run(&["submit", "echo", "--cancel-on-interrupt"]).expect(2);
+}
+
+#[test]
+fn objects_lists_the_catalogue_and_prints_one_schema() {
+    let ran = run(&["objects"]).expect(0);
+    let mut lines = ran.stdout.lines();
+    let head: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(head, ["NAME", "KIND", "DESCRIPTION"], "{ran:#?}");
+    let count = lines
+        .find(|l| l.starts_with("count "))
+        .unwrap_or_else(|| panic!("{ran:#?}"));
+    assert!(
+        count.contains("builtin") && count.contains("running events"),
+        "{count}"
+    );
+
+    let listed = run(&["objects", "--json"]).expect(0).json();
+    assert!(
+        listed["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["name"] == "_compose")
+    );
+
+    let schema = run(&["objects", "count"]).expect(0).json();
+    assert_eq!(schema["properties"]["n"]["maximum"], 100_000, "{schema}");
+    let one = run(&["objects", "count", "--json"]).expect(0).json();
+    assert_eq!(one["kind"], "builtin");
+    assert_eq!(one["args_schema"], schema);
+
+    let ran = run(&["objects", "nope"]).expect(6);
+    assert!(ran.stderr.contains("no object \"nope\""), "{ran:#?}");
 }
 
 #[test]

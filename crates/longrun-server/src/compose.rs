@@ -495,6 +495,7 @@ pub(crate) fn object(nodes: &Arc<Nodes>) -> Object {
             nodes: nodes.clone(),
         }),
         options: ObjectOptions::default(),
+        entry: crate::catalogue::COMPOSE.clone(),
     }
 }
 

@@ -5,39 +5,70 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
 use crate::ServerBuilder;
+use crate::catalogue::Kind;
 use crate::handler::{Handler, HandlerResult, ObjectOptions, RunContext, RunError};
 
 pub(crate) fn register(builder: ServerBuilder) -> ServerBuilder {
+    let described = |text: &str| ObjectOptions::default().describe(text);
     builder
-        .object(
+        .object_of_kind(
             "echo",
+            Kind::Builtin,
+            described("Succeeds at once with its arguments as the value."),
             |args: Value, _ctx: RunContext| async move { Ok(args) },
         )
-        .object("count", Typed::new(count))
-        .object("sleep", Typed::new(sleep))
-        .object("fail", Typed::new(fail))
-        .object("emit", Typed::new(emit))
-        .object_with(
+        .object_of_kind(
+            "count",
+            Kind::Builtin,
+            described("Emits n running events with progress, interval_ms apart, then succeeds with {\"n\": n}.")
+                .args::<CountArgs>(),
+            Typed::new(count),
+        )
+        .object_of_kind(
+            "sleep",
+            Kind::Builtin,
+            described("Succeeds with {\"slept_ms\": ms} after ms milliseconds; no running event.")
+                .args::<SleepArgs>(),
+            Typed::new(sleep),
+        )
+        .object_of_kind(
+            "fail",
+            Kind::Builtin,
+            described("Ends error at once with {\"message\": message}.").args::<FailArgs>(),
+            Typed::new(fail),
+        )
+        .object_of_kind(
+            "emit",
+            Kind::Builtin,
+            described("Emits each of events as a running event, then succeeds with result.")
+                .args::<EmitArgs>(),
+            Typed::new(emit),
+        )
+        .object_of_kind(
             "ephemeral",
+            Kind::Builtin,
             ObjectOptions {
                 retention: Some(Duration::ZERO),
-                ..Default::default()
+                ..described("Succeeds with {} once the run has had a follower; retention 0.")
             },
             |_args: Value, ctx: RunContext| async move {
                 ctx.followed().await;
                 Ok(json!({}))
             },
         )
-        .object_with(
+        .object_of_kind(
             "bytes",
+            Kind::Builtin,
             ObjectOptions {
                 stream: Some(crate::stream::DEFAULT_CONTENT_TYPE.to_owned()),
-                ..Default::default()
+                ..described("Writes n bytes (byte i is i mod 251) to its byte stream in writes of chunk bytes, then succeeds with {\"n\", \"sha256\"}.")
+                    .args::<BytesArgs>()
             },
             Typed::new(bytes),
         )
@@ -105,12 +136,16 @@ async fn breathe(i: u64) {
 /// Largest `n` for `count`: a run of that size stays well inside the default event limit.
 const MAX_COUNT: u64 = 100_000;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct CountArgs {
+    /// How many running events.
     #[serde(default = "three")]
+    #[schemars(range(max = MAX_COUNT))]
     n: u64,
+    /// Milliseconds between two events.
     #[serde(default)]
+    #[schemars(range(max = 60_000))]
     interval_ms: u64,
 }
 
@@ -155,10 +190,12 @@ async fn count(args: CountArgs, ctx: RunContext) -> HandlerResult {
     Ok(json!({ "n": n }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct SleepArgs {
+    /// Milliseconds to sleep.
     #[serde(default = "one_second")]
+    #[schemars(range(max = 3_600_000))]
     ms: u64,
 }
 
@@ -182,9 +219,10 @@ async fn sleep(args: SleepArgs, ctx: RunContext) -> HandlerResult {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct FailArgs {
+    /// The error's message.
     #[serde(default = "failed")]
     message: String,
 }
@@ -199,11 +237,13 @@ async fn fail(args: FailArgs, _ctx: RunContext) -> HandlerResult {
     Err(RunError::new(args.message))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct EmitArgs {
+    /// The values of the running events, in order.
     #[serde(default)]
     events: Vec<Value>,
+    /// The success value.
     #[serde(default)]
     result: Value,
 }
@@ -220,14 +260,20 @@ async fn emit(args: EmitArgs, ctx: RunContext) -> HandlerResult {
     Ok(args.result)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct BytesArgs {
+    /// How many bytes to write.
     #[serde(default = "one_mebibyte")]
+    #[schemars(range(max = u64::MAX))]
     n: u64,
+    /// Bytes per write.
     #[serde(default = "sixty_four_kibibytes")]
+    #[schemars(range(min = 1, max = MAX_CHUNK))]
     chunk: usize,
+    /// Milliseconds between two writes.
     #[serde(default)]
+    #[schemars(range(max = 60_000))]
     interval_ms: u64,
 }
 

@@ -57,6 +57,12 @@ pub struct ExecSpec {
     pub stream: bool,
     /// The stream's content type (with `stream = true`; default `application/octet-stream`).
     pub content_type: Option<String>,
+    /// What the program does, for `GET /_objects` (spec §13.6).
+    pub description: Option<String>,
+    /// The arguments' JSON Schema, checked at submit (spec §19): a table holding the schema
+    /// itself, or a string naming a JSON file that holds it (relative to the server's working
+    /// directory). Without it, any object.
+    pub args_schema: Option<Value>,
 }
 
 /// A command as written by the user.
@@ -79,6 +85,8 @@ impl ExecSpec {
             retention: None,
             stream: false,
             content_type: None,
+            description: None,
+            args_schema: None,
         };
         spec.argv()?;
         Ok(spec)
@@ -101,14 +109,29 @@ impl ExecSpec {
         Ok(argv)
     }
 
-    pub fn options(&self) -> ObjectOptions {
-        ObjectOptions {
+    /// The object's options; `Err` when `args_schema` names a file that cannot be read as
+    /// JSON (whether the schema is one is checked when the server is built).
+    pub fn options(&self) -> Result<ObjectOptions, String> {
+        let args_schema = match &self.args_schema {
+            Some(Value::String(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read args_schema file {path:?}: {e}"))?;
+                Some(
+                    serde_json::from_str(&text)
+                        .map_err(|e| format!("args_schema file {path:?} is not JSON: {e}"))?,
+                )
+            }
+            other => other.clone(),
+        };
+        Ok(ObjectOptions {
             timeout: self.timeout,
             retention: self.retention,
             stream: self
                 .stream
                 .then(|| self.content_type.clone().unwrap_or_default()),
-        }
+            description: self.description.clone(),
+            args_schema,
+        })
     }
 
     /// The handler that runs this program.

@@ -170,10 +170,52 @@ pub struct ObjectOptions {
     /// The run has a byte stream of this content type (`application/octet-stream` if empty),
     /// at `/{object}/{id}/stream` (spec §27); its handler writes through `RunContext::write`.
     pub stream: Option<String>,
+    /// What the object does, for people: `GET /_objects` lists it (spec §13.6).
+    pub description: Option<String>,
+    /// The arguments the object takes, as a JSON Schema (draft 2020-12 unless it says
+    /// otherwise): listed by `GET /_objects`, put in `/_openapi.json`, and checked at every
+    /// submit before the run is created (422 `invalid-arguments` naming the failing path).
+    /// `None`: any JSON object (what a handler that declares nothing has always taken).
+    /// A schema that is not valid JSON Schema makes [`build`](crate::ServerBuilder::build)
+    /// fail.
+    pub args_schema: Option<Value>,
+}
+
+impl ObjectOptions {
+    /// The same options, described.
+    pub fn describe(mut self, description: impl Into<String>) -> Self {
+        self.description = Some(description.into());
+        self
+    }
+
+    /// The same options, with `T`'s JSON Schema as the arguments' schema: derive
+    /// `schemars::JsonSchema` (re-exported as `longrun_server::schemars`) beside
+    /// `serde::Deserialize` on the arguments type, so that what is checked at submit is what
+    /// the handler parses (`#[serde(deny_unknown_fields)]` becomes `additionalProperties:
+    /// false`; add `#[schemars(range(max = …))]` for the limits the handler checks).
+    pub fn args<T: schemars::JsonSchema>(mut self) -> Self {
+        self.args_schema = Some(schema_of::<T>());
+        self
+    }
+}
+
+/// `T`'s schema, with nested types inline where they can be (a recursive type keeps its
+/// `$defs`), and without the Rust type's name as its title.
+pub(crate) fn schema_of<T: schemars::JsonSchema>() -> Value {
+    let generator = schemars::generate::SchemaSettings::draft2020_12()
+        .with(|s| s.inline_subschemas = true)
+        .into_generator();
+    let mut schema = generator.into_root_schema_for::<T>().to_value();
+    if let Some(map) = schema.as_object_mut() {
+        map.remove("title");
+    }
+    schema
 }
 
 #[derive(Clone)]
 pub(crate) struct Object {
     pub handler: Arc<dyn Handler>,
     pub options: ObjectOptions,
+    /// What `GET /_objects` says of it, and its compiled arguments' schema.
+    pub entry: Arc<crate::catalogue::Entry>,
 }

@@ -15,6 +15,7 @@
 //! ```
 
 pub mod auth;
+mod catalogue;
 mod compose;
 mod config;
 mod conn;
@@ -46,6 +47,8 @@ pub use conn::{Listener, bind_unix};
 pub use handler::{Handler, HandlerResult, ObjectOptions, RunContext, RunError};
 pub use hooks::check_allow_entry as check_hook_allow;
 pub use http::app;
+/// The schemars an arguments type derives `JsonSchema` from for [`ObjectOptions::args`].
+pub use schemars;
 pub use store::{DEFAULT_LEASE, StoreConfig};
 pub use stream::{StreamError, StreamWriter};
 
@@ -138,6 +141,8 @@ pub struct ServerBuilder {
     objects: BTreeMap<String, Object>,
     /// Names registered more than once, in the order seen: `build` refuses them.
     duplicates: Vec<String>,
+    /// Objects whose arguments' schema is not one, and why: `build` refuses them.
+    bad_schemas: Vec<(String, String)>,
     auth: Option<Auth>,
 }
 
@@ -150,6 +155,8 @@ pub enum BuildError {
     DuplicateObject(String),
     /// The store could not be opened (its file, its lock, its schema); the text says why.
     Store(String),
+    /// This object's `args_schema` is not a JSON Schema; the text says why.
+    InvalidSchema { object: String, why: String },
 }
 
 impl std::fmt::Display for BuildError {
@@ -162,6 +169,7 @@ impl std::fmt::Display for BuildError {
                 )
             }
             BuildError::Store(why) => write!(f, "cannot open the store: {why}"),
+            BuildError::InvalidSchema { object, why } => write!(f, "object {object}: {why}"),
         }
     }
 }
@@ -194,18 +202,46 @@ impl ServerBuilder {
         self.object_with(name, ObjectOptions::default(), handler)
     }
 
-    pub fn object_with(
+    /// Register an object with its options: a timeout, a retention, a byte stream, and what
+    /// `GET /_objects` tells of it (`description`, `args_schema`, spec §13.6).
+    pub fn object_with(self, name: &str, options: ObjectOptions, handler: impl Handler) -> Self {
+        let kind = if (&handler as &dyn std::any::Any).is::<exec::ExecHandler>() {
+            catalogue::Kind::Exec
+        } else {
+            catalogue::Kind::Handler
+        };
+        self.object_of_kind(name, kind, options, handler)
+    }
+
+    /// [`object_with`](Self::object_with), listed in the catalogue as `kind`.
+    pub(crate) fn object_of_kind(
         mut self,
         name: &str,
-        options: ObjectOptions,
+        kind: catalogue::Kind,
+        mut options: ObjectOptions,
         handler: impl Handler,
     ) -> Self {
         if let Err(e) = ObjectName::user(name) {
             panic!("{e}");
         }
+        // Compiled once here; the options a run is given keep neither copy.
+        let entry = catalogue::Entry::new(
+            kind,
+            options.description.take(),
+            options.args_schema.take(),
+            options.stream.is_some(),
+        );
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(why) => {
+                self.bad_schemas.push((name.to_owned(), why));
+                catalogue::Entry::new(kind, None, None, false).expect("no schema is valid")
+            }
+        };
         let object = Object {
             handler: Arc::new(handler),
             options,
+            entry: Arc::new(entry),
         };
         if self.objects.insert(name.to_owned(), object).is_some() {
             self.duplicates.push(name.to_owned());
@@ -225,6 +261,9 @@ impl ServerBuilder {
     pub fn build(self) -> Result<Server, BuildError> {
         if let Some(name) = self.duplicates.into_iter().next() {
             return Err(BuildError::DuplicateObject(name));
+        }
+        if let Some((object, why)) = self.bad_schemas.into_iter().next() {
+            return Err(BuildError::InvalidSchema { object, why });
         }
         let keys = store::KeyLimits {
             idempotency_ttl: self.config.idempotency_ttl,

@@ -63,6 +63,48 @@ pub(crate) struct Service {
     /// while holding a run (at-least-once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     retry: Option<u32>,
+    /// Services only: what the service does, for `GET /_objects` (spec §13.6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    description: Option<String>,
+    /// Services only: the JSON Schema of its arguments, checked at submit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    args_schema: Option<Value>,
+    /// The catalogue entry, its schema compiled: at registration, or on first use for a
+    /// registration read back from the store. A changed registration is a new `Service`.
+    #[serde(skip)]
+    entry: Arc<std::sync::OnceLock<Arc<crate::catalogue::Entry>>>,
+}
+
+impl Service {
+    fn compile(&self) -> Result<crate::catalogue::Entry, String> {
+        crate::catalogue::Entry::new(
+            crate::catalogue::Kind::Service,
+            self.description.clone(),
+            self.args_schema.clone(),
+            false,
+        )
+    }
+
+    /// The service's catalogue entry.
+    fn entry(&self) -> Arc<crate::catalogue::Entry> {
+        self.entry
+            .get_or_init(|| {
+                // Checked at registration; a stored schema that no longer compiles (a
+                // newer validator) is dropped rather than refusing every submit.
+                let entry = self.compile().unwrap_or_else(|why| {
+                    tracing::error!(topic = %self.topic, %why, "a stored service schema is ignored");
+                    crate::catalogue::Entry::new(
+                        crate::catalogue::Kind::Service,
+                        self.description.clone(),
+                        None,
+                        false,
+                    )
+                    .expect("no schema is valid")
+                });
+                Arc::new(entry)
+            })
+            .clone()
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -611,14 +653,27 @@ impl Nodes {
 
     /// The object a node topic stands for, while some node serves it.
     pub fn object(self: &Arc<Self>, topic: &str) -> Option<Object> {
-        let served = self.lock().nodes.values().any(|n| n.serves(topic));
-        served.then(|| Object {
+        let service = self.lock().nodes.values().find_map(|n| n.service(topic))?;
+        Some(Object {
             handler: Arc::new(NodeService {
                 nodes: self.clone(),
                 topic: topic.to_owned(),
             }),
             options: ObjectOptions::default(),
+            entry: service.entry(),
         })
+    }
+
+    /// The catalogue entry of every topic some node serves now (every node serving a topic
+    /// declares the same schema and description, [`check_groups`]).
+    pub fn catalogue(&self) -> BTreeMap<String, Arc<crate::catalogue::Entry>> {
+        let mut topics = BTreeMap::new();
+        for node in self.lock().nodes.values() {
+            for s in &node.subs().services {
+                topics.entry(s.topic.clone()).or_insert_with(|| s.entry());
+            }
+        }
+        topics
     }
 
     /// Whether `topic` was ever a node service here (its runs can be read).
@@ -1229,6 +1284,21 @@ fn validate_entry(kind: Kind, s: &Service, server: &Server) -> Result<(), ApiErr
                 s.topic
             )));
         }
+        Kind::Slot if s.args_schema.is_some() || s.description.is_some() => {
+            return Err(invalid(format!(
+                "slot {:?} has a description or an args_schema: only services are objects",
+                s.topic
+            )));
+        }
+        Kind::Service => {
+            let entry = s
+                .compile()
+                .map_err(|why| invalid(format!("service {:?}: {why}", s.topic)))?;
+            let _ = s.entry.set(Arc::new(entry));
+        }
+        _ => {}
+    }
+    match kind {
         Kind::Service if s.group.is_none() => {
             return Err(invalid(format!(
                 "service {:?} needs an exclusion group",
@@ -1376,6 +1446,17 @@ fn check_groups(inner: &Inner, except: Option<&str>, services: &[Service]) -> Re
             .filter(|n| Some(n.id.as_str()) != except)
         {
             if let Some(o) = other.service(&s.topic) {
+                // One topic is one object: its arguments are described once.
+                if o.args_schema != s.args_schema || o.description != s.description {
+                    return Err(ApiError::new(
+                        ProblemKind::TopicTaken,
+                        format!(
+                            "service {:?} is served with another description or args_schema \
+                             already; every node of a topic declares the same ones",
+                            s.topic
+                        ),
+                    ));
+                }
                 if o.group != s.group {
                     return Err(ApiError::new(
                         ProblemKind::TopicTaken,

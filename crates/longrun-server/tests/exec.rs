@@ -42,7 +42,7 @@ fn exec_table(table: Value) -> ExecSpec {
 async fn serve(config: Config, objects: Vec<(&str, ExecSpec)>) -> TestServer {
     let mut builder = Server::builder().config(config);
     for (name, spec) in objects {
-        builder = builder.object_with(name, spec.options(), spec.handler().unwrap());
+        builder = builder.object_with(name, spec.options().unwrap(), spec.handler().unwrap());
     }
     TestServer::start(builder).await
 }

@@ -1018,7 +1018,8 @@ async fn replicas_share_nodes_and_one_of_them_checks_health() {
     // A service added on b is an object on a; a node deleted on b is gone from a.
     let res = post(
         b.url(&format!("{path}/services")),
-        json!({"topic": "shout", "group": "workers", "path": "/upper", "timeout": 5}),
+        json!({"topic": "shout", "group": "workers", "path": "/upper", "timeout": 5,
+               "args_schema": {"type": "object", "required": ["text"]}}),
     )
     .await;
     assert_eq!(res.status(), 201);
@@ -1035,6 +1036,9 @@ async fn replicas_share_nodes_and_one_of_them_checks_health() {
         last(&a.events(&run).await),
         ("success", &json!({"text": "BOTH"}))
     );
+    // Its schema came along (spec §13.6): a checks submits against it too.
+    let res = post(a.url("/shout"), json!({})).await;
+    assert_problem(res, 422, "invalid-arguments").await;
     assert_eq!(delete(b.url(&path)).await.status(), 200);
     let res = wait_http(&a, &path, 404).await;
     assert_problem(res, 404, "node-not-found").await;

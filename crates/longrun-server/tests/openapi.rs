@@ -192,6 +192,32 @@ async fn responses_match_the_documented_operations() {
         ("post", "/{object}", "/echo".into(), &[], "{", 400),
         ("post", "/{object}", "/echo".into(), &[], "[]", 400),
         ("post", "/{object}", "/nope".into(), &[], "{}", 404),
+        // The object's schema refuses it (spec §4.1): `errors` names the paths.
+        (
+            "post",
+            "/{object}",
+            "/count".into(),
+            &[],
+            r#"{"n":"x"}"#,
+            422,
+        ),
+        ("get", "/_objects", "/_objects".into(), &[], "", 200),
+        (
+            "get",
+            "/_objects/{name}",
+            "/_objects/count".into(),
+            &[],
+            "",
+            200,
+        ),
+        (
+            "get",
+            "/_objects/{name}",
+            "/_objects/nope".into(),
+            &[],
+            "",
+            404,
+        ),
         (
             "post",
             "/{object}",

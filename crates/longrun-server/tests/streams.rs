@@ -525,7 +525,8 @@ echo '{"done": true}' > "$LONGRUN_RESULT""#;
         "command": script, "shell": true, "stream": true, "content_type": "text/plain",
     }))
     .unwrap();
-    let builder = Server::builder().object_with("script", spec.options(), spec.handler().unwrap());
+    let builder =
+        Server::builder().object_with("script", spec.options().unwrap(), spec.handler().unwrap());
     let ts = TestServer::start(builder).await;
     let (run, reply) = submit(&ts, "script", json!({})).await;
     let stream = reply["stream_url"].as_str().unwrap().to_owned();
@@ -554,7 +555,7 @@ echo '{"done": true}' > "$LONGRUN_RESULT""#;
                 max_stream_bytes: 1000,
                 ..Config::default()
             })
-            .object_with("script", spec.options(), spec.handler().unwrap()),
+            .object_with("script", spec.options().unwrap(), spec.handler().unwrap()),
     )
     .await;
     let (run, _) = submit(&limited, "script", json!({})).await;

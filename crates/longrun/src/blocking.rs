@@ -129,6 +129,16 @@ impl Client {
         self.rt.block_on(self.inner.exists(run))
     }
 
+    /// Every object of the server with its arguments' schema (spec §13.6).
+    pub fn objects(&self) -> Result<Vec<crate::ObjectInfo>> {
+        self.rt.block_on(self.inner.objects())
+    }
+
+    /// One object of the server; a `NotFound` error when it has none of this name.
+    pub fn object(&self, name: &str) -> Result<crate::ObjectInfo> {
+        self.rt.block_on(self.inner.object(name))
+    }
+
     pub fn wait(&self, run: &Run, timeout: Option<Duration>) -> Result<Value> {
         self.rt.block_on(self.inner.wait(run, timeout))
     }

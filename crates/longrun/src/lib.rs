@@ -45,6 +45,7 @@ mod client;
 mod error;
 mod follow;
 mod interrupt;
+mod objects;
 #[cfg(not(target_arch = "wasm32"))]
 mod pubsub;
 mod rt;
@@ -68,6 +69,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use follow::{EventStream, FollowOptions, cursor_from_decimal, cursor_from_f64};
 pub use interrupt::Interrupt;
 pub use longrun_proto::{Event, Progress, RawEvent, RunId, State};
+pub use objects::ObjectInfo;
 #[cfg(not(target_arch = "wasm32"))]
 pub use pubsub::{Publication, Subscribed, Subscription};
 pub use run::Run;

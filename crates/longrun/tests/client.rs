@@ -248,6 +248,23 @@ async fn an_unknown_run_is_not_found_for_every_verb() {
     follow_and_wait_fail_with(&client, &run, ErrorKind::NotFound).await;
 }
 
+#[tokio::test]
+async fn the_catalogue_lists_every_object_and_one_by_name() {
+    let client = Client::new(&demo().await).unwrap();
+    let objects = client.objects().await.unwrap();
+    let names: Vec<&str> = objects.iter().map(|o| o.name.as_str()).collect();
+    assert!(names.windows(2).all(|w| w[0] < w[1]), "{names:?}");
+    let count = objects.iter().find(|o| o.name == "count").unwrap();
+    assert_eq!(count.kind, "builtin");
+    assert!(!count.stream);
+    assert_eq!(count.args_schema["additionalProperties"], false);
+    assert_eq!(&client.object("count").await.unwrap(), count);
+    let err = client.object("nope").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    let err = client.object("a/b").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+}
+
 /// Following the run on either transport, and waiting for it, fail with `kind`.
 async fn follow_and_wait_fail_with(client: &Client, run: &Run, kind: ErrorKind) {
     for transport in TRANSPORTS {
