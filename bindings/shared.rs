@@ -46,24 +46,6 @@ pub fn follow_options(since: Option<f64>, transport: Option<&str>) -> Result<Fol
     })
 }
 
-/// A publication as the JS side reads it: `{"topic", "offset", "data"}`.
-#[cfg(not(target_arch = "wasm32"))]
-pub fn publication_json(p: &longrun::Publication) -> String {
-    json!({"topic": p.topic, "offset": p.offset, "data": p.data}).to_string()
-}
-
-/// A subscription's ack: `{"offset", "recovered"}`.
-#[cfg(not(target_arch = "wasm32"))]
-pub fn subscribed_json(s: longrun::Subscribed) -> String {
-    json!({"offset": s.offset, "recovered": s.recovered}).to_string()
-}
-
-/// JSON text from JS (`JSON.stringify` of a publication's data).
-#[cfg(not(target_arch = "wasm32"))]
-pub fn json_text(text: &str) -> Result<Value, Error> {
-    serde_json::from_str(text).map_err(|e| invalid(format!("not JSON: {e}")))
-}
-
 /// The submit arguments: JSON text of an object; none is `{}`.
 pub fn args(args: Option<&str>) -> Result<Value, Error> {
     match args {

@@ -127,6 +127,10 @@ typedef struct longrun_run longrun_run;
 // disconnect from the count of bytes received.
 typedef struct longrun_stream longrun_stream;
 
+// A subscription to a topic or pattern (spec §28.5): its publications in order, each once,
+// resumed by the core from the next offset after the WebSocket is lost.
+typedef struct longrun_subscription longrun_subscription;
+
 // An owned byte buffer (UTF-8 JSON) returned by the library. Free it with `longrun_buf_free`.
 typedef struct {
   uint8_t *ptr;
@@ -550,6 +554,63 @@ longrun_code longrun_stream_next(const longrun_stream *stream,
 // `stream` is NULL or a stream from this library not yet freed, with no call on it still
 // running; it is invalid afterwards.
 void longrun_stream_free(longrun_stream *stream);
+
+// Subscribe to `topic` (a dotted name, or a pattern with `*` and `?`), from offset `*since`
+// (NULL: from now; one topic only), and block until the server holds the subscription: every
+// publication after that is delivered. `*offset` is then the topic's next offset (0 for a
+// pattern) and `*recovered` false when `since` asked for publications the server no longer
+// holds. On success `*subscription` is new; free it with `longrun_subscription_free` (which
+// unsubscribes). It does not borrow `client`. `interrupt` may be NULL.
+//
+// # Safety
+// Pointers are NULL, live handles, or valid for their lengths / for writing.
+longrun_code longrun_client_subscribe(const longrun_client *client,
+                                      const uint8_t *topic,
+                                      size_t topic_len,
+                                      const uint64_t *since,
+                                      const longrun_interrupt *interrupt,
+                                      longrun_subscription **subscription,
+                                      uint64_t *offset,
+                                      bool *recovered,
+                                      longrun_error **err);
+
+// Wait for a subscription's next publication. `*next` says what was found: `EVENTS`
+// (`*topic` the topic it was published to, `*data` its JSON, both owned buffers to free with
+// `longrun_buf_free`; `*offset` its offset), `END` (the subscription is over; both empty) or
+// `PENDING` (`timeout_ms` ≥ 0 passed with nothing; negative waits without limit). An error is
+// final. `INTERRUPTED` and `PENDING` lose nothing. Calls on one subscription are serialized.
+// `interrupt` may be NULL.
+//
+// # Safety
+// Pointers are NULL, live handles, or valid for writing.
+longrun_code longrun_subscription_next(const longrun_subscription *subscription,
+                                       int64_t timeout_ms,
+                                       const longrun_interrupt *interrupt,
+                                       longrun_next *next,
+                                       longrun_buf *topic,
+                                       uint64_t *offset,
+                                       longrun_buf *data,
+                                       longrun_error **err);
+
+// Free a subscription, unsubscribing. NULL is allowed.
+//
+// # Safety
+// `subscription` is NULL or a subscription from this library not yet freed, with no call on
+// it still running; it is invalid afterwards.
+void longrun_subscription_free(longrun_subscription *subscription);
+
+// Publish `data` (JSON text) to `topic`; `*offset` is its offset. `interrupt` may be NULL.
+//
+// # Safety
+// Pointers are NULL, live handles, or valid for their lengths / for writing.
+longrun_code longrun_client_publish(const longrun_client *client,
+                                    const uint8_t *topic,
+                                    size_t topic_len,
+                                    const uint8_t *data,
+                                    size_t data_len,
+                                    const longrun_interrupt *interrupt,
+                                    uint64_t *offset,
+                                    longrun_error **err);
 
 #ifdef __cplusplus
 }  // extern "C"

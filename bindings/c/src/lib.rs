@@ -603,6 +603,82 @@ fn block<T>(
     }
 }
 
+/// Free a handle made by `Box::into_raw` inside its runtime: dropping a follow, a stream or a
+/// subscription may touch its connection (an unsubscribe goes out on the socket). NULL is
+/// allowed.
+///
+/// # Safety
+/// `ptr` is NULL or a handle of this library not yet freed, with no call on it still running.
+unsafe fn free_on_runtime<T>(ptr: *mut T, rt: fn(&T) -> &Arc<Runtime>) {
+    if ptr.is_null() {
+        return;
+    }
+    // SAFETY: the caller's contract.
+    let handle = unsafe { Box::from_raw(ptr) };
+    guard_value((), move || {
+        let rt = rt(&handle).clone();
+        let _guard = rt.enter();
+        drop(handle);
+    });
+}
+
+/// What [`take_next`] found.
+enum Taken<T> {
+    Pending,
+    End,
+    Item(T),
+}
+
+/// The next item of the stream in `slot` within `timeout_ms` (negative: no limit). At its end
+/// or on its (final) error the stream is dropped at once, on the runtime, so its connection or
+/// subscription goes now; a slot already empty is the end.
+fn take_next<S, T>(
+    rt: &Runtime,
+    slot: &Mutex<Option<S>>,
+    interrupt: Option<&longrun_interrupt>,
+    timeout_ms: i64,
+) -> Result<Taken<T>>
+where
+    S: futures::Stream<Item = longrun::Result<T>> + Unpin,
+{
+    let mut guard = slot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(stream) = guard.as_mut() else {
+        return Ok(Taken::End);
+    };
+    match next_item(rt, interrupt, stream, timeout_ms)? {
+        None => Ok(Taken::Pending),
+        Some(Some(Ok(item))) => Ok(Taken::Item(item)),
+        Some(end) => {
+            let _enter = rt.enter();
+            *guard = None;
+            match end {
+                Some(Err(e)) => Err(e.into()),
+                _ => Ok(Taken::End),
+            }
+        }
+    }
+}
+
+/// The next item of a stream within `timeout_ms` (negative: no limit): `None` when the time
+/// passed (nothing lost: the streams' `next` is cancel-safe), `Some(None)` at its end.
+fn next_item<S: futures::Stream + Unpin>(
+    rt: &Runtime,
+    interrupt: Option<&longrun_interrupt>,
+    stream: &mut S,
+    timeout_ms: i64,
+) -> Result<Option<Option<S::Item>>> {
+    use futures::StreamExt;
+    let limit = u64::try_from(timeout_ms).ok().map(Duration::from_millis);
+    block(rt, interrupt, async {
+        match limit {
+            None => Ok(Some(stream.next().await)),
+            Some(limit) => Ok(tokio::time::timeout(limit, stream.next()).await.ok()),
+        }
+    })
+}
+
 fn interrupted() -> longrun_error {
     longrun_error::new(longrun_code::Interrupted, "the call was interrupted")
 }
@@ -1340,15 +1416,8 @@ pub unsafe extern "C" fn longrun_batch_free(batch: *mut longrun_batch) {
 /// running; it is invalid afterwards.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn longrun_events_free(events: *mut longrun_events) {
-    if !events.is_null() {
-        // SAFETY: the caller's contract.
-        let events = unsafe { Box::from_raw(events) };
-        guard_value((), move || {
-            // Dropping the stream may touch its connection: do it inside the runtime.
-            let _guard = events.rt.enter();
-            drop(events.stream);
-        });
-    }
+    // SAFETY: the caller's contract, passed on.
+    unsafe { free_on_runtime(events, |e| &e.rt) }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1408,52 +1477,21 @@ pub unsafe extern "C" fn longrun_stream_next(
     chunk: *mut longrun_buf,
     err: *mut *mut longrun_error,
 ) -> longrun_code {
-    use futures::StreamExt;
     // SAFETY: the caller's contract, passed on.
     unsafe {
         guard(err, || {
             let stream = handle(stream, "stream")?;
             let next = out(next, "next")?;
             let chunk = out(chunk, "chunk")?;
-            let interrupt = interrupt.as_ref();
-            let mut guard = stream
-                .stream
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let Some(bytes) = guard.as_mut() else {
-                *next = longrun_next::End;
-                *chunk = buf_of(Vec::new());
-                return Ok(());
-            };
-            let limit = u64::try_from(timeout_ms).ok().map(Duration::from_millis);
-            let found = block(&stream.rt, interrupt, async {
-                match limit {
-                    None => Ok(Some(bytes.next().await)),
-                    Some(limit) => Ok(tokio::time::timeout(limit, bytes.next()).await.ok()),
-                }
-            })?;
-            match found {
-                None => {
-                    *next = longrun_next::Pending;
-                    *chunk = buf_of(Vec::new());
-                }
-                Some(None) => {
-                    // Over: drop the stream (and its connection) now.
-                    let _enter = stream.rt.enter();
-                    *guard = None;
-                    *next = longrun_next::End;
-                    *chunk = buf_of(Vec::new());
-                }
-                Some(Some(Err(e))) => {
-                    let _enter = stream.rt.enter();
-                    *guard = None;
-                    return Err(e.into());
-                }
-                Some(Some(Ok(bytes))) => {
-                    *next = longrun_next::Events;
+            *chunk = buf_of(Vec::new());
+            *next = match take_next(&stream.rt, &stream.stream, interrupt.as_ref(), timeout_ms)? {
+                Taken::Pending => longrun_next::Pending,
+                Taken::End => longrun_next::End,
+                Taken::Item(bytes) => {
                     *chunk = buf_of(bytes.to_vec());
+                    longrun_next::Events
                 }
-            }
+            };
             Ok(())
         })
     }
@@ -1466,13 +1504,163 @@ pub unsafe extern "C" fn longrun_stream_next(
 /// running; it is invalid afterwards.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn longrun_stream_free(stream: *mut longrun_stream) {
-    if !stream.is_null() {
-        // SAFETY: the caller's contract.
-        let stream = unsafe { Box::from_raw(stream) };
-        guard_value((), move || {
-            let _guard = stream.rt.enter();
-            drop(stream.stream);
-        });
+    // SAFETY: the caller's contract, passed on.
+    unsafe { free_on_runtime(stream, |s| &s.rt) }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pubsub
+
+/// A subscription to a topic or pattern (spec §28.5): its publications in order, each once,
+/// resumed by the core from the next offset after the WebSocket is lost.
+pub struct longrun_subscription {
+    rt: Arc<Runtime>,
+    subscription: Mutex<Option<longrun::Subscription>>,
+}
+
+/// Subscribe to `topic` (a dotted name, or a pattern with `*` and `?`), from offset `*since`
+/// (NULL: from now; one topic only), and block until the server holds the subscription: every
+/// publication after that is delivered. `*offset` is then the topic's next offset (0 for a
+/// pattern) and `*recovered` false when `since` asked for publications the server no longer
+/// holds. On success `*subscription` is new; free it with `longrun_subscription_free` (which
+/// unsubscribes). It does not borrow `client`. `interrupt` may be NULL.
+///
+/// # Safety
+/// Pointers are NULL, live handles, or valid for their lengths / for writing.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn longrun_client_subscribe(
+    client: *const longrun_client,
+    topic: *const u8,
+    topic_len: usize,
+    since: *const u64,
+    interrupt: *const longrun_interrupt,
+    subscription: *mut *mut longrun_subscription,
+    offset: *mut u64,
+    recovered: *mut bool,
+    err: *mut *mut longrun_error,
+) -> longrun_code {
+    // SAFETY: the caller's contract, passed on.
+    unsafe {
+        guard(err, || {
+            let client = handle(client, "client")?;
+            let topic = str_arg(topic, topic_len, "topic")?;
+            let (out_sub, offset, recovered) = (
+                out(subscription, "subscription")?,
+                out(offset, "offset")?,
+                out(recovered, "recovered")?,
+            );
+            let mut sub = client.client.subscribe(topic, since.as_ref().copied());
+            let acked = block(&client.rt, interrupt.as_ref(), sub.ready());
+            let acked = match acked {
+                Ok(acked) => acked,
+                Err(e) => {
+                    // Dropped on the runtime: an unsubscribe goes out on its socket.
+                    let _enter = client.rt.enter();
+                    drop(sub);
+                    return Err(e);
+                }
+            };
+            *offset = acked.offset;
+            *recovered = acked.recovered;
+            *out_sub = Box::into_raw(Box::new(longrun_subscription {
+                rt: client.rt.clone(),
+                subscription: Mutex::new(Some(sub)),
+            }));
+            Ok(())
+        })
+    }
+}
+
+/// Wait for a subscription's next publication. `*next` says what was found: `EVENTS`
+/// (`*topic` the topic it was published to, `*data` its JSON, both owned buffers to free with
+/// `longrun_buf_free`; `*offset` its offset), `END` (the subscription is over; both empty) or
+/// `PENDING` (`timeout_ms` ≥ 0 passed with nothing; negative waits without limit). An error is
+/// final. `INTERRUPTED` and `PENDING` lose nothing. Calls on one subscription are serialized.
+/// `interrupt` may be NULL.
+///
+/// # Safety
+/// Pointers are NULL, live handles, or valid for writing.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn longrun_subscription_next(
+    subscription: *const longrun_subscription,
+    timeout_ms: i64,
+    interrupt: *const longrun_interrupt,
+    next: *mut longrun_next,
+    topic: *mut longrun_buf,
+    offset: *mut u64,
+    data: *mut longrun_buf,
+    err: *mut *mut longrun_error,
+) -> longrun_code {
+    // SAFETY: the caller's contract, passed on.
+    unsafe {
+        guard(err, || {
+            let sub = handle(subscription, "subscription")?;
+            let (next, topic, offset, data) = (
+                out(next, "next")?,
+                out(topic, "topic")?,
+                out(offset, "offset")?,
+                out(data, "data")?,
+            );
+            *topic = buf_of(Vec::new());
+            *data = buf_of(Vec::new());
+            *offset = 0;
+            let found = take_next(&sub.rt, &sub.subscription, interrupt.as_ref(), timeout_ms)?;
+            *next = match found {
+                Taken::Pending => longrun_next::Pending,
+                Taken::End => longrun_next::End,
+                Taken::Item(p) => {
+                    *topic = buf_of(p.topic.into_bytes());
+                    *offset = p.offset;
+                    *data = buf_of(serde_json::to_vec(&p.data).expect("values serialize"));
+                    longrun_next::Events
+                }
+            };
+            Ok(())
+        })
+    }
+}
+
+/// Free a subscription, unsubscribing. NULL is allowed.
+///
+/// # Safety
+/// `subscription` is NULL or a subscription from this library not yet freed, with no call on
+/// it still running; it is invalid afterwards.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn longrun_subscription_free(subscription: *mut longrun_subscription) {
+    // SAFETY: the caller's contract, passed on.
+    unsafe { free_on_runtime(subscription, |s| &s.rt) }
+}
+
+/// Publish `data` (JSON text) to `topic`; `*offset` is its offset. `interrupt` may be NULL.
+///
+/// # Safety
+/// Pointers are NULL, live handles, or valid for their lengths / for writing.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn longrun_client_publish(
+    client: *const longrun_client,
+    topic: *const u8,
+    topic_len: usize,
+    data: *const u8,
+    data_len: usize,
+    interrupt: *const longrun_interrupt,
+    offset: *mut u64,
+    err: *mut *mut longrun_error,
+) -> longrun_code {
+    // SAFETY: the caller's contract, passed on.
+    unsafe {
+        guard(err, || {
+            let client = handle(client, "client")?;
+            let topic = str_arg(topic, topic_len, "topic")?;
+            let data: serde_json::Value = serde_json::from_str(str_arg(data, data_len, "data")?)
+                .map_err(|e| invalid(format!("the data is not valid JSON: {e}")))?;
+            let offset = out(offset, "offset")?;
+            *offset = block(
+                &client.rt,
+                interrupt.as_ref(),
+                client.client.publish(topic, &data),
+            )?;
+            Ok(())
+        })
     }
 }
 

@@ -200,7 +200,7 @@ impl NativeClient {
     /// Publish `data` (JSON text) to `topic`: its offset.
     #[napi]
     pub async fn publish(&self, topic: String, data: String) -> Result<f64> {
-        let data = shared::json_text(&data).map_err(|e| fail(&e))?;
+        let data = json_text(&data).map_err(|e| fail(&e))?;
         let offset = self
             .inner
             .publish(&topic, &data)
@@ -348,6 +348,27 @@ impl NativeStream {
     }
 }
 
+// Pubsub crosses only here: the browser build has no WebSocket yet.
+
+/// A publication as the JS side reads it: `{"topic", "offset", "data"}`.
+fn publication_json(p: &longrun::Publication) -> String {
+    serde_json::json!({"topic": p.topic, "offset": p.offset, "data": p.data}).to_string()
+}
+
+/// A subscription's ack: `{"offset", "recovered"}`.
+fn subscribed_json(s: longrun::Subscribed) -> String {
+    serde_json::json!({"offset": s.offset, "recovered": s.recovered}).to_string()
+}
+
+/// JSON text from JS (`JSON.stringify` of a publication's data).
+fn json_text(text: &str) -> longrun::Result<serde_json::Value> {
+    serde_json::from_str(text).map_err(|e| longrun::Error::InvalidArgument {
+        message: format!("not JSON: {e}"),
+        status: None,
+        problem: None,
+    })
+}
+
 /// A subscription (`Client::subscribe`); dropping or closing it unsubscribes.
 #[napi]
 pub struct NativeSubscription {
@@ -369,7 +390,7 @@ impl NativeSubscription {
         if acked.is_err() {
             *guard = None;
         }
-        Ok(shared::subscribed_json(acked?))
+        Ok(subscribed_json(acked?))
     }
 
     /// The next publication as JSON `{"topic", "offset", "data"}`, or `null` once closed.
@@ -385,7 +406,7 @@ impl NativeSubscription {
         if !matches!(next, Ok(Some(_))) {
             *guard = None; // over or failed: unsubscribe now
         }
-        Ok(next?.map(|p| shared::publication_json(&p)))
+        Ok(next?.map(|p| publication_json(&p)))
     }
 
     /// Unsubscribe now: a pending `ready` or `next` rejects with `Aborted`.
