@@ -2,7 +2,7 @@
 // playwright-core: what an operator sees and does. The page lists runs live (a run submitted
 // elsewhere appears), follows one with its progress bar, submits from an object's form,
 // cancels, asks for a token when the server has tenants, and works from the keyboard. It also
-// writes the screenshot the README shows (target/dashboard.png; copied to docs/ by hand).
+// writes the screenshot the README shows (target/dashboard.png; docs/dashboard.png is a copy).
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
@@ -132,6 +132,31 @@ describe("dashboard", { skip }, () => {
     await page.close();
   });
 
+  test("lists worker nodes with their health", { timeout: 120_000 }, async () => {
+    // The server itself answers a health path, so it can register as its own node.
+    const port = new URL(api.url).port;
+    const r = await fetch(`${api.url}/_nodes`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({
+        port: Number(port),
+        health_check: "/_health",
+        services: [{ topic: "dashboard-svc", group: "g", path: "/echo", timeout: 5 }],
+      }),
+    });
+    assert.equal(r.status, 201, await r.clone().text());
+    const { id } = await r.json();
+    const { page, errors } = await open(api);
+    const node = page.locator("#nodes tbody tr", { hasText: id.slice(0, 8) });
+    await node.waitFor();
+    assert.match(await node.textContent(), /dashboard-svc/);
+    assert.equal(await node.locator("td").nth(2).textContent(), "ok");
+    // A service is an object: it is in the catalogue with its kind.
+    await page.locator("#objects summary", { hasText: "dashboard-svc" }).waitFor();
+    assert.deepEqual(errors, []);
+    await page.close();
+  });
+
   test("the page is served with its assets from the binary, nothing from elsewhere", { timeout: 60_000 }, async () => {
     const page = await browser.newPage();
     const origins = new Set();
@@ -167,7 +192,7 @@ describe("dashboard with tenants", { skip }, () => {
     const { page } = await open(api);
     await page.locator("#notice", { hasText: "needs a token" }).waitFor();
     assert.equal(await row(page, run.id).count(), 0);
-    await page.getByLabel("Token").fill(TOKEN);
+    await page.getByLabel("Token", { exact: true }).fill(TOKEN);
     await page.getByRole("button", { name: "Use token" }).click();
     await row(page, run.id).waitFor();
     // A reload keeps the token (sessionStorage): the run is listed with no prompt.
