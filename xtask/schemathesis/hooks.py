@@ -10,6 +10,10 @@ is accepted also depends on the server's state and settings, not on its shape al
   the past is refused (spec §4.4); a valid case sends 30 seconds.
 - `Longrun-Hook`, `Longrun-Hook-Events`: a hook is refused (422 `hook-refused`) by a server
   without a hook secret, as this one is (spec §26.6); valid cases send none.
+- `wait` on a long poll: the server holds a poll up to that many seconds, at most 60 (spec
+  §8.2), which is the poll working, not the server being slow; valid cases wait at most 1 s, so
+  a poll of a run that never ends (the stateful phase finds `sleep` runs in `GET /_runs`) does
+  not stall the suite.
 - Integral floats in bodies (`3.0`): JSON Schema counts them as integers, and longrun/1 refuses
   them where it wants an integer (spec §18; conformance `errors-submit.json`), which only the
   wire can tell; valid cases send them as integers (`3`).
@@ -49,5 +53,11 @@ def before_call(context, case, kwargs):
             headers["Longrun-Deadline"] = "30"
         if "Idempotency-Key" in headers:
             headers["Idempotency-Key"] = str(uuid.uuid4())
+    query = case.query
+    if query is not None and "wait" in query:
+        try:
+            query["wait"] = min(float(query["wait"]), 1.0)
+        except (TypeError, ValueError):
+            pass
     if isinstance(case.body, (dict, list, float)):
         case.body = _integral(case.body)
