@@ -46,13 +46,15 @@ pub fn follow_options(since: Option<f64>, transport: Option<&str>) -> Result<Fol
     })
 }
 
+/// A value JS sent as JSON text (`JSON.stringify`); `what` names it in the error ("the
+/// arguments").
+pub fn json_value(text: &str, what: &str) -> Result<Value, Error> {
+    serde_json::from_str(text).map_err(|e| invalid(format!("{what} are not JSON: {e}")))
+}
+
 /// The submit arguments: JSON text of an object; none is `{}`.
 pub fn args(args: Option<&str>) -> Result<Value, Error> {
-    match args {
-        None => Ok(json!({})),
-        Some(text) => serde_json::from_str(text)
-            .map_err(|e| invalid(format!("the arguments are not JSON: {e}"))),
-    }
+    args.map_or_else(|| Ok(json!({})), |text| json_value(text, "the arguments"))
 }
 
 /// Submit options from JS: the JSON of the options object, read by the core's
@@ -71,8 +73,7 @@ pub fn verify_webhook(
     body: &[u8],
     tolerance_ms: Option<f64>,
 ) -> Result<(), Error> {
-    let headers: Value = serde_json::from_str(headers)
-        .map_err(|e| invalid(format!("the webhook headers are not JSON: {e}")))?;
+    let headers = json_value(headers, "the webhook headers")?;
     let tolerance = timeout(tolerance_ms)?;
     longrun::webhook::verify_json(secret, &headers, body, tolerance)
 }

@@ -200,7 +200,7 @@ impl NativeClient {
     /// Publish `data` (JSON text) to `topic`: its offset.
     #[napi]
     pub async fn publish(&self, topic: String, data: String) -> Result<f64> {
-        let data = json_text(&data).map_err(|e| fail(&e))?;
+        let data = shared::json_value(&data, "the data").map_err(|e| fail(&e))?;
         let offset = self
             .inner
             .publish(&topic, &data)
@@ -358,15 +358,6 @@ fn publication_json(p: &longrun::Publication) -> String {
 /// A subscription's ack: `{"offset", "recovered"}`.
 fn subscribed_json(s: longrun::Subscribed) -> String {
     serde_json::json!({"offset": s.offset, "recovered": s.recovered}).to_string()
-}
-
-/// JSON text from JS (`JSON.stringify` of a publication's data).
-fn json_text(text: &str) -> longrun::Result<serde_json::Value> {
-    serde_json::from_str(text).map_err(|e| longrun::Error::InvalidArgument {
-        message: format!("not JSON: {e}"),
-        status: None,
-        problem: None,
-    })
 }
 
 /// A subscription (`Client::subscribe`); dropping or closing it unsubscribes.

@@ -208,7 +208,7 @@ pub(crate) async fn track(State(server): State<Server>, req: Request, next: Next
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = req.method().as_str().to_owned();
+    let method = known_method(req.method().as_str());
     let res = next.run(req).await;
     let status = match res.status().as_u16() {
         100..=199 => "1xx",
@@ -221,7 +221,7 @@ pub(crate) async fn track(State(server): State<Server>, req: Request, next: Next
         .metrics
         .requests
         .get_or_create(&RequestLabels {
-            method: known_method(&method),
+            method,
             route,
             status,
         })

@@ -217,18 +217,22 @@ async function moreRuns() {
 }
 
 function onFeed({ object, id, state }) {
-  const now = new Date().toISOString();
   let run = page.runs.get(id);
   if (!run) {
-    run = { object, id, url: `/${object}/${id}`, state, created: now, ended: null };
+    run = { object, id, url: `/${object}/${id}`, state, created: new Date().toISOString(), ended: null };
     if (!matches(run)) return;
     // Newest first: a new run goes to the top.
     page.runs = new Map([[id, run], ...page.runs]);
   }
-  run.state = state;
-  if (TERMINAL.has(state)) run.ended ??= now;
+  setRowState(run, state);
   if (page.selected?.id === id && TERMINAL.has(state)) setRunState(state);
   renderRuns();
+}
+
+/** A row's state as last heard; an ended run's end time is when it was first heard of. */
+function setRowState(run, state) {
+  run.state = state;
+  if (TERMINAL.has(state)) run.ended ??= new Date().toISOString();
 }
 
 function time(t) {
@@ -287,8 +291,7 @@ function setRunState(state) {
   if (state === "success") $("run-progress").value = 1;
   const row = page.runs.get(s.id);
   if (row && row.state !== state) {
-    row.state = state;
-    if (TERMINAL.has(state)) row.ended ??= new Date().toISOString();
+    setRowState(row, state);
     renderRuns();
   }
 }

@@ -371,15 +371,14 @@ impl Handle {
             .reader
             .get()
             .query(
-                "SELECT r.object, r.id, r.created_us, r.ended_ms, r.tenant, \
-                 substring(left(e.event, 64) FROM '\"state\":\"([a-z]+)\"') \
-                 FROM longrun.runs r CROSS JOIN LATERAL (SELECT event FROM longrun.events \
-                 WHERE run = r.seq ORDER BY id DESC LIMIT 1) e \
+                "SELECT r.object, r.id, r.created_us, r.ended_ms, r.tenant, e.state \
+                 FROM longrun.runs r CROSS JOIN LATERAL (SELECT \
+                 substring(left(event, 64) FROM '\"state\":\"([a-z]+)\"') AS state \
+                 FROM longrun.events WHERE run = r.seq ORDER BY id DESC LIMIT 1) e \
                  WHERE ($1::text IS NULL OR r.object = $1) \
                  AND ($2::text IS NULL OR r.tenant = $2) \
                  AND ($3::int8 IS NULL OR (r.created_us, r.id) < ($3, $4::text)) \
-                 AND ($5::text[] IS NULL OR substring(left(e.event, 64) \
-                 FROM '\"state\":\"([a-z]+)\"') = ANY($5)) \
+                 AND ($5::text[] IS NULL OR e.state = ANY($5)) \
                  ORDER BY r.created_us DESC, r.id DESC LIMIT $6",
                 &[
                     &filter.object,
