@@ -1,6 +1,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use longrun_proto::header as h;
 use longrun_proto::{Event, ObjectName, Problem, RunRef, State};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -503,13 +504,6 @@ impl ClientBuilder {
             value.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
-        #[cfg(target_arch = "wasm32")]
-        if self.transport == Transport::WebSocket {
-            return Err(Error::invalid(
-                "the WebSocket transport is not in the browser build yet: use \"sse\" or \"poll\"",
-            ));
-        }
-        #[cfg(not(target_arch = "wasm32"))]
         let all_headers = headers.clone();
         let builder = reqwest::Client::builder().default_headers(headers);
         // A unix base URL: every connection goes to its socket (parse_url refused it on
@@ -533,9 +527,7 @@ impl ClientBuilder {
                 http,
                 base,
                 config: self,
-                #[cfg(not(target_arch = "wasm32"))]
                 headers: all_headers,
-                #[cfg(not(target_arch = "wasm32"))]
                 socket: std::sync::OnceLock::new(),
             }),
         })
@@ -627,11 +619,9 @@ pub(crate) struct Inner {
     pub base: Url,
     pub config: ClientBuilder,
     /// The headers every request carries (the token among them), for the WebSocket.
-    #[cfg(not(target_arch = "wasm32"))]
     headers: HeaderMap,
     /// The WebSocket (spec §28), opened on first use: every exchange goes over it with
     /// [`Transport::WebSocket`], and subscriptions whatever the transport.
-    #[cfg(not(target_arch = "wasm32"))]
     socket: std::sync::OnceLock<crate::ws::Socket>,
 }
 
@@ -665,7 +655,6 @@ impl Inner {
     }
 
     /// The client's WebSocket (not opened until a packet is sent).
-    #[cfg(not(target_arch = "wasm32"))]
     pub fn socket(&self) -> Result<&crate::ws::Socket> {
         Ok(self.socket.get_or_init(|| {
             crate::ws::Socket::new(
@@ -677,20 +666,8 @@ impl Inner {
         }))
     }
 
-    /// No WebSocket in the browser build.
-    #[cfg(target_arch = "wasm32")]
-    pub fn socket(&self) -> Result<&crate::ws::Socket> {
-        Err(Error::invalid(
-            "subscriptions need the WebSocket, which is not in the browser build yet",
-        ))
-    }
-
     /// Send a request within the request timeout.
-    pub async fn send(
-        &self,
-        req: reqwest::RequestBuilder,
-        what: &str,
-    ) -> Result<reqwest::Response> {
+    pub async fn send(&self, req: reqwest::RequestBuilder, what: &str) -> Result<Response> {
         self.send_within(req, self.timeout(), what).await
     }
 
@@ -716,7 +693,7 @@ impl Inner {
         req: reqwest::RequestBuilder,
         limit: Duration,
         what: &str,
-    ) -> Result<reqwest::Response> {
+    ) -> Result<Response> {
         self.send_over(
             req,
             limit,
@@ -733,10 +710,7 @@ impl Inner {
         limit: Duration,
         what: &str,
         ws: bool,
-    ) -> Result<reqwest::Response> {
-        #[cfg(target_arch = "wasm32")]
-        let _ = ws;
-        #[cfg(not(target_arch = "wasm32"))]
+    ) -> Result<Response> {
         if ws {
             let req = req
                 .build()
@@ -745,14 +719,14 @@ impl Inner {
             // inside every caller's future, and a debug build's stack overflows.
             let exchange = Box::pin(self.socket()?.exchange(req, limit));
             return match rt::timeout(limit, exchange).await {
-                Some(res) => res,
+                Some(res) => res.map(Response::Socket),
                 None => Err(Error::Timeout {
                     after: limit,
                     what: what.to_owned(),
                 }),
             };
         }
-        self.send_http(req, limit, what).await
+        self.send_http(req, limit, what).await.map(Response::Http)
     }
 
     /// Send a request over HTTP whatever the transport (a byte stream, spec §27).
@@ -774,7 +748,8 @@ impl Inner {
 }
 
 /// Read an error answer into an [`Error`], keeping the problem details when there are some.
-pub(crate) async fn error_from(res: reqwest::Response, what: &str) -> Error {
+pub(crate) async fn error_from(res: impl Into<Response>, what: &str) -> Error {
+    let res = res.into();
     let status = res.status().as_u16();
     let problem = res
         .bytes()
@@ -782,6 +757,88 @@ pub(crate) async fn error_from(res: reqwest::Response, what: &str) -> Error {
         .ok()
         .and_then(|b| serde_json::from_slice::<Problem>(&b).ok());
     Error::from_status(status, problem, what)
+}
+
+/// An answer over HTTP or over the WebSocket, read the same way by every caller.
+pub(crate) enum Response {
+    Http(reqwest::Response),
+    Socket(crate::ws::Answer),
+}
+
+/// What an answer's body brings at a time: SSE text (over HTTP), or the events of one
+/// stream packet (over the WebSocket), taken as they are.
+pub(crate) enum Chunk {
+    Sse(Bytes),
+    Events(Vec<longrun_proto::RawEvent>),
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) type Chunks = std::pin::Pin<Box<dyn futures::Stream<Item = Result<Chunk>> + Send>>;
+#[cfg(target_arch = "wasm32")]
+pub(crate) type Chunks = std::pin::Pin<Box<dyn futures::Stream<Item = Result<Chunk>>>>;
+
+impl From<reqwest::Response> for Response {
+    fn from(res: reqwest::Response) -> Self {
+        Response::Http(res)
+    }
+}
+
+impl Response {
+    pub fn status(&self) -> reqwest::StatusCode {
+        match self {
+            Response::Http(res) => res.status(),
+            Response::Socket(a) => a.status,
+        }
+    }
+
+    pub fn headers(&self) -> &HeaderMap {
+        match self {
+            Response::Http(res) => res.headers(),
+            Response::Socket(a) => &a.headers,
+        }
+    }
+
+    /// The whole body (an event stream's events as a JSON array, as a long poll has them).
+    pub async fn bytes(self) -> Result<Bytes> {
+        use crate::ws::Body;
+        match self {
+            Response::Http(res) => res.bytes().await.map_err(|e| Error::transport(&e)),
+            Response::Socket(a) => match a.body {
+                Body::Full(b) => Ok(b),
+                Body::Events(mut packets) => {
+                    let mut all = Vec::new();
+                    while let Some(events) = packets.next().await {
+                        all.extend(events?);
+                    }
+                    serde_json::to_vec(&all)
+                        .map(Bytes::from)
+                        .map_err(|e| Error::Protocol(e.to_string()))
+                }
+            },
+        }
+    }
+
+    /// The body as it arrives.
+    pub fn chunks(self) -> Chunks {
+        use futures::StreamExt;
+        match self {
+            Response::Http(res) => Box::pin(
+                res.bytes_stream()
+                    .map(|chunk| chunk.map(Chunk::Sse).map_err(|e| Error::transport(&e))),
+            ),
+            Response::Socket(a) => match a.body {
+                crate::ws::Body::Full(b) => {
+                    Box::pin(futures::stream::once(async move { Ok(Chunk::Sse(b)) }))
+                }
+                crate::ws::Body::Events(packets) => {
+                    Box::pin(futures::stream::unfold(packets, |mut packets| async move {
+                        let next = packets.next().await?;
+                        Some((next.map(Chunk::Events), packets))
+                    }))
+                }
+            },
+        }
+    }
 }
 
 /// What a submit may say besides its object and arguments.
@@ -1107,7 +1164,7 @@ impl Client {
                     if status != 201 && !(status == 200 && prefer.is_some()) {
                         return Err(error_from(res, &what).await);
                     }
-                    res.bytes().await.map_err(|e| Error::transport(&e))
+                    res.bytes().await
                 })
                 .await;
             match attempt {

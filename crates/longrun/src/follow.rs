@@ -17,7 +17,7 @@ use longrun_proto::sse::{Decoder, SseItemRef, to_raw_event};
 use longrun_proto::{Event, RawEvent, State};
 use serde_json::Value;
 
-use crate::client::{Inner, Transport, error_from};
+use crate::client::{Chunk, Inner, Response, Transport, error_from};
 use crate::{Error, Result, Run, rt};
 
 /// Options of one follow.
@@ -242,7 +242,7 @@ impl Cursor {
 
 /// One SSE connection's answer.
 enum SseOpen {
-    Stream(reqwest::Response),
+    Stream(Response),
     /// 204: nothing after the cursor, and the run has ended.
     Ended,
     /// A 200 that is not an event stream: something in between does not do SSE.
@@ -323,7 +323,7 @@ async fn poll_once(
             .and_then(h::parse_cursor)
             .is_none_or(|last| cursor.last.is_some_and(|c| last <= c));
     let body = match rt::timeout(inner.timeout(), res.bytes()).await {
-        Some(body) => body.map_err(|e| Error::transport(&e))?,
+        Some(body) => body?,
         None => return Err(stalled(inner.timeout())),
     };
     let events = serde_json::from_slice(&body)
@@ -362,13 +362,13 @@ pub(crate) fn follow(inner: Arc<Inner>, run: Run, options: FollowOptions) -> Eve
                     }
                     Err(e) => e,
                     Ok(SseOpen::Stream(res)) => {
-                        let mut bytes = res.bytes_stream();
+                        let mut chunks = res.chunks();
                         let mut decoder = Decoder::new();
                         let mut heard = false;
                         'conn: loop {
                             // Before anything arrives, silence means a buffering proxy.
                             let limit = if heard { inner.idle_timeout() } else { inner.sse_fallback_after() };
-                            let chunk = match rt::timeout(limit, bytes.next()).await {
+                            let chunk = match rt::timeout(limit, chunks.next()).await {
                                 None if !heard => {
                                     // Not a failure of the server: resume by long polling.
                                     transport = Transport::Poll;
@@ -376,7 +376,7 @@ pub(crate) fn follow(inner: Arc<Inner>, run: Run, options: FollowOptions) -> Eve
                                 }
                                 None => break 'conn Error::Transport { message: format!("nothing arrived for {limit:?}") },
                                 Some(None) => break 'conn Error::Transport { message: "the event stream ended before the run did".into() },
-                                Some(Some(Err(e))) => break 'conn Error::transport(&e),
+                                Some(Some(Err(e))) => break 'conn e,
                                 Some(Some(Ok(chunk))) => chunk,
                             };
                             heard = true;
@@ -384,17 +384,28 @@ pub(crate) fn follow(inner: Arc<Inner>, run: Run, options: FollowOptions) -> Eve
                             // the events before it are handed out.
                             let mut batch = Vec::new();
                             let mut outcome = Ok(false);
-                            decoder.feed_with(&chunk, |item| match item {
-                                SseItemRef::Retry(ms) => retry = Duration::from_millis(ms),
-                                SseItemRef::Message(msg) if matches!(outcome, Ok(false)) => {
-                                    outcome = match to_raw_event(&msg) {
-                                        Some(ev) => cursor.take(ev, &mut batch),
-                                        None => Err(Error::Protocol(format!("not a longrun event: {msg:?}"))),
-                                    };
+                            match chunk {
+                                Chunk::Sse(chunk) => decoder.feed_with(&chunk, |item| match item {
+                                    SseItemRef::Retry(ms) => retry = Duration::from_millis(ms),
+                                    SseItemRef::Message(msg) if matches!(outcome, Ok(false)) => {
+                                        outcome = match to_raw_event(&msg) {
+                                            Some(ev) => cursor.take(ev, &mut batch),
+                                            None => Err(Error::Protocol(format!("not a longrun event: {msg:?}"))),
+                                        };
+                                    }
+                                    // After the terminal event or an error nothing more counts.
+                                    SseItemRef::Message(_) => {}
+                                }),
+                                // A stream packet's events, as the server wrote them.
+                                Chunk::Events(events) => {
+                                    for ev in events {
+                                        outcome = cursor.take(ev, &mut batch);
+                                        if !matches!(outcome, Ok(false)) {
+                                            break;
+                                        }
+                                    }
                                 }
-                                // After the terminal event or an error nothing more counts.
-                                SseItemRef::Message(_) => {}
-                            });
+                            }
                             if !batch.is_empty() {
                                 failures = 0;
                                 yield Ok(batch);

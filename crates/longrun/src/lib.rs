@@ -46,20 +46,13 @@ mod error;
 mod follow;
 mod interrupt;
 mod objects;
-#[cfg(not(target_arch = "wasm32"))]
 mod pubsub;
 mod rt;
 mod run;
 mod runs;
 mod stream;
 pub mod webhook;
-#[cfg(not(target_arch = "wasm32"))]
 mod ws;
-#[cfg(target_arch = "wasm32")]
-mod ws {
-    /// The browser build has no WebSocket transport yet.
-    pub(crate) enum Socket {}
-}
 
 pub use client::{
     CancelOutcome, Client, ClientBuilder, ClientOptions, HookEvents, Reconnect, RunStatus,
@@ -70,7 +63,6 @@ pub use follow::{EventStream, FollowOptions, cursor_from_decimal, cursor_from_f6
 pub use interrupt::Interrupt;
 pub use longrun_proto::{Event, Progress, RawEvent, RunId, State};
 pub use objects::ObjectInfo;
-#[cfg(not(target_arch = "wasm32"))]
 pub use pubsub::{Publication, Subscribed, Subscription};
 pub use run::Run;
 pub use runs::{ListRuns, ListedRun, RunPage};

@@ -54,9 +54,7 @@ impl Client {
         }
         let body = self
             .inner
-            .exchange(what, async {
-                res.bytes().await.map_err(|e| Error::transport(&e))
-            })
+            .exchange(what, async { res.bytes().await })
             .await?;
         serde_json::from_slice(&body)
             .map_err(|e| Error::Protocol(format!("{what}: not an object catalogue answer: {e}")))

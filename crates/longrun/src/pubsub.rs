@@ -4,7 +4,7 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use longrun_proto::Problem;
 use serde::Deserialize;
 use serde_json::Value;
@@ -39,13 +39,18 @@ enum Item {
     Publication(Publication),
 }
 
+#[cfg(not(target_arch = "wasm32"))]
+type Items = Pin<Box<dyn Stream<Item = Result<Item>> + Send>>;
+#[cfg(target_arch = "wasm32")]
+type Items = Pin<Box<dyn Stream<Item = Result<Item>>>>;
+
 /// The publications of a topic (or pattern), in order, each once, across reconnects.
 ///
 /// It subscribes when first polled; [`ready`](Self::ready) waits for the server's ack, so
 /// that everything published from then on is delivered (what the SDKs' `subscribe` does
 /// before it returns).
 pub struct Subscription {
-    inner: Pin<Box<dyn Stream<Item = Result<Item>> + Send>>,
+    inner: Items,
     acked: Option<Subscribed>,
 }
 
@@ -54,7 +59,6 @@ impl Subscription {
     /// when called again later. A refused subscription is its error (`Forbidden`,
     /// `InvalidArgument` for a bad topic, …).
     pub async fn ready(&mut self) -> Result<Subscribed> {
-        use futures::StreamExt;
         if let Some(acked) = self.acked {
             return Ok(acked);
         }
@@ -147,9 +151,7 @@ impl Client {
         }
         let body = self
             .inner
-            .exchange(&what, async {
-                res.bytes().await.map_err(|e| Error::transport(&e))
-            })
+            .exchange(&what, async { res.bytes().await })
             .await?;
         let p: Published = serde_json::from_slice(&body)
             .map_err(|e| Error::Protocol(format!("a publish answer has no offset: {e}")))?;
@@ -161,7 +163,7 @@ fn subscribe(
     inner: std::sync::Arc<Inner>,
     topic: String,
     since: Option<u64>,
-) -> impl Stream<Item = Result<Item>> + Send {
+) -> impl Stream<Item = Result<Item>> {
     async_stream::stream! {
         let mut next = since;
         let mut failures = 0u32;
@@ -181,7 +183,7 @@ fn subscribe(
                 Ok((mut from, mut guard)) => {
                     guard.unsub = Some(topic.clone());
                     let mut lost = None;
-                    match rt::timeout(inner.timeout(), from.recv()).await {
+                    match rt::timeout(inner.timeout(), from.next()).await {
                         Some(Some(ack)) if ack.c == Some(200) => {
                             let ack = ack.d.as_ref().and_then(|d| serde_json::from_str::<Ack>(d.get()).ok());
                             match ack {
@@ -206,7 +208,7 @@ fn subscribe(
                         None => lost = Some(Error::Timeout { after: inner.timeout(), what: format!("subscribing to {topic}") }),
                     }
                     if lost.is_none() {
-                        while let Some(p) = from.recv().await {
+                        while let Some(p) = from.next().await {
                             let Some(d) = p.d.as_ref() else { continue };
                             match serde_json::from_str::<Pub>(d.get()) {
                                 Ok(publication) => {

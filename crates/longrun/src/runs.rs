@@ -97,7 +97,7 @@ impl Client {
                 if res.status().as_u16() != 200 {
                     return Err(error_from(res, "the runs list").await);
                 }
-                res.bytes().await.map_err(|e| Error::transport(&e))
+                res.bytes().await
             })
             .await?;
         let page: Page = serde_json::from_slice(&body)

@@ -1,12 +1,18 @@
 //! The WebSocket transport (spec §28): one socket per client, shared by every submit,
 //! follow, cancel, exists, wait and subscription, correlated by `uid`.
 //!
-//! A request goes out as a packet and comes back as a `reqwest::Response`, so every caller
-//! (and the resume logic of `follow.rs`) is the same as over HTTP: an event stream's packets
-//! become the body of an SSE response. The socket is opened on first use and again on the
-//! first use after it was lost; what was in flight then fails as a transport error, which a
-//! follow resumes from its cursor and a subscription from its offset (both under the
-//! client's `Reconnect` policy).
+//! A request goes out as a packet and comes back as an [`Answer`], which callers read
+//! through [`Response`](crate::client::Response) exactly as an HTTP answer: an event
+//! stream's packets come out as batches of events that `follow.rs` takes as they are (no
+//! SSE text in between). The socket is opened on first use and again on the first use
+//! after it was lost; what was in flight then fails as a transport error, which a follow
+//! resumes from its cursor and a subscription from its offset (both under the client's
+//! `Reconnect` policy).
+//!
+//! The same code runs natively (tokio-tungstenite) and in a browser (the browser's
+//! `WebSocket` through gloo-net): only opening a socket differs (`platform` below). A
+//! browser cannot set headers on a WebSocket, so there the token goes in a first `AUTH`
+//! packet (§28.4), answered before any other packet is sent.
 //!
 //! Memory is bounded on this side too: each request or subscription has a small queue of
 //! packets; one whose reader falls behind is stopped (a `STOP`, or an `UNSUB`) and fails, so
@@ -19,14 +25,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use futures::channel::mpsc;
+use futures::{Sink, SinkExt, Stream, StreamExt};
+#[cfg(target_arch = "wasm32")]
+use longrun_proto::Problem;
+use longrun_proto::RawEvent;
 use longrun_proto::header as h;
-use longrun_proto::{Problem, RawEvent};
+use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
 use url::Url;
 
 use crate::{Error, Result, rt};
@@ -37,6 +45,7 @@ const QUEUE: usize = 64;
 /// A reply packet (spec §28.3) or a publication.
 #[derive(Deserialize)]
 pub(crate) struct Reply {
+    uid: Option<serde_json::Value>,
     #[serde(default)]
     pub r: String,
     pub c: Option<u16>,
@@ -47,11 +56,6 @@ pub(crate) struct Reply {
     pub more: bool,
     #[serde(default)]
     pub stopped: bool,
-}
-
-#[derive(Deserialize)]
-struct Uid {
-    uid: Option<serde_json::Value>,
 }
 
 enum Cmd {
@@ -77,11 +81,12 @@ pub(crate) struct Socket {
     url: Url,
     #[cfg(unix)]
     unix: Option<std::path::PathBuf>,
-    /// Sent with the upgrade (the token) and in every packet (the client's own headers).
-    upgrade_headers: HeaderMap,
+    /// Sent with the upgrade (natively) or in a first `AUTH` packet (in a browser).
+    token: Option<HeaderValue>,
+    /// Sent in every packet: the client's own headers.
     packet_headers: Vec<(String, String)>,
     base: Url,
-    link: tokio::sync::Mutex<Option<Link>>,
+    link: futures::lock::Mutex<Option<Link>>,
     uids: Arc<AtomicU64>,
 }
 
@@ -103,11 +108,11 @@ impl Socket {
             url.set_scheme(scheme)
                 .expect("ws and wss are valid schemes");
         }
-        let mut upgrade_headers = HeaderMap::new();
+        let mut token = None;
         let mut packet_headers = Vec::new();
         for (name, value) in headers {
             if *name == reqwest::header::AUTHORIZATION {
-                upgrade_headers.insert(name.clone(), value.clone());
+                token = Some(value.clone());
             } else if let Ok(v) = value.to_str() {
                 packet_headers.push((name.as_str().to_owned(), v.to_owned()));
             }
@@ -116,10 +121,10 @@ impl Socket {
             url,
             #[cfg(unix)]
             unix,
-            upgrade_headers,
+            token,
             packet_headers,
             base: base.clone(),
-            link: tokio::sync::Mutex::new(None),
+            link: futures::lock::Mutex::new(None),
             uids: Arc::new(AtomicU64::new(1)),
         }
     }
@@ -143,30 +148,59 @@ impl Socket {
     }
 
     async fn open(&self) -> Result<Link> {
-        let mut req =
-            self.url.as_str().into_client_request().map_err(|e| {
-                Error::invalid(format!("cannot open a WebSocket to {}: {e}", self.url))
-            })?;
-        req.headers_mut().extend(self.upgrade_headers.clone());
-        let (tx, rx) = mpsc::unbounded_channel();
-        #[cfg(unix)]
-        if let Some(path) = &self.unix {
-            let io = tokio::net::UnixStream::connect(path)
-                .await
-                .map_err(|e| Error::Transport {
-                    message: format!("cannot connect to {}: {e}", path.display()),
-                })?;
-            let (ws, _) = tokio_tungstenite::client_async(req, io)
-                .await
-                .map_err(upgrade_error)?;
-            tokio::spawn(run(ws, rx, self.uids.clone()));
-            return Ok(Link { tx });
+        let (tx, rx) = mpsc::unbounded();
+        let link = Link { tx };
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let (sink, incoming) = platform::connect(
+                &self.url,
+                self.token.as_ref(),
+                #[cfg(unix)]
+                self.unix.as_deref(),
+            )
+            .await?;
+            tokio::spawn(run(sink, incoming, rx, self.uids.clone()));
         }
-        let (ws, _) = tokio_tungstenite::connect_async(req)
-            .await
-            .map_err(upgrade_error)?;
-        tokio::spawn(run(ws, rx, self.uids.clone()));
-        Ok(Link { tx })
+        #[cfg(target_arch = "wasm32")]
+        {
+            let (sink, incoming) = platform::connect(&self.url)?;
+            wasm_bindgen_futures::spawn_local(run(sink, incoming, rx, self.uids.clone()));
+            // The token first, answered before anything else is sent (spec §28.4).
+            if let Some(token) = &self.token {
+                self.authenticate(&link, token).await?;
+            }
+        }
+        Ok(link)
+    }
+
+    /// Send the token in an `AUTH` packet and wait for its answer.
+    #[cfg(target_arch = "wasm32")]
+    async fn authenticate(&self, link: &Link, token: &HeaderValue) -> Result<()> {
+        let token = token
+            .to_str()
+            .ok()
+            .and_then(|t| t.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        let packet = |uid: u64| {
+            serde_json::json!({"uid": uid, "m": "AUTH", "d": {"token": token}}).to_string()
+        };
+        let (mut from, mut guard) = self.send_on(link, packet, false)?;
+        let reply = from.next().await.ok_or_else(lost)?;
+        guard.done = true;
+        match reply.c {
+            Some(200) => Ok(()),
+            status => {
+                let problem = reply
+                    .d
+                    .as_ref()
+                    .and_then(|d| serde_json::from_str::<Problem>(d.get()).ok());
+                Err(Error::from_status(
+                    status.unwrap_or(500),
+                    problem,
+                    "opening the WebSocket",
+                ))
+            }
+        }
     }
 
     /// Send one packet and return the receiver of its replies, with the guard that stops it.
@@ -177,10 +211,20 @@ impl Socket {
         limit: Duration,
     ) -> Result<(mpsc::Receiver<Reply>, Guard)> {
         let link = self.link(limit).await?;
+        self.send_on(&link, make, subscription)
+    }
+
+    fn send_on(
+        &self,
+        link: &Link,
+        make: impl FnOnce(u64) -> String,
+        subscription: bool,
+    ) -> Result<(mpsc::Receiver<Reply>, Guard)> {
         let uid = self.uids.fetch_add(1, Ordering::Relaxed);
-        let (to, from) = mpsc::channel(QUEUE);
+        // One slot per sender comes on top of the buffer: `QUEUE` packets in all.
+        let (to, from) = mpsc::channel(QUEUE - 1);
         link.tx
-            .send(Cmd::Open {
+            .unbounded_send(Cmd::Open {
                 uid,
                 text: make(uid),
                 to,
@@ -188,7 +232,7 @@ impl Socket {
             })
             .map_err(|_| lost())?;
         let guard = Guard {
-            link,
+            link: link.clone(),
             uid,
             done: false,
             unsub: None,
@@ -196,13 +240,9 @@ impl Socket {
         Ok((from, guard))
     }
 
-    /// Serve one HTTP request over the socket: its reply as a response (an event stream's
-    /// packets as its SSE body).
-    pub async fn exchange(
-        &self,
-        req: reqwest::Request,
-        limit: Duration,
-    ) -> Result<reqwest::Response> {
+    /// Serve one HTTP request over the socket: its first reply (and, for an event stream,
+    /// the packets after it) as an [`Answer`].
+    pub async fn exchange(&self, req: reqwest::Request, limit: Duration) -> Result<Answer> {
         let u = req.url();
         let r = match u.as_str().strip_prefix(self.base.as_str()) {
             Some(rest) => format!("/{rest}"),
@@ -244,7 +284,7 @@ impl Socket {
         );
         let packet = |uid: u64| format!(r#"{{"uid":{uid},{head}"#);
         let (mut from, mut guard) = self.open_packet(packet, false, limit).await?;
-        let first = match rt::timeout(limit, from.recv()).await {
+        let first = match rt::timeout(limit, from.next()).await {
             Some(Some(first)) => first,
             Some(None) => return Err(lost()),
             None => {
@@ -254,14 +294,15 @@ impl Socket {
                 });
             }
         };
-        let status = first.c.unwrap_or(500);
-        let mut res = http::Response::builder().status(status);
+        let status = StatusCode::from_u16(first.c.unwrap_or(500))
+            .map_err(|_| Error::Protocol(format!("a WebSocket reply's status {:?}", first.c)))?;
+        let mut head = HeaderMap::new();
         for (name, value) in &first.h {
             if let (Ok(name), Ok(value)) = (
                 HeaderName::from_bytes(name.as_bytes()),
                 HeaderValue::from_str(value),
             ) {
-                res = res.header(name, value);
+                head.insert(name, value);
             }
         }
         let is_sse = first
@@ -269,35 +310,15 @@ impl Socket {
             .get("content-type")
             .is_some_and(|ct| ct.starts_with(h::EVENT_STREAM));
         let body = if is_sse {
-            let head = sse_frames(&first)?;
+            let events = events_of(&first)?;
             if !first.more {
                 guard.done = true;
             }
-            let rest = async_stream::stream! {
-                yield Ok::<Bytes, std::io::Error>(head);
-                let mut guard = guard;
-                if !guard.done {
-                    loop {
-                        match from.recv().await {
-                            Some(p) if p.stopped => break,
-                            Some(p) => {
-                                let last = !p.more;
-                                match sse_frames(&p) {
-                                    Ok(b) => yield Ok(b),
-                                    Err(e) => { yield Err(std::io::Error::other(e.to_string())); break; }
-                                }
-                                if last {
-                                    guard.done = true;
-                                    return;
-                                }
-                            }
-                            None => break,
-                        }
-                    }
-                    yield Err(std::io::Error::other("the WebSocket closed in the middle of the stream"));
-                }
-            };
-            reqwest::Body::wrap_stream(rest)
+            Body::Events(Packets {
+                first: Some(events),
+                from,
+                guard,
+            })
         } else {
             guard.done = true;
             let text = first.d.as_ref().map_or("null", |d| d.get());
@@ -305,36 +326,76 @@ impl Socket {
                 .h
                 .get("content-type")
                 .is_some_and(|ct| ct.starts_with("text/"));
-            match serde_json::from_str::<String>(text) {
-                Ok(s) if text_body => reqwest::Body::from(s),
-                _ if text == "null" => reqwest::Body::from(Bytes::new()),
-                _ => reqwest::Body::from(text.to_owned()),
-            }
+            Body::Full(match serde_json::from_str::<String>(text) {
+                Ok(s) if text_body => Bytes::from(s),
+                _ if text == "null" => Bytes::new(),
+                _ => Bytes::from(text.to_owned()),
+            })
         };
-        let res = res
-            .body(body)
-            .map_err(|e| Error::Protocol(format!("a WebSocket reply is not a response: {e}")))?;
-        Ok(reqwest::Response::from(res))
+        Ok(Answer {
+            status,
+            headers: head,
+            body,
+        })
     }
 }
 
-/// An event-stream packet's events, as SSE frames for `follow.rs`.
-fn sse_frames(p: &Reply) -> Result<Bytes> {
-    let Some(d) = &p.d else {
-        return Ok(Bytes::new());
-    };
-    let events: Vec<RawEvent> = serde_json::from_str(d.get())
-        .map_err(|e| Error::Protocol(format!("a stream packet holds no events: {e}")))?;
-    let mut out = String::new();
-    for e in events {
-        out.push_str(&format!(
-            "id: {}\nevent: {}\ndata: {}\n\n",
-            e.id,
-            e.state,
-            e.value.get()
-        ));
+/// An answer over the socket, read as [`Response`](crate::client::Response).
+pub(crate) struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Body,
+}
+
+pub(crate) enum Body {
+    /// A reply's whole body (`d`, as the bytes HTTP would have sent).
+    Full(Bytes),
+    /// An event stream's packets.
+    Events(Packets),
+}
+
+/// The packets of an event stream after its first.
+pub(crate) struct Packets {
+    first: Option<Vec<RawEvent>>,
+    from: mpsc::Receiver<Reply>,
+    guard: Guard,
+}
+
+impl Packets {
+    /// The next packet's events; `None` after the last packet; an error when the socket
+    /// closed or the server stopped the stream before its last packet.
+    pub async fn next(&mut self) -> Option<Result<Vec<RawEvent>>> {
+        if let Some(first) = self.first.take() {
+            return Some(Ok(first));
+        }
+        if self.guard.done {
+            return None;
+        }
+        match self.from.next().await {
+            Some(p) if !p.stopped => {
+                if !p.more {
+                    self.guard.done = true;
+                }
+                Some(events_of(&p))
+            }
+            _ => {
+                // Nothing more comes on this uid: the guard has nothing to stop.
+                self.guard.done = true;
+                Some(Err(Error::Transport {
+                    message: "the WebSocket closed in the middle of the stream".into(),
+                }))
+            }
+        }
     }
-    Ok(Bytes::from(out))
+}
+
+/// An event-stream packet's events.
+fn events_of(p: &Reply) -> Result<Vec<RawEvent>> {
+    let Some(d) = &p.d else {
+        return Ok(Vec::new());
+    };
+    serde_json::from_str(d.get())
+        .map_err(|e| Error::Protocol(format!("a stream packet holds no events: {e}")))
 }
 
 /// Ends a request or subscription's routing when dropped before its last packet.
@@ -348,7 +409,7 @@ pub(crate) struct Guard {
 impl Drop for Guard {
     fn drop(&mut self) {
         if !self.done {
-            let _ = self.link.tx.send(Cmd::Close {
+            let _ = self.link.tx.unbounded_send(Cmd::Close {
                 uid: self.uid,
                 unsub: self.unsub.take(),
             });
@@ -362,33 +423,149 @@ fn lost() -> Error {
     }
 }
 
-fn upgrade_error(e: tungstenite::Error) -> Error {
-    match e {
-        tungstenite::Error::Http(res) => {
-            let status = res.status().as_u16();
-            let problem = res
-                .body()
-                .as_ref()
-                .and_then(|b| serde_json::from_slice::<Problem>(b).ok());
-            Error::from_status(status, problem, "opening the WebSocket")
+/// Opening a socket: the one part that differs between native and browser builds. Each gives
+/// a sink of text frames and the text frames that arrive, ending when the socket does.
+#[cfg(not(target_arch = "wasm32"))]
+mod platform {
+    use std::pin::Pin;
+
+    use futures::future::ready;
+    use futures::{Sink, SinkExt, Stream, StreamExt};
+    use reqwest::header::HeaderValue;
+    use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
+    use url::Url;
+
+    use crate::{Error, Result};
+    use longrun_proto::Problem;
+
+    pub type Frames = Pin<Box<dyn Sink<String, Error = ()> + Send>>;
+    pub type Incoming = Pin<Box<dyn Stream<Item = tungstenite::Utf8Bytes> + Send>>;
+
+    pub async fn connect(
+        url: &Url,
+        token: Option<&HeaderValue>,
+        #[cfg(unix)] unix: Option<&std::path::Path>,
+    ) -> Result<(Frames, Incoming)> {
+        let mut req = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| Error::invalid(format!("cannot open a WebSocket to {url}: {e}")))?;
+        if let Some(token) = token {
+            req.headers_mut()
+                .insert(reqwest::header::AUTHORIZATION, token.clone());
         }
-        other => Error::Transport {
-            message: format!("cannot open the WebSocket: {other}"),
-        },
+        #[cfg(unix)]
+        if let Some(path) = unix {
+            let io = tokio::net::UnixStream::connect(path)
+                .await
+                .map_err(|e| Error::Transport {
+                    message: format!("cannot connect to {}: {e}", path.display()),
+                })?;
+            let (ws, _) = tokio_tungstenite::client_async(req, io)
+                .await
+                .map_err(upgrade_error)?;
+            return Ok(split(ws));
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .map_err(upgrade_error)?;
+        Ok(split(ws))
+    }
+
+    fn split<S>(ws: tokio_tungstenite::WebSocketStream<S>) -> (Frames, Incoming)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sink, stream) = ws.split();
+        let frames = sink
+            .with(|text: String| ready(Ok::<_, tungstenite::Error>(Message::Text(text.into()))))
+            .sink_map_err(|_| ());
+        let incoming = stream
+            .take_while(|m| ready(matches!(m, Ok(m) if !m.is_close())))
+            // Pings are answered by tungstenite; binary frames are not the protocol's.
+            .filter_map(|m| {
+                ready(match m {
+                    Ok(Message::Text(text)) => Some(text),
+                    _ => None,
+                })
+            });
+        (Box::pin(frames), Box::pin(incoming))
+    }
+
+    fn upgrade_error(e: tungstenite::Error) -> Error {
+        match e {
+            tungstenite::Error::Http(res) => {
+                let status = res.status().as_u16();
+                let problem = res
+                    .body()
+                    .as_ref()
+                    .and_then(|b| serde_json::from_slice::<Problem>(b).ok());
+                Error::from_status(status, problem, "opening the WebSocket")
+            }
+            other => Error::Transport {
+                message: format!("cannot open the WebSocket: {other}"),
+            },
+        }
+    }
+}
+
+/// The browser's `WebSocket`. It has no backpressure of its own (every message arrives as an
+/// event): the socket's task reads each at once into its route's bounded queue, so what is
+/// held stays bounded by the routes' queues.
+#[cfg(target_arch = "wasm32")]
+mod platform {
+    use std::pin::Pin;
+
+    use futures::future::ready;
+    use futures::{Sink, SinkExt, Stream, StreamExt};
+    use gloo_net::websocket::{Message, WebSocketError, futures::WebSocket};
+    use url::Url;
+
+    use crate::{Error, Result};
+
+    pub type Frames = Pin<Box<dyn Sink<String, Error = ()>>>;
+    pub type Incoming = Pin<Box<dyn Stream<Item = String>>>;
+
+    /// The socket, connecting: packets sent meanwhile wait for it to open, and a socket that
+    /// cannot open ends its incoming frames (what was sent then fails as a transport error).
+    pub fn connect(url: &Url) -> Result<(Frames, Incoming)> {
+        let ws = WebSocket::open(url.as_str()).map_err(|e| Error::Transport {
+            message: format!("cannot open the WebSocket to {url}: {e}"),
+        })?;
+        let (sink, stream) = ws.split();
+        let frames = sink
+            .with(|text: String| ready(Ok::<_, WebSocketError>(Message::Text(text))))
+            .sink_map_err(|_| ());
+        let incoming = stream.take_while(|m| ready(m.is_ok())).filter_map(|m| {
+            ready(match m {
+                Ok(Message::Text(text)) => Some(text),
+                _ => None,
+            })
+        });
+        Ok((Box::pin(frames), Box::pin(incoming)))
     }
 }
 
 /// The socket's task: writes what callers send, routes what arrives by uid.
-async fn run<S>(
-    mut ws: tokio_tungstenite::WebSocketStream<S>,
-    mut rx: mpsc::UnboundedReceiver<Cmd>,
+async fn run<T, Si, St>(
+    mut frames: Si,
+    incoming: St,
+    cmds: mpsc::UnboundedReceiver<Cmd>,
     uids: Arc<AtomicU64>,
 ) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: std::ops::Deref<Target = str>,
+    Si: Sink<String> + Unpin,
+    St: Stream<Item = T> + Unpin,
 {
     struct Route {
         to: mpsc::Sender<Reply>,
         subscription: bool,
+    }
+    enum Ev<T> {
+        Cmd(Cmd),
+        Frame(T),
+        /// The client is gone, or the socket is.
+        End,
     }
     let mut routes: HashMap<u64, Route> = HashMap::new();
     let stop = |uid: u64, unsub: Option<&str>| {
@@ -400,73 +577,71 @@ async fn run<S>(
             None => serde_json::json!({"uid": own, "m": "STOP", "d": uid}).to_string(),
         }
     };
-    loop {
-        tokio::select! {
-            cmd = rx.recv() => match cmd {
-                // The client is gone.
-                None => break,
-                Some(Cmd::Open { uid, text, to, subscription }) => {
-                    routes.insert(uid, Route { to, subscription });
-                    if ws.send(Message::Text(text.into())).await.is_err() {
-                        break;
-                    }
+    let end = || futures::stream::once(futures::future::ready(Ev::End));
+    let mut events = futures::stream::select(
+        cmds.map(Ev::Cmd).chain(end()),
+        incoming.map(Ev::Frame).chain(end()),
+    );
+    while let Some(ev) = events.next().await {
+        let text = match ev {
+            Ev::End => break,
+            Ev::Cmd(Cmd::Open {
+                uid,
+                text,
+                to,
+                subscription,
+            }) => {
+                routes.insert(uid, Route { to, subscription });
+                if frames.send(text).await.is_err() {
+                    break;
                 }
-                Some(Cmd::Close { uid, unsub }) => {
-                    if routes.remove(&uid).is_some() {
-                        let text = stop(uid, unsub.as_deref());
-                        if ws.send(Message::Text(text.into())).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            },
-            msg = ws.next() => {
-                let text = match msg {
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-                    Some(Ok(Message::Binary(_))) => continue,
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
-                };
-                let Some(uid) = serde_json::from_str::<Uid>(&text)
-                    .ok()
-                    .and_then(|u| u.uid?.as_u64())
-                else {
-                    continue;
-                };
-                let Ok(reply) = serde_json::from_str::<Reply>(&text) else {
-                    continue;
-                };
-                let mut behind = None;
-                {
-                    let Some(route) = routes.get(&uid) else { continue };
-                    // A subscription's replies (its ack, its publications) never end it.
-                    let last = !route.subscription && !reply.more;
-                    let subscription = route.subscription;
-                    let topic = reply.r.clone();
-                    match route.to.try_send(reply) {
-                        Ok(()) if last => {
-                            routes.remove(&uid);
-                        }
-                        Ok(()) => {}
-                        // Its reader is behind (or gone): stop it; it resumes by itself.
-                        Err(e) => {
-                            routes.remove(&uid);
-                            let full = matches!(e, mpsc::error::TrySendError::Full(_));
-                            if !last || full {
-                                behind = Some(stop(uid, subscription.then_some(topic.as_str())));
-                            }
-                        }
-                    }
-                }
-                if let Some(text) = behind {
-                    if ws.send(Message::Text(text.into())).await.is_err() {
-                        break;
-                    }
-                }
+                continue;
             }
+            Ev::Cmd(Cmd::Close { uid, unsub }) => {
+                if routes.remove(&uid).is_some()
+                    && frames.send(stop(uid, unsub.as_deref())).await.is_err()
+                {
+                    break;
+                }
+                continue;
+            }
+            Ev::Frame(text) => text,
+        };
+        let Ok(reply) = serde_json::from_str::<Reply>(&text) else {
+            continue;
+        };
+        let Some(uid) = reply.uid.as_ref().and_then(serde_json::Value::as_u64) else {
+            continue;
+        };
+        let Some(route) = routes.get_mut(&uid) else {
+            continue;
+        };
+        // A subscription's replies (its ack, its publications) never end it.
+        let last = !route.subscription && !reply.more;
+        let subscription = route.subscription;
+        let behind = match route.to.try_send(reply) {
+            Ok(()) => {
+                if last {
+                    routes.remove(&uid);
+                }
+                None
+            }
+            // Its reader is behind (or gone): stop it; it resumes by itself.
+            Err(e) => {
+                routes.remove(&uid);
+                let full = e.is_full();
+                let reply = e.into_inner();
+                (!last || full).then(|| stop(uid, subscription.then_some(reply.r.as_str())))
+            }
+        };
+        if let Some(text) = behind
+            && frames.send(text).await.is_err()
+        {
+            break;
         }
     }
     // Every route's sender goes with `routes`: their readers see the end and fail (a follow
     // or subscription then resumes on a new socket).
-    let _ = ws.close(None).await;
+    drop(routes);
+    let _ = frames.close().await;
 }
