@@ -190,6 +190,16 @@ pub fn hand_over<E>(
     batch.map(|events| batch_json(&events, progress))
 }
 
+/// A publication as the JS side reads it: `{"topic", "offset", "data"}`.
+pub fn publication_json(p: &longrun::Publication) -> String {
+    serde_json::json!({"topic": p.topic, "offset": p.offset, "data": p.data}).to_string()
+}
+
+/// A subscription's ack: `{"offset", "recovered"}`.
+pub fn subscribed_json(s: longrun::Subscribed) -> String {
+    serde_json::json!({"offset": s.offset, "recovered": s.recovered}).to_string()
+}
+
 /// An error as JSON: `kind` is `ErrorKind::as_str` (or `Aborted`), the key of the one table
 /// of error classes in `js/src/errors.js`.
 pub fn error_json(e: &Error) -> String {

@@ -45,13 +45,6 @@ function callSync(f) {
   }
 }
 
-function noPubsub() {
-  return new InvalidArgumentError({
-    kind: "InvalidArgument",
-    message: "pubsub is not in the browser build yet (it needs the WebSocket transport): publish with POST /_topics/{topic}",
-  });
-}
-
 function runUrl(run) {
   if (typeof run === "string") return run;
   if (run && typeof run.url === "string") return run.url;
@@ -357,11 +350,10 @@ export function makeApi(native, { settle } = {}) {
      * that is missed, with an async iterator of `{topic, offset, data}` (in order, each once,
      * resumed from the next offset after a lost connection) that also has the server's ack,
      * `offset` and `recovered`. Leaving the loop, `close()` or aborting `signal` unsubscribes.
-     * Node only: the browser build throws InvalidArgumentError.
+     * In a browser the socket is the page's `WebSocket` (the token goes in its first packet).
      */
     async subscribe(topic, options = {}) {
       const { since, signal } = options ?? {};
-      if (typeof this.#native.subscribe !== "function") throw noPubsub();
       if (signal?.aborted) throw abortReason(signal);
       const native = callSync(() => this.#native.subscribe(String(topic), since ?? undefined));
       const onAbort = () => native.close();
@@ -410,9 +402,8 @@ export function makeApi(native, { settle } = {}) {
       });
     }
 
-    /** Publish `data` (any JSON value) to `topic`: its offset. Node only. */
+    /** Publish `data` (any JSON value) to `topic`: its offset. */
     async publish(topic, data) {
-      if (typeof this.#native.publish !== "function") throw noPubsub();
       return call(() => this.#native.publish(String(topic), JSON.stringify(data ?? null)));
     }
 

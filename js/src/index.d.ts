@@ -213,11 +213,11 @@ export declare class Client {
    */
   stream(run: RunLike, options?: StreamOptions): AsyncIterableIterator<Uint8Array>;
   /**
-   * Subscribe to a topic or pattern; resolves once the server holds the subscription. Node
-   * only: the browser build throws `InvalidArgumentError`.
+   * Subscribe to a topic or pattern, over the client's WebSocket whatever its transport (in
+   * a browser, the page's `WebSocket`); resolves once the server holds the subscription.
    */
   subscribe(topic: string, options?: SubscribeOptions): Promise<Subscription>;
-  /** Publish `data` to `topic`: its offset. Node only. */
+  /** Publish `data` to `topic`: its offset. */
   publish(topic: string, data: Json): Promise<number>;
 }
 

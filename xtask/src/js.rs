@@ -209,12 +209,33 @@ pub fn test() -> Result<(u64, u64), String> {
     node_test()
 }
 
+/// NODE_OPTIONS for the JS suite: Node 20 and 21 give the wasm build a global `WebSocket`
+/// (its WebSocket transport, spec §28) only behind a flag; 22 on have it by default.
+fn node_options() -> Result<String, String> {
+    let out = Command::new("node")
+        .args(["-p", "process.versions.node"])
+        .output()
+        .map_err(|e| format!("js tests: cannot start node: {e}"))?;
+    let version = String::from_utf8_lossy(&out.stdout);
+    let major: u32 = version
+        .split('.')
+        .next()
+        .and_then(|m| m.trim().parse().ok())
+        .ok_or_else(|| format!("js tests: node printed no version ({version:?})"))?;
+    let mut options = std::env::var("NODE_OPTIONS").unwrap_or_default();
+    if major < 22 {
+        options.push_str(" --experimental-websocket");
+    }
+    Ok(options.trim().to_owned())
+}
+
 /// `node --test` with the TAP reporter, echoed, adding up its `# pass N` / `# fail N`.
 fn node_test() -> Result<(u64, u64), String> {
     use std::io::{BufRead, BufReader};
     let mut cmd = Command::new("node");
     cmd.args(["--test", "--test-reporter=tap", "test/"])
         .env("LONGRUN_BIN", target_dir().join("debug/longrun"))
+        .env("NODE_OPTIONS", node_options()?)
         .current_dir(js_dir())
         .stdout(Stdio::piped());
     eprintln!("\n==> js tests: {cmd:?}");

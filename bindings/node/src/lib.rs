@@ -348,18 +348,6 @@ impl NativeStream {
     }
 }
 
-// Pubsub crosses only here: the browser build has no WebSocket yet.
-
-/// A publication as the JS side reads it: `{"topic", "offset", "data"}`.
-fn publication_json(p: &longrun::Publication) -> String {
-    serde_json::json!({"topic": p.topic, "offset": p.offset, "data": p.data}).to_string()
-}
-
-/// A subscription's ack: `{"offset", "recovered"}`.
-fn subscribed_json(s: longrun::Subscribed) -> String {
-    serde_json::json!({"offset": s.offset, "recovered": s.recovered}).to_string()
-}
-
 /// A subscription (`Client::subscribe`); dropping or closing it unsubscribes.
 #[napi]
 pub struct NativeSubscription {
@@ -381,7 +369,7 @@ impl NativeSubscription {
         if acked.is_err() {
             *guard = None;
         }
-        Ok(subscribed_json(acked?))
+        Ok(shared::subscribed_json(acked?))
     }
 
     /// The next publication as JSON `{"topic", "offset", "data"}`, or `null` once closed.
@@ -397,7 +385,7 @@ impl NativeSubscription {
         if !matches!(next, Ok(Some(_))) {
             *guard = None; // over or failed: unsubscribe now
         }
-        Ok(next?.map(|p| publication_json(&p)))
+        Ok(next?.map(|p| shared::publication_json(&p)))
     }
 
     /// Unsubscribe now: a pending `ready` or `next` rejects with `Aborted`.

@@ -139,6 +139,36 @@ impl NativeClient {
         })
     }
 
+    /// A subscription to `topic` (from offset `since`) over the client's WebSocket; `ready`
+    /// resolves once the server holds it, `next` gives its publications.
+    pub fn subscribe(
+        &self,
+        topic: &str,
+        since: Option<f64>,
+    ) -> Result<NativeSubscription, JsValue> {
+        let since = since
+            .map(longrun::cursor_from_f64)
+            .transpose()
+            .map_err(|e| fail(&e))?;
+        Ok(NativeSubscription {
+            subscription: Rc::new(futures::lock::Mutex::new(Some(
+                self.inner.subscribe(topic, since),
+            ))),
+            abort: Interrupt::new(),
+        })
+    }
+
+    /// Publish `data` (JSON text) to `topic`: its offset.
+    pub fn publish(&self, topic: String, data: String) -> Promise {
+        let client = self.inner.clone();
+        future_to_promise(async move {
+            let data = shared::json_value(&data, "the data").map_err(|e| fail(&e))?;
+            let offset = client.publish(&topic, &data).await.map_err(|e| fail(&e))?;
+            // Offsets count publications: far below 2^53, exact as a JS number.
+            Ok(JsValue::from(offset as f64))
+        })
+    }
+
     pub fn waiter(&self, run_url: &str, timeout_ms: Option<f64>) -> Result<NativeWait, JsValue> {
         Ok(NativeWait {
             client: self.inner.clone(),
@@ -175,6 +205,57 @@ impl NativeFollow {
     pub fn close(&self) {
         self.abort.raise();
         if let Some(mut guard) = self.stream.try_lock() {
+            *guard = None;
+        }
+    }
+}
+
+/// A subscription (`Client::subscribe`); dropping or closing it unsubscribes.
+#[wasm_bindgen]
+pub struct NativeSubscription {
+    subscription: Rc<futures::lock::Mutex<Option<longrun::Subscription>>>,
+    abort: Interrupt,
+}
+
+#[wasm_bindgen]
+impl NativeSubscription {
+    /// The server's ack, as JSON `{"offset", "recovered"}` (`Subscription::ready`).
+    pub fn ready(&self) -> Promise {
+        let (subscription, abort) = (self.subscription.clone(), self.abort.clone());
+        future_to_promise(async move {
+            let mut guard = subscription.lock().await;
+            let Some(s) = guard.as_mut() else {
+                return Err(js_sys::Error::new(shared::ABORTED).into());
+            };
+            let acked = unless_aborted(&abort, s.ready()).await;
+            if acked.is_err() {
+                *guard = None;
+            }
+            Ok(shared::subscribed_json(acked?).into())
+        })
+    }
+
+    /// The next publication as JSON `{"topic", "offset", "data"}`, or `null` once closed.
+    pub fn next(&self) -> Promise {
+        use futures::StreamExt;
+        let (subscription, abort) = (self.subscription.clone(), self.abort.clone());
+        future_to_promise(async move {
+            let mut guard = subscription.lock().await;
+            let Some(s) = guard.as_mut() else {
+                return Ok(JsValue::NULL);
+            };
+            let next = unless_aborted(&abort, async { s.next().await.transpose() }).await;
+            if !matches!(next, Ok(Some(_))) {
+                *guard = None; // over or failed: unsubscribe now
+            }
+            Ok(next?.map_or(JsValue::NULL, |p| shared::publication_json(&p).into()))
+        })
+    }
+
+    /// Unsubscribe now: a pending `ready` or `next` rejects with `Aborted`.
+    pub fn close(&self) {
+        self.abort.raise();
+        if let Some(mut guard) = self.subscription.try_lock() {
             *guard = None;
         }
     }
