@@ -76,6 +76,33 @@ for (const { name, api } of await builds()) {
       assert.equal(await new Client(server.url, { token: OTHER_TOKEN }).exists(run), false);
     });
 
+    // Natively the token rides on the upgrade; the browser build cannot set headers on a
+    // WebSocket and sends it in a first AUTH packet (spec §28.4): both must end the same way.
+    test("over the WebSocket the token is the tenant's; an unknown one is UnauthorizedError", async () => {
+      const client = new Client(server.url, { token: TOKEN, transport: "ws" });
+      const feed = await client.subscribe("_runs.echo");
+      const run = await client.submit("echo", { ws: name });
+      assert.deepEqual(await client.wait(run), { ws: name });
+      const states = [];
+      for await (const p of feed) {
+        if (p.data.id !== run.id) continue;
+        states.push(p.data.state);
+        if (states.length === 2) break;
+      }
+      assert.deepEqual(states, ["queued", "success"]);
+      const other = new Client(server.url, { token: OTHER_TOKEN, transport: "ws" });
+      assert.equal(await other.exists(run), false);
+      const stranger = new Client(server.url, { token: "lrt_nobody", transport: "ws" });
+      const err = await stranger.submit("echo").then(
+        () => assert.fail("submitted with an unknown token"),
+        (e) => e,
+      );
+      assert.ok(err instanceof UnauthorizedError, String(err));
+      assert.equal(err.status, 401);
+      assert.ok(!err.message.includes("lrt_nobody"), err.message);
+      await assert.rejects(stranger.subscribe("_runs"), UnauthorizedError);
+    });
+
     test("the same idempotencyKey gives the same run; other arguments are refused", async () => {
       const client = new Client(server.url, { token: TOKEN });
       const idempotencyKey = `js-${name}-${process.pid}-${Date.now()}`;
