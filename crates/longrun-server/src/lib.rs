@@ -56,9 +56,24 @@ use handler::Object;
 use longrun_proto::ObjectName;
 use registry::Registry;
 
-/// A server: its configuration, its objects and its runs. Cheap to clone (shared inside).
+/// A server: its configuration, its objects and its runs. Cheap to clone: one `Arc`, so the
+/// clone every request's handlers and layers make (axum's `State`) is one reference count,
+/// not one per part.
 #[derive(Clone)]
 pub struct Server {
+    shared: Arc<Shared>,
+}
+
+impl std::ops::Deref for Server {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+/// What a [`Server`] and its clones share (its parts are the crate's own).
+#[doc(hidden)]
+pub struct Shared {
     pub(crate) config: Arc<Config>,
     pub(crate) objects: Arc<BTreeMap<String, Object>>,
     pub(crate) registry: Arc<Registry>,
@@ -317,7 +332,8 @@ impl ServerBuilder {
         let topics = Arc::new(topics::Topics::new(&self.config));
         registry.set_feed(topics.clone());
         Ok(Server {
-            topics,
+            shared: Arc::new(Shared {
+                topics,
             sockets: Arc::default(),
             metrics,
             hooks: Arc::new(hooks),
@@ -326,7 +342,8 @@ impl ServerBuilder {
             registry: Arc::new(registry),
             conns: Arc::new(conn::Connections::new()),
             nodes,
-            auth: Arc::new(RwLock::new(self.auth.map(Arc::new))),
+                auth: Arc::new(RwLock::new(self.auth.map(Arc::new))),
+            }),
         })
     }
 }
