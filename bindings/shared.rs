@@ -79,8 +79,11 @@ pub fn verify_webhook(
 }
 
 pub fn run_json(run: &Run) -> String {
+    run_value(run).to_string()
+}
+
+fn run_value(run: &Run) -> Value {
     json!({"object": run.object(), "id": run.id().to_string(), "url": run.url().as_str()})
-        .to_string()
 }
 
 pub fn status_json(s: &RunStatus) -> String {
@@ -188,6 +191,37 @@ pub fn hand_over<E>(
         *follow = None;
     }
     batch.map(|events| batch_json(&events, progress))
+}
+
+/// A page of `GET /_runs` as the JS side reads it: `{"runs": [{"run", "state", "created",
+/// "ended", "tenant"}], "nextPageToken"}`, each `run` as [`run_json`] has it.
+pub fn run_page_json(page: &longrun::RunPage) -> String {
+    let runs: Vec<Value> = page
+        .runs
+        .iter()
+        .map(|r| {
+            json!({
+                "run": run_value(&r.run),
+                "state": r.state.as_str(),
+                "created": r.created,
+                "ended": r.ended,
+                "tenant": r.tenant,
+            })
+        })
+        .collect();
+    json!({"runs": runs, "nextPageToken": page.next_page_token}).to_string()
+}
+
+/// An object of the catalogue as the JS side reads it: `{"name", "kind", "description",
+/// "argsSchema", "stream"}`.
+pub fn object_value(o: &longrun::ObjectInfo) -> Value {
+    json!({
+        "name": o.name,
+        "kind": o.kind,
+        "description": o.description,
+        "argsSchema": o.args_schema,
+        "stream": o.stream,
+    })
 }
 
 /// A publication as the JS side reads it: `{"topic", "offset", "data"}`.

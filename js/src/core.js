@@ -232,6 +232,10 @@ export function makeApi(native, { settle } = {}) {
     }
   }
 
+  function listedRun({ run, state, created, ended, tenant }) {
+    return { run: new Run(run.object, run.id, run.url), state, created, ended, tenant };
+  }
+
   function toRun(json) {
     const r = JSON.parse(json);
     return new Run(r.object, r.id, r.url);
@@ -331,6 +335,41 @@ export function makeApi(native, { settle } = {}) {
     /** The run's state and newest event id; NotFoundError when it does not exist. */
     async status(run) {
       return JSON.parse(await call(() => this.#native.status(runUrl(run))));
+    }
+
+    /**
+     * One page of the runs this client's token sees, newest first (`GET /_runs`), as
+     * `{runs, nextPageToken}`: each `{run, state, created, ended, tenant}` (`run` a Run;
+     * times RFC 3339 text, `ended` null while the run goes on). `options`: `object`, `state`
+     * (a state, or `active` / `ended`), `limit` (1 to 1000; the server's default 100) and
+     * `pageToken` (a previous page's `nextPageToken`; null on the last page).
+     */
+    async listRuns(options = {}) {
+      const page = JSON.parse(await call(() => this.#native.listRuns(JSON.stringify(options ?? {}))));
+      return { runs: page.runs.map(listedRun), nextPageToken: page.nextPageToken };
+    }
+
+    /**
+     * Every run that `options` (as `listRuns` has them; `limit` the page size) selects, page
+     * after page, as an async iterator: pages never repeat a run.
+     */
+    async *runs(options = {}) {
+      let pageToken = options?.pageToken;
+      do {
+        const page = await this.listRuns({ ...options, pageToken });
+        yield* page.runs;
+        pageToken = page.nextPageToken;
+      } while (pageToken);
+    }
+
+    /** The server's objects (`GET /_objects`): `[{name, kind, description, argsSchema, stream}]`. */
+    async objects() {
+      return JSON.parse(await call(() => this.#native.objects()));
+    }
+
+    /** One object of the server's catalogue; NotFoundError when it has none of this name. */
+    async object(name) {
+      return JSON.parse(await call(() => this.#native.object(String(name))));
     }
 
     /** Does the run exist? (GoneError once its retention has passed.) */

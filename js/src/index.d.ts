@@ -174,6 +174,44 @@ export type CancelOutcome =
 
 export type RunLike = Run | string;
 
+export interface ListRunsOptions {
+  object?: string;
+  /** A state, or `"active"` (queued or running) or `"ended"`. */
+  state?: State | "active" | "ended";
+  /** Runs per page, 1 to 1000 (the server's default: 100). */
+  limit?: number;
+  /** A previous page's `nextPageToken`. */
+  pageToken?: string;
+}
+
+export interface ListedRun {
+  run: Run;
+  state: State;
+  /** RFC 3339. */
+  created: string;
+  /** RFC 3339; null while the run goes on. */
+  ended: string | null;
+  /** The tenant, on a server with tenants. */
+  tenant: string | null;
+}
+
+export interface RunPage {
+  runs: ListedRun[];
+  /** null on the last page. */
+  nextPageToken: string | null;
+}
+
+export interface ObjectInfo {
+  name: string;
+  /** `builtin`, `exec`, `handler`, `service` or `composition` (a newer server may add kinds). */
+  kind: string;
+  description: string | null;
+  /** The JSON Schema of the arguments (`{"type": "object"}` when the object declares none). */
+  argsSchema: Json;
+  /** Whether its runs have a byte stream. */
+  stream: boolean;
+}
+
 export declare class Run {
   readonly object: string;
   readonly id: string;
@@ -197,6 +235,14 @@ export declare class Client {
     options?: SubmitOptions,
   ): Promise<Run>;
   status(run: RunLike): Promise<RunStatus>;
+  /** One page of the runs this client's token sees, newest first (`GET /_runs`). */
+  listRuns(options?: ListRunsOptions): Promise<RunPage>;
+  /** Every run `options` select, page after page (`limit` is the page size). */
+  runs(options?: Omit<ListRunsOptions, "pageToken"> & { pageToken?: string }): AsyncIterableIterator<ListedRun>;
+  /** The server's objects (`GET /_objects`). */
+  objects(): Promise<ObjectInfo[]>;
+  /** One object; `NotFoundError` when the server has none of this name. */
+  object(name: string): Promise<ObjectInfo>;
   exists(run: RunLike): Promise<boolean>;
   cancel(run: RunLike): Promise<CancelOutcome>;
   follow(run: RunLike, options?: FollowOptions): Follow;

@@ -144,6 +144,28 @@ impl NativeClient {
         Ok(shared::status_json(&s))
     }
 
+    /// One page of `GET /_runs`: `options` the JSON of `{object, state, limit, pageToken}`.
+    #[napi]
+    pub async fn list_runs(&self, options: String) -> Result<String> {
+        let query = longrun::ListRuns::from_json(&options).map_err(|e| fail(&e))?;
+        let page = self.inner.list_runs(&query).await.map_err(|e| fail(&e))?;
+        Ok(shared::run_page_json(&page))
+    }
+
+    /// The object catalogue, as a JSON array.
+    #[napi]
+    pub async fn objects(&self) -> Result<String> {
+        let objects = self.inner.objects().await.map_err(|e| fail(&e))?;
+        Ok(serde_json::Value::from_iter(objects.iter().map(shared::object_value)).to_string())
+    }
+
+    /// One object of the catalogue, as JSON.
+    #[napi]
+    pub async fn object(&self, name: String) -> Result<String> {
+        let object = self.inner.object(&name).await.map_err(|e| fail(&e))?;
+        Ok(shared::object_value(&object).to_string())
+    }
+
     #[napi]
     pub async fn exists(&self, run_url: String) -> Result<bool> {
         self.inner

@@ -107,6 +107,36 @@ impl NativeClient {
         })
     }
 
+    /// One page of `GET /_runs`: `options` the JSON of `{object, state, limit, pageToken}`.
+    #[wasm_bindgen(js_name = listRuns)]
+    pub fn list_runs(&self, options: String) -> Promise {
+        let client = self.inner.clone();
+        future_to_promise(async move {
+            let query = longrun::ListRuns::from_json(&options).map_err(|e| fail(&e))?;
+            let page = client.list_runs(&query).await.map_err(|e| fail(&e))?;
+            Ok(shared::run_page_json(&page).into())
+        })
+    }
+
+    /// The object catalogue, as a JSON array.
+    pub fn objects(&self) -> Promise {
+        let client = self.inner.clone();
+        future_to_promise(async move {
+            let objects = client.objects().await.map_err(|e| fail(&e))?;
+            let json = serde_json::Value::from_iter(objects.iter().map(shared::object_value));
+            Ok(json.to_string().into())
+        })
+    }
+
+    /// One object of the catalogue, as JSON.
+    pub fn object(&self, name: String) -> Promise {
+        let client = self.inner.clone();
+        future_to_promise(async move {
+            let object = client.object(&name).await.map_err(|e| fail(&e))?;
+            Ok(shared::object_value(&object).to_string().into())
+        })
+    }
+
     pub fn exists(&self, run_url: String) -> Promise {
         let client = self.inner.clone();
         future_to_promise(async move {

@@ -334,14 +334,14 @@ impl ServerBuilder {
         Ok(Server {
             shared: Arc::new(Shared {
                 topics,
-            sockets: Arc::default(),
-            metrics,
-            hooks: Arc::new(hooks),
-            config: Arc::new(self.config),
-            objects: Arc::new(self.objects),
-            registry: Arc::new(registry),
-            conns: Arc::new(conn::Connections::new()),
-            nodes,
+                sockets: Arc::default(),
+                metrics,
+                hooks: Arc::new(hooks),
+                config: Arc::new(self.config),
+                objects: Arc::new(self.objects),
+                registry: Arc::new(registry),
+                conns: Arc::new(conn::Connections::new()),
+                nodes,
                 auth: Arc::new(RwLock::new(self.auth.map(Arc::new))),
             }),
         })

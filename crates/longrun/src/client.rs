@@ -115,18 +115,18 @@ fn header_names(headers: &[(String, String)]) -> Vec<(&str, Redacted)> {
 
 /// Where a member is: at the top, or in the `reconnect` object.
 #[derive(Clone, Copy, PartialEq)]
-enum Group {
+pub(crate) enum Group {
     Top,
     Reconnect,
 }
 
 /// One member's value, read by the kind of setting it is.
-struct Member<'a> {
+pub(crate) struct Member<'a> {
     /// Whose member: `"client option"`, `"submit option"`.
-    options: &'static str,
-    group: Group,
-    name: &'a str,
-    value: Value,
+    pub options: &'static str,
+    pub group: Group,
+    pub name: &'a str,
+    pub value: Value,
 }
 
 impl Member<'_> {
@@ -139,7 +139,7 @@ impl Member<'_> {
     }
 
     /// What messages call it (`client option reconnect.max_attempts`).
-    fn label(&self) -> String {
+    pub fn label(&self) -> String {
         format!("{} {}", self.options, self.path())
     }
 
@@ -148,7 +148,7 @@ impl Member<'_> {
         Error::invalid(format!("{} must be {what}", self.label()))
     }
 
-    fn text(self) -> Result<String> {
+    pub fn text(self) -> Result<String> {
         match self.value {
             Value::String(s) => Ok(s),
             _ => Err(self.invalid("a string")),
@@ -175,7 +175,7 @@ impl Member<'_> {
         self.duration(1.0, "seconds")
     }
 
-    fn count(self) -> Result<u32> {
+    pub fn count(self) -> Result<u32> {
         self.value
             .as_u64()
             .and_then(|n| u32::try_from(n).ok())
@@ -206,7 +206,7 @@ impl Member<'_> {
 }
 
 /// Set `slot` once: a setting given under two spellings is a mistake, not a choice.
-fn put<T>(slot: &mut Option<T>, label: String, value: T) -> Result<()> {
+pub(crate) fn put<T>(slot: &mut Option<T>, label: String, value: T) -> Result<()> {
     match slot.replace(value) {
         None => Ok(()),
         Some(_) => Err(Error::invalid(format!(
@@ -216,7 +216,7 @@ fn put<T>(slot: &mut Option<T>, label: String, value: T) -> Result<()> {
 }
 
 /// The members of an options object, or `InvalidArgument` naming `what` for anything else.
-fn members(value: Value, what: &str) -> Result<serde_json::Map<String, Value>> {
+pub(crate) fn members(value: Value, what: &str) -> Result<serde_json::Map<String, Value>> {
     match value {
         Value::Object(members) => Ok(members),
         other => Err(Error::invalid(format!(
@@ -226,7 +226,7 @@ fn members(value: Value, what: &str) -> Result<serde_json::Map<String, Value>> {
 }
 
 /// Parse options JSON text; empty text is `null` (no options).
-fn options_json(json: &str, what: &str) -> Result<Value> {
+pub(crate) fn options_json(json: &str, what: &str) -> Result<Value> {
     if json.trim().is_empty() {
         return Ok(Value::Null);
     }

@@ -59,6 +59,44 @@ struct Listed {
     tenant: Option<String>,
 }
 
+impl ListRuns {
+    /// A runs-list query as data, for bindings (as [`SubmitOptions`] are): a JSON object whose
+    /// members are all optional (null is unset), an unknown one `InvalidArgument`:
+    /// `object`, `state`, `limit`, `page_token` / `pageToken`.
+    ///
+    /// [`SubmitOptions`]: crate::SubmitOptions
+    pub fn from_json(json: &str) -> Result<Self> {
+        use crate::client::{Group, Member, members, options_json, put};
+        let mut query = ListRuns::default();
+        let value = options_json(json, "runs list options")?;
+        if value.is_null() {
+            return Ok(query);
+        }
+        for (name, value) in members(value, "runs list options")? {
+            if value.is_null() {
+                continue;
+            }
+            let m = Member {
+                options: "runs list option",
+                group: Group::Top,
+                name: &name,
+                value,
+            };
+            let label = m.label();
+            match name.as_str() {
+                "object" => put(&mut query.object, label, m.text()?),
+                "state" => put(&mut query.state, label, m.text()?),
+                "limit" => put(&mut query.limit, label, m.count()?),
+                "page_token" | "pageToken" => put(&mut query.page_token, label, m.text()?),
+                _ => Err(Error::invalid(format!(
+                    "{name:?} is not a runs list option"
+                ))),
+            }?;
+        }
+        Ok(query)
+    }
+}
+
 impl Client {
     /// One page of the runs this client's token sees, newest first (`GET /_runs`). Follow
     /// `next_page_token` for the next: pages never repeat a run, and a run created while
