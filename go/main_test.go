@@ -55,11 +55,15 @@ scopes = ["submit", "read", "cancel"]
 
 // TestMain starts the servers: the binary named by LONGRUN_BIN (cargo xtask sets it), else the
 // workspace's debug build (`cargo build -p longrun-cli`).
+// binary is the `longrun` binary the servers run, for tests that need one of their own.
+var binary string
+
 func TestMain(m *testing.M) {
 	bin := os.Getenv("LONGRUN_BIN")
 	if bin == "" {
 		bin = "../target/debug/longrun"
 	}
+	binary = bin
 	dir, err := os.MkdirTemp("", "longrun-go-test")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import datetime
 
 from typing import (
     TYPE_CHECKING,
@@ -24,8 +25,10 @@ from typing import (
     AsyncIterator,
     Callable,
     ClassVar,
+    Dict,
     Generic,
     Iterator,
+    List,
     Mapping,
     NamedTuple,
     Optional,
@@ -64,6 +67,9 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncClient",
     "CancelOutcome",
+    "ListedRun",
+    "ObjectInfo",
+    "RunPage",
     "Canceled",
     "Client",
     "ClientOptions",
@@ -198,6 +204,50 @@ class CancelOutcome(NamedTuple):
     @property
     def accepted(self) -> bool:
         return self.outcome == "accepted"
+
+
+class ListedRun(NamedTuple):
+    """One run of ``list_runs``: its handle, state, and when it was created and ended (aware
+    UTC datetimes; ``ended`` is ``None`` while it goes on), and its tenant on a server with
+    tenants."""
+
+    run: Run
+    state: str
+    created: datetime.datetime
+    ended: Optional[datetime.datetime]
+    tenant: Optional[str]
+
+
+class RunPage(NamedTuple):
+    """One page of ``list_runs``, newest first; ``next_page_token`` asks for the next page
+    (``None`` on the last)."""
+
+    runs: List[ListedRun]
+    next_page_token: Optional[str]
+
+
+class ObjectInfo(NamedTuple):
+    """One object of the server's catalogue (``GET /_objects``): ``kind`` is ``builtin``,
+    ``exec``, ``handler``, ``service`` or ``composition``; ``args_schema`` is the JSON Schema
+    the server checks a submit's arguments against; ``stream`` says whether its runs have a
+    byte stream."""
+
+    name: str
+    kind: str
+    description: Optional[str]
+    args_schema: Any
+    stream: bool
+
+
+def _time(text: str) -> datetime.datetime:
+    # RFC 3339's "Z", which fromisoformat reads only from Python 3.11.
+    return datetime.datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+
+
+def _query(
+    object: Optional[str], state: Optional[str], limit: Optional[int], page_token: Optional[str]
+) -> Dict[str, Any]:
+    return {"object": object, "state": state, "limit": limit, "page_token": page_token}
 
 
 class Publication(NamedTuple):
@@ -364,6 +414,13 @@ class _ClientBase(Generic[_N]):
         """A handle on an existing run of this server."""
         return Run._wrap(self._n.run(object, id), self)
 
+    def _page(self, runs: List[Tuple[Any, str, str, Optional[str], Optional[str]]], token: Optional[str]) -> RunPage:
+        listed = [
+            ListedRun(Run._wrap(run, self), state, _time(created), _time(ended) if ended else None, tenant)
+            for run, state, created, ended, tenant in runs
+        ]
+        return RunPage(listed, token)
+
 
 class Client(_ClientBase[_native.Client]):
     """A blocking longrun/1 client for the server at ``base_url`` (``http://host:8080``, or
@@ -486,6 +543,41 @@ class Client(_ClientBase[_native.Client]):
     def exists(self, run: Run) -> bool:
         """Does the run exist? ``Gone`` if its retention has passed."""
         return self._n.exists(run._run)
+
+    def list_runs(
+        self,
+        *,
+        object: Optional[str] = None,
+        state: Optional[str] = None,
+        limit: Optional[int] = None,
+        page_token: Optional[str] = None,
+    ) -> RunPage:
+        """One page of the runs this client's token sees, newest first (``GET /_runs``):
+        only ``object``'s, only in ``state`` (a state, or ``"active"`` / ``"ended"``), at most
+        ``limit`` (1 to 1000; the server's default 100), after the page ``page_token`` ended."""
+        runs, token = self._n.list_runs(_query(object, state, limit, page_token))
+        return self._page(runs, token)
+
+    def runs(
+        self, *, object: Optional[str] = None, state: Optional[str] = None, limit: Optional[int] = None
+    ) -> Iterator[ListedRun]:
+        """Every run ``list_runs`` selects, page after page (``limit`` is the page size);
+        pages never repeat a run."""
+        token: Optional[str] = None
+        while True:
+            page = self.list_runs(object=object, state=state, limit=limit, page_token=token)
+            yield from page.runs
+            token = page.next_page_token
+            if token is None:
+                return
+
+    def objects(self) -> List[ObjectInfo]:
+        """The server's objects, sorted by name (``GET /_objects``)."""
+        return [ObjectInfo(*o) for o in self._n.objects()]
+
+    def object(self, name: str) -> ObjectInfo:
+        """One object of the catalogue; ``NotFound`` when the server has none of this name."""
+        return ObjectInfo(*self._n.object(name)[0])
 
     def wait(
         self,
@@ -616,6 +708,39 @@ class AsyncClient(_ClientBase[_native.AsyncClient]):
 
     async def exists(self, run: Run) -> bool:
         return await self._n.exists(run._run)
+
+    async def list_runs(
+        self,
+        *,
+        object: Optional[str] = None,
+        state: Optional[str] = None,
+        limit: Optional[int] = None,
+        page_token: Optional[str] = None,
+    ) -> RunPage:
+        """See ``Client.list_runs``."""
+        runs, token = await self._n.list_runs(_query(object, state, limit, page_token))
+        return self._page(runs, token)
+
+    async def runs(
+        self, *, object: Optional[str] = None, state: Optional[str] = None, limit: Optional[int] = None
+    ) -> AsyncIterator[ListedRun]:
+        """See ``Client.runs``: an async iterator."""
+        token: Optional[str] = None
+        while True:
+            page = await self.list_runs(object=object, state=state, limit=limit, page_token=token)
+            for run in page.runs:
+                yield run
+            token = page.next_page_token
+            if token is None:
+                return
+
+    async def objects(self) -> List[ObjectInfo]:
+        """See ``Client.objects``."""
+        return [ObjectInfo(*o) for o in await self._n.objects()]
+
+    async def object(self, name: str) -> ObjectInfo:
+        """See ``Client.object``."""
+        return ObjectInfo(*(await self._n.object(name))[0])
 
     async def wait(
         self, run: Run, timeout: Optional[float] = None, *, cancel_on_interrupt: bool = False

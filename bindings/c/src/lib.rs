@@ -1631,6 +1631,103 @@ pub unsafe extern "C" fn longrun_subscription_free(subscription: *mut longrun_su
     unsafe { free_on_runtime(subscription, |s| &s.rt) }
 }
 
+/// One page of the runs the client's token sees, newest first (`GET /_runs`). `query` is JSON
+/// text of an object with optional `object`, `state`, `limit`, `page_token` (NULL or empty:
+/// none), read by the core; `*page` is JSON (free it with `longrun_buf_free`):
+/// `{"runs": [{"object", "id", "url", "state", "created", "ended", "tenant"}],
+/// "next_page_token"}` (`ended`, `tenant` and `next_page_token` may be null). `interrupt`
+/// may be NULL.
+///
+/// # Safety
+/// Pointers are NULL, live handles, or valid for their lengths / for writing.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn longrun_client_list_runs(
+    client: *const longrun_client,
+    query: *const u8,
+    query_len: usize,
+    interrupt: *const longrun_interrupt,
+    page: *mut longrun_buf,
+    err: *mut *mut longrun_error,
+) -> longrun_code {
+    // SAFETY: the caller's contract, passed on.
+    unsafe {
+        guard(err, || {
+            let client = handle(client, "client")?;
+            let query = match query.is_null() {
+                true => longrun::ListRuns::default(),
+                false => longrun::ListRuns::from_json(str_arg(query, query_len, "query")?)?,
+            };
+            let page = out(page, "page")?;
+            let answer = block(
+                &client.rt,
+                interrupt.as_ref(),
+                client.client.list_runs(&query),
+            )?;
+            let runs: Vec<serde_json::Value> = answer
+                .runs
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "object": r.run.object(),
+                        "id": r.run.id().to_string(),
+                        "url": r.run.url().as_str(),
+                        "state": r.state.as_str(),
+                        "created": r.created,
+                        "ended": r.ended,
+                        "tenant": r.tenant,
+                    })
+                })
+                .collect();
+            let json = serde_json::json!({"runs": runs, "next_page_token": answer.next_page_token});
+            *page = buf_of(json.to_string().into_bytes());
+            Ok(())
+        })
+    }
+}
+
+/// The server's objects (`GET /_objects`): `*objects` is a JSON array of `{"name", "kind",
+/// "description", "args_schema", "stream"}` (free it with `longrun_buf_free`); with `name`
+/// (not NULL), that one object as a JSON object, or `NOT_FOUND`. `interrupt` may be NULL.
+///
+/// # Safety
+/// Pointers are NULL, live handles, or valid for their lengths / for writing.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn longrun_client_objects(
+    client: *const longrun_client,
+    name: *const u8,
+    name_len: usize,
+    interrupt: *const longrun_interrupt,
+    objects: *mut longrun_buf,
+    err: *mut *mut longrun_error,
+) -> longrun_code {
+    // SAFETY: the caller's contract, passed on.
+    unsafe {
+        guard(err, || {
+            let client = handle(client, "client")?;
+            let name = match name.is_null() {
+                true => None,
+                false => Some(str_arg(name, name_len, "name")?),
+            };
+            let objects = out(objects, "objects")?;
+            let json = match name {
+                None => serde_json::to_vec(&block(
+                    &client.rt,
+                    interrupt.as_ref(),
+                    client.client.objects(),
+                )?),
+                Some(name) => serde_json::to_vec(&block(
+                    &client.rt,
+                    interrupt.as_ref(),
+                    client.client.object(name),
+                )?),
+            }
+            .map_err(|e| invalid(e.to_string()))?;
+            *objects = buf_of(json);
+            Ok(())
+        })
+    }
+}
+
 /// Publish `data` (JSON text) to `topic`; `*offset` is its offset. `interrupt` may be NULL.
 ///
 /// # Safety

@@ -679,6 +679,21 @@ impl Client {
         py.detach(|| self.inner.exists(&run.inner)).or_raise(py)
     }
 
+    /// One page of `GET /_runs`; `query` a dict of `object`, `state`, `limit`, `page_token`.
+    fn list_runs(&self, py: Python<'_>, query: &Bound<'_, PyAny>) -> PyResult<Page> {
+        let query = list_query(query).or_raise(py)?;
+        py.detach(|| self.inner.list_runs(&query)).or_raise(py).map(Page)
+    }
+
+    fn objects(&self, py: Python<'_>) -> PyResult<Objects> {
+        py.detach(|| self.inner.objects()).or_raise(py).map(Objects)
+    }
+
+    fn object(&self, py: Python<'_>, name: &str) -> PyResult<Objects> {
+        let object = py.detach(|| self.inner.object(name)).or_raise(py)?;
+        Ok(Objects(vec![object]))
+    }
+
     /// The run's `success` value; waits in slices, so a signal handler's exception
     /// (KeyboardInterrupt) stops the wait (the run goes on).
     #[pyo3(signature = (run, timeout=None))]
@@ -792,6 +807,46 @@ fn offset(py: Python<'_>, since: Option<&Bound<'_, PyInt>>) -> PyResult<Option<u
     since
         .map(|n| longrun::cursor_from_decimal(&n.str()?.to_cow()?).or_raise(py))
         .transpose()
+}
+
+/// A page of `GET /_runs` as Python gets it: `([(run, state, created, ended, tenant)],
+/// next_page_token)`.
+struct Page(longrun::RunPage);
+
+impl<'py> IntoPyObject<'py> for Page {
+    type Target = PyTuple;
+    type Output = Bound<'py, PyTuple>;
+    type Error = PyErr;
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Self::Output> {
+        let runs = PyList::empty(py);
+        for r in self.0.runs {
+            let run = Bound::new(py, Run { inner: r.run })?;
+            runs.append((run, r.state.as_str(), r.created, r.ended, r.tenant))?;
+        }
+        (runs, self.0.next_page_token).into_pyobject(py)
+    }
+}
+
+/// The catalogue as Python gets it: `[(name, kind, description, args_schema, stream)]`.
+struct Objects(Vec<longrun::ObjectInfo>);
+
+impl<'py> IntoPyObject<'py> for Objects {
+    type Target = PyList;
+    type Output = Bound<'py, PyList>;
+    type Error = PyErr;
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Self::Output> {
+        let list = PyList::empty(py);
+        for o in self.0 {
+            let schema = json_to_py(py, &o.args_schema)?;
+            list.append((o.name, o.kind, o.description, schema, o.stream))?;
+        }
+        Ok(list)
+    }
+}
+
+/// The runs-list query: the keyword arguments as a dict, read by the core's `ListRuns`.
+fn list_query(query: &Bound<'_, PyAny>) -> longrun::Result<longrun::ListRuns> {
+    longrun::ListRuns::from_value(py_to_json(query)?)
 }
 
 /// A publication as Python gets it: `(topic, offset, data)`.
@@ -1007,6 +1062,28 @@ impl AsyncClient {
     fn exists<'py>(&self, py: Python<'py>, run: &Run) -> PyResult<Bound<'py, PyAny>> {
         let (client, run) = (self.inner.clone(), run.inner.clone());
         aio::future_into_py(py, async move { client.exists(&run).await })
+    }
+
+    fn list_runs<'py>(
+        &self,
+        py: Python<'py>,
+        query: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let query = list_query(query).or_raise(py)?;
+        let client = self.inner.clone();
+        aio::future_into_py(py, async move { Ok(Page(client.list_runs(&query).await?)) })
+    }
+
+    fn objects<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let client = self.inner.clone();
+        aio::future_into_py(py, async move { Ok(Objects(client.objects().await?)) })
+    }
+
+    fn object<'py>(&self, py: Python<'py>, name: String) -> PyResult<Bound<'py, PyAny>> {
+        let client = self.inner.clone();
+        aio::future_into_py(py, async move {
+            Ok(Objects(vec![client.object(&name).await?]))
+        })
     }
 
     #[pyo3(signature = (run, timeout=None))]

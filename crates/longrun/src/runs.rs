@@ -66,9 +66,13 @@ impl ListRuns {
     ///
     /// [`SubmitOptions`]: crate::SubmitOptions
     pub fn from_json(json: &str) -> Result<Self> {
-        use crate::client::{Group, Member, members, options_json, put};
+        Self::from_value(crate::client::options_json(json, "runs list options")?)
+    }
+
+    /// [`from_json`](Self::from_json) of a JSON value (`null` is no options).
+    pub fn from_value(value: serde_json::Value) -> Result<Self> {
+        use crate::client::{Group, Member, members, put};
         let mut query = ListRuns::default();
-        let value = options_json(json, "runs list options")?;
         if value.is_null() {
             return Ok(query);
         }
