@@ -533,13 +533,13 @@ impl Topics {
     }
 
     /// Drop history older than its age, and topics with neither history nor subscribers; on
-    /// Postgres, tell the store which topics subscribers here name.
+    /// Postgres, tell the store which topics are held here (their offsets must go on).
     pub fn sweep(&self) {
         let mut inner = self.lock();
         inner.sweep(Instant::now(), self.history_age);
         if let Some(pg) = self.pg() {
             let named = inner
-                .exact
+                .topics
                 .keys()
                 .map(|(ns, topic)| (ns_text(ns).to_owned(), topic.clone()))
                 .collect();

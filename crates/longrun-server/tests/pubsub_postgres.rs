@@ -428,3 +428,44 @@ async fn tenants_topics_stay_apart_across_replicas() {
     one.stop().await.unwrap();
     two.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_off_from_postgres_delivers_what_was_published_meanwhile() {
+    let Some(url) = common::postgres::database("pubsub reconnect").await else {
+        return;
+    };
+    let store = StoreConfig::parse(&url).unwrap();
+    let a = replica(&store, Config::default()).await;
+    let admin = db(&url).await;
+    let before: std::time::SystemTime = admin.query_one("SELECT now()", &[]).await.unwrap().get(0);
+    let b = replica(&store, Config::default()).await;
+    let mut on_b = connect(&b, None).await;
+    subscribe(&mut on_b, "s", "room", None).await;
+    assert_eq!(http_publish(&a, "room", json!(0)).await, 0);
+    assert_eq!(publications(&mut on_b, "s", 1).await, [(0, json!(0))]);
+
+    // B's connections only (opened after `before`): its notifications of what A publishes
+    // now are lost, and it reads them once it is connected again.
+    let cut = admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid() \
+             AND backend_start >= $1",
+            &[&before],
+        )
+        .await
+        .unwrap();
+    assert_eq!(cut.len(), 2, "B's journal and reading connections");
+    for i in 1..4 {
+        assert_eq!(http_publish(&a, "room", json!(i)).await, i);
+    }
+    assert_eq!(
+        publications(&mut on_b, "s", 3).await,
+        [(1, json!(1)), (2, json!(2)), (3, json!(3))]
+    );
+    // And live again, once each.
+    assert_eq!(http_publish(&a, "room", json!(4)).await, 4);
+    assert_eq!(publications(&mut on_b, "s", 1).await, [(4, json!(4))]);
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}

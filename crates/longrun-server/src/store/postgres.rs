@@ -166,7 +166,7 @@ struct Shared {
     /// Publications committed (by any replica), for `Topics`; bounded by the topics.
     topic_notes: Mutex<TopicNotes>,
     topic_wake: Notify,
-    /// The topics this replica's subscribers name: their rows are kept while they do.
+    /// The topics this replica holds (subscribed, or cached): their rows are kept meanwhile.
     watched: Mutex<Vec<(String, String)>>,
 }
 
@@ -745,7 +745,7 @@ impl Handle {
         self.shared.topic_wake.notify_one();
     }
 
-    /// The topics this replica's subscribers name, kept in the database while they do.
+    /// The topics this replica holds, kept in the database while it does.
     pub fn watch_topics(&self, topics: Vec<(String, String)>) {
         *lock(&self.shared.watched) = topics;
     }
@@ -1348,9 +1348,10 @@ async fn maintain(
         )
         .await?;
     tx.commit().await?;
-    // Pubsub (spec §28.5), outside that transaction: the topics this replica's subscribers
-    // name stay (so their offsets never start again under a subscriber), then publications
-    // older than their age go, and topics with none left that nobody touched meanwhile.
+    // Pubsub (spec §28.5), outside that transaction: the topics this replica holds stay (so
+    // their offsets never start again under its subscribers; rows locked in the order a
+    // journal's commit locks them), then publications older than their age go, and topics
+    // with none left that no replica touched meanwhile.
     let watched = lock(&shared.watched).clone();
     let (ns, topics): (Vec<&str>, Vec<&str>) = watched
         .iter()
@@ -1359,8 +1360,9 @@ async fn maintain(
     if !ns.is_empty() {
         client
             .execute(
-                "UPDATE longrun.topic_offsets t SET last_ms = $3 \
-                 FROM unnest($1::text[], $2::text[]) AS w(ns, topic) \
+                "UPDATE longrun.topic_offsets t SET last_ms = $3 FROM (SELECT ns, topic \
+                 FROM longrun.topic_offsets WHERE (ns, topic) IN \
+                 (SELECT * FROM unnest($1::text[], $2::text[])) ORDER BY ns, topic FOR UPDATE) w \
                  WHERE t.ns = w.ns AND t.topic = w.topic",
                 &[&ns, &topics, &now],
             )
