@@ -93,6 +93,8 @@ pub(crate) struct Topics {
     max_topics: usize,
     /// The Postgres store, whose tables every replica's topics share.
     shared: Option<Arc<Journal>>,
+    /// Whether `follow` runs (a server served twice starts it once).
+    started: std::sync::atomic::AtomicBool,
 }
 
 /// A namespace in the database: the tenant's name, `""` for the server's (tenants have names).
@@ -186,6 +188,7 @@ impl Topics {
             history_bytes: config.topic_history_bytes,
             max_topics: config.max_topics,
             shared: journal.filter(|j| j.shared().is_some()),
+            started: Default::default(),
         }
     }
 
@@ -305,7 +308,8 @@ impl Topics {
     /// Start delivering what the replicas publish (Postgres only; elsewhere a publication is
     /// delivered as it is made).
     pub fn start(self: &Arc<Self>) {
-        if self.pg().is_some() {
+        let first = !self.started.swap(true, std::sync::atomic::Ordering::SeqCst);
+        if first && self.pg().is_some() {
             tokio::spawn(self.clone().follow());
         }
     }
