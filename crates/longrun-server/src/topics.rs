@@ -213,13 +213,29 @@ impl Topics {
         topic: &str,
         data: Box<RawValue>,
     ) -> Result<u64, ApiError> {
-        match self.pg() {
-            Some(pg) => pg
-                .publish(ns_text(ns), topic, data.get(), self.history)
-                .await
-                .map_err(store_unavailable),
-            None => self.publish_local(ns, topic, data),
-        }
+        let Some(pg) = self.pg() else {
+            return self.publish_local(ns, topic, data);
+        };
+        pg.publish(
+            ns_text(ns),
+            topic,
+            data.get(),
+            self.history,
+            self.max_topics,
+        )
+        .await
+        .map_err(store_unavailable)?
+        .ok_or_else(|| self.too_many_topics())
+    }
+
+    fn too_many_topics(&self) -> ApiError {
+        ApiError::new(
+            ProblemKind::TooManyTopics,
+            format!(
+                "the server holds {} topics, as many as it may",
+                self.max_topics
+            ),
+        )
     }
 
     /// Publish in this process: the next offset of the topic here.
@@ -235,13 +251,7 @@ impl Topics {
         if !inner.topics.contains_key(&key) && inner.topics.len() >= self.max_topics {
             inner.sweep(now, self.history_age);
             if inner.topics.len() >= self.max_topics {
-                return Err(ApiError::new(
-                    ProblemKind::TooManyTopics,
-                    format!(
-                        "the server holds {} topics, as many as it may",
-                        self.max_topics
-                    ),
-                ));
+                return Err(self.too_many_topics());
             }
         }
         let offset = inner.topics.get(&key).map_or(0, |t| t.next);

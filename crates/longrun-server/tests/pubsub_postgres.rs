@@ -469,3 +469,38 @@ async fn a_replica_cut_off_from_postgres_delivers_what_was_published_meanwhile()
     a.stop().await.unwrap();
     b.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_topics_is_one_limit_over_the_replicas() {
+    let Some(url) = common::postgres::database("pubsub max topics").await else {
+        return;
+    };
+    let store = StoreConfig::parse(&url).unwrap();
+    let config = Config {
+        max_topics: 2,
+        ..Config::default()
+    };
+    let a = replica(&store, config.clone()).await;
+    let b = replica(&store, config).await;
+    assert_eq!(http_publish(&a, "one", json!(1)).await, 0);
+    assert_eq!(http_publish(&b, "two", json!(2)).await, 0);
+    let refused = reqwest::Client::new()
+        .post(a.url("/_topics/three"))
+        .json(&json!(3))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    let problem: Value = refused.json().await.unwrap();
+    assert!(
+        problem["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("too-many-topics"),
+        "{problem}"
+    );
+    // A topic it holds takes publications still, through either replica.
+    assert_eq!(http_publish(&a, "two", json!(2)).await, 1);
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}

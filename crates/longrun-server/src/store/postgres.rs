@@ -615,32 +615,38 @@ impl Handle {
     /// Publish `data` (JSON text) to `topic` of `ns` (`""`: the server's): its offset. One
     /// statement takes the offset from the topic's row (locked until it commits, so every
     /// replica's publications to a topic are one dense sequence, committed in offset order),
-    /// inserts the publication, deletes those past the `keep` newest, and notifies.
+    /// inserts the publication, deletes those past the `keep` newest, and notifies. `None`
+    /// when the topic is new and the database holds `max_topics` already (counted only then).
     pub async fn publish(
         &self,
         ns: &str,
         topic: &str,
         data: &str,
         keep: usize,
-    ) -> Result<u64, String> {
+        max_topics: usize,
+    ) -> Result<Option<u64>, String> {
         let keep = keep.max(1) as i64;
+        let max_topics = max_topics.min(i64::MAX as usize) as i64;
         let row = self
             .reader
             .get()
-            .query_one(
+            .query_opt(
                 "WITH o AS (INSERT INTO longrun.topic_offsets AS t (ns, topic, next, last_ms) \
-                 VALUES ($1::text, $2::text, 1, $3::int8) ON CONFLICT (ns, topic) DO UPDATE \
+                 SELECT $1::text, $2::text, 1, $3::int8 WHERE EXISTS (SELECT 1 FROM \
+                 longrun.topic_offsets WHERE ns = $1 AND topic = $2) \
+                 OR (SELECT count(*) FROM longrun.topic_offsets) < $6::int8 \
+                 ON CONFLICT (ns, topic) DO UPDATE \
                  SET next = t.next + 1, last_ms = EXCLUDED.last_ms RETURNING t.next - 1 AS n), \
                  p AS (INSERT INTO longrun.publications (ns, topic, n, at_ms, data) \
                  SELECT $1, $2, n, $3, $4::text FROM o RETURNING n), \
                  d AS (DELETE FROM longrun.publications WHERE ns = $1 AND topic = $2 \
                  AND n <= (SELECT n FROM o) - $5::int8) \
                  SELECT n, pg_notify('longrun_topics', n || E'\\t' || $2 || E'\\t' || $1) FROM p",
-                &[&ns, &topic, &now_ms(), &data, &keep],
+                &[&ns, &topic, &now_ms(), &data, &keep, &max_topics],
             )
             .await
             .map_err(|e| pg_error(&e))?;
-        Ok(row.get::<_, i64>(0).max(0) as u64)
+        Ok(row.map(|r| r.get::<_, i64>(0).max(0) as u64))
     }
 
     /// A topic of `ns` as committed, in one snapshot: its next offset, its oldest kept
