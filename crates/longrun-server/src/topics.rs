@@ -342,7 +342,8 @@ impl Topics {
                 for ((ns, topic), last) in notes.seen {
                     let key = (ns_from(&ns), topic);
                     match inner.topics.get(&key) {
-                        _ if notes.reload => {}
+                        // Asked for above already.
+                        Some(_) if notes.reload => {}
                         Some(t) if t.next <= last => wants.push((ns, key.1, t.next)),
                         Some(_) => {}
                         // A topic new here that a pattern subscriber hears from now on.

@@ -17,6 +17,13 @@
 //! in the transaction that creates runs); retention runs in the database too, so runs whose
 //! replica died still go.
 //!
+//! Pubsub (spec §28.5) is shared the same way: a topic's offsets come from its row in
+//! `topic_offsets`, taken in the transaction that inserts the publication (the row stays
+//! locked until it commits, so the offsets of a topic are dense over all replicas and commit
+//! in order), and `longrun_topics` notifies `<offset>\t<topic>\t<namespace>`; each replica
+//! reads the rows after what it delivered (`Topics::follow`). The run feeds are written by
+//! the journal in the commit of a run's `queued` and of its end, and by the reaper.
+//!
 //! The connections live on a thread of their own with a small runtime: `build()` is not
 //! async, and the journal keeps committing whatever the server's runtime is doing. The
 //! clients' futures are runtime-agnostic, so handlers await reads directly.
