@@ -504,3 +504,47 @@ async fn max_topics_is_one_limit_over_the_replicas() {
     a.stop().await.unwrap();
     b.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pattern_subscriber_hears_topics_only_other_replicas_use() {
+    let Some(url) = common::postgres::database("pubsub patterns across replicas").await else {
+        return;
+    };
+    let store = StoreConfig::parse(&url).unwrap();
+    let a = replica(&store, Config::default()).await;
+    let b = replica(&store, Config::default()).await;
+    let mut on_a = connect(&a, None).await;
+    subscribe(&mut on_a, "p", "news.*", None).await;
+    let mut pub_b = connect(&b, None).await;
+    for i in 0..3 {
+        assert_eq!(
+            ws_publish(&mut pub_b, &format!("x{i}"), "news.x", json!(i)).await,
+            i
+        );
+        assert_eq!(
+            ws_publish(&mut pub_b, &format!("y{i}"), "news.y", json!(i)).await,
+            i
+        );
+    }
+    ws_publish(&mut pub_b, "other", "sports", json!("no")).await;
+    let mut by_topic: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for _ in 0..6 {
+        let p = recv_of(&mut on_a, "p").await;
+        let topic = p["r"].as_str().unwrap().to_owned();
+        assert_eq!(p["d"]["data"], p["d"]["offset"], "{p}");
+        by_topic
+            .entry(topic)
+            .or_default()
+            .push(p["d"]["offset"].as_u64().unwrap());
+    }
+    let want = BTreeMap::from([
+        ("news.x".to_owned(), vec![0, 1, 2]),
+        ("news.y".to_owned(), vec![0, 1, 2]),
+    ]);
+    assert_eq!(by_topic, want);
+    // Nothing else came before A's answer to its own next request.
+    send(&mut on_a, json!({"uid": "h", "m": "GET", "r": "/_health"})).await;
+    assert_eq!(recv(&mut on_a).await["uid"], "h");
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
