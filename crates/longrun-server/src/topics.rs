@@ -31,6 +31,7 @@ use serde_json::value::RawValue;
 use crate::Config;
 use crate::http::{ApiError, store_unavailable};
 use crate::store::Journal;
+use crate::store::postgres::NOTIFIED_NS;
 
 /// Longest topic name.
 pub const MAX_TOPIC: usize = 255;
@@ -331,49 +332,61 @@ impl Topics {
         let Some(pg) = self.pg() else { return };
         loop {
             let notes = pg.topic_notes().await;
-            let wants: Vec<(String, String, u64)> = {
-                let mut inner = self.lock();
-                let mut wants = Vec::new();
-                if notes.reload {
-                    for (key, t) in &inner.topics {
-                        wants.push((ns_text(&key.0).to_owned(), key.1.clone(), t.next));
-                    }
-                }
-                for ((ns, topic), last) in notes.seen {
-                    let key = (ns_from(&ns), topic);
-                    match inner.topics.get(&key) {
-                        // Asked for above already.
-                        Some(_) if notes.reload => {}
-                        Some(t) if t.next <= last => wants.push((ns, key.1, t.next)),
-                        Some(_) => {}
-                        // A topic new here that a pattern subscriber hears from now on.
-                        None if last != u64::MAX && inner.pattern_matches(&key) => {
-                            inner.topics.insert(
-                                key.clone(),
-                                Topic {
-                                    next: last,
-                                    history: VecDeque::new(),
-                                },
-                            );
-                            wants.push((ns, key.1, last));
+            let wants: Vec<(String, String, u64)> =
+                {
+                    let inner = self.lock();
+                    let mut wants = Vec::new();
+                    if notes.reload {
+                        for (key, t) in &inner.topics {
+                            wants.push((ns_text(&key.0).to_owned(), key.1.clone(), t.next));
                         }
-                        None => {}
                     }
-                }
-                wants
-            };
+                    for ((ns, topic), (first, last)) in notes.seen {
+                        if ns.chars().count() >= NOTIFIED_NS {
+                            // A tenant's name as long as a notification carries: every topic of
+                            // that name held here whose namespace begins so is read.
+                            for (key, t) in inner.topics.iter().filter(|(k, _)| {
+                                k.1 == topic && ns_text(&k.0).starts_with(ns.as_str())
+                            }) {
+                                wants.push((ns_text(&key.0).to_owned(), topic.clone(), t.next));
+                            }
+                            continue;
+                        }
+                        let key = (ns_from(&ns), topic);
+                        match inner.topics.get(&key) {
+                            // Asked for above already.
+                            Some(_) if notes.reload => {}
+                            Some(t) if t.next <= last => wants.push((ns, key.1, t.next)),
+                            Some(_) => {}
+                            // A topic new here that a pattern subscriber hears: from the first
+                            // offset notified since the last look.
+                            None if first != u64::MAX && inner.pattern_matches(&key) => {
+                                wants.push((ns, key.1, first));
+                            }
+                            None => {}
+                        }
+                    }
+                    wants
+                };
             if wants.is_empty() {
                 continue;
             }
             match pg.read_topics(&wants).await {
                 Ok(rows) => {
+                    // Where each read starts, for a topic not held here (new here, or swept
+                    // while it was read).
+                    let from: HashMap<(&str, &str), u64> = wants
+                        .iter()
+                        .map(|(ns, topic, from)| ((ns.as_str(), topic.as_str()), *from))
+                        .collect();
                     let mut inner = self.lock();
                     let now = Instant::now();
                     for (ns, topic, offset, data) in rows {
+                        let start = from.get(&(ns.as_str(), topic.as_str())).copied();
                         let key = (ns_from(&ns), topic);
-                        // Delivered already (or the topic went meanwhile); a jump past
-                        // `next` is what retention deleted.
-                        if inner.topics.get(&key).is_none_or(|t| offset < t.next) {
+                        let next = inner.topics.get(&key).map(|t| t.next).or(start);
+                        // Delivered already; a jump past `next` is what retention deleted.
+                        if next.is_none_or(|next| offset < next) {
                             continue;
                         }
                         let Ok(data) = RawValue::from_string(data) else {

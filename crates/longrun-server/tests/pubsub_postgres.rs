@@ -548,3 +548,44 @@ async fn a_pattern_subscriber_hears_topics_only_other_replicas_use() {
     a.stop().await.unwrap();
     b.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_of_any_name_length_is_heard_across_replicas() {
+    let Some(url) = common::postgres::database("pubsub long tenant names").await else {
+        return;
+    };
+    let store = StoreConfig::parse(&url).unwrap();
+    // 6000 bytes: longer than a notification could carry whole.
+    let long = "é".repeat(3000);
+    let tokens = [(long.as_str(), "token-long", &["submit", "read"][..])];
+    let start = || {
+        TestServer::start(
+            Server::builder()
+                .store(store.clone())
+                .demo()
+                .auth(auth(&tokens)),
+        )
+    };
+    let one = start().await;
+    let two = start().await;
+    let mut room = connect(&one, Some("token-long")).await;
+    subscribe(&mut room, "room", "room", None).await;
+    let mut runs = connect(&one, Some("token-long")).await;
+    subscribe(&mut runs, "runs", "_runs", None).await;
+    let mut on_two = connect(&two, Some("token-long")).await;
+    assert_eq!(ws_publish(&mut on_two, "p", "room", json!("hi")).await, 0);
+    assert_eq!(publications(&mut room, "room", 1).await, [(0, json!("hi"))]);
+    send(
+        &mut on_two,
+        json!({"uid": "r", "m": "POST", "r": "/echo/", "d": {}}),
+    )
+    .await;
+    assert_eq!(recv_of(&mut on_two, "r").await["c"], 201);
+    let got = feed(&mut runs, "runs", 2).await;
+    assert_eq!(
+        (got[0].2.as_str(), got[1].2.as_str()),
+        ("queued", "success")
+    );
+    one.stop().await.unwrap();
+    two.stop().await.unwrap();
+}

@@ -177,14 +177,19 @@ struct Shared {
     watched: Mutex<Vec<(String, String)>>,
 }
 
+/// The characters of a namespace a `longrun_topics` notification carries at most, so that
+/// its payload stays within Postgres' 8000 bytes whatever a tenant is called.
+pub(crate) const NOTIFIED_NS: usize = 1000;
+
 /// What the topics of this replica have to read (spec §28.5).
 #[derive(Default)]
 pub(crate) struct TopicNotes {
     /// The connection was lost: every topic held must be read again.
     pub reload: bool,
-    /// The highest offset notified per `(namespace, topic)` (`""` is the server's namespace);
-    /// `u64::MAX` asks for whatever was committed.
-    pub seen: HashMap<(String, String), u64>,
+    /// The lowest and highest offsets notified per `(namespace, topic)` (`""` is the
+    /// server's namespace; its first `NOTIFIED_NS` characters); a highest of `u64::MAX`
+    /// asks for whatever was committed.
+    pub seen: HashMap<(String, String), (u64, u64)>,
 }
 
 /// A topic as the database holds it: the offset its next publication gets, its oldest kept
@@ -256,8 +261,8 @@ impl Shared {
                 let seen = notes
                     .seen
                     .entry((ns.to_owned(), topic.to_owned()))
-                    .or_insert(offset);
-                *seen = (*seen).max(offset);
+                    .or_insert((offset, offset));
+                *seen = (seen.0.min(offset), seen.1.max(offset));
                 drop(notes);
                 self.topic_wake.notify_one();
             }
@@ -648,7 +653,7 @@ impl Handle {
                  SELECT $1, $2, n, $3, $4::text FROM o RETURNING n), \
                  d AS (DELETE FROM longrun.publications WHERE ns = $1 AND topic = $2 \
                  AND n <= (SELECT n FROM o) - $5::int8) \
-                 SELECT n, pg_notify('longrun_topics', n || E'\\t' || $2 || E'\\t' || $1) FROM p",
+                 SELECT n, pg_notify('longrun_topics', n || E'\\t' || $2 || E'\\t' || left($1, 1000)) FROM p",
                 &[&ns, &topic, &now_ms(), &data, &keep, &max_topics],
             )
             .await
@@ -750,7 +755,8 @@ impl Handle {
         let mut notes = lock(&self.shared.topic_notes);
         match topic {
             Some(t) => {
-                notes.seen.insert((ns.to_owned(), t.to_owned()), u64::MAX);
+                let seen = notes.seen.entry((ns.to_owned(), t.to_owned()));
+                seen.or_insert((u64::MAX, u64::MAX)).1 = u64::MAX;
             }
             None => notes.reload = true,
         }
@@ -1217,7 +1223,7 @@ async fn publish_feeds(
          FROM u JOIN c USING (ns, topic) JOIN o USING (ns, topic)), \
          d AS (DELETE FROM longrun.publications x USING o \
          WHERE x.ns = o.ns AND x.topic = o.topic AND x.n < o.next - $5::int8) \
-         SELECT pg_notify('longrun_topics', (next - 1) || E'\\t' || topic || E'\\t' || ns) \
+         SELECT pg_notify('longrun_topics', (next - 1) || E'\\t' || topic || E'\\t' || left(ns, 1000)) \
          FROM o",
         &[&ns, &topics, &data, &now, &keep],
     )
