@@ -1452,7 +1452,9 @@ async fn write(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let mut batch = std::mem::take(&mut retry);
-        if batch.is_empty() {
+        // A close whose commit failed commits again at once (on the new connection), rather
+        // than waiting for a command that will not come.
+        if batch.is_empty() && close.is_empty() {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => batch.push(cmd),
