@@ -453,7 +453,7 @@ impl Topics {
         }
         let read = match self.pg() {
             Some(pg) if !wild => Some(
-                pg.topic(ns_text(ns), pattern, since)
+                pg.topic(ns_text(ns), pattern, since, self.history_age)
                     .await
                     .map_err(store_unavailable)?,
             ),

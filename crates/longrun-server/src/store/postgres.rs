@@ -662,14 +662,18 @@ impl Handle {
     }
 
     /// A topic of `ns` as committed, in one snapshot: its next offset, its oldest kept
-    /// publication, and with `since` the publications from it on.
+    /// publication, and with `since` the publications from it on (none older than
+    /// `max_age`).
     pub async fn topic(
         &self,
         ns: &str,
         topic: &str,
         since: Option<u64>,
+        max_age: Duration,
     ) -> Result<TopicRead, String> {
         let since = since.map_or(i64::MAX, |s| s.min(i64::MAX as u64) as i64);
+        // Publications older than their age are gone, whether or not the sweep came by.
+        let after_ms = now_ms().saturating_sub(max_age.as_millis().min(i64::MAX as u128) as i64);
         let rows = self
             .reader
             .get()
@@ -677,10 +681,10 @@ impl Handle {
                 "SELECT o.next, f.first, p.n, p.data FROM (SELECT COALESCE((SELECT next FROM \
                  longrun.topic_offsets WHERE ns = $1 AND topic = $2), 0) AS next) o \
                  CROSS JOIN (SELECT min(n) AS first FROM longrun.publications \
-                 WHERE ns = $1 AND topic = $2) f \
+                 WHERE ns = $1 AND topic = $2 AND at_ms > $4) f \
                  LEFT JOIN longrun.publications p ON p.ns = $1 AND p.topic = $2 AND p.n >= $3 \
-                 ORDER BY p.n",
-                &[&ns, &topic, &since],
+                 AND p.at_ms > $4 ORDER BY p.n",
+                &[&ns, &topic, &since, &after_ms],
             )
             .await
             .map_err(|e| pg_error(&e))?;
