@@ -33,6 +33,9 @@ use crate::http::{ApiError, store_unavailable};
 use crate::store::Journal;
 use crate::store::postgres::NOTIFIED_NS;
 
+/// How long an unsubscribe waits at most for the publications before it (on Postgres).
+const SETTLE: Duration = Duration::from_secs(10);
+
 /// Longest topic name.
 pub const MAX_TOPIC: usize = 255;
 /// The feed of every run created and ended; `_runs.{object}` has one object's.
@@ -96,6 +99,8 @@ pub(crate) struct Topics {
     shared: Option<Arc<Journal>>,
     /// Whether `follow` runs (a server served twice starts it once).
     started: std::sync::atomic::AtomicBool,
+    /// Told each time `follow` delivered, for `settle`.
+    delivered: tokio::sync::Notify,
 }
 
 /// A namespace in the database: the tenant's name, `""` for the server's (tenants have names).
@@ -190,6 +195,7 @@ impl Topics {
             max_topics: config.max_topics,
             shared: journal.filter(|j| j.shared().is_some()),
             started: Default::default(),
+            delivered: tokio::sync::Notify::new(),
         }
     }
 
@@ -394,6 +400,8 @@ impl Topics {
                         };
                         self.deliver(&mut inner, key, offset, data, now);
                     }
+                    drop(inner);
+                    self.delivered.notify_waiters();
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "could not read publications; reading them again");
@@ -534,6 +542,48 @@ impl Topics {
             }
         }
         Ok(Subscription { id })
+    }
+
+    /// Before an unsubscribe (on Postgres, of one topic): wait until this replica has
+    /// delivered every publication of the topic committed before now, through any replica,
+    /// so that an UNSUB loses nothing published before it. Elsewhere a publication is
+    /// delivered as it is made, so there is nothing to wait for.
+    pub async fn settle(&self, subscription: &Subscription) -> Result<(), ApiError> {
+        let Some(pg) = self.pg() else {
+            return Ok(());
+        };
+        let key = match self.lock().subs.get(&subscription.id) {
+            Some(sub) if !is_pattern(&sub.pattern) => (sub.ns.clone(), sub.pattern.clone()),
+            _ => return Ok(()),
+        };
+        // The newest kept row: `follow` delivers it (and those before it) here. At most
+        // `SETTLE` is waited for, should it go before (every row deleted meanwhile).
+        let Some(last) = pg
+            .last_offset(ns_text(&key.0), &key.1)
+            .await
+            .map_err(store_unavailable)?
+        else {
+            return Ok(());
+        };
+        let wait = async {
+            loop {
+                let delivered = self.delivered.notified();
+                tokio::pin!(delivered);
+                delivered.as_mut().enable();
+                // The topic is held while it has a subscriber; `follow` moves its offset on.
+                if self.lock().topics.get(&key).is_none_or(|t| t.next > last) {
+                    return;
+                }
+                delivered.await;
+            }
+        };
+        if tokio::time::timeout(SETTLE, wait).await.is_err() {
+            tracing::warn!(
+                topic = key.1,
+                "an unsubscribe went on before its topic was delivered"
+            );
+        }
+        Ok(())
     }
 
     /// End a subscription. Everything offered to it before this call is already in its

@@ -553,6 +553,11 @@ impl Conn {
             ));
         }
         for sub in &gone {
+            // On Postgres, once every publication committed before this UNSUB reached it. A
+            // store that cannot be read ends the subscription all the same.
+            if let Err(e) = self.state.server.topics.settle(sub).await {
+                tracing::debug!(error = ?e, "an unsubscribe could not wait for the store");
+            }
             self.state.server.topics.unsubscribe(sub);
         }
         // Queued behind every publication offered to those subscriptions.

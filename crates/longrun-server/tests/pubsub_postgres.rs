@@ -589,3 +589,41 @@ async fn a_tenant_of_any_name_length_is_heard_across_replicas() {
     one.stop().await.unwrap();
     two.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsubscribe_loses_nothing_published_before_it_through_another_replica() {
+    let Some(url) = common::postgres::database("pubsub unsubscribe across replicas").await else {
+        return;
+    };
+    let store = StoreConfig::parse(&url).unwrap();
+    let a = replica(&store, Config::default()).await;
+    let b = replica(&store, Config::default()).await;
+    let mut on_a = connect(&a, None).await;
+    subscribe(&mut on_a, "s", "room", None).await;
+    let mut pub_b = connect(&b, None).await;
+    for i in 0..20 {
+        ws_publish(&mut pub_b, &format!("p{i}"), "room", json!(i)).await;
+    }
+    // Sent once B acknowledged all of them, whatever A delivered so far.
+    send(&mut on_a, json!({"uid": "u", "m": "UNSUB", "r": "room"})).await;
+    let mut got = Vec::new();
+    loop {
+        let p = recv(&mut on_a).await;
+        if p["uid"] == "u" {
+            assert_eq!(p["c"], 200, "{p}");
+            break;
+        }
+        got.push(p["d"]["offset"].as_u64().unwrap());
+    }
+    assert_eq!(
+        got,
+        (0..20).collect::<Vec<_>>(),
+        "every one before the UNSUB's answer"
+    );
+    // Nothing after it: A's next packet is the answer to its next request.
+    ws_publish(&mut pub_b, "late", "room", json!("late")).await;
+    send(&mut on_a, json!({"uid": "h", "m": "GET", "r": "/_health"})).await;
+    assert_eq!(recv(&mut on_a).await["uid"], "h");
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}

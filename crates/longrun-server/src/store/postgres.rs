@@ -704,6 +704,20 @@ impl Handle {
         })
     }
 
+    /// The offset of the newest kept publication of `topic` of `ns`.
+    pub async fn last_offset(&self, ns: &str, topic: &str) -> Result<Option<u64>, String> {
+        let row = self
+            .reader
+            .get()
+            .query_one(
+                "SELECT max(n) FROM longrun.publications WHERE ns = $1 AND topic = $2",
+                &[&ns, &topic],
+            )
+            .await
+            .map_err(|e| pg_error(&e))?;
+        Ok(row.get::<_, Option<i64>>(0).map(|n| n.max(0) as u64))
+    }
+
     /// The publications of each `(ns, topic)` from its offset on, in offset order per topic.
     pub async fn read_topics(
         &self,
