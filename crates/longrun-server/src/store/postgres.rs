@@ -653,7 +653,8 @@ impl Handle {
                  SELECT $1, $2, n, $3, $4::text FROM o RETURNING n), \
                  d AS (DELETE FROM longrun.publications WHERE ns = $1 AND topic = $2 \
                  AND n <= (SELECT n FROM o) - $5::int8) \
-                 SELECT n, pg_notify('longrun_topics', n || E'\\t' || $2 || E'\\t' || left($1, 1000)) FROM p",
+                 SELECT n, pg_notify('longrun_topics', \
+                 n || E'\\t' || $2 || E'\\t' || left($1, 1000)) FROM p",
                 &[&ns, &topic, &now_ms(), &data, &keep, &max_topics],
             )
             .await
@@ -1241,7 +1242,8 @@ async fn publish_feeds(
          FROM u JOIN c USING (ns, topic) JOIN o USING (ns, topic)), \
          d AS (DELETE FROM longrun.publications x USING o \
          WHERE x.ns = o.ns AND x.topic = o.topic AND x.n < o.next - $5::int8) \
-         SELECT pg_notify('longrun_topics', (next - 1) || E'\\t' || topic || E'\\t' || left(ns, 1000)) \
+         SELECT pg_notify('longrun_topics', \
+         (next - 1) || E'\\t' || topic || E'\\t' || left(ns, 1000)) \
          FROM o",
         &[&ns, &topics, &data, &now, &keep],
     )
@@ -1292,7 +1294,8 @@ async fn maintain(
     let orphans = tx
         .query(
             "SELECT r.seq, r.id, (SELECT max(e.id) FROM longrun.events e WHERE e.run = r.seq), \
-             r.stream IS NOT NULL, r.object, r.tenant FROM longrun.runs r WHERE r.ended_ms IS NULL AND NOT EXISTS \
+             r.stream IS NOT NULL, r.object, r.tenant FROM longrun.runs r \
+             WHERE r.ended_ms IS NULL AND NOT EXISTS \
              (SELECT 1 FROM longrun.replicas p WHERE p.id = r.owner)",
             &[],
         )
