@@ -483,11 +483,18 @@ impl Topics {
                 }
             });
             let next = t.next;
-            let first = read.first.unwrap_or(read.next);
+            // With no history kept (`topic_history` 0) the row the database keeps for
+            // delivery is not replayed.
+            let kept = if self.history == 0 {
+                &[][..]
+            } else {
+                &read.rows[..]
+            };
+            let first = read.first.filter(|_| self.history > 0).unwrap_or(read.next);
             let recovered = since.is_none_or(|s| s >= first && s <= next.max(read.next));
             sink.offer(ack(next, recovered));
             if let Some(since) = since {
-                for (offset, data) in read.rows.iter().filter(|(o, _)| *o >= since && *o < next) {
+                for (offset, data) in kept.iter().filter(|(o, _)| *o >= since && *o < next) {
                     if let Ok(data) = RawValue::from_string(data.clone()) {
                         sink.offer(packet(&uid, pattern, *offset, &data));
                     }

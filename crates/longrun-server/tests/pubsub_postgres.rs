@@ -627,3 +627,29 @@ async fn an_unsubscribe_loses_nothing_published_before_it_through_another_replic
     a.stop().await.unwrap();
     b.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_history_nothing_is_replayed_and_live_goes_on() {
+    let Some(url) = common::postgres::database("pubsub no history").await else {
+        return;
+    };
+    let store = StoreConfig::parse(&url).unwrap();
+    let config = Config {
+        topic_history: 0,
+        ..Config::default()
+    };
+    let a = replica(&store, config.clone()).await;
+    let b = replica(&store, config).await;
+    for i in 0..2 {
+        assert_eq!(http_publish(&a, "t", json!(i)).await, i);
+    }
+    let mut on_b = connect(&b, None).await;
+    assert_eq!(
+        subscribe(&mut on_b, "s", "t", Some(0)).await,
+        json!({"offset": 2, "recovered": false})
+    );
+    assert_eq!(http_publish(&a, "t", json!(2)).await, 2);
+    assert_eq!(publications(&mut on_b, "s", 1).await, [(2, json!(2))]);
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
