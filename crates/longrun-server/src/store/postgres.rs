@@ -664,7 +664,7 @@ impl Handle {
 
     /// A topic of `ns` as committed, in one snapshot: its next offset, its oldest kept
     /// publication, and with `since` the publications from it on (none older than
-    /// `max_age`).
+    /// `max_age`); its row is touched, as a replica that holds it does.
     pub async fn topic(
         &self,
         ns: &str,
@@ -679,19 +679,28 @@ impl Handle {
             .reader
             .get()
             .query(
-                "SELECT o.next, f.first, p.n, p.data FROM (SELECT COALESCE((SELECT next FROM \
+                "WITH touched AS (UPDATE longrun.topic_offsets SET last_ms = $5 \
+                 WHERE ns = $1 AND topic = $2 RETURNING 1) \
+                 SELECT o.next, f.first, p.n, p.data, (SELECT count(*) FROM touched) \
+                 FROM (SELECT COALESCE((SELECT next FROM \
                  longrun.topic_offsets WHERE ns = $1 AND topic = $2), 0) AS next) o \
                  CROSS JOIN (SELECT min(n) AS first FROM longrun.publications \
                  WHERE ns = $1 AND topic = $2 AND at_ms > $4) f \
                  LEFT JOIN longrun.publications p ON p.ns = $1 AND p.topic = $2 AND p.n >= $3 \
                  AND p.at_ms > $4 ORDER BY p.n",
-                &[&ns, &topic, &since, &after_ms],
+                &[&ns, &topic, &since, &after_ms, &now_ms()],
             )
             .await
             .map_err(|e| pg_error(&e))?;
         let first = rows.first();
+        // The row is touched, so no replica's sweep forgets the topic before this one holds
+        // it; one this read saw but could not touch was forgotten meanwhile (its offsets
+        // start again at 0).
+        let held = first.is_some_and(|r| r.get::<_, i64>(4) > 0);
         Ok(TopicRead {
-            next: first.map_or(0, |r| r.get::<_, i64>(0).max(0) as u64),
+            next: first
+                .filter(|_| held)
+                .map_or(0, |r| r.get::<_, i64>(0).max(0) as u64),
             first: first
                 .and_then(|r| r.get::<_, Option<i64>>(1))
                 .map(|n| n.max(0) as u64),
@@ -1415,11 +1424,14 @@ async fn maintain(
             &[&aged],
         )
         .await?;
+    // Every live replica touches the topics it holds once per third of its lease, so a row
+    // untouched for a whole lease (and its age) is held by none, however short the age.
+    let idle = now - limits.topic_history_age.max(limits.lease).as_millis() as i64;
     client
         .execute(
             "DELETE FROM longrun.topic_offsets t WHERE last_ms <= $1 AND NOT EXISTS \
              (SELECT 1 FROM longrun.publications p WHERE p.ns = t.ns AND p.topic = t.topic)",
-            &[&aged],
+            &[&idle],
         )
         .await?;
     for row in stops {
