@@ -599,12 +599,17 @@ mod postgres;
 /// where a test waits for one to run out (a busy machine must not let a live one lapse).
 async fn replicas(test: &str, lease: &str, extra: &[&str]) -> Option<(Serve, Serve)> {
     let url = postgres::database(test).await?;
+    Some(replicas_on(&url, lease, extra).await)
+}
+
+/// [`replicas`] on the database of `url`.
+async fn replicas_on(url: &str, lease: &str, extra: &[&str]) -> (Serve, Serve) {
     let store = format!("{url}?lease={lease}");
     let args = [&["--store", store.as_str(), "--retry", "10ms"], extra].concat();
-    Some((
+    (
         Serve::start(&args, &[]).await,
         Serve::start(&args, &[]).await,
-    ))
+    )
 }
 
 fn assert_dense(events: &[Event], what: &str) {
@@ -686,13 +691,13 @@ async fn replicas_on_one_postgres_serve_each_others_runs() {
 }
 
 /// `kill -9` of the replica executing a run: the other ends it once the lease runs out, and
-/// the run's followers there complete.
+/// the run's followers there complete; the run feeds have its end once (spec §28.5).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_survivor_ends_the_runs_of_a_killed_replica() {
-    let Some((mut a, b)) = replicas("a survivor ends a killed replica's runs", "1s", &[]).await
-    else {
+    let Some(db) = postgres::database("a survivor ends a killed replica's runs").await else {
         return;
     };
+    let (mut a, b) = replicas_on(&db, "1s", &[]).await;
     let sleep = a.submit("sleep", json!({"ms": 3_600_000})).await;
     let (url, http) = (b.url(&sleep), b.http.clone());
     let sse = tokio::spawn(async move {
@@ -722,6 +727,30 @@ async fn a_survivor_ends_the_runs_of_a_killed_replica() {
     assert_eq!(events[1].value["reason"], "interrupted", "{:?}", events[1]);
     let head = b.http.head(b.url(&sleep)).send().await.unwrap();
     assert_eq!(head.headers()["longrun-state"], "error");
+    // Committed with the end: the run's `queued` (by A) and its end (by B), once each.
+    let (client, conn) = tokio_postgres::connect(&db, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let id = sleep.rsplit('/').next().unwrap();
+    for topic in ["_runs", "_runs.sleep"] {
+        let feed: Vec<(i64, String)> = client
+            .query(
+                "SELECT n, data FROM longrun.publications WHERE ns = '' AND topic = $1 \
+                 ORDER BY n",
+                &[&topic],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let want = [(0, "queued"), (1, "error")].map(|(n, state)| {
+            let data = json!({"object": "sleep", "id": id, "state": state});
+            (n, data.to_string())
+        });
+        assert_eq!(feed, want, "{topic}");
+    }
 }
 
 /// `max_active_runs` is one limit for all replicas of a database.

@@ -450,7 +450,7 @@ async fn publish(
         )
     })?;
     let ns = caller.owner().map(std::sync::Arc::from);
-    let offset = server.topics.publish(&ns, &topic, data)?;
+    let offset = server.topics.publish(&ns, &topic, data).await?;
     let body = serde_json::json!({ "topic": topic, "offset": offset }).to_string();
     let ct = [(header::CONTENT_TYPE, HeaderValue::from_static(h::JSON))];
     Ok((StatusCode::ACCEPTED, ct, body).into_response())

@@ -312,6 +312,8 @@ impl ServerBuilder {
                     max_tombstones: self.config.max_tombstones,
                     keys,
                     lease: *lease,
+                    topic_history: self.config.topic_history,
+                    topic_history_age: self.config.topic_history_age,
                 };
                 // Nodes too: `Nodes::start` reads them, and follows other replicas' changes.
                 let journal = store::Journal::connect(url, limits).map_err(BuildError::Store)?;
@@ -329,7 +331,10 @@ impl ServerBuilder {
             outbox,
             metrics.clone(),
         );
-        let topics = Arc::new(topics::Topics::new(&self.config));
+        let topics = Arc::new(topics::Topics::new(
+            &self.config,
+            registry.journal().cloned(),
+        ));
         registry.set_feed(topics.clone());
         Ok(Server {
             shared: Arc::new(Shared {
@@ -377,6 +382,7 @@ pub async fn serve_all(
     let janitor = tokio::spawn(janitor(server.clone()));
     server.nodes.start();
     server.hooks.start(&server);
+    server.topics.start();
     let router = app(server.clone());
     let draining = server.clone();
     let mut listeners: Vec<conn::Acceptor> = listeners

@@ -152,7 +152,8 @@ impl Registry {
     }
 
     fn announce(&self, run: &Run, state: longrun_proto::State) {
-        if let Some(feed) = self.feed.get() {
+        // On Postgres the journal publishes them, with the commit of the run's event.
+        if let Some(feed) = self.feed.get().filter(|f| !f.feeds_in_store()) {
             feed.run_feed(run.tenant.as_ref(), &run.object, &run.id.to_string(), state);
         }
     }

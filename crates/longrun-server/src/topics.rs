@@ -12,6 +12,14 @@
 //! Topics are kept per namespace: a tenant's, or (on an open server, and for an admin's
 //! `_runs` feeds) the server's. The built-in feeds `_runs` and `_runs.{object}` carry every
 //! run created and ended.
+//!
+//! On Postgres the topics are the replicas' together: a publication takes its offset in the
+//! database (`store/postgres.rs`: the topic's row, so one dense sequence over every replica)
+//! and is notified; each replica delivers to its own subscribers only from those
+//! notifications (`follow`), reading the rows after the offset it delivered last, so a gap
+//! (a lost connection, a topic new here) is read, not skipped. The run feeds are published by
+//! the journal, in the transaction that commits the run's `queued` or its end. The history
+//! here is then a cache of the database's, which `since` reads.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -21,7 +29,12 @@ use longrun_proto::{ObjectName, ProblemKind, State};
 use serde_json::value::RawValue;
 
 use crate::Config;
-use crate::http::ApiError;
+use crate::http::{ApiError, store_unavailable};
+use crate::store::Journal;
+use crate::store::postgres::NOTIFIED_NS;
+
+/// How long an unsubscribe waits at most for the publications before it (on Postgres).
+const SETTLE: Duration = Duration::from_secs(10);
 
 /// Longest topic name.
 pub const MAX_TOPIC: usize = 255;
@@ -82,6 +95,43 @@ pub(crate) struct Topics {
     history_age: Duration,
     history_bytes: usize,
     max_topics: usize,
+    /// The Postgres store, whose tables every replica's topics share.
+    shared: Option<Arc<Journal>>,
+    /// Whether `follow` runs (a server served twice starts it once).
+    started: std::sync::atomic::AtomicBool,
+    /// Told each time `follow` delivered, for `settle`.
+    delivered: tokio::sync::Notify,
+}
+
+/// A namespace in the database: the tenant's name, `""` for the server's (tenants have names).
+fn ns_text(ns: &Namespace) -> &str {
+    ns.as_deref().unwrap_or("")
+}
+
+fn ns_from(text: &str) -> Namespace {
+    (!text.is_empty()).then(|| Arc::from(text))
+}
+
+/// The feeds' publication of a run created or ended: its data, and the `(namespace, topic)`s
+/// it goes to — `_runs` and `_runs.{object}` of its tenant and of the server (which admins
+/// subscribe to).
+pub(crate) fn feed(
+    tenant: Option<&Arc<str>>,
+    object: &str,
+    id: &str,
+    state: State,
+) -> (String, Vec<(Namespace, String)>) {
+    let data = serde_json::json!({ "object": object, "id": id, "state": state }).to_string();
+    let mut namespaces = vec![None];
+    if let Some(t) = tenant {
+        namespaces.push(Some(t.clone()));
+    }
+    let per_object = format!("{RUNS_FEED}.{object}");
+    let topics = namespaces
+        .into_iter()
+        .flat_map(|ns| [(ns.clone(), RUNS_FEED.to_owned()), (ns, per_object.clone())])
+        .collect();
+    (data, topics)
 }
 
 /// Is `name` a topic: dot-separated parts of letters, digits, `_` and `-`?
@@ -135,22 +185,68 @@ fn packet(uid: &str, topic: &str, offset: u64, data: &RawValue) -> String {
 }
 
 impl Topics {
-    pub fn new(config: &Config) -> Self {
+    /// The topics of this process, or with a Postgres `journal` those every replica shares.
+    pub fn new(config: &Config, journal: Option<Arc<Journal>>) -> Self {
         Topics {
             inner: Mutex::default(),
             history: config.topic_history,
             history_age: config.topic_history_age,
             history_bytes: config.topic_history_bytes,
             max_topics: config.max_topics,
+            shared: journal.filter(|j| j.shared().is_some()),
+            started: Default::default(),
+            delivered: tokio::sync::Notify::new(),
         }
+    }
+
+    fn pg(&self) -> Option<&crate::store::postgres::Handle> {
+        self.shared.as_deref().and_then(Journal::shared)
+    }
+
+    /// Whether the run feeds are published by the journal (on Postgres) rather than here.
+    pub fn feeds_in_store(&self) -> bool {
+        self.shared.is_some()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Publish `data` to `topic` of `ns`: its offset.
-    pub fn publish(
+    /// Publish `data` to `topic` of `ns`: its offset. On Postgres it is committed there, and
+    /// reaches this replica's subscribers, like every other's, from its notification.
+    pub async fn publish(
+        &self,
+        ns: &Namespace,
+        topic: &str,
+        data: Box<RawValue>,
+    ) -> Result<u64, ApiError> {
+        let Some(pg) = self.pg() else {
+            return self.publish_local(ns, topic, data);
+        };
+        pg.publish(
+            ns_text(ns),
+            topic,
+            data.get(),
+            self.history,
+            self.max_topics,
+        )
+        .await
+        .map_err(store_unavailable)?
+        .ok_or_else(|| self.too_many_topics())
+    }
+
+    fn too_many_topics(&self) -> ApiError {
+        ApiError::new(
+            ProblemKind::TooManyTopics,
+            format!(
+                "the server holds {} topics, as many as it may",
+                self.max_topics
+            ),
+        )
+    }
+
+    /// Publish in this process: the next offset of the topic here.
+    fn publish_local(
         &self,
         ns: &Namespace,
         topic: &str,
@@ -162,19 +258,27 @@ impl Topics {
         if !inner.topics.contains_key(&key) && inner.topics.len() >= self.max_topics {
             inner.sweep(now, self.history_age);
             if inner.topics.len() >= self.max_topics {
-                return Err(ApiError::new(
-                    ProblemKind::TooManyTopics,
-                    format!(
-                        "the server holds {} topics, as many as it may",
-                        self.max_topics
-                    ),
-                ));
+                return Err(self.too_many_topics());
             }
         }
-        let inner = &mut *inner;
+        let offset = inner.topics.get(&key).map_or(0, |t| t.next);
+        self.deliver(&mut inner, key, offset, data, now);
+        Ok(offset)
+    }
+
+    /// Offer publication `offset` of `key` to every subscriber it matches and keep it in the
+    /// history; the topic's next offset is `offset + 1` after it.
+    fn deliver(
+        &self,
+        inner: &mut Inner,
+        key: (Namespace, String),
+        offset: u64,
+        data: Box<RawValue>,
+        now: Instant,
+    ) {
+        let (ns, topic) = (&key.0, key.1.as_str());
         let t = inner.topics.entry(key.clone()).or_default();
-        let offset = t.next;
-        t.next += 1;
+        t.next = offset + 1;
         // Live first: every subscriber naming the topic, then every pattern that matches.
         let exact = inner.exact.get(&key).into_iter().flatten();
         let patterns = inner.patterns.get(ns).into_iter().flatten();
@@ -190,7 +294,7 @@ impl Topics {
             sub.sink.offer(packet(&sub.uid, topic, offset, &data));
         }
         if self.history == 0 {
-            return Ok(offset);
+            return;
         }
         let size = data.get().len();
         t.history.push_back(Publication {
@@ -216,25 +320,108 @@ impl Topics {
                 inner.history_bytes -= p.data.get().len();
             }
         }
-        Ok(offset)
+    }
+
+    /// Start delivering what the replicas publish (Postgres only; elsewhere a publication is
+    /// delivered as it is made).
+    pub fn start(self: &Arc<Self>) {
+        let first = !self.started.swap(true, std::sync::atomic::Ordering::SeqCst);
+        if first && self.pg().is_some() {
+            tokio::spawn(self.clone().follow());
+        }
+    }
+
+    /// Deliver the publications committed in the database to this replica's subscribers:
+    /// for each topic notified (or every topic held, after a lost connection), the rows
+    /// after the offset delivered last here, in offset order, each once.
+    async fn follow(self: Arc<Self>) {
+        let Some(pg) = self.pg() else { return };
+        loop {
+            let notes = pg.topic_notes().await;
+            let wants: Vec<(String, String, u64)> =
+                {
+                    let inner = self.lock();
+                    let mut wants = Vec::new();
+                    if notes.reload {
+                        for (key, t) in &inner.topics {
+                            wants.push((ns_text(&key.0).to_owned(), key.1.clone(), t.next));
+                        }
+                    }
+                    for ((ns, topic), (first, last)) in notes.seen {
+                        if ns.chars().count() >= NOTIFIED_NS {
+                            // A tenant's name as long as a notification carries: every topic of
+                            // that name held here whose namespace begins so is read.
+                            for (key, t) in inner.topics.iter().filter(|(k, _)| {
+                                k.1 == topic && ns_text(&k.0).starts_with(ns.as_str())
+                            }) {
+                                wants.push((ns_text(&key.0).to_owned(), topic.clone(), t.next));
+                            }
+                            continue;
+                        }
+                        let key = (ns_from(&ns), topic);
+                        match inner.topics.get(&key) {
+                            // Asked for above already.
+                            Some(_) if notes.reload => {}
+                            Some(t) if t.next <= last => wants.push((ns, key.1, t.next)),
+                            Some(_) => {}
+                            // A topic new here that a pattern subscriber hears: from the first
+                            // offset notified since the last look.
+                            None if first != u64::MAX && inner.pattern_matches(&key) => {
+                                wants.push((ns, key.1, first));
+                            }
+                            None => {}
+                        }
+                    }
+                    wants
+                };
+            if wants.is_empty() {
+                continue;
+            }
+            match pg.read_topics(&wants).await {
+                Ok(rows) => {
+                    // Where each read starts, for a topic not held here (new here, or swept
+                    // while it was read).
+                    let from: HashMap<(&str, &str), u64> = wants
+                        .iter()
+                        .map(|(ns, topic, from)| ((ns.as_str(), topic.as_str()), *from))
+                        .collect();
+                    let mut inner = self.lock();
+                    let now = Instant::now();
+                    for (ns, topic, offset, data) in rows {
+                        let start = from.get(&(ns.as_str(), topic.as_str())).copied();
+                        let key = (ns_from(&ns), topic);
+                        let next = inner.topics.get(&key).map(|t| t.next).or(start);
+                        // Delivered already; a jump past `next` is what retention deleted.
+                        if next.is_none_or(|next| offset < next) {
+                            continue;
+                        }
+                        let Ok(data) = RawValue::from_string(data) else {
+                            continue;
+                        };
+                        self.deliver(&mut inner, key, offset, data, now);
+                    }
+                    drop(inner);
+                    self.delivered.notify_waiters();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read publications; reading them again");
+                    pg.topic_again("", None);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
     }
 
     /// A run was created or ended: its feeds `_runs` and `_runs.{object}` of its tenant, and
-    /// the server's (which admins subscribe to), hear of it.
+    /// the server's (which admins subscribe to), hear of it. (On Postgres the journal
+    /// publishes them instead, when it commits the run.)
     pub fn run_feed(&self, tenant: Option<&Arc<str>>, object: &str, id: &str, state: State) {
-        let data = serde_json::json!({ "object": object, "id": id, "state": state });
-        let data = serde_json::value::to_raw_value(&data).expect("values serialize");
-        let per_object = format!("{RUNS_FEED}.{object}");
-        let mut namespaces = vec![None];
-        if let Some(t) = tenant {
-            namespaces.push(Some(t.clone()));
-        }
-        for ns in &namespaces {
-            for topic in [RUNS_FEED, per_object.as_str()] {
-                // Never refused for the topic limit: a feed is the server's own.
-                if let Err(e) = self.publish(ns, topic, data.clone()) {
-                    tracing::debug!(error = ?e, topic, "run feed publication dropped");
-                }
+        let (data, topics) = feed(tenant, object, id, state);
+        let data = RawValue::from_string(data).expect("values serialize");
+        for (ns, topic) in &topics {
+            // Never refused for the topic limit: a feed is the server's own.
+            if let Err(e) = self.publish_local(ns, topic, data.clone()) {
+                tracing::debug!(error = ?e, topic, "run feed publication dropped");
             }
         }
     }
@@ -243,15 +430,16 @@ impl Topics {
     /// from `since` when given (one topic only). `uid` is the subscribe packet's uid as JSON.
     /// The sink gets `ack(next, recovered)` first: the offset the topic's next publication
     /// gets (0 for a pattern), and whether every publication from `since` on is replayed
-    /// (`false`: some had left the history).
-    pub fn subscribe(
+    /// (`false`: some had left the history). On Postgres a topic is read from the database
+    /// first (its next offset, and the publications from `since`).
+    pub async fn subscribe(
         &self,
         ns: &Namespace,
         pattern: &str,
         since: Option<u64>,
         uid: String,
         sink: Arc<dyn Sink>,
-        ack: impl FnOnce(u64, bool) -> String,
+        ack: impl FnOnce(u64, bool) -> String + Send,
     ) -> Result<Subscription, ApiError> {
         let wild = is_pattern(pattern);
         // A pattern is a topic once its wildcards are read as letters.
@@ -271,21 +459,70 @@ impl Topics {
         } else if pattern.starts_with('_') && pattern != RUNS_FEED {
             return Err(invalid_topic(pattern));
         }
+        let read = match self.pg() {
+            Some(pg) if !wild => Some(
+                pg.topic(ns_text(ns), pattern, since, self.history_age)
+                    .await
+                    .map_err(store_unavailable)?,
+            ),
+            _ => None,
+        };
         let mut inner = self.lock();
         let key = (ns.clone(), pattern.to_owned());
-        let (next, recovered) = match inner.topics.get(&key) {
-            _ if wild => (0, true),
-            None => (0, since.is_none_or(|s| s == 0)),
-            Some(t) => {
-                let first = t.history.front().map_or(t.next, |p| p.offset);
-                (t.next, since.is_none_or(|s| s >= first && s <= t.next))
+        let mut cold = false;
+        if let Some(read) = read {
+            // The offset delivered here next: the database's when the topic is new here (its
+            // later publications are read once this subscription is in), else this replica's,
+            // which may be behind the database (notifications on their way, delivered live)
+            // or ahead of the read (delivered since, in the history here).
+            let t = inner.topics.entry(key.clone()).or_insert_with(|| {
+                cold = true;
+                Topic {
+                    next: read.next,
+                    history: VecDeque::new(),
+                }
+            });
+            let next = t.next;
+            // With no history kept (`topic_history` 0) the row the database keeps for
+            // delivery is not replayed.
+            let kept = if self.history == 0 {
+                &[][..]
+            } else {
+                &read.rows[..]
+            };
+            let first = read.first.filter(|_| self.history > 0).unwrap_or(read.next);
+            let recovered = since.is_none_or(|s| s >= first && s <= next.max(read.next));
+            sink.offer(ack(next, recovered));
+            if let Some(since) = since {
+                for (offset, data) in kept.iter().filter(|(o, _)| *o >= since && *o < next) {
+                    if let Ok(data) = RawValue::from_string(data.clone()) {
+                        sink.offer(packet(&uid, pattern, *offset, &data));
+                    }
+                }
+                let from = since.max(read.next);
+                for p in t
+                    .history
+                    .iter()
+                    .filter(|p| p.offset >= from && p.offset < next)
+                {
+                    sink.offer(packet(&uid, pattern, p.offset, &p.data));
+                }
             }
-        };
-        // The ack first, then the replay, then live: all before any later publication.
-        sink.offer(ack(next, recovered));
-        if let (Some(since), Some(t)) = (since, inner.topics.get(&key)) {
-            for p in t.history.iter().filter(|p| p.offset >= since) {
-                sink.offer(packet(&uid, pattern, p.offset, &p.data));
+        } else {
+            let (next, recovered) = match inner.topics.get(&key) {
+                _ if wild => (0, true),
+                None => (0, since.is_none_or(|s| s == 0)),
+                Some(t) => {
+                    let first = t.history.front().map_or(t.next, |p| p.offset);
+                    (t.next, since.is_none_or(|s| s >= first && s <= t.next))
+                }
+            };
+            // The ack first, then the replay, then live: all before any later publication.
+            sink.offer(ack(next, recovered));
+            if let (Some(since), Some(t)) = (since, inner.topics.get(&key)) {
+                for p in t.history.iter().filter(|p| p.offset >= since) {
+                    sink.offer(packet(&uid, pattern, p.offset, &p.data));
+                }
             }
         }
         let id = inner.next_sub;
@@ -304,7 +541,56 @@ impl Topics {
                 sink,
             },
         );
+        drop(inner);
+        if cold {
+            if let Some(pg) = self.pg() {
+                // What was committed after the read, which no notification here delivered.
+                pg.topic_again(ns_text(ns), Some(pattern));
+            }
+        }
         Ok(Subscription { id })
+    }
+
+    /// Before an unsubscribe (on Postgres, of one topic): wait until this replica has
+    /// delivered every publication of the topic committed before now, through any replica,
+    /// so that an UNSUB loses nothing published before it. Elsewhere a publication is
+    /// delivered as it is made, so there is nothing to wait for.
+    pub async fn settle(&self, subscription: &Subscription) -> Result<(), ApiError> {
+        let Some(pg) = self.pg() else {
+            return Ok(());
+        };
+        let key = match self.lock().subs.get(&subscription.id) {
+            Some(sub) if !is_pattern(&sub.pattern) => (sub.ns.clone(), sub.pattern.clone()),
+            _ => return Ok(()),
+        };
+        // The newest kept row: `follow` delivers it (and those before it) here. At most
+        // `SETTLE` is waited for, should it go before (every row deleted meanwhile).
+        let Some(last) = pg
+            .last_offset(ns_text(&key.0), &key.1)
+            .await
+            .map_err(store_unavailable)?
+        else {
+            return Ok(());
+        };
+        let wait = async {
+            loop {
+                let delivered = self.delivered.notified();
+                tokio::pin!(delivered);
+                delivered.as_mut().enable();
+                // The topic is held while it has a subscriber; `follow` moves its offset on.
+                if self.lock().topics.get(&key).is_none_or(|t| t.next > last) {
+                    return;
+                }
+                delivered.await;
+            }
+        };
+        if tokio::time::timeout(SETTLE, wait).await.is_err() {
+            tracing::warn!(
+                topic = key.1,
+                "an unsubscribe went on before its topic was delivered"
+            );
+        }
+        Ok(())
     }
 
     /// End a subscription. Everything offered to it before this call is already in its
@@ -331,9 +617,20 @@ impl Topics {
         }
     }
 
-    /// Drop history older than its age, and topics with neither history nor subscribers.
+    /// Drop history older than its age, and topics with neither history nor subscribers; on
+    /// Postgres, tell the store which topics are held here (their offsets must go on).
     pub fn sweep(&self) {
-        self.lock().sweep(Instant::now(), self.history_age);
+        let mut inner = self.lock();
+        inner.sweep(Instant::now(), self.history_age);
+        if let Some(pg) = self.pg() {
+            let named = inner
+                .topics
+                .keys()
+                .map(|(ns, topic)| (ns_text(ns).to_owned(), topic.clone()))
+                .collect();
+            drop(inner);
+            pg.watch_topics(named);
+        }
     }
 
     /// How many subscriptions exist (for tests and metrics).
@@ -344,6 +641,15 @@ impl Topics {
 }
 
 impl Inner {
+    /// Whether a pattern subscription of the key's namespace matches its topic.
+    fn pattern_matches(&self, key: &(Namespace, String)) -> bool {
+        self.patterns.get(&key.0).into_iter().flatten().any(|id| {
+            self.subs
+                .get(id)
+                .is_some_and(|s| crate::nodes::matches(&s.pattern, &key.1))
+        })
+    }
+
     fn sweep(&mut self, now: Instant, age: Duration) {
         let mut freed = 0;
         let exact = &self.exact;
@@ -406,37 +712,39 @@ mod tests {
         assert!(check_publish("_runs").is_err());
     }
 
-    #[test]
-    fn since_replays_the_history_then_live_in_order_and_says_when_some_were_lost() {
+    #[tokio::test]
+    async fn since_replays_the_history_then_live_in_order_and_says_when_some_were_lost() {
         let config = Config {
             topic_history: 3,
             ..Config::default()
         };
-        let topics = Topics::new(&config);
+        let topics = Topics::new(&config, None);
         let ns: Namespace = None;
         for i in 0..5 {
-            assert_eq!(topics.publish(&ns, "t", raw(i.into())).unwrap(), i);
+            assert_eq!(topics.publish_local(&ns, "t", raw(i.into())).unwrap(), i);
         }
         let q = Arc::new(Queue::default());
         let ack = |next: u64, recovered: bool| format!("ack {next} {recovered}");
         topics
             .subscribe(&ns, "t", Some(3), "1".into(), q.clone(), ack)
+            .await
             .unwrap();
-        topics.publish(&ns, "t", raw(5.into())).unwrap();
+        topics.publish_local(&ns, "t", raw(5.into())).unwrap();
         assert_eq!(offsets(&q), [3, 4, 5]);
         assert_eq!(q.packets.lock().unwrap()[0], "ack 5 true");
         // Offset 0 and 1 left the history (3 kept): not recovered, the rest replayed.
         let q2 = Arc::new(Queue::default());
         topics
             .subscribe(&ns, "t", Some(0), "2".into(), q2.clone(), ack)
+            .await
             .unwrap();
         assert_eq!(q2.packets.lock().unwrap()[0], "ack 6 false");
         assert_eq!(offsets(&q2), [3, 4, 5]);
     }
 
-    #[test]
-    fn patterns_namespaces_and_unsubscribe() {
-        let topics = Topics::new(&Config::default());
+    #[tokio::test]
+    async fn patterns_namespaces_and_unsubscribe() {
+        let topics = Topics::new(&Config::default(), None);
         let a: Namespace = Some("a".into());
         let b: Namespace = Some("b".into());
         let q = Arc::new(Queue::default());
@@ -444,12 +752,13 @@ mod tests {
             .subscribe(&a, "chat.*", None, "\"x\"".into(), q.clone(), |_, _| {
                 "ack".into()
             })
+            .await
             .unwrap();
-        topics.publish(&a, "chat.one", raw(1.into())).unwrap();
-        topics.publish(&b, "chat.one", raw(2.into())).unwrap();
-        topics.publish(&a, "news", raw(3.into())).unwrap();
+        topics.publish_local(&a, "chat.one", raw(1.into())).unwrap();
+        topics.publish_local(&b, "chat.one", raw(2.into())).unwrap();
+        topics.publish_local(&a, "news", raw(3.into())).unwrap();
         topics.unsubscribe(&s);
-        topics.publish(&a, "chat.two", raw(4.into())).unwrap();
+        topics.publish_local(&a, "chat.two", raw(4.into())).unwrap();
         let got = q.packets.lock().unwrap().clone();
         assert_eq!(got.len(), 2, "{got:?}");
         assert!(got[1].contains(r#""r":"chat.one""#) && got[1].contains(r#""uid":"x""#));
@@ -457,6 +766,7 @@ mod tests {
         assert!(
             topics
                 .subscribe(&a, "chat.*", Some(1), "1".into(), q, |_, _| String::new())
+                .await
                 .is_err()
         );
     }
@@ -467,15 +777,15 @@ mod tests {
             topic_history_bytes: 100,
             ..Config::default()
         };
-        let topics = Topics::new(&config);
+        let topics = Topics::new(&config, None);
         for i in 0..50 {
             topics
-                .publish(&None, &format!("t{}", i % 5), raw("0123456789".into()))
+                .publish_local(&None, &format!("t{}", i % 5), raw("0123456789".into()))
                 .unwrap();
         }
         assert!(topics.lock().history_bytes <= 100);
         topics
-            .publish(&None, "big", raw("x".repeat(500).into()))
+            .publish_local(&None, "big", raw("x".repeat(500).into()))
             .unwrap();
         assert!(topics.lock().history_bytes <= 100);
     }

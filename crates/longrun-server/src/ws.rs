@@ -490,17 +490,22 @@ impl Conn {
         }
         let ns = Self::namespace(&caller, topic);
         let sink: Arc<dyn topics::Sink> = self.out.clone();
-        let subscribed = self.state.server.topics.subscribe(
-            &ns,
-            topic,
-            since,
-            uid.to_owned(),
-            sink,
-            |next, recovered| {
-                let d = format!(r#"{{"offset":{next},"recovered":{recovered}}}"#);
-                reply(uid, "SUB", topic, 200, None, &d, false)
-            },
-        );
+        let subscribed = self
+            .state
+            .server
+            .topics
+            .subscribe(
+                &ns,
+                topic,
+                since,
+                uid.to_owned(),
+                sink,
+                |next, recovered| {
+                    let d = format!(r#"{{"offset":{next},"recovered":{recovered}}}"#);
+                    reply(uid, "SUB", topic, 200, None, &d, false)
+                },
+            )
+            .await;
         let entry = (uid.to_owned(), subscribed?);
         lock(&self.subs)
             .entry(topic.to_owned())
@@ -548,6 +553,11 @@ impl Conn {
             ));
         }
         for sub in &gone {
+            // On Postgres, once every publication committed before this UNSUB reached it. A
+            // store that cannot be read ends the subscription all the same.
+            if let Err(e) = self.state.server.topics.settle(sub).await {
+                tracing::debug!(error = ?e, "an unsubscribe could not wait for the store");
+            }
             self.state.server.topics.unsubscribe(sub);
         }
         // Queued behind every publication offered to those subscriptions.
@@ -566,11 +576,12 @@ impl Conn {
             |d| d.to_owned(),
         );
         let caller = self.caller().await?;
-        let offset =
-            self.state
-                .server
-                .topics
-                .publish(&Self::namespace(&caller, topic), topic, data)?;
+        let offset = self
+            .state
+            .server
+            .topics
+            .publish(&Self::namespace(&caller, topic), topic, data)
+            .await?;
         let d = format!(r#"{{"offset":{offset}}}"#);
         Ok(Some(reply(uid, "PUB", topic, 202, None, &d, false)))
     }

@@ -17,6 +17,13 @@
 //! in the transaction that creates runs); retention runs in the database too, so runs whose
 //! replica died still go.
 //!
+//! Pubsub (spec §28.5) is shared the same way: a topic's offsets come from its row in
+//! `topic_offsets`, taken in the transaction that inserts the publication (the row stays
+//! locked until it commits, so the offsets of a topic are dense over all replicas and commit
+//! in order), and `longrun_topics` notifies `<offset>\t<topic>\t<namespace>`; each replica
+//! reads the rows after what it delivered (`Topics::follow`). The run feeds are written by
+//! the journal in the commit of a run's `queued` and of its end, and by the reaper.
+//!
 //! The connections live on a thread of their own with a small runtime: `build()` is not
 //! async, and the journal keeps committing whatever the server's runtime is doing. The
 //! clients' futures are runtime-agnostic, so handlers await reads directly.
@@ -38,7 +45,7 @@ use super::{
 use crate::run::Run;
 
 /// The schema version this binary writes (`longrun.meta`).
-const SCHEMA_VERSION: i32 = 7;
+const SCHEMA_VERSION: i32 = 8;
 
 /// Advisory lock keys: migrations, run creation (the shared active-run count), reaping.
 const MIGRATE_LOCK: i64 = 0x6c6f_6e67_0001;
@@ -105,6 +112,9 @@ pub(crate) struct Limits {
     pub max_tombstones: usize,
     pub keys: super::KeyLimits,
     pub lease: Duration,
+    /// Publications kept per topic (spec §28.5), by count (at least the last) and by age.
+    pub topic_history: usize,
+    pub topic_history_age: Duration,
 }
 
 /// A run as the database holds it, for a replica that does not execute it.
@@ -160,6 +170,34 @@ struct Shared {
     /// What other replicas changed about worker nodes, for `Handle::node_notes`.
     node_notes: Mutex<NodeNotes>,
     node_wake: Notify,
+    /// Publications committed (by any replica), for `Topics`; bounded by the topics.
+    topic_notes: Mutex<TopicNotes>,
+    topic_wake: Notify,
+    /// The topics this replica holds (subscribed, or cached): their rows are kept meanwhile.
+    watched: Mutex<Vec<(String, String)>>,
+}
+
+/// The characters of a namespace a `longrun_topics` notification carries at most, so that
+/// its payload stays within Postgres' 8000 bytes whatever a tenant is called.
+pub(crate) const NOTIFIED_NS: usize = 1000;
+
+/// What the topics of this replica have to read (spec §28.5).
+#[derive(Default)]
+pub(crate) struct TopicNotes {
+    /// The connection was lost: every topic held must be read again.
+    pub reload: bool,
+    /// The lowest and highest offsets notified per `(namespace, topic)` (`""` is the
+    /// server's namespace; its first `NOTIFIED_NS` characters); a highest of `u64::MAX`
+    /// asks for whatever was committed.
+    pub seen: HashMap<(String, String), (u64, u64)>,
+}
+
+/// A topic as the database holds it: the offset its next publication gets, its oldest kept
+/// publication, and the publications from the offset asked for.
+pub(crate) struct TopicRead {
+    pub next: u64,
+    pub first: Option<u64>,
+    pub rows: Vec<(u64, String)>,
 }
 
 /// Progress reports waiting for this replica at most (each a NOTIFY payload, < 8000 bytes):
@@ -208,6 +246,25 @@ impl Shared {
                     lock(&self.pending).events.insert(id);
                     self.wake.notify_one();
                 }
+            }
+            "longrun_topics" => {
+                // `<offset>\t<topic>\t<namespace>`: the namespace last, as it may be any text.
+                let mut parts = payload.splitn(3, '\t');
+                let (Some(Ok(offset)), Some(topic), Some(ns)) = (
+                    parts.next().map(str::parse::<u64>),
+                    parts.next(),
+                    parts.next(),
+                ) else {
+                    return;
+                };
+                let mut notes = lock(&self.topic_notes);
+                let seen = notes
+                    .seen
+                    .entry((ns.to_owned(), topic.to_owned()))
+                    .or_insert((offset, offset));
+                *seen = (seen.0.min(offset), seen.1.max(offset));
+                drop(notes);
+                self.topic_wake.notify_one();
             }
             "longrun_nodes" => {
                 lock(&self.node_notes).changed.insert(payload.to_owned());
@@ -567,6 +624,179 @@ impl Handle {
         }
     }
 
+    /// Publish `data` (JSON text) to `topic` of `ns` (`""`: the server's): its offset. One
+    /// statement takes the offset from the topic's row (locked until it commits, so every
+    /// replica's publications to a topic are one dense sequence, committed in offset order),
+    /// inserts the publication, deletes those past the `keep` newest, and notifies. `None`
+    /// when the topic is new and the database holds `max_topics` already (counted only then).
+    pub async fn publish(
+        &self,
+        ns: &str,
+        topic: &str,
+        data: &str,
+        keep: usize,
+        max_topics: usize,
+    ) -> Result<Option<u64>, String> {
+        let keep = keep.max(1) as i64;
+        let max_topics = max_topics.min(i64::MAX as usize) as i64;
+        let row = self
+            .reader
+            .get()
+            .query_opt(
+                "WITH o AS (INSERT INTO longrun.topic_offsets AS t (ns, topic, next, last_ms) \
+                 SELECT $1::text, $2::text, 1, $3::int8 WHERE EXISTS (SELECT 1 FROM \
+                 longrun.topic_offsets WHERE ns = $1 AND topic = $2) \
+                 OR (SELECT count(*) FROM longrun.topic_offsets) < $6::int8 \
+                 ON CONFLICT (ns, topic) DO UPDATE \
+                 SET next = t.next + 1, last_ms = EXCLUDED.last_ms RETURNING t.next - 1 AS n), \
+                 p AS (INSERT INTO longrun.publications (ns, topic, n, at_ms, data) \
+                 SELECT $1, $2, n, $3, $4::text FROM o RETURNING n), \
+                 d AS (DELETE FROM longrun.publications WHERE ns = $1 AND topic = $2 \
+                 AND n <= (SELECT n FROM o) - $5::int8) \
+                 SELECT n, pg_notify('longrun_topics', \
+                 n || E'\\t' || $2 || E'\\t' || left($1, 1000)) FROM p",
+                &[&ns, &topic, &now_ms(), &data, &keep, &max_topics],
+            )
+            .await
+            .map_err(|e| pg_error(&e))?;
+        Ok(row.map(|r| r.get::<_, i64>(0).max(0) as u64))
+    }
+
+    /// A topic of `ns` as committed, in one snapshot: its next offset, its oldest kept
+    /// publication, and with `since` the publications from it on (none older than
+    /// `max_age`); its row is touched, as a replica that holds it does.
+    pub async fn topic(
+        &self,
+        ns: &str,
+        topic: &str,
+        since: Option<u64>,
+        max_age: Duration,
+    ) -> Result<TopicRead, String> {
+        let since = since.map_or(i64::MAX, |s| s.min(i64::MAX as u64) as i64);
+        // Publications older than their age are gone, whether or not the sweep came by.
+        let after_ms = now_ms().saturating_sub(max_age.as_millis().min(i64::MAX as u128) as i64);
+        let rows = self
+            .reader
+            .get()
+            .query(
+                "WITH touched AS (UPDATE longrun.topic_offsets SET last_ms = $5 \
+                 WHERE ns = $1 AND topic = $2 RETURNING 1) \
+                 SELECT o.next, f.first, p.n, p.data, (SELECT count(*) FROM touched) \
+                 FROM (SELECT COALESCE((SELECT next FROM \
+                 longrun.topic_offsets WHERE ns = $1 AND topic = $2), 0) AS next) o \
+                 CROSS JOIN (SELECT min(n) AS first FROM longrun.publications \
+                 WHERE ns = $1 AND topic = $2 AND at_ms > $4) f \
+                 LEFT JOIN longrun.publications p ON p.ns = $1 AND p.topic = $2 AND p.n >= $3 \
+                 AND p.at_ms > $4 ORDER BY p.n",
+                &[&ns, &topic, &since, &after_ms, &now_ms()],
+            )
+            .await
+            .map_err(|e| pg_error(&e))?;
+        let first = rows.first();
+        // The row is touched, so no replica's sweep forgets the topic before this one holds
+        // it; one this read saw but could not touch was forgotten meanwhile (its offsets
+        // start again at 0).
+        let held = first.is_some_and(|r| r.get::<_, i64>(4) > 0);
+        Ok(TopicRead {
+            next: first
+                .filter(|_| held)
+                .map_or(0, |r| r.get::<_, i64>(0).max(0) as u64),
+            first: first
+                .and_then(|r| r.get::<_, Option<i64>>(1))
+                .map(|n| n.max(0) as u64),
+            rows: rows
+                .iter()
+                .filter_map(|r| {
+                    let n = r.get::<_, Option<i64>>(2)?;
+                    Some((n.max(0) as u64, r.get::<_, String>(3)))
+                })
+                .collect(),
+        })
+    }
+
+    /// The offset of the newest kept publication of `topic` of `ns`.
+    pub async fn last_offset(&self, ns: &str, topic: &str) -> Result<Option<u64>, String> {
+        let row = self
+            .reader
+            .get()
+            .query_one(
+                "SELECT max(n) FROM longrun.publications WHERE ns = $1 AND topic = $2",
+                &[&ns, &topic],
+            )
+            .await
+            .map_err(|e| pg_error(&e))?;
+        Ok(row.get::<_, Option<i64>>(0).map(|n| n.max(0) as u64))
+    }
+
+    /// The publications of each `(ns, topic)` from its offset on, in offset order per topic.
+    pub async fn read_topics(
+        &self,
+        wants: &[(String, String, u64)],
+    ) -> Result<Vec<(String, String, u64, String)>, String> {
+        let ns: Vec<&str> = wants.iter().map(|w| w.0.as_str()).collect();
+        let topics: Vec<&str> = wants.iter().map(|w| w.1.as_str()).collect();
+        let from: Vec<i64> = wants
+            .iter()
+            .map(|w| w.2.min(i64::MAX as u64) as i64)
+            .collect();
+        let rows = self
+            .reader
+            .get()
+            .query(
+                "SELECT p.ns, p.topic, p.n, p.data \
+                 FROM unnest($1::text[], $2::text[], $3::int8[]) AS w(ns, topic, after) \
+                 JOIN longrun.publications p ON p.ns = w.ns AND p.topic = w.topic \
+                 AND p.n >= w.after ORDER BY p.ns, p.topic, p.n",
+                &[&ns, &topics, &from],
+            )
+            .await
+            .map_err(|e| pg_error(&e))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    r.get(1),
+                    r.get::<_, i64>(2).max(0) as u64,
+                    r.get(3),
+                )
+            })
+            .collect())
+    }
+
+    /// Wait for publications committed since the last look, and take them.
+    pub async fn topic_notes(&self) -> TopicNotes {
+        loop {
+            {
+                let mut notes = lock(&self.shared.topic_notes);
+                if notes.reload || !notes.seen.is_empty() {
+                    return std::mem::take(&mut *notes);
+                }
+            }
+            self.shared.topic_wake.notified().await;
+        }
+    }
+
+    /// Have `topic_notes` ask for whatever `(ns, topic)` committed (none when `topic` is
+    /// `None`: every topic held, as after a lost connection).
+    pub fn topic_again(&self, ns: &str, topic: Option<&str>) {
+        let mut notes = lock(&self.shared.topic_notes);
+        match topic {
+            Some(t) => {
+                let seen = notes.seen.entry((ns.to_owned(), t.to_owned()));
+                seen.or_insert((u64::MAX, u64::MAX)).1 = u64::MAX;
+            }
+            None => notes.reload = true,
+        }
+        drop(notes);
+        self.shared.topic_wake.notify_one();
+    }
+
+    /// The topics this replica holds, kept in the database while it does.
+    pub fn watch_topics(&self, topics: Vec<(String, String)>) {
+        *lock(&self.shared.watched) = topics;
+    }
+
     /// Read the new events of `run` now (a cancel that found it ended wants its end).
     pub async fn refresh(&self, run: &Run) {
         refresh(&self.shared, &self.reader.get(), &[run.id]).await;
@@ -734,7 +964,7 @@ async fn connect_reader(
     client
         .batch_execute(
             "LISTEN longrun_events; LISTEN longrun_stops; LISTEN longrun_nodes; \
-             LISTEN longrun_progress;",
+             LISTEN longrun_progress; LISTEN longrun_topics;",
         )
         .await?;
     Ok((client, driver))
@@ -765,6 +995,8 @@ async fn keep_reader(
         tracing::info!("the Postgres listening connection is back");
         lock(&shared.node_notes).reload = true;
         shared.node_wake.notify_one();
+        lock(&shared.topic_notes).reload = true;
+        shared.topic_wake.notify_one();
         let all: Vec<RunId> = lock(&shared.mirrors).keys().copied().collect();
         refresh(&shared, &reader.get(), &all).await;
     }
@@ -787,6 +1019,9 @@ async fn start(url: &str, limits: Limits) -> Result<(Handle, Background), String
         wake: Notify::new(),
         node_notes: Mutex::new(NodeNotes::default()),
         node_wake: Notify::new(),
+        topic_notes: Mutex::new(TopicNotes::default()),
+        topic_wake: Notify::new(),
+        watched: Mutex::new(Vec::new()),
     });
     let (reader, driver) = connect_reader(url, &shared)
         .await
@@ -906,6 +1141,24 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
              UPDATE longrun.runs SET created_us = created_ms * 1000;
              ALTER TABLE longrun.runs ALTER COLUMN created_us SET NOT NULL;
              CREATE INDEX runs_listed ON longrun.runs (created_us DESC, id DESC);",
+    // v8: pubsub shared by the replicas (spec §28.5): each topic's next offset (per
+    // namespace: a tenant's name, '' for the server's), and its kept publications.
+    "CREATE TABLE longrun.topic_offsets (
+                 ns TEXT NOT NULL,
+                 topic TEXT NOT NULL,
+                 next BIGINT NOT NULL,
+                 last_ms BIGINT NOT NULL,
+                 PRIMARY KEY (ns, topic)
+             );
+             CREATE TABLE longrun.publications (
+                 ns TEXT NOT NULL,
+                 topic TEXT NOT NULL,
+                 n BIGINT NOT NULL,
+                 at_ms BIGINT NOT NULL,
+                 data TEXT NOT NULL,
+                 PRIMARY KEY (ns, topic, n)
+             );
+             CREATE INDEX publications_at ON longrun.publications (at_ms);",
 ];
 
 /// Versioned migrations under an advisory lock, so replicas starting together migrate once.
@@ -952,6 +1205,61 @@ fn now_ms() -> i64 {
     millis(SystemTime::now())
 }
 
+/// The run feeds' publications of a run created or ended (spec §28.5), as `(namespace,
+/// topic, data)`, added to `feeds`.
+fn feed(
+    feeds: &mut Vec<(String, String, String)>,
+    tenant: &Owner,
+    object: &str,
+    id: &str,
+    state: State,
+) {
+    let (data, topics) = crate::topics::feed(tenant.as_ref(), object, id, state);
+    for (ns, topic) in topics {
+        feeds.push((ns.as_deref().unwrap_or("").to_owned(), topic, data.clone()));
+    }
+}
+
+/// Publish `feeds` (`(namespace, topic, data)`, in order) in `tx`: each topic's offsets are
+/// taken from its row once for all of its publications, rows locked in (namespace, topic)
+/// order so that transactions publishing to the same feeds never deadlock; publications
+/// past the `keep` newest go, and each topic is notified once with its last offset.
+async fn publish_feeds(
+    tx: &tokio_postgres::Transaction<'_>,
+    feeds: &[(String, String, String)],
+    now: i64,
+    keep: usize,
+) -> Result<(), tokio_postgres::Error> {
+    if feeds.is_empty() {
+        return Ok(());
+    }
+    let ns: Vec<&str> = feeds.iter().map(|f| f.0.as_str()).collect();
+    let topics: Vec<&str> = feeds.iter().map(|f| f.1.as_str()).collect();
+    let data: Vec<&str> = feeds.iter().map(|f| f.2.as_str()).collect();
+    let keep = keep.max(1) as i64;
+    tx.execute(
+        "WITH u AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) \
+         WITH ORDINALITY AS u(ns, topic, data, i)), \
+         c AS (SELECT ns, topic, count(*)::int8 AS k FROM u GROUP BY ns, topic), \
+         o AS (INSERT INTO longrun.topic_offsets AS t (ns, topic, next, last_ms) \
+         SELECT ns, topic, k, $4::int8 FROM c ORDER BY ns, topic \
+         ON CONFLICT (ns, topic) DO UPDATE SET next = t.next + EXCLUDED.next, \
+         last_ms = EXCLUDED.last_ms RETURNING t.ns, t.topic, t.next), \
+         p AS (INSERT INTO longrun.publications (ns, topic, n, at_ms, data) \
+         SELECT u.ns, u.topic, o.next - c.k - 1 + row_number() OVER \
+         (PARTITION BY u.ns, u.topic ORDER BY u.i), $4, u.data \
+         FROM u JOIN c USING (ns, topic) JOIN o USING (ns, topic)), \
+         d AS (DELETE FROM longrun.publications x USING o \
+         WHERE x.ns = o.ns AND x.topic = o.topic AND x.n < o.next - $5::int8) \
+         SELECT pg_notify('longrun_topics', \
+         (next - 1) || E'\\t' || topic || E'\\t' || left(ns, 1000)) \
+         FROM o",
+        &[&ns, &topics, &data, &now, &keep],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Renew this replica's lease (or take one again after it was thought dead).
 async fn renew(
     client: &Client,
@@ -995,13 +1303,17 @@ async fn maintain(
     let orphans = tx
         .query(
             "SELECT r.seq, r.id, (SELECT max(e.id) FROM longrun.events e WHERE e.run = r.seq), \
-             r.stream IS NOT NULL FROM longrun.runs r WHERE r.ended_ms IS NULL AND NOT EXISTS \
+             r.stream IS NOT NULL, r.object, r.tenant FROM longrun.runs r \
+             WHERE r.ended_ms IS NULL AND NOT EXISTS \
              (SELECT 1 FROM longrun.replicas p WHERE p.id = r.owner)",
             &[],
         )
         .await?;
+    let mut feeds = Vec::new();
     for row in &orphans {
         let (seq, id): (i64, String) = (row.get(0), row.get(1));
+        let tenant: Owner = row.get::<_, Option<&str>>(5).map(Arc::from);
+        feed(&mut feeds, &tenant, row.get(4), &id, State::Error);
         let next = row.get::<_, Option<i64>>(2).map_or(0, |last| last + 1);
         let event = Event {
             id: next as u64,
@@ -1036,6 +1348,9 @@ async fn maintain(
             crate::hooks::insert_pending(&tx, &delivery).await?;
         }
     }
+    // Their ends on the run feeds, in the transaction that ends them (after every run's row,
+    // as a journal's commit locks them).
+    publish_feeds(&tx, &feeds, now, limits.topic_history).await?;
     if !orphans.is_empty() {
         tracing::warn!(
             runs = orphans.len(),
@@ -1082,6 +1397,43 @@ async fn maintain(
         )
         .await?;
     tx.commit().await?;
+    // Pubsub (spec §28.5), outside that transaction: the topics this replica holds stay (so
+    // their offsets never start again under its subscribers; rows locked in the order a
+    // journal's commit locks them), then publications older than their age go, and topics
+    // with none left that no replica touched meanwhile.
+    let watched = lock(&shared.watched).clone();
+    let (ns, topics): (Vec<&str>, Vec<&str>) = watched
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .unzip();
+    if !ns.is_empty() {
+        client
+            .execute(
+                "UPDATE longrun.topic_offsets t SET last_ms = $3 FROM (SELECT ns, topic \
+                 FROM longrun.topic_offsets WHERE (ns, topic) IN \
+                 (SELECT * FROM unnest($1::text[], $2::text[])) ORDER BY ns, topic FOR UPDATE) w \
+                 WHERE t.ns = w.ns AND t.topic = w.topic",
+                &[&ns, &topics, &now],
+            )
+            .await?;
+    }
+    let aged = now - limits.topic_history_age.as_millis() as i64;
+    client
+        .execute(
+            "DELETE FROM longrun.publications WHERE at_ms <= $1",
+            &[&aged],
+        )
+        .await?;
+    // Every live replica touches the topics it holds once per third of its lease, so a row
+    // untouched for a whole lease (and its age) is held by none, however short the age.
+    let idle = now - limits.topic_history_age.max(limits.lease).as_millis() as i64;
+    client
+        .execute(
+            "DELETE FROM longrun.topic_offsets t WHERE last_ms <= $1 AND NOT EXISTS \
+             (SELECT 1 FROM longrun.publications p WHERE p.ns = t.ns AND p.topic = t.topic)",
+            &[&idle],
+        )
+        .await?;
     for row in stops {
         if let (Ok(id), Some(reason)) = (
             RunId::parse(row.get::<_, &str>(0)),
@@ -1133,7 +1485,9 @@ async fn write(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let mut batch = std::mem::take(&mut retry);
-        if batch.is_empty() {
+        // A close whose commit failed commits again at once (on the new connection), rather
+        // than waiting for a command that will not come.
+        if batch.is_empty() && close.is_empty() {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => batch.push(cmd),
@@ -1501,7 +1855,29 @@ async fn commit(
     if !forgotten.is_empty() {
         writes.push(tx.execute(&st.forget, &forgets));
     }
-    futures::future::try_join_all(writes).await?;
+    // The run feeds (spec §28.5) in the same transaction: a run's `queued` and its end are
+    // published exactly once, by the replica that commits them, and never for a run whose
+    // creation is not committed. Sent after the writes above (run rows before topic rows).
+    let mut feeds = Vec::new();
+    for (id, _, (object, tenant, _), ..) in &creates {
+        if new_seqs.contains_key(id) {
+            feed(&mut feeds, tenant, object, &id.to_string(), State::Queued);
+        }
+    }
+    for t in taken.iter().filter(|t| t.terminal) {
+        let id = t.run.id.to_string();
+        feed(
+            &mut feeds,
+            &t.run.tenant,
+            &t.run.object,
+            &id,
+            t.run.latest_state(),
+        );
+    }
+    tokio::try_join!(
+        futures::future::try_join_all(writes),
+        publish_feeds(&tx, &feeds, now, limits.topic_history)
+    )?;
     // If this fails nothing of the batch is kept, and what was taken is taken again on the
     // retry: the bookkeeping below moves on only once committed.
     tx.commit().await?;
