@@ -18,7 +18,8 @@ type ListRunsOptions struct {
 	Object string
 	// State keeps only runs in this state, or "active" (queued or running) or "ended".
 	State string
-	// Limit is the number of runs per page, 1 to 1000 (0: the server's default, 100).
+	// Limit is the number of runs per page, from 1 (0: the server's default, 50; more than
+	// 1000 counts as 1000).
 	Limit int
 	// PageToken is a previous page's NextPageToken.
 	PageToken string

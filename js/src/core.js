@@ -341,8 +341,9 @@ export function makeApi(native, { settle } = {}) {
      * One page of the runs this client's token sees, newest first (`GET /_runs`), as
      * `{runs, nextPageToken}`: each `{run, state, created, ended, tenant}` (`run` a Run;
      * times RFC 3339 text, `ended` null while the run goes on). `options`: `object`, `state`
-     * (a state, or `active` / `ended`), `limit` (1 to 1000; the server's default 100) and
-     * `pageToken` (a previous page's `nextPageToken`; null on the last page).
+     * (a state, or `active` / `ended`), `limit` (from 1; the server's default is 50, and more
+     * than 1000 counts as 1000) and `pageToken` (a previous page's `nextPageToken`; null on
+     * the last page).
      */
     async listRuns(options = {}) {
       const page = JSON.parse(await call(() => this.#native.listRuns(JSON.stringify(options ?? {}))));

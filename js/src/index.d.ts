@@ -178,7 +178,7 @@ export interface ListRunsOptions {
   object?: string;
   /** A state, or `"active"` (queued or running) or `"ended"`. */
   state?: State | "active" | "ended";
-  /** Runs per page, 1 to 1000 (the server's default: 100). */
+  /** Runs per page, from 1 (the server's default: 50; more than 1000 counts as 1000). */
   limit?: number;
   /** A previous page's `nextPageToken`. */
   pageToken?: string;

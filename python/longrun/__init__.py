@@ -414,9 +414,13 @@ class _ClientBase(Generic[_N]):
         """A handle on an existing run of this server."""
         return Run._wrap(self._n.run(object, id), self)
 
-    def _page(self, runs: List[Tuple[Any, str, str, Optional[str], Optional[str]]], token: Optional[str]) -> RunPage:
+    def _page(
+        self, runs: List[Tuple[Any, str, str, Optional[str], Optional[str]]], token: Optional[str]
+    ) -> RunPage:
         listed = [
-            ListedRun(Run._wrap(run, self), state, _time(created), _time(ended) if ended else None, tenant)
+            ListedRun(
+                Run._wrap(run, self), state, _time(created), _time(ended) if ended else None, tenant
+            )
             for run, state, created, ended, tenant in runs
         ]
         return RunPage(listed, token)
@@ -554,12 +558,17 @@ class Client(_ClientBase[_native.Client]):
     ) -> RunPage:
         """One page of the runs this client's token sees, newest first (``GET /_runs``):
         only ``object``'s, only in ``state`` (a state, or ``"active"`` / ``"ended"``), at most
-        ``limit`` (1 to 1000; the server's default 100), after the page ``page_token`` ended."""
+        ``limit`` (from 1; the server's default is 50, and more than 1000 counts as 1000),
+        after the page ``page_token`` ended."""
         runs, token = self._n.list_runs(_query(object, state, limit, page_token))
         return self._page(runs, token)
 
     def runs(
-        self, *, object: Optional[str] = None, state: Optional[str] = None, limit: Optional[int] = None
+        self,
+        *,
+        object: Optional[str] = None,
+        state: Optional[str] = None,
+        limit: Optional[int] = None,
     ) -> Iterator[ListedRun]:
         """Every run ``list_runs`` selects, page after page (``limit`` is the page size);
         pages never repeat a run."""
@@ -722,7 +731,11 @@ class AsyncClient(_ClientBase[_native.AsyncClient]):
         return self._page(runs, token)
 
     async def runs(
-        self, *, object: Optional[str] = None, state: Optional[str] = None, limit: Optional[int] = None
+        self,
+        *,
+        object: Optional[str] = None,
+        state: Optional[str] = None,
+        limit: Optional[int] = None,
     ) -> AsyncIterator[ListedRun]:
         """See ``Client.runs``: an async iterator."""
         token: Optional[str] = None

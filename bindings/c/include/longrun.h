@@ -599,6 +599,35 @@ longrun_code longrun_subscription_next(const longrun_subscription *subscription,
 // it still running; it is invalid afterwards.
 void longrun_subscription_free(longrun_subscription *subscription);
 
+// One page of the runs the client's token sees, newest first (`GET /_runs`). `query` is JSON
+// text of an object with optional `object`, `state`, `limit`, `page_token` (NULL or empty:
+// none), read by the core; `*page` is JSON (free it with `longrun_buf_free`):
+// `{"runs": [{"object", "id", "url", "state", "created", "ended", "tenant"}],
+// "next_page_token"}` (`ended`, `tenant` and `next_page_token` may be null). `interrupt`
+// may be NULL.
+//
+// # Safety
+// Pointers are NULL, live handles, or valid for their lengths / for writing.
+longrun_code longrun_client_list_runs(const longrun_client *client,
+                                      const uint8_t *query,
+                                      size_t query_len,
+                                      const longrun_interrupt *interrupt,
+                                      longrun_buf *page,
+                                      longrun_error **err);
+
+// The server's objects (`GET /_objects`): `*objects` is a JSON array of `{"name", "kind",
+// "description", "args_schema", "stream"}` (free it with `longrun_buf_free`); with `name`
+// (not NULL), that one object as a JSON object, or `NOT_FOUND`. `interrupt` may be NULL.
+//
+// # Safety
+// Pointers are NULL, live handles, or valid for their lengths / for writing.
+longrun_code longrun_client_objects(const longrun_client *client,
+                                    const uint8_t *name,
+                                    size_t name_len,
+                                    const longrun_interrupt *interrupt,
+                                    longrun_buf *objects,
+                                    longrun_error **err);
+
 // Publish `data` (JSON text) to `topic`; `*offset` is its offset. `interrupt` may be NULL.
 //
 // # Safety

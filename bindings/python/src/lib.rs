@@ -682,7 +682,9 @@ impl Client {
     /// One page of `GET /_runs`; `query` a dict of `object`, `state`, `limit`, `page_token`.
     fn list_runs(&self, py: Python<'_>, query: &Bound<'_, PyAny>) -> PyResult<Page> {
         let query = list_query(query).or_raise(py)?;
-        py.detach(|| self.inner.list_runs(&query)).or_raise(py).map(Page)
+        py.detach(|| self.inner.list_runs(&query))
+            .or_raise(py)
+            .map(Page)
     }
 
     fn objects(&self, py: Python<'_>) -> PyResult<Objects> {
@@ -1081,9 +1083,10 @@ impl AsyncClient {
 
     fn object<'py>(&self, py: Python<'py>, name: String) -> PyResult<Bound<'py, PyAny>> {
         let client = self.inner.clone();
-        aio::future_into_py(py, async move {
-            Ok(Objects(vec![client.object(&name).await?]))
-        })
+        aio::future_into_py(
+            py,
+            async move { Ok(Objects(vec![client.object(&name).await?])) },
+        )
     }
 
     #[pyo3(signature = (run, timeout=None))]
