@@ -641,7 +641,9 @@ async fn run<T, Si, St>(
         }
     }
     // Every route's sender goes with `routes`: their readers see the end and fail (a follow
-    // or subscription then resumes on a new socket).
+    // or subscription then resumes on a new socket). The commands go before the close is
+    // awaited, so the link reads as closed at once and the next call opens a new socket.
     drop(routes);
+    drop(events);
     let _ = frames.close().await;
 }
