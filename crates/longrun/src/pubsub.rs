@@ -226,6 +226,12 @@ fn subscribe(
                     }
                     lost.expect("set above")
                 }
+                // Refused (a token the server does not know, a bad URL): trying again
+                // changes nothing, so the subscription fails now, as a follow does.
+                Err(e) if !e.is_retryable() => {
+                    yield Err(e);
+                    return;
+                }
                 Err(e) => e,
             };
             // A pattern has no offsets to resume from: it comes back from now.

@@ -1238,6 +1238,32 @@ async fn a_token_lets_a_tenant_in_and_its_runs_are_its_own() {
 }
 
 #[tokio::test]
+async fn a_subscription_with_an_unknown_token_fails_at_once_whatever_the_reconnect_policy() {
+    let base = tenants().await;
+    // A policy that never gives up: only not retrying a refusal lets this return.
+    let never_give_up = longrun::Reconnect {
+        max_attempts: u32::MAX,
+        initial_delay: Duration::from_millis(100),
+        max_delay: Duration::from_secs(1),
+    };
+    for transport in [Transport::Sse, Transport::WebSocket] {
+        let client = Client::builder(&base)
+            .token("lrt_nobody")
+            .transport(transport)
+            .reconnect(never_give_up.clone())
+            .build()
+            .unwrap();
+        let mut sub = client.subscribe("_runs", None);
+        // A hang guard, not a timing check.
+        let err = tokio::time::timeout(Duration::from_secs(120), sub.ready())
+            .await
+            .expect("a refused subscription is not retried")
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unauthorized, "{transport:?}: {err}");
+    }
+}
+
+#[tokio::test]
 async fn no_token_or_an_unknown_one_is_unauthorized_and_a_missing_scope_forbidden() {
     let base = tenants().await;
     let run = with_token(&base, ACME)
