@@ -52,7 +52,7 @@ type Subscription struct {
 // Subscribe subscribes to topic (a dotted name like "chat.room", or a pattern with * and ?,
 // like "chat.*") over the client's WebSocket, whatever its transport, and returns once the
 // server holds the subscription: nothing published after that is missed. The feeds "_runs"
-// and "_runs.OBJECT" announce every run created and ended. A bad topic is ErrInvalidArgument.
+// and "_runs.OBJECT" announce every run created, started and ended. A bad topic is ErrInvalidArgument.
 // The subscription does not need the Client to stay open.
 func (c *Client) Subscribe(ctx context.Context, topic string, opts ...SubscribeOption) (*Subscription, error) {
 	var o subscribeOptions

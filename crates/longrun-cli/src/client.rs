@@ -163,7 +163,7 @@ The exit code is the run's outcome.
     /// Print a topic's publications as they come, one JSON line each: {"topic","offset","data"}.
     ///
     /// TOPIC is a dotted name (chat.room-1) or a pattern (chat.*); _runs and _runs.OBJECT are
-    /// the server's feeds of runs created and ended. Over the server's WebSocket; after a lost
+    /// the server's feeds of runs created, started and ended. Over the server's WebSocket; after a lost
     /// connection it resumes from the next offset. Runs until Ctrl-C (exit 130).
     #[command(after_help = exit_codes!())]
     Sub(SubArgs),

@@ -146,7 +146,7 @@ impl Registry {
         self.lock().active
     }
 
-    /// Where runs created and ended are announced (the `_runs` feeds, spec §28.5).
+    /// Where runs created, started and ended are announced (the `_runs` feeds, spec §28.5).
     pub fn set_feed(&self, topics: Arc<crate::topics::Topics>) {
         let _ = self.feed.set(topics);
     }
@@ -476,6 +476,7 @@ impl Registry {
             run.tenant = tenant.map(Arc::from);
             run.created = inner.next_created();
             run.appended_total = Some(self.metrics.events_appended.clone());
+            run.feed = self.feed.get().filter(|f| !f.feeds_in_store()).cloned();
             if let Some(ct) = &object.options.stream {
                 let ct = Some(ct.as_str()).filter(|c| !c.is_empty());
                 let ct = ct.unwrap_or(crate::stream::DEFAULT_CONTENT_TYPE);

@@ -66,6 +66,9 @@ pub(crate) struct Run {
     mirror: Option<std::time::Duration>,
     /// The run's byte stream, when its object declares one (spec §27).
     stream: Option<crate::stream::Buffer>,
+    /// Where the run's start is announced (the `_runs` feeds, spec §28.5), when this process
+    /// announces them; on Postgres the journal does, in the commit of the event.
+    pub(crate) feed: Option<Arc<crate::topics::Topics>>,
 }
 
 /// About how many bytes of SSE frames one sealed segment holds, so one SSE write carries up
@@ -288,6 +291,7 @@ impl Run {
             journal_pending: AtomicBool::new(false),
             mirror: None,
             stream: None,
+            feed: None,
         }
     }
 
@@ -388,7 +392,23 @@ impl Run {
         drop(log);
         self.count_appended();
         self.appended(len);
+        // The first event after `queued` is the run's start.
+        if let (1, Some(feed)) = (id, &self.feed) {
+            let run = self.id.to_string();
+            feed.run_feed(self.tenant.as_ref(), &self.object, &run, State::Running);
+        }
         true
+    }
+
+    /// Whether the events `first..first + count` hold the run's start (a `running` event 1),
+    /// which the run feeds announce.
+    pub fn started_in(&self, first: usize, count: usize) -> bool {
+        (first..first + count).contains(&1)
+            && self
+                .lock()
+                .entries
+                .get(1)
+                .is_some_and(|e| e.state == State::Running)
     }
 
     /// Append the terminal event once the handler is done (or dropped). A stop request wins

@@ -11,7 +11,7 @@
 //!
 //! Topics are kept per namespace: a tenant's, or (on an open server, and for an admin's
 //! `_runs` feeds) the server's. The built-in feeds `_runs` and `_runs.{object}` carry every
-//! run created and ended.
+//! run created, started and ended.
 //!
 //! On Postgres the topics are the replicas' together: a publication takes its offset in the
 //! database (`store/postgres.rs`: the topic's row, so one dense sequence over every replica)
@@ -38,7 +38,7 @@ const SETTLE: Duration = Duration::from_secs(10);
 
 /// Longest topic name.
 pub const MAX_TOPIC: usize = 255;
-/// The feed of every run created and ended; `_runs.{object}` has one object's.
+/// The feed of every run created, started and ended; `_runs.{object}` has one object's.
 pub const RUNS_FEED: &str = "_runs";
 
 /// A tenant's topics, or the server's (`None`: an open server, or an admin's feeds).
@@ -112,7 +112,7 @@ fn ns_from(text: &str) -> Namespace {
     (!text.is_empty()).then(|| Arc::from(text))
 }
 
-/// The feeds' publication of a run created or ended: its data, and the `(namespace, topic)`s
+/// The feeds' publication of a run created, started or ended: its data, and the `(namespace, topic)`s
 /// it goes to — `_runs` and `_runs.{object}` of its tenant and of the server (which admins
 /// subscribe to).
 pub(crate) fn feed(
@@ -412,7 +412,7 @@ impl Topics {
         }
     }
 
-    /// A run was created or ended: its feeds `_runs` and `_runs.{object}` of its tenant, and
+    /// A run was created, started or ended: its feeds `_runs` and `_runs.{object}` of its tenant, and
     /// the server's (which admins subscribe to), hear of it. (On Postgres the journal
     /// publishes them instead, when it commits the run.)
     pub fn run_feed(&self, tenant: Option<&Arc<str>>, object: &str, id: &str, state: State) {

@@ -302,6 +302,40 @@ async fn the_run_feeds_on_one_replica_have_the_runs_of_every_replica_once_each()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runs_start_is_on_the_feeds_once_between_its_queued_and_its_end() {
+    let Some(url) = common::postgres::database("run starts across replicas").await else {
+        return;
+    };
+    let store = StoreConfig::parse(&url).unwrap();
+    let a = replica(&store, Config::default()).await;
+    let b = replica(&store, Config::default()).await;
+    let mut on_a = connect(&a, None).await;
+    subscribe(&mut on_a, "all", "_runs", None).await;
+    let id_of = |path: String| path.rsplit('/').next().unwrap().to_owned();
+    // `count` writes `running` events: its event 1 is its start, committed by B.
+    let counted = id_of(b.submit("count", json!({"n": 3})).await);
+    assert_eq!(
+        feed(&mut on_a, "all", 3).await,
+        [
+            (0, counted.clone(), "queued".to_owned()),
+            (1, counted.clone(), "running".to_owned()),
+            (2, counted.clone(), "success".to_owned())
+        ]
+    );
+    // `echo` writes none: it has no start.
+    let echoed = id_of(b.submit("echo", json!({})).await);
+    assert_eq!(
+        feed(&mut on_a, "all", 2).await,
+        [
+            (3, echoed.clone(), "queued".to_owned()),
+            (4, echoed.clone(), "success".to_owned())
+        ]
+    );
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_deletes_the_rows_past_the_history() {
     let Some(url) = common::postgres::database("pubsub retention").await else {
         return;

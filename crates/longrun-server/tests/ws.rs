@@ -413,6 +413,34 @@ async fn wildcards_and_the_run_feeds() {
 }
 
 #[tokio::test]
+async fn a_runs_start_is_on_the_feeds_between_its_queued_and_its_end() {
+    let server = TestServer::demo().await;
+    let mut ws = connect(&server, None).await;
+    send(&mut ws, json!({"uid": "f", "m": "SUB", "r": "_runs"})).await;
+    assert_eq!(recv(&mut ws).await["c"], 200);
+    let mut states_of = async |path: String, n: usize| {
+        let id = path.rsplit('/').next().unwrap().to_owned();
+        let mut states = Vec::new();
+        for _ in 0..n {
+            let p = recv(&mut ws).await;
+            assert_eq!(p["d"]["data"]["id"], id, "{p}");
+            states.push(p["d"]["data"]["state"].as_str().unwrap().to_owned());
+        }
+        states
+    };
+    // `count` writes `running` events: its event 1 is its start.
+    let counted = server.submit("count", json!({"n": 3})).await;
+    assert_eq!(
+        states_of(counted, 3).await,
+        ["queued", "running", "success"]
+    );
+    // `echo` writes none: it has no start.
+    let echoed = server.submit("echo", json!({})).await;
+    assert_eq!(states_of(echoed, 2).await, ["queued", "success"]);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn tenants_see_only_their_topics_and_runs() {
     let server = TestServer::start(Server::builder().demo().auth(auth(&[
         ("a", "token-a", &["submit", "read", "cancel"]),

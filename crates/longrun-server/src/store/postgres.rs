@@ -1205,7 +1205,7 @@ fn now_ms() -> i64 {
     millis(SystemTime::now())
 }
 
-/// The run feeds' publications of a run created or ended (spec §28.5), as `(namespace,
+/// The run feeds' publications of a run created, started or ended (spec §28.5), as `(namespace,
 /// topic, data)`, added to `feeds`.
 fn feed(
     feeds: &mut Vec<(String, String, String)>,
@@ -1576,6 +1576,8 @@ struct Taken {
     first: usize,
     events: Vec<Bytes>,
     terminal: bool,
+    /// The events hold the run's start (`Run::started_in`), which the run feeds announce.
+    started: bool,
 }
 
 /// The journal's statements, prepared once per connection.
@@ -1781,6 +1783,7 @@ async fn commit(
             }
             touched.push(run.id.to_string());
             taken.push(Taken {
+                started: run.started_in(first, events.len()),
                 run: run.clone(),
                 seq,
                 first,
@@ -1855,8 +1858,8 @@ async fn commit(
     if !forgotten.is_empty() {
         writes.push(tx.execute(&st.forget, &forgets));
     }
-    // The run feeds (spec §28.5) in the same transaction: a run's `queued` and its end are
-    // published exactly once, by the replica that commits them, and never for a run whose
+    // The run feeds (spec §28.5) in the same transaction: a run's `queued`, its start and its
+    // end are published exactly once, by the replica that commits them, and never for a run whose
     // creation is not committed. Sent after the writes above (run rows before topic rows).
     let mut feeds = Vec::new();
     for (id, _, (object, tenant, _), ..) in &creates {
@@ -1864,15 +1867,26 @@ async fn commit(
             feed(&mut feeds, tenant, object, &id.to_string(), State::Queued);
         }
     }
-    for t in taken.iter().filter(|t| t.terminal) {
+    for t in taken.iter().filter(|t| t.started || t.terminal) {
         let id = t.run.id.to_string();
-        feed(
-            &mut feeds,
-            &t.run.tenant,
-            &t.run.object,
-            &id,
-            t.run.latest_state(),
-        );
+        if t.started {
+            feed(
+                &mut feeds,
+                &t.run.tenant,
+                &t.run.object,
+                &id,
+                State::Running,
+            );
+        }
+        if t.terminal {
+            feed(
+                &mut feeds,
+                &t.run.tenant,
+                &t.run.object,
+                &id,
+                t.run.latest_state(),
+            );
+        }
     }
     tokio::try_join!(
         futures::future::try_join_all(writes),
