@@ -101,6 +101,17 @@ describe("dashboard", { skip }, () => {
     await page.close();
   });
 
+  test("a row goes running when its run starts, live from the run feed", { timeout: 120_000 }, async () => {
+    const { page, errors } = await open(api);
+    // Held in `running` after its first event (the next is a minute away).
+    const run = await post(api, "count", { n: 2, interval_ms: 60_000 });
+    await page.locator(`#runs tr[data-id="${run.id}"][data-state="running"]`).waitFor();
+    await fetch(`${api.url}/count/${run.id}`, { method: "DELETE" });
+    await page.locator(`#runs tr[data-id="${run.id}"][data-state="canceled"]`).waitFor();
+    assert.deepEqual(errors, []);
+    await page.close();
+  });
+
   test("cancels a run, from the keyboard", { timeout: 120_000 }, async () => {
     const run = await post(api, "sleep", { ms: 600_000 });
     const { page, errors } = await open(api);
