@@ -1,60 +1,18 @@
 //! Pubsub across replicas on one Postgres database (spec §28.5): a publication made through
 //! any replica reaches subscribers on every replica, in one dense sequence of offsets per
 //! topic; `since` replays the same history on every replica, also one started later; the run
-//! feeds have each run's `queued` and end once; retention deletes rows; tenants stay apart.
+//! feeds have each run's `queued`, start and end once; retention deletes rows; tenants stay apart.
 //!
 //! No sleeps: every wait is for a packet (with a generous timeout only as a hang guard).
 
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
+use common::ws::{Socket, connect, recv, send};
 use common::{TestServer, auth};
-use futures::{SinkExt, StreamExt};
 use longrun_server::{Config, Server, StoreConfig};
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// Only against a hang: nothing here waits for time to pass.
-const GUARD: Duration = Duration::from_secs(60);
-
-async fn connect(server: &TestServer, token: Option<&str>) -> Socket {
-    let mut req = format!("ws://{}/_ws", server.addr)
-        .into_client_request()
-        .unwrap();
-    if let Some(t) = token {
-        req.headers_mut()
-            .insert("authorization", format!("Bearer {t}").parse().unwrap());
-    }
-    tokio_tungstenite::connect_async(req).await.unwrap().0
-}
-
-async fn send(ws: &mut Socket, packet: Value) {
-    ws.send(Message::Text(packet.to_string().into()))
-        .await
-        .unwrap();
-}
-
-/// The next packet (pings and pongs skipped).
-async fn recv(ws: &mut Socket) -> Value {
-    let next = async {
-        loop {
-            match ws.next().await.expect("the socket is open").unwrap() {
-                Message::Text(t) => return serde_json::from_str::<Value>(&t).unwrap(),
-                Message::Ping(_) | Message::Pong(_) => {}
-                other => panic!("expected a packet, got {other:?}"),
-            }
-        }
-    };
-    tokio::time::timeout(GUARD, next)
-        .await
-        .expect("a packet within the guard")
-}
 
 /// The next packet of `uid`.
 async fn recv_of(ws: &mut Socket, uid: &str) -> Value {

@@ -4,43 +4,12 @@
 
 mod common;
 
+use common::ws::{Socket, connect, recv, send};
 use common::{TestServer, auth};
 use futures::{SinkExt, StreamExt};
 use longrun_server::{Config, Server};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect(server: &TestServer, token: Option<&str>) -> Socket {
-    let mut req = format!("ws://{}/_ws", server.addr)
-        .into_client_request()
-        .unwrap();
-    if let Some(t) = token {
-        req.headers_mut()
-            .insert("authorization", format!("Bearer {t}").parse().unwrap());
-    }
-    tokio_tungstenite::connect_async(req).await.unwrap().0
-}
-
-async fn send(ws: &mut Socket, packet: Value) {
-    ws.send(Message::Text(packet.to_string().into()))
-        .await
-        .unwrap();
-}
-
-/// The next packet (pings and pongs skipped).
-async fn recv(ws: &mut Socket) -> Value {
-    loop {
-        match ws.next().await.expect("the socket is open").unwrap() {
-            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
-            Message::Ping(_) | Message::Pong(_) => {}
-            other => panic!("expected a packet, got {other:?}"),
-        }
-    }
-}
 
 /// The close code the server ended the socket with, after any packets still in flight.
 async fn close_code(ws: &mut Socket) -> (u16, Vec<Value>) {

@@ -4,6 +4,7 @@
 
 pub mod postgres;
 pub mod workers;
+pub mod ws;
 
 /// Tenants and tokens for a test server: `(tenant, token, scopes)` rows, a tenant's tokens in
 /// consecutive rows.
