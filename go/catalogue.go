@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"iter"
 	"time"
-	"unsafe"
 )
 
 // ListRunsOptions selects the runs of ListRuns and Runs (GET /_runs). The zero value selects
@@ -73,8 +72,7 @@ func (c *Client) ListRuns(ctx context.Context, opts ListRunsOptions) (RunPage, e
 		var buf C.longrun_buf
 		code := C.longrun_client_list_runs(h, qp, qn, intr, &buf, cerr)
 		if code == C.LONGRUN_CODE_OK {
-			text = C.GoBytes(unsafe.Pointer(buf.ptr), C.int(buf.len))
-			C.longrun_buf_free(&buf)
+			text = takeBuf(&buf)
 		}
 		return code
 	})
@@ -174,8 +172,7 @@ func (c *Client) catalogue(ctx context.Context, name *string, into any) error {
 		var buf C.longrun_buf
 		code := C.longrun_client_objects(h, np, nn, intr, &buf, cerr)
 		if code == C.LONGRUN_CODE_OK {
-			text = C.GoBytes(unsafe.Pointer(buf.ptr), C.int(buf.len))
-			C.longrun_buf_free(&buf)
+			text = takeBuf(&buf)
 		}
 		return code
 	})

@@ -33,6 +33,13 @@ func cbytes(b []byte) (*C.uint8_t, C.size_t) {
 	return (*C.uint8_t)(unsafe.Pointer(&b[0])), C.size_t(len(b))
 }
 
+// takeBuf copies a buffer the library filled and frees it.
+func takeBuf(buf *C.longrun_buf) []byte {
+	b := C.GoBytes(unsafe.Pointer(buf.ptr), C.int(buf.len))
+	C.longrun_buf_free(buf)
+	return b
+}
+
 // gostring copies bytes borrowed from C.
 func gostring(p *C.uint8_t, n C.size_t) string {
 	if p == nil || n == 0 {

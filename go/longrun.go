@@ -413,8 +413,7 @@ func (c *Client) Call(ctx context.Context, object string, args any, opts ...Subm
 		var buf C.longrun_buf
 		code := C.longrun_client_call(h, op, on, ap, an, sp, sn, -1, intr, &buf, cerr)
 		if code == C.LONGRUN_CODE_OK {
-			value = C.GoBytes(unsafe.Pointer(buf.ptr), C.int(buf.len))
-			C.longrun_buf_free(&buf)
+			value = takeBuf(&buf)
 		}
 		return code
 	})
@@ -466,8 +465,7 @@ func (c *Client) Wait(ctx context.Context, run Run) (json.RawMessage, error) {
 		var buf C.longrun_buf
 		code := C.longrun_client_wait(h, r, -1, intr, &buf, cerr)
 		if code == C.LONGRUN_CODE_OK {
-			value = C.GoBytes(unsafe.Pointer(buf.ptr), C.int(buf.len))
-			C.longrun_buf_free(&buf)
+			value = takeBuf(&buf)
 		}
 		return code
 	})

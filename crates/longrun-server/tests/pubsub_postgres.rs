@@ -71,6 +71,17 @@ async fn replica(store: &StoreConfig, config: Config) -> TestServer {
     TestServer::start(Server::builder().store(store.clone()).config(config).demo()).await
 }
 
+/// A replica of `store` with these tenants and tokens.
+async fn tenant_replica(store: &StoreConfig, tokens: &[(&str, &str, &[&str])]) -> TestServer {
+    TestServer::start(
+        Server::builder()
+            .store(store.clone())
+            .demo()
+            .auth(auth(tokens)),
+    )
+    .await
+}
+
 async fn db(url: &str) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
@@ -367,16 +378,10 @@ async fn tenants_topics_stay_apart_across_replicas() {
         ("a", "token-a", &["submit", "read"][..]),
         ("b", "token-b", &["submit", "read"][..]),
     ];
-    let start = || {
-        TestServer::start(
-            Server::builder()
-                .store(store.clone())
-                .demo()
-                .auth(auth(&tokens)),
-        )
-    };
-    let one = start().await;
-    let two = start().await;
+    let (one, two) = (
+        tenant_replica(&store, &tokens).await,
+        tenant_replica(&store, &tokens).await,
+    );
     let mut a_on_one = connect(&one, Some("token-a")).await;
     subscribe(&mut a_on_one, "room", "room", None).await;
     let mut a_runs = connect(&one, Some("token-a")).await;
@@ -550,16 +555,10 @@ async fn a_tenant_of_any_name_length_is_heard_across_replicas() {
     // 6000 bytes: longer than a notification could carry whole.
     let long = "é".repeat(3000);
     let tokens = [(long.as_str(), "token-long", &["submit", "read"][..])];
-    let start = || {
-        TestServer::start(
-            Server::builder()
-                .store(store.clone())
-                .demo()
-                .auth(auth(&tokens)),
-        )
-    };
-    let one = start().await;
-    let two = start().await;
+    let (one, two) = (
+        tenant_replica(&store, &tokens).await,
+        tenant_replica(&store, &tokens).await,
+    );
     let mut room = connect(&one, Some("token-long")).await;
     subscribe(&mut room, "room", "room", None).await;
     let mut runs = connect(&one, Some("token-long")).await;
