@@ -391,7 +391,9 @@ pub async fn serve_all(
         .collect();
     // hyper's HTTP/1 connection directly rather than `axum::serve` (whose connection, built
     // to tell HTTP/1 from HTTP/2, costs an idle follower 22.5 KiB instead of 13 KiB here;
-    // the workspace builds axum for HTTP/1 only anyway), with upgrades for `/_ws`. Shutdown
+    // the workspace builds axum for HTTP/1 only anyway), with upgrades for `/_ws`. The
+    // patched hyper of `vendor/hyper` brings that to about 6 KiB: its two per-connection
+    // buffers start at 1 KiB instead of 8 KiB. Shutdown
     // is as graceful as axum's: stop accepting, let every connection finish its exchange,
     // wait for all of them. (hyper-util's graceful watcher does not take an upgradeable
     // connection, so a token and a task tracker do its job.)
