@@ -193,7 +193,10 @@ async fn bench(binary: PathBuf) {
             _ => Path::Direct,
         };
         let d = concurrent(&target, path, 200000).await;
-        println!("workers: {which} only, {:.0} calls/s", 200000.0 / d.as_secs_f64());
+        println!(
+            "workers: {which} only, {:.0} calls/s",
+            200000.0 / d.as_secs_f64()
+        );
         return;
     }
     // Throughput: the paths take turns, round after round, so a swing of the machine's speed

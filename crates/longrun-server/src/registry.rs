@@ -128,6 +128,9 @@ pub(crate) struct Submitted {
 struct Swept {
     dropped: Vec<(RunId, String, Owner)>,
     forgotten: Vec<RunId>,
+    /// The dropped runs themselves, freed once the registry's lock is let go: freeing a run
+    /// (its log, its wake-ups) is the longest part of a sweep, and nobody needs to wait on it.
+    released: Vec<Arc<Run>>,
 }
 
 impl Registry {
@@ -682,6 +685,7 @@ impl Inner {
                 swept
                     .dropped
                     .push((id, run.object.clone(), run.tenant.clone()));
+                swept.released.push(run);
             }
         }
         while let Some(&(due, id)) = self.tombstone_order.front() {

@@ -121,7 +121,7 @@ pub(crate) fn feed(
     id: &str,
     state: State,
 ) -> (String, Vec<(Namespace, String)>) {
-    let data = serde_json::json!({ "object": object, "id": id, "state": state }).to_string();
+    let data = serde_json::to_string(&FeedEntry { id, object, state }).expect("feeds serialize");
     let mut namespaces = vec![None];
     if let Some(t) = tenant {
         namespaces.push(Some(t.clone()));
@@ -132,6 +132,15 @@ pub(crate) fn feed(
         .flat_map(|ns| [(ns.clone(), RUNS_FEED.to_owned()), (ns, per_object.clone())])
         .collect();
     (data, topics)
+}
+
+/// One publication of the run feeds, as its subscribers read it (keys in the order they
+/// always had: sorted).
+#[derive(serde::Serialize)]
+struct FeedEntry<'a> {
+    id: &'a str,
+    object: &'a str,
+    state: State,
 }
 
 /// Is `name` a topic: dot-separated parts of letters, digits, `_` and `-`?
@@ -253,16 +262,31 @@ impl Topics {
         data: Box<RawValue>,
     ) -> Result<u64, ApiError> {
         let mut inner = self.lock();
-        let now = Instant::now();
         let key = (ns.clone(), topic.to_owned());
-        if !inner.topics.contains_key(&key) && inner.topics.len() >= self.max_topics {
-            inner.sweep(now, self.history_age);
-            if inner.topics.len() >= self.max_topics {
-                return Err(self.too_many_topics());
+        self.publish_under(&mut inner, key, data, Instant::now())
+    }
+
+    /// [`Topics::publish_local`] with the lock held.
+    fn publish_under(
+        &self,
+        inner: &mut Inner,
+        key: (Namespace, String),
+        data: Box<RawValue>,
+        now: Instant,
+    ) -> Result<u64, ApiError> {
+        let offset = match inner.topics.get(&key) {
+            Some(t) => t.next,
+            None => {
+                if inner.topics.len() >= self.max_topics {
+                    inner.sweep(now, self.history_age);
+                    if inner.topics.len() >= self.max_topics {
+                        return Err(self.too_many_topics());
+                    }
+                }
+                0
             }
-        }
-        let offset = inner.topics.get(&key).map_or(0, |t| t.next);
-        self.deliver(&mut inner, key, offset, data, now);
+        };
+        self.deliver(inner, key, offset, data, now);
         Ok(offset)
     }
 
@@ -277,7 +301,10 @@ impl Topics {
         now: Instant,
     ) {
         let (ns, topic) = (&key.0, key.1.as_str());
-        let t = inner.topics.entry(key.clone()).or_default();
+        let t = match inner.topics.get_mut(&key) {
+            Some(t) => t,
+            None => inner.topics.entry(key.clone()).or_default(),
+        };
         t.next = offset + 1;
         // Live first: every subscriber naming the topic, then every pattern that matches.
         let exact = inner.exact.get(&key).into_iter().flatten();
@@ -416,11 +443,21 @@ impl Topics {
     /// the server's (which admins subscribe to), hear of it. (On Postgres the journal
     /// publishes them instead, when it commits the run.)
     pub fn run_feed(&self, tenant: Option<&Arc<str>>, object: &str, id: &str, state: State) {
-        let (data, topics) = feed(tenant, object, id, state);
-        let data = RawValue::from_string(data).expect("values serialize");
-        for (ns, topic) in &topics {
-            // Never refused for the topic limit: a feed is the server's own.
-            if let Err(e) = self.publish_local(ns, topic, data.clone()) {
+        // Written straight as raw JSON (no parse of what was just written), and published
+        // to every feed under one lock: a run's feeds cost little even with nobody listening.
+        let data = serde_json::value::to_raw_value(&FeedEntry { id, object, state })
+            .expect("feeds serialize");
+        let per_object = format!("{RUNS_FEED}.{object}");
+        let mut keys = vec![(None, RUNS_FEED.to_owned()), (None, per_object.clone())];
+        if let Some(t) = tenant {
+            keys.push((Some(t.clone()), RUNS_FEED.to_owned()));
+            keys.push((Some(t.clone()), per_object));
+        }
+        let mut inner = self.lock();
+        let now = Instant::now();
+        for key in keys {
+            let topic = key.1.clone();
+            if let Err(e) = self.publish_under(&mut inner, key, data.clone(), now) {
                 tracing::debug!(error = ?e, topic, "run feed publication dropped");
             }
         }
