@@ -502,6 +502,9 @@ struct NodeClient {
         hyper_util::client::legacy::connect::HttpConnector,
         http_body_util::Full<bytes::Bytes>,
     >,
+    /// The largest reply read (the server's body limit): a node's reply becomes an event,
+    /// and one that never ends must not fill the server's memory.
+    reply_limit: usize,
 }
 
 /// A node's reply, read whole.
@@ -511,7 +514,7 @@ struct Reply {
 }
 
 impl NodeClient {
-    fn new() -> Self {
+    fn new(reply_limit: usize) -> Self {
         let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
         // A dispatch is one small write each way: no Nagle delay on either.
         connector.set_nodelay(true);
@@ -520,7 +523,7 @@ impl NodeClient {
                 .pool_idle_timeout(Duration::from_secs(90))
                 .pool_timer(hyper_util::rt::TokioTimer::new())
                 .build(connector);
-        NodeClient { inner }
+        NodeClient { inner, reply_limit }
     }
 
     /// One request, its reply read to the end. Dropping the future closes the connection
@@ -545,11 +548,19 @@ impl NodeClient {
             .map_err(|e| format!("bad request to {url}: {e}"))?;
         let res = self.inner.request(req).await.map_err(|e| chain(&e))?;
         let status = res.status();
-        let body = res
-            .into_body()
+        // Dropping a reply cut short closes its connection: the rest is never read.
+        let body = http_body_util::Limited::new(res.into_body(), self.reply_limit)
             .collect()
             .await
-            .map_err(|e| chain(&e))?
+            .map_err(
+                |e| match e.downcast_ref::<http_body_util::LengthLimitError>() {
+                    Some(_) => format!(
+                        "its reply is larger than {} bytes (the body limit)",
+                        self.reply_limit
+                    ),
+                    None => chain(&*e),
+                },
+            )?
             .to_bytes();
         Ok(Reply { status, body })
     }
@@ -607,7 +618,7 @@ impl Nodes {
                 health_failures: config.health_failures.max(1),
                 dispatch_timeout: config.dispatch_timeout,
             },
-            client: NodeClient::new(),
+            client: NodeClient::new(config.body_limit),
             inner: Mutex::new(Inner::default()),
             changed: watch::Sender::new(0),
             rotate: AtomicU64::new(0),

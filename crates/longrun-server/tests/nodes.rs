@@ -325,6 +325,36 @@ async fn a_worker_killed_mid_run_ends_the_run_as_error() {
 }
 
 #[tokio::test]
+async fn a_reply_larger_than_the_body_limit_fails_the_run_and_the_node_stays_usable() {
+    let limit = 4096;
+    let server = server_with(Config {
+        body_limit: limit,
+        ..Config::default()
+    })
+    .await;
+    let w = Worker::start(Some(&server), &[]).await;
+    // Python's json writes each `É` as `\u00c9`: the reply is three times the request, so a
+    // request within the limit gets a reply past it.
+    let text = "é".repeat(1500);
+    let run = server.submit("upper", json!({ "text": text })).await;
+    let events = server.events(&run).await;
+    let (state, value) = last(&events);
+    assert_eq!(state, "error", "{events:?}");
+    assert_eq!(value["node"], w.id());
+    assert_eq!(
+        value["message"],
+        format!(
+            "the node {} failed while holding the run: its reply is larger than {limit} bytes (the body limit)",
+            w.id()
+        )
+    );
+    // The node is still fine and a reply within the limit still succeeds.
+    let run = server.submit("upper", json!({"text": "é"})).await;
+    let events = server.events(&run).await;
+    assert_eq!(last(&events), ("success", &json!({"text": "É"})));
+}
+
+#[tokio::test]
 async fn health_failures_make_a_node_unavailable_and_runs_wait_for_it() {
     let server = server_with(fast()).await;
     let w = Worker::start(Some(&server), &[]).await;
