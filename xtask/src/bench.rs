@@ -7,8 +7,9 @@ use crate::cargo;
 const SUITES: [(&str, &str, &str); 6] = [
     ("server", "longrun-server", "server"),
     ("client", "longrun", "client"),
-    // A worker node's service through the server against the worker called directly; the
-    // bench builds the Go example worker itself (SKIP without `go`).
+    // A worker node's service through the server against the worker called directly, and
+    // against a bare proxy making the same call (the ceiling of any server with two hops);
+    // the bench builds the Go example worker itself (SKIP without `go`).
     ("workers", "longrun-server", "workers"),
     // Byte streams (spec §27) against a plain route serving the same bytes.
     ("streams", "longrun-server", "streams"),
