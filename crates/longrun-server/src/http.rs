@@ -518,16 +518,18 @@ async fn submitted(
     let (state, last) = run.status();
     let mut res = if ended && state.is_terminal() {
         let batch = run.read_json(last, 1);
-        let event: Value = serde_json::from_slice::<Vec<Value>>(&batch.bytes)
-            .ok()
-            .and_then(|mut events| events.pop())
-            .unwrap_or(Value::Null);
+        // The terminal event as the log holds it, spliced in unparsed.
+        let events: Vec<&serde_json::value::RawValue> =
+            serde_json::from_slice(&batch.bytes).unwrap_or_default();
         let reply = RunRef::new(object, run.id, state);
-        let mut body = serde_json::to_value(&reply).expect("a run reference serializes");
-        body["event"] = event;
-        if let Some(url) = crate::stream::url(run) {
-            body["stream_url"] = url.into();
-        }
+        let body = Waited {
+            event: events.last().copied(),
+            id: reply.id,
+            object,
+            state,
+            stream_url: crate::stream::url(run),
+            url: &reply.url,
+        };
         let mut res = json_response(StatusCode::OK, &body);
         res.headers_mut().insert(
             header::LOCATION,
@@ -546,6 +548,19 @@ async fn submitted(
         HeaderValue::from_str(&format!("wait={wait}")).expect("digits are header-safe"),
     );
     res
+}
+
+/// The body of a submit that waited for its run's end: the run and its terminal event (keys
+/// sorted, as every reply of this server has them).
+#[derive(serde::Serialize)]
+struct Waited<'a> {
+    event: Option<&'a serde_json::value::RawValue>,
+    id: longrun_proto::RunId,
+    object: &'a str,
+    state: RunState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_url: Option<String>,
+    url: &'a str,
 }
 
 /// The reply to a submit: `201` (or `303` to the stream), `Location`, the run; marked when it

@@ -480,6 +480,15 @@ pub(crate) struct Call<'a> {
     pub deadline: Option<Instant>,
 }
 
+/// The body of a dispatch (and of a signal): the seed's, written from borrowed parts.
+#[derive(Serialize)]
+struct Dispatch<'a> {
+    topic: &'a str,
+    sender: &'a str,
+    data: &'a Value,
+    timeout: f64,
+}
+
 /// How one dispatch to one node went.
 enum Attempt {
     Done(Outcome),
@@ -926,14 +935,14 @@ impl Nodes {
             node.callback_base, node.id, sender
         );
         tracing::debug!(sender, node = %node.id, topic, "dispatching");
-        let body = json!({
-            "topic": topic,
-            "sender": sender,
-            "data": data,
-            "timeout": service.timeout,
-        });
+        let body = serde_json::to_vec(&Dispatch {
+            topic,
+            sender,
+            data,
+            timeout: service.timeout,
+        })
+        .expect("JSON values serialize");
         let url = format!("{}{}", node.base(), service.path);
-        let body = serde_json::to_vec(&body).expect("JSON values serialize");
         let headers = [(RUN_HEADER, sender), (CALLBACK_HEADER, callback.as_str())];
         let request = self
             .client
@@ -1004,14 +1013,14 @@ impl Nodes {
                 continue;
             };
             delivered += 1;
-            let body = json!({
-                "topic": topic,
-                "sender": uuid::Uuid::new_v4().to_string(),
-                "data": data,
-                "timeout": slot.timeout,
-            });
+            let body = serde_json::to_vec(&Dispatch {
+                topic,
+                sender: &uuid::Uuid::new_v4().to_string(),
+                data: &data,
+                timeout: slot.timeout,
+            })
+            .expect("JSON values serialize");
             let (client, url) = (self.client.clone(), format!("{}{}", node.base(), slot.path));
-            let body = serde_json::to_vec(&body).expect("JSON values serialize");
             let timeout = Duration::from_secs_f64(slot.timeout);
             let topic = topic.to_owned();
             tokio::spawn(async move {
