@@ -362,6 +362,34 @@ impl Node {
             .cloned()
     }
 
+    /// Where and how `topic` is dispatched here: what a call needs of its service, without
+    /// a copy of the rest (its schema may be large).
+    fn route(&self, topic: &str) -> Option<Route> {
+        self.subs()
+            .services
+            .iter()
+            .find(|s| s.topic == topic)
+            .map(|s| Route {
+                path: s.path.clone(),
+                timeout: s.timeout,
+                retry: s.retry,
+            })
+    }
+
+    /// The catalogue entry of `topic` here; the service is copied only for its first use,
+    /// when the schema is compiled (outside the lock).
+    fn entry(&self, topic: &str) -> Option<Arc<crate::catalogue::Entry>> {
+        let first_use = {
+            let subs = self.subs();
+            let service = subs.services.iter().find(|s| s.topic == topic)?;
+            match service.entry.get() {
+                Some(entry) => return Some(entry.clone()),
+                None => service.clone(),
+            }
+        };
+        Some(first_use.entry())
+    }
+
     fn serves(&self, topic: &str) -> bool {
         self.subs().services.iter().any(|s| s.topic == topic)
     }
@@ -478,6 +506,13 @@ pub(crate) struct Call<'a> {
     pub cancel: &'a CancellationToken,
     /// When the whole call (waiting for a node and every attempt) must be over.
     pub deadline: Option<Instant>,
+}
+
+/// What a dispatch needs of a node's service.
+struct Route {
+    path: String,
+    timeout: f64,
+    retry: Option<u32>,
 }
 
 /// The body of a dispatch (and of a signal): the seed's, written from borrowed parts.
@@ -748,14 +783,14 @@ impl Nodes {
 
     /// The object a node topic stands for, while some node serves it.
     pub fn object(self: &Arc<Self>, topic: &str) -> Option<Object> {
-        let service = self.lock().nodes.values().find_map(|n| n.service(topic))?;
+        let entry = self.lock().nodes.values().find_map(|n| n.entry(topic))?;
         Some(Object {
             handler: Arc::new(NodeService {
                 nodes: self.clone(),
                 topic: topic.to_owned(),
             }),
             options: ObjectOptions::default(),
-            entry: service.entry(),
+            entry,
         })
     }
 
@@ -815,7 +850,7 @@ impl Nodes {
     /// The `ok` node with the fewest calls in flight (within its concurrency) serving
     /// `topic`, preferring nodes not in `avoid`; ties go round-robin. The chosen node's slot
     /// is taken.
-    fn pick(&self, topic: &str, avoid: &[String]) -> Option<(Arc<Node>, Service)> {
+    fn pick(&self, topic: &str, avoid: &[String]) -> Option<(Arc<Node>, Route)> {
         let inner = self.lock();
         let candidates: Vec<&Arc<Node>> = inner
             .nodes
@@ -840,9 +875,9 @@ impl Nodes {
             .map(|(_, n)| n)
             .collect();
         let node = tied[self.turn(tied.len())].clone();
-        let service = node.service(topic)?;
+        let route = node.route(topic)?;
         node.in_flight.fetch_add(1, Ordering::SeqCst);
-        Some((node, service))
+        Some((node, route))
     }
 
     /// Wait until a node can take a call of `topic`, within the dispatch timeout.
@@ -851,7 +886,7 @@ impl Nodes {
         topic: &str,
         avoid: &[String],
         call: &Call<'_>,
-    ) -> Result<(Arc<Node>, Service), Outcome> {
+    ) -> Result<(Arc<Node>, Route), Outcome> {
         let mut changed = self.changed.subscribe();
         let waited = tokio::time::sleep(self.settings.dispatch_timeout);
         tokio::pin!(waited);
@@ -923,7 +958,7 @@ impl Nodes {
     async fn attempt(
         self: &Arc<Self>,
         node: &Arc<Node>,
-        service: &Service,
+        service: &Route,
         topic: &str,
         sender: &str,
         data: &Value,
