@@ -376,18 +376,12 @@ impl Node {
             })
     }
 
-    /// The catalogue entry of `topic` here; the service is copied only for its first use,
-    /// when the schema is compiled (outside the lock).
-    fn entry(&self, topic: &str) -> Option<Arc<crate::catalogue::Entry>> {
-        let first_use = {
-            let subs = self.subs();
-            let service = subs.services.iter().find(|s| s.topic == topic)?;
-            match service.entry.get() {
-                Some(entry) => return Some(entry.clone()),
-                None => service.clone(),
-            }
-        };
-        Some(first_use.entry())
+    /// The catalogue entry of `topic` here, or, before its first use, a copy of the service
+    /// to compile it from (outside every lock: a schema may take a while).
+    fn entry(&self, topic: &str) -> Option<Result<Arc<crate::catalogue::Entry>, Service>> {
+        let subs = self.subs();
+        let service = subs.services.iter().find(|s| s.topic == topic)?;
+        Some(service.entry.get().cloned().ok_or_else(|| service.clone()))
     }
 
     fn serves(&self, topic: &str) -> bool {
@@ -783,7 +777,8 @@ impl Nodes {
 
     /// The object a node topic stands for, while some node serves it.
     pub fn object(self: &Arc<Self>, topic: &str) -> Option<Object> {
-        let entry = self.lock().nodes.values().find_map(|n| n.entry(topic))?;
+        let found = self.lock().nodes.values().find_map(|n| n.entry(topic))?;
+        let entry = found.unwrap_or_else(|first_use| first_use.entry());
         Some(Object {
             handler: Arc::new(NodeService {
                 nodes: self.clone(),
