@@ -448,15 +448,12 @@ impl Topics {
         let data = serde_json::value::to_raw_value(&FeedEntry { id, object, state })
             .expect("feeds serialize");
         let per_object = format!("{RUNS_FEED}.{object}");
-        let mut keys = vec![(None, RUNS_FEED.to_owned()), (None, per_object.clone())];
-        if let Some(t) = tenant {
-            keys.push((Some(t.clone()), RUNS_FEED.to_owned()));
-            keys.push((Some(t.clone()), per_object));
-        }
+        let server = [(None, RUNS_FEED), (None, per_object.as_str())];
+        let tenant = tenant.map(|t| [(Some(t.clone()), RUNS_FEED), (Some(t.clone()), &per_object)]);
         let mut inner = self.lock();
         let now = Instant::now();
-        for key in keys {
-            let topic = key.1.clone();
+        for (ns, topic) in server.into_iter().chain(tenant.into_iter().flatten()) {
+            let key = (ns, topic.to_owned());
             if let Err(e) = self.publish_under(&mut inner, key, data.clone(), now) {
                 tracing::debug!(error = ?e, topic, "run feed publication dropped");
             }
