@@ -1153,7 +1153,9 @@ fn retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error with its causes, as one line: reqwest's and hyper's own messages ("error sending
+/// request", "client error (Connect)") leave out why.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

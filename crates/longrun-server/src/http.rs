@@ -521,19 +521,19 @@ async fn submitted(
         // The terminal event as the log holds it, spliced in unparsed.
         let events: Vec<&serde_json::value::RawValue> =
             serde_json::from_slice(&batch.bytes).unwrap_or_default();
-        let reply = RunRef::new(object, run.id, state);
+        let url = longrun_proto::run_path(object, &run.id);
         let body = Waited {
             event: events.last().copied(),
-            id: reply.id,
+            id: run.id,
             object,
             state,
             stream_url: crate::stream::url(run),
-            url: &reply.url,
+            url: &url,
         };
         let mut res = json_response(StatusCode::OK, &body);
         res.headers_mut().insert(
             header::LOCATION,
-            HeaderValue::from_str(&reply.url).expect("object names and ids are header-safe"),
+            HeaderValue::from_str(&url).expect("object names and ids are header-safe"),
         );
         if replayed {
             res.headers_mut()

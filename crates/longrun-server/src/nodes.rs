@@ -584,7 +584,11 @@ impl NodeClient {
         let req = req
             .body(http_body_util::Full::new(body.unwrap_or_default().into()))
             .map_err(|e| format!("bad request to {url}: {e}"))?;
-        let res = self.inner.request(req).await.map_err(|e| chain(&e))?;
+        let res = self
+            .inner
+            .request(req)
+            .await
+            .map_err(|e| crate::hooks::error_chain(&e))?;
         let status = res.status();
         // Dropping a reply cut short closes its connection: the rest is never read.
         let body = http_body_util::Limited::new(res.into_body(), self.reply_limit)
@@ -596,25 +600,12 @@ impl NodeClient {
                         "its reply is larger than {} bytes (the body limit)",
                         self.reply_limit
                     ),
-                    None => chain(&*e),
+                    None => crate::hooks::error_chain(&*e),
                 },
             )?
             .to_bytes();
         Ok(Reply { status, body })
     }
-}
-
-/// An error with its causes, as one line: hyper's own message ("client error (Connect)")
-/// leaves out why.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut line = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        line.push_str(": ");
-        line.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    line
 }
 
 /// The registered nodes of this replica.

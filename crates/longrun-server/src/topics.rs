@@ -122,16 +122,21 @@ pub(crate) fn feed(
     state: State,
 ) -> (String, Vec<(Namespace, String)>) {
     let data = serde_json::to_string(&FeedEntry { id, object, state }).expect("feeds serialize");
+    (data, feed_topics(tenant, object))
+}
+
+/// The `(namespace, topic)`s a run of `object` is announced on: `_runs` and `_runs.{object}`
+/// of the server's, then of its tenant's.
+fn feed_topics(tenant: Option<&Arc<str>>, object: &str) -> Vec<(Namespace, String)> {
     let mut namespaces = vec![None];
     if let Some(t) = tenant {
         namespaces.push(Some(t.clone()));
     }
     let per_object = format!("{RUNS_FEED}.{object}");
-    let topics = namespaces
+    namespaces
         .into_iter()
         .flat_map(|ns| [(ns.clone(), RUNS_FEED.to_owned()), (ns, per_object.clone())])
-        .collect();
-    (data, topics)
+        .collect()
 }
 
 /// One publication of the run feeds, as its subscribers read it (keys in the order they
@@ -447,15 +452,11 @@ impl Topics {
         // to every feed under one lock: a run's feeds cost little even with nobody listening.
         let data = serde_json::value::to_raw_value(&FeedEntry { id, object, state })
             .expect("feeds serialize");
-        let per_object = format!("{RUNS_FEED}.{object}");
-        let server = [(None, RUNS_FEED), (None, per_object.as_str())];
-        let tenant = tenant.map(|t| [(Some(t.clone()), RUNS_FEED), (Some(t.clone()), &per_object)]);
         let mut inner = self.lock();
         let now = Instant::now();
-        for (ns, topic) in server.into_iter().chain(tenant.into_iter().flatten()) {
-            let key = (ns, topic.to_owned());
+        for key in feed_topics(tenant, object) {
             if let Err(e) = self.publish_under(&mut inner, key, data.clone(), now) {
-                tracing::debug!(error = ?e, topic, "run feed publication dropped");
+                tracing::debug!(error = ?e, object, "run feed publication dropped");
             }
         }
     }
